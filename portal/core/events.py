@@ -1,0 +1,45 @@
+"""What happened (past tense). Edges emit these; the core decides what to do about them.
+
+Every event is a frozen dataclass of plain data. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from portal.core.model import Connectivity, Network, Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkChanged:
+    """The primary network changed, or something about it did (DNS servers, API URI, ...).
+
+    `network` is None when the laptop has no network at all.
+    """
+
+    network: Network | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectivityReported:
+    """NetworkManager (or another source) reported its own connectivity verdict."""
+
+    connectivity: Connectivity
+    source: str = "nm"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamsChanged:
+    """The resolver configuration the stub should forward to (ordered, best first)."""
+
+    upstreams: tuple[Upstream, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The machine woke from suspend: re-probe."""
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRequested:
+    """Someone asked for a probe now (`portal check`)."""
