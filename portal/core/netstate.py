@@ -1,0 +1,220 @@
+"""Network state without NetworkManager: parse resolver files and pick the primary network.
+
+Pure: text and plain data in, model values out. The netlink edge reads the kernel tables and the
+files and hands them here; nothing in this module touches a socket, a file or the clock.
+
+Sources understood:
+- resolv.conf(5) `nameserver` lines;
+- systemd-networkd's per-link state file (/run/systemd/netif/links/<ifindex>), whose `DNS=` line
+  lists the link's servers and whose `CAPTIVE_PORTAL=` line carries the RFC 8910 API URI that
+  networkd received by DHCP option 114 or an IPv6 RA;
+- the kernel's links, addresses and default routes, already decoded into `Link`, `Address`
+  and `Route` below.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from portal.core.model import Network, Upstream
+
+# A resolv.conf or a state file larger than this is not a real one; parse only its start.
+MAX_TEXT_CHARS = 64 * 1024
+# glibc reads three nameservers; keep a few more for the stub's forwarding, but bounded.
+MAX_SERVERS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """What systemd-networkd recorded about one link."""
+
+    dns: tuple[Upstream, ...] = ()
+    captive_portal: str = ""  # RFC 8910 API URI, "" when none
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A network interface as the kernel reports it."""
+
+    index: int
+    name: str
+    kind: str = ""  # "ethernet", "wifi", "veth", ... ("" when unknown)
+    up: bool = True  # IFF_UP and a carrier (operstate not down)
+    loopback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An address assigned to an interface."""
+
+    index: int
+    address: str  # textual IPv4/IPv6, no prefix length
+    link_local: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A default route in the main table."""
+
+    index: int  # outgoing interface
+    gateway: str  # "" for a device route without a next hop
+    metric: int = 0
+    family: int = 4  # 4 or 6
+
+
+def parse_server(text: str) -> Upstream | None:
+    """Parse one DNS server as networkd or resolv.conf write it; None when it is not one.
+
+    Accepts `1.2.3.4`, `1.2.3.4:5353`, `fe80::1%eth0`, `[2001:db8::1]:53` and networkd's
+    `ADDR#server-name` form (the name is for DNS-over-TLS, which the stub does not speak).
+    """
+    text = text.strip().split("#", 1)[0]
+    if not text:
+        return None
+    port = 53
+    host = text
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            return None
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":") or not rest[1:].isdigit():
+                return None
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        if not port_text.isdigit():
+            return None
+        port = int(port_text)
+    if not 0 < port < 65536:
+        return None
+    bare, _, scope = host.partition("%")
+    try:
+        addr = ipaddress.ip_address(bare)
+    except ValueError:
+        return None
+    if scope and (addr.version != 6 or not scope.replace("-", "").replace("_", "").isalnum()):
+        return None
+    canonical = str(addr) + (f"%{scope}" if scope else "")
+    return Upstream(canonical, port)
+
+
+def _servers(words: Iterable[str]) -> tuple[Upstream, ...]:
+    seen: list[Upstream] = []
+    for word in words:
+        server = parse_server(word)
+        if server is not None and server not in seen:
+            seen.append(server)
+        if len(seen) >= MAX_SERVERS:
+            break
+    return tuple(seen)
+
+
+def parse_resolv_conf(text: str) -> tuple[Upstream, ...]:
+    """The `nameserver` entries of a resolv.conf, in order, without duplicates."""
+    words = []
+    for line in text[:MAX_TEXT_CHARS].splitlines():
+        fields = line.split()
+        # resolv.conf(5): a comment starts with ';' or '#' in the first column.
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            words.append(fields[1])
+    return _servers(words)
+
+
+def parse_link_state(text: str) -> LinkState:
+    """The DNS servers and captive-portal URI from a networkd link state file."""
+    values: dict[str, str] = {}
+    for line in text[:MAX_TEXT_CHARS].splitlines():
+        if line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    uri = values.get("CAPTIVE_PORTAL", "")
+    # RFC 8910 §2: the URI must be HTTPS; anything else is ignored, as the RFC asks.
+    if not uri.lower().startswith("https://") or any(c.isspace() for c in uri):
+        uri = ""
+    return LinkState(dns=_servers(values.get("DNS", "").split()), captive_portal=uri)
+
+
+def is_loopback(server: Upstream) -> bool:
+    """True for 127.0.0.0/8 and ::1 — a local resolver, never a venue's own DNS."""
+    return ipaddress.ip_address(server.host.partition("%")[0]).is_loopback
+
+
+def primary_route(routes: Iterable[Route], links: Mapping[int, Link]) -> Route | None:
+    """The default route the kernel would use: lowest metric on a link that is up, IPv4 first.
+
+    IPv4 wins over IPv6 because captive portals intercept IPv4; ties keep the lowest ifindex so
+    the answer does not depend on dump order.
+    """
+    usable = [
+        r for r in routes if r.index in links and links[r.index].up and not links[r.index].loopback
+    ]
+    if not usable:
+        return None
+    return min(usable, key=lambda r: (r.family != 4, r.metric, r.index, r.gateway))
+
+
+def network_from_tables(
+    links: Mapping[int, Link],
+    addresses: Iterable[Address],
+    routes: Iterable[Route],
+    *,
+    link_states: Mapping[int, LinkState],
+    resolv_conf: tuple[Upstream, ...] = (),
+) -> Network | None:
+    """The primary network as seen from kernel tables plus networkd's or resolv.conf's DNS.
+
+    venue_dns: networkd's DNS for the route's link, else the non-loopback resolv.conf servers
+    (a loopback server is a local resolver — possibly portal's own stub — not the venue's).
+    """
+    route = primary_route(routes, links)
+    if route is None:
+        return None
+    link = links[route.index]
+    state = link_states.get(route.index, LinkState())
+    own = tuple(a.address for a in addresses if a.index == route.index and not a.link_local)
+    venue = state.dns or tuple(s for s in resolv_conf if not is_loopback(s))
+    return Network(
+        id=f"link:{link.name}:{route.gateway}",
+        name=link.name,
+        interface=link.name,
+        kind=link.kind,
+        addresses=tuple(sorted(own, key=lambda a: (":" in a, a))),
+        venue_dns=tuple(s.host for s in venue),
+        api_uri=state.captive_portal,
+    )
+
+
+def upstreams_from_tables(
+    links: Mapping[int, Link],
+    routes: Iterable[Route],
+    *,
+    link_states: Mapping[int, LinkState],
+    resolv_conf: tuple[Upstream, ...] = (),
+    exclude: Iterable[Upstream] = (),
+) -> tuple[Upstream, ...]:
+    """Where the stub should forward: networkd's per-link servers, primary link first, else
+    resolv.conf. `exclude` (the stub's own listen addresses) is dropped so it never forwards to
+    itself when resolv.conf lists it first.
+    """
+    skip = set(exclude)
+    route_list = list(routes)
+    first = primary_route(route_list, links)
+    order = sorted(
+        (i for i in link_states if i in links and links[i].up),
+        key=lambda i: (first is None or i != first.index, i),
+    )
+    servers: list[Upstream] = []
+    for index in order:
+        servers.extend(link_states[index].dns)
+    if not servers:
+        servers = list(resolv_conf)
+    result: list[Upstream] = []
+    for server in servers:
+        if server not in skip and server not in result:
+            result.append(server)
+    return tuple(result[:MAX_SERVERS])
