@@ -1,0 +1,252 @@
+"""Carrying resolver wiring out: systemd-resolved over D-Bus, resolv.conf by reading it.
+
+Thin: it gathers facts (is org.freedesktop.resolve1 on the bus, what /etc/resolv.conf and
+nsswitch.conf say, the link's index), hands them to portal/core/wiring.py, and performs what
+that decided: SetLinkDNS / SetLinkDomains / SetLinkDefaultRoute / RevertLink on the dedicated
+link. It must not decide anything itself, must never write /etc/resolv.conf (on NixOS and
+openresolv systems the system owns that file; the stub is placed there at build time), and
+must never touch resolved's global settings or a link it was not given.
+
+The daemon calls `apply(names)` whenever the active overrides change; it is cheap to repeat.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from dbus_next.aio.message_bus import MessageBus
+from dbus_next.constants import BusType, MessageType
+from dbus_next.message import Message
+
+from portal.core.wiring import (
+    AF_INET,
+    DEFAULT_LINK,
+    LinkPlan,
+    LinkState,
+    ResolvConf,
+    WiringMode,
+    choose_mode,
+    describe_none,
+    describe_resolv_conf,
+    describe_resolved_link,
+    format_server,
+    nsswitch_uses_resolve,
+    parse_resolv_conf,
+    plan_resolved_link,
+)
+from portal.errors import PortalError
+
+RESOLVE1 = "org.freedesktop.resolve1"
+RESOLVE1_PATH = "/org/freedesktop/resolve1"
+MANAGER = "org.freedesktop.resolve1.Manager"
+LINK = "org.freedesktop.resolve1.Link"
+
+
+class WiringError(PortalError):
+    """The resolver could not be told about the stub (resolved refused, link missing...)."""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class ResolverWiring:
+    """Wire the DNS stub into the system's name resolution, and report whether it is.
+
+    `bus` is "system" (where systemd-resolved lives), or a D-Bus address (tests run a private
+    resolved on a private bus). The connection is opened on first use and kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        stub: str = "127.0.0.153",
+        port: int = 53,
+        mode: WiringMode | str = WiringMode.AUTO,
+        link: str = DEFAULT_LINK,
+        bus: str = "system",
+        resolv_conf: str = "/etc/resolv.conf",
+        nsswitch_conf: str = "/etc/nsswitch.conf",
+    ) -> None:
+        self.stub = stub
+        self.port = port
+        self.link = link
+        self._requested = WiringMode(mode)
+        self._bus_choice = bus
+        self._resolv_conf = resolv_conf
+        self._nsswitch_conf = nsswitch_conf
+        self._bus: MessageBus | None = None
+        self._mode: WiringMode | None = None
+
+    # --- facts -------------------------------------------------------------------------------
+
+    async def _connect(self) -> MessageBus:
+        if self._bus is None or not self._bus.connected:
+            try:
+                if self._bus_choice == "system":
+                    bus = MessageBus(bus_type=BusType.SYSTEM)
+                else:
+                    bus = MessageBus(bus_address=self._bus_choice)
+                self._bus = await bus.connect()
+            except Exception as exc:  # dbus_next raises OSError, ValueError, its own errors
+                raise WiringError(
+                    f"cannot reach the system bus for systemd-resolved: {exc}"
+                ) from exc
+        return self._bus
+
+    async def _call(
+        self,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        *,
+        destination: str = RESOLVE1,
+        path: str = RESOLVE1_PATH,
+        interface: str = MANAGER,
+    ) -> list[Any]:
+        bus = await self._connect()
+        reply = await bus.call(
+            Message(
+                destination=destination,
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
+        )
+        if reply is None or reply.message_type == MessageType.ERROR:
+            detail = reply.body[0] if reply is not None and reply.body else ""
+            name = reply.error_name if reply is not None else "no reply"
+            raise WiringError(f"{interface.rsplit('.', 1)[-1]}.{member} failed: {name} {detail}")
+        return list(reply.body)
+
+    async def _resolved_running(self) -> bool:
+        try:
+            body = await self._call(
+                "NameHasOwner",
+                "s",
+                [RESOLVE1],
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+            )
+        except WiringError:
+            return False  # no bus at all: certainly no resolved to wire
+        return bool(body[0])
+
+    def _resolv(self) -> tuple[ResolvConf | None, str]:
+        text = _read(self._resolv_conf)
+        try:
+            target = os.path.realpath(self._resolv_conf)
+        except OSError:
+            target = ""
+        return (parse_resolv_conf(text) if text is not None else None), target
+
+    async def detect(self) -> WiringMode:
+        """The mode in force: the requested one, or what `auto` finds on this machine."""
+        if self._mode is None:
+            conf, target = self._resolv()
+            running = False
+            if self._requested is WiringMode.AUTO:
+                running = await self._resolved_running()
+            self._mode = choose_mode(
+                self._requested,
+                resolved_running=running,
+                resolv_conf=conf,
+                link_target=target,
+                nss_resolve=nsswitch_uses_resolve(_read(self._nsswitch_conf) or ""),
+            )
+        return self._mode
+
+    def _ifindex(self) -> int:
+        try:
+            return socket.if_nametoindex(self.link)
+        except OSError as exc:
+            raise WiringError(
+                f"no link {self.link}: the portal-link unit creates it when dns integration "
+                "is 'resolved'"
+            ) from exc
+
+    # --- actions -----------------------------------------------------------------------------
+
+    async def apply(self, names: list[str]) -> None:
+        """Route exactly `names` (and their sub-names) to the stub. Raise WiringError."""
+        if await self.detect() is not WiringMode.RESOLVED:
+            return  # resolv.conf modes send every name to the stub already; nothing per name
+        plan = plan_resolved_link(names, stub=self.stub, port=self.port)
+        await self._set_link(self._ifindex(), plan)
+        if plan.dropped:
+            raise WiringError(
+                f"systemd-resolved takes {len(plan.domains)} domains per link; "
+                f"{len(plan.dropped)} overrides are not routed (first: {plan.dropped[0]})"
+            )
+
+    async def _set_link(self, ifindex: int, plan: LinkPlan) -> None:
+        # Default route off first: between the calls the link must never catch every name.
+        await self._call("SetLinkDefaultRoute", "ib", [ifindex, plan.default_route])
+        if plan.port == 53:
+            await self._call("SetLinkDNS", "ia(iay)", [ifindex, [list(d) for d in plan.dns]])
+        else:
+            servers = [[family, packed, plan.port, ""] for family, packed in plan.dns]
+            await self._call("SetLinkDNSEx", "ia(iayqs)", [ifindex, servers])
+        await self._call("SetLinkDomains", "ia(sb)", [ifindex, [list(d) for d in plan.domains]])
+
+    async def revert(self) -> None:
+        """Give the link back to resolved's defaults (no servers, no domains)."""
+        if await self.detect() is not WiringMode.RESOLVED:
+            return
+        try:
+            ifindex = self._ifindex()
+        except WiringError:
+            return  # no link, nothing routed through it
+        await self._call("RevertLink", "i", [ifindex])
+
+    async def describe(self) -> str:
+        """One line for `portal status`: how (and whether) the stub is wired in."""
+        mode = await self.detect()
+        if mode is WiringMode.NONE:
+            return describe_none()
+        if mode is WiringMode.RESOLVED:
+            try:
+                state = await self._link_state()
+            except WiringError as exc:
+                return f"not wired: {exc}"
+            return describe_resolved_link(state, stub=self.stub, port=self.port)
+        conf, _ = self._resolv()
+        text = describe_resolv_conf(conf, stub=self.stub, port=self.port)
+        return text + " (openresolv)" if mode is WiringMode.RESOLVCONF and conf else text
+
+    async def _link_state(self) -> LinkState:
+        try:
+            ifindex = self._ifindex()
+        except WiringError:
+            return LinkState(name=self.link, exists=False)
+        (path,) = await self._call("GetLink", "i", [ifindex])
+        (props,) = await self._call(
+            "GetAll", "s", [LINK], path=path, interface="org.freedesktop.DBus.Properties"
+        )
+        servers: list[str] = []
+        for family, packed, port, _name in props["DNSEx"].value:
+            host = socket.inet_ntop(
+                socket.AF_INET if family == AF_INET else socket.AF_INET6, packed
+            )
+            servers.append(format_server(host, port or 53))
+        return LinkState(
+            name=self.link,
+            exists=True,
+            dns=tuple(servers),
+            domains=tuple((str(n), bool(r)) for n, r in props["Domains"].value),
+            default_route=bool(props["DefaultRoute"].value),
+        )
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()  # type: ignore[no-untyped-call]
+            self._bus = None
