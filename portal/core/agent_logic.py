@@ -1,0 +1,602 @@
+"""What the per-user agent shows: notifications for portal episodes, and the tray's view.
+
+Pure: plain data in (the daemon's status dictionary, override rows, what the notification server
+reported), plain data out (show / close a notification, open a page). No D-Bus, no asyncio, no
+logging, no processes; `portal/agent.py` and `portal/edges/` carry the actions out.
+
+The rules, one place:
+- One sign-in notification per portal episode. An episode starts when the network turns captive
+  and ends when it turns online, goes away, or the laptop moves to another network. Updates
+  within an episode (a new sign-in URL) replace the notification instead of stacking one more;
+  once the user dismissed it ("Not now", or closed it) it stays gone for that episode.
+- When an episode ends online, the notification is replaced by a transient "Connected to ...".
+  When it ends any other way, the notification is closed: it would point at a network we left.
+- One reminder when the session's `seconds_remaining` (RFC 8908) runs low, per network; it re-arms
+  when the session is extended above the threshold.
+- Without the "actions" capability the sign-in URL goes into the body, since there is no button.
+- Only http(s) URLs are ever opened: the URL comes from the venue's network, not from the user.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
+
+from portal.core.model import Connectivity
+
+REMINDER_THRESHOLD_S = 300  # five minutes: time enough to find the sign-in page and pay
+CONNECTED_TIMEOUT_MS = 8000  # the "Connected" note is feedback, not something to act on
+# Opened when the network is captive but no sign-in URL is known: a plain-HTTP page that exists to
+# be intercepted by portals (HTTPS pages cannot be redirected without certificate errors).
+FALLBACK_URL = "http://neverssl.com/"
+
+ACTION_OPEN = "default"  # the spec's key for clicking the notification itself
+ACTION_LATER = "later"
+
+# NotificationClosed reasons (Desktop Notifications spec 1.2).
+CLOSED_EXPIRED = 1
+CLOSED_DISMISSED = 2
+CLOSED_BY_CALL = 3
+
+
+class Kind(enum.StrEnum):
+    """Which of the agent's notifications is on screen."""
+
+    SIGN_IN = "sign-in"
+    REMINDER = "reminder"
+    CONNECTED = "connected"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """The part of the daemon's `GetStatus()` / `StateChanged` dictionary the agent uses."""
+
+    network: str = ""
+    network_id: str = ""
+    state: Connectivity = Connectivity.UNKNOWN
+    portal_url: str = ""
+    venue_dns: tuple[str, ...] = ()
+    portal_hosts: tuple[str, ...] = ()  # names the stub sends to the venue's DNS
+    seconds_remaining: int = -1
+
+    @property
+    def portal_host(self) -> str:
+        return url_host(self.portal_url)
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRow:
+    """One row of `ListOverrides()`, as the agent shows it."""
+
+    name: str
+    addresses: tuple[str, ...] = ()
+    active: bool = False
+    scope_name: str = ""
+    source: str = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """The content of one desktop notification, independent of any server."""
+
+    kind: Kind
+    summary: str
+    body: str
+    actions: tuple[tuple[str, str], ...] = ()  # (key, label); the spec flattens these pairs
+    urgency: int = 1  # 0 low, 1 normal, 2 critical
+    expire_timeout_ms: int = 0  # 0: stays until acted on
+    transient: bool = False
+    category: str = "network"
+
+
+# ---- events (what happened) ----
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """The daemon published a status (StateChanged, or GetStatus at start / after a restart)."""
+
+    status: AgentStatus
+
+
+@dataclass(frozen=True, slots=True)
+class OverridesListed:
+    """The daemon's override list was (re-)read."""
+
+    overrides: tuple[OverrideRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonVanished:
+    """The daemon left the bus (stopped or restarting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerChanged:
+    """A notification server appeared (with its capabilities) or left (`capabilities` None)."""
+
+    capabilities: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationShown:
+    """The server accepted a notification and gave it this id (0: it failed)."""
+
+    notification_id: int
+    kind: Kind
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationClosed:
+    notification_id: int
+    reason: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionInvoked:
+    notification_id: int
+    action_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class MenuClicked:
+    """A tray menu entry was chosen (ids from `tray_menu`)."""
+
+    item_id: int
+
+
+AgentEvent = (
+    StatusChanged
+    | OverridesListed
+    | DaemonVanished
+    | ServerChanged
+    | NotificationShown
+    | NotificationClosed
+    | ActionInvoked
+    | MenuClicked
+)
+
+
+# ---- actions (what to do) ----
+
+
+@dataclass(frozen=True, slots=True)
+class ShowNotification:
+    """Send `notification`; `replaces_id` non-zero updates that one in place."""
+
+    notification: Notification
+    replaces_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CloseNotification:
+    notification_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPage:
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCheck:
+    """Ask the daemon to probe now (its `Check()` method)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateTray:
+    view: TrayView
+
+
+AgentAction = ShowNotification | CloseNotification | OpenPage | RequestCheck | UpdateTray
+
+
+@dataclass(frozen=True, slots=True)
+class AgentState:
+    """Everything the agent remembers between events."""
+
+    status: AgentStatus | None = None  # None: the daemon is not on the bus
+    overrides: tuple[OverrideRow, ...] = ()
+    capabilities: frozenset[str] | None = None  # None: no notification server
+    episode: str | None = None  # network_id of the current portal episode
+    dismissed: bool = False  # the user dismissed this episode's notification
+    reminded_on: str | None = None  # network_id the low-time reminder was given for
+    shown_id: int = 0  # the notification of ours on screen, 0 = none
+    shown: Notification | None = None  # what we last sent for `shown_id`
+    shown_for: str = ""  # network_id the shown notification is about
+    page_url: str = ""  # what "Open sign-in page" opens right now
+
+
+# ---- parsing the daemon's dictionaries (values already unwrapped from variants) ----
+
+
+def _text(raw: Mapping[str, object], key: str) -> str:
+    value = raw.get(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def _texts(raw: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = raw.get(key, ())
+    if isinstance(value, list | tuple):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+def parse_status(raw: Mapping[str, object]) -> AgentStatus:
+    """Read a status dictionary; missing or mistyped keys fall back to "unknown" values.
+
+    Tolerant on purpose: an older or newer daemon must not stop the agent.
+    """
+    try:
+        state = Connectivity(_text(raw, "state"))
+    except ValueError:
+        state = Connectivity.UNKNOWN
+    remaining = raw.get("seconds_remaining", -1)
+    if not isinstance(remaining, int) or isinstance(remaining, bool):
+        remaining = -1
+    return AgentStatus(
+        network=_text(raw, "network"),
+        network_id=_text(raw, "network_id"),
+        state=state,
+        portal_url=_text(raw, "portal_url"),
+        venue_dns=_texts(raw, "venue_dns"),
+        portal_hosts=_texts(raw, "portal_hosts"),
+        seconds_remaining=remaining,
+    )
+
+
+def parse_overrides(rows: Sequence[Mapping[str, object]]) -> tuple[OverrideRow, ...]:
+    """Read `ListOverrides()` rows, skipping any without a name."""
+    parsed = []
+    for raw in rows:
+        name = _text(raw, "name")
+        if not name:
+            continue
+        active = raw.get("active", False)
+        parsed.append(
+            OverrideRow(
+                name=name,
+                addresses=_texts(raw, "addresses"),
+                active=active is True,
+                scope_name=_text(raw, "scope_name"),
+                source=_text(raw, "source") or "user",
+            )
+        )
+    return tuple(parsed)
+
+
+# ---- formatting ----
+
+
+def url_host(url: str) -> str:
+    """The host part of an http(s) URL, or "" when there is none."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return ""
+    return host if parts.scheme in ("http", "https") else ""
+
+
+def is_openable(url: str) -> bool:
+    """Only http(s) URLs with a host: a `file:` or `javascript:` URL from a venue is refused."""
+    return bool(url_host(url))
+
+
+def escape_markup(text: str) -> str:
+    """Escape for servers with "body-markup" (a subset of HTML): `&` in URLs would break it."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _network_label(status: AgentStatus) -> str:
+    return status.network or "this network"
+
+
+def sign_in_notification(
+    status: AgentStatus, overrides: Sequence[OverrideRow], capabilities: frozenset[str]
+) -> Notification:
+    """The "Sign in to <network>" notification for a captive status."""
+    host = status.portal_host
+    lines = []
+    if host:
+        lines.append(f"{_network_label(status)} asks you to sign in at {host}.")
+    else:
+        lines.append(
+            f"{_network_label(status)} asks you to sign in. Opening any plain http:// page "
+            "should lead to its sign-in page."
+        )
+    pinned = host and any(o.active and o.name == host for o in overrides)
+    if pinned:
+        lines.append(f"portal pinned {host} so the page loads despite your DNS settings.")
+    elif host and (host in status.portal_hosts or status.venue_dns):
+        lines.append("portal sends the sign-in page's names to the network's own DNS.")
+    has_actions = "actions" in capabilities
+    if not has_actions:
+        lines.append(f"Open {status.portal_url or FALLBACK_URL} in a browser to sign in.")
+    body = "\n".join(lines)
+    if "body-markup" in capabilities:
+        body = escape_markup(body)
+    actions = ((ACTION_OPEN, "Open sign-in page"), (ACTION_LATER, "Not now")) if has_actions else ()
+    return Notification(
+        kind=Kind.SIGN_IN,
+        summary=f"Sign in to {status.network}" if status.network else "Sign in to the network",
+        body=body,
+        actions=actions,
+        urgency=1,
+        expire_timeout_ms=0,
+    )
+
+
+def reminder_notification(status: AgentStatus, capabilities: frozenset[str]) -> Notification:
+    """One note that the paid or timed session is about to end."""
+    minutes = max(1, (status.seconds_remaining + 59) // 60)
+    unit = "minute" if minutes == 1 else "minutes"
+    body = f"Your session on {_network_label(status)} ends in about {minutes} {unit}."
+    has_actions = "actions" in capabilities
+    url = status.portal_url
+    if url and not has_actions:
+        body += f"\nOpen {url} to extend it."
+    if "body-markup" in capabilities:
+        body = escape_markup(body)
+    actions: tuple[tuple[str, str], ...] = ()
+    if has_actions and url:
+        actions = ((ACTION_OPEN, "Open sign-in page"), (ACTION_LATER, "Not now"))
+    return Notification(
+        kind=Kind.REMINDER,
+        summary=f"{status.network or 'Network'} session ends soon",
+        body=body,
+        actions=actions,
+        urgency=1,
+        expire_timeout_ms=0,
+    )
+
+
+def connected_notification(status: AgentStatus) -> Notification:
+    return Notification(
+        kind=Kind.CONNECTED,
+        summary=f"Connected to {status.network}" if status.network else "Connected",
+        body="You are signed in; the internet is reachable.",
+        urgency=0,
+        expire_timeout_ms=CONNECTED_TIMEOUT_MS,
+        transient=True,
+        category="network.connected",
+    )
+
+
+# ---- the decision ----
+
+
+def _show(
+    state: AgentState, note: Notification, url: str, network_id: str
+) -> tuple[AgentState, list[AgentAction]]:
+    """Show `note`, replacing what is on screen; nothing when it is already shown as is."""
+    if state.capabilities is None:
+        # No server: remember what should be shown, so it appears when a server does.
+        return replace(state, shown=note, shown_for=network_id, shown_id=0, page_url=url), []
+    if state.shown_id and state.shown == note:
+        return replace(state, page_url=url), []
+    return (
+        replace(state, shown=note, shown_for=network_id, page_url=url),
+        [ShowNotification(note, replaces_id=state.shown_id)],
+    )
+
+
+def _close(state: AgentState) -> tuple[AgentState, list[AgentAction]]:
+    actions: list[AgentAction] = []
+    if state.shown_id:
+        actions.append(CloseNotification(state.shown_id))
+    return replace(state, shown_id=0, shown=None, shown_for="", page_url=""), actions
+
+
+def _on_status(state: AgentState, status: AgentStatus) -> tuple[AgentState, list[AgentAction]]:
+    caps = state.capabilities or frozenset()
+    state = replace(state, status=status)
+    net = status.network_id
+
+    if status.state is Connectivity.CAPTIVE:
+        if state.episode != net:
+            state = replace(state, episode=net, dismissed=False)
+        if state.dismissed:
+            return state, []
+        note = sign_in_notification(status, state.overrides, caps)
+        return _show(state, note, status.portal_url or FALLBACK_URL, net)
+
+    if state.episode == net and status.state in (
+        Connectivity.PROBING,
+        Connectivity.UNKNOWN,
+        Connectivity.LIMITED,
+    ):
+        # A re-probe or a flaky answer within the episode: the portal is still there.
+        return state, []
+
+    actions: list[AgentAction] = []
+    if state.episode is not None:
+        ended_online = status.state is Connectivity.ONLINE and state.episode == net
+        state = replace(state, episode=None, dismissed=False)
+        if ended_online:
+            state, actions = _show(state, connected_notification(status), "", net)
+    shown = state.shown
+    if shown is not None and (
+        shown.kind is Kind.SIGN_IN or (shown.kind is Kind.REMINDER and state.shown_for != net)
+    ):
+        # It points at a network we left, or a portal that is gone without a sign-in.
+        state, actions = _close(state)
+    state, more = _reminder(state, status, caps)
+    return state, actions + more
+
+
+def _reminder(
+    state: AgentState, status: AgentStatus, caps: frozenset[str]
+) -> tuple[AgentState, list[AgentAction]]:
+    if status.state is not Connectivity.ONLINE or status.seconds_remaining < 0:
+        return state, []
+    if status.seconds_remaining > REMINDER_THRESHOLD_S:
+        # The session was extended (or is long): a later run-down deserves a new reminder.
+        return replace(state, reminded_on=None), []
+    if state.reminded_on == status.network_id:
+        return state, []
+    state = replace(state, reminded_on=status.network_id)
+    return _show(state, reminder_notification(status, caps), status.portal_url, status.network_id)
+
+
+def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAction]]:
+    """Feed one event; return the new state and what to do, in order."""
+    actions: list[AgentAction]
+    match event:
+        case StatusChanged(status):
+            state, actions = _on_status(state, status)
+            return state, [*actions, UpdateTray(tray_view(state))]
+        case OverridesListed(rows):
+            state = replace(state, overrides=rows)
+            actions = []
+            if state.status is not None and state.episode is not None and not state.dismissed:
+                # A new pin changes the body ("portal pinned ..."); _show skips equal content.
+                note = sign_in_notification(state.status, rows, state.capabilities or frozenset())
+                state, actions = _show(state, note, state.page_url, state.episode)
+            return state, [*actions, UpdateTray(tray_view(state))]
+        case DaemonVanished():
+            # Keep the notification: the daemon restarts and re-publishes; the portal is
+            # still there or not regardless of the daemon.
+            state = replace(state, status=None)
+            return state, [UpdateTray(tray_view(state))]
+        case ServerChanged(caps):
+            # Ids of a previous server mean nothing to a new one. Without a server, `shown`
+            # keeps what should be on screen, so that a server that comes up shows it.
+            state = replace(state, capabilities=caps, shown_id=0)
+            if caps is None or state.shown is None or state.shown.kind is Kind.CONNECTED:
+                return state, []
+            note = state.shown
+            if state.status is not None and note.kind is Kind.SIGN_IN:
+                # Re-render: the new server's capabilities decide buttons vs. URL in the body.
+                note = sign_in_notification(state.status, state.overrides, caps)
+            elif state.status is not None and note.kind is Kind.REMINDER:
+                note = reminder_notification(state.status, caps)
+            return replace(state, shown=note), [ShowNotification(note)]
+        case NotificationShown(nid, kind):
+            if state.shown is None or state.shown.kind is not kind:
+                return state, []
+            if nid == 0:
+                return replace(state, shown_id=0), []
+            return replace(state, shown_id=nid), []
+        case NotificationClosed(nid, reason):
+            if nid == 0 or nid != state.shown_id:
+                return state, []
+            closed = state.shown
+            state = replace(state, shown_id=0, shown=None)
+            if closed is not None and closed.kind is Kind.SIGN_IN and reason != CLOSED_BY_CALL:
+                state = replace(state, dismissed=True)
+            return state, []
+        case ActionInvoked(nid, key):
+            if nid == 0 or nid != state.shown_id:
+                return state, []
+            if key == ACTION_LATER:
+                state = replace(state, dismissed=state.episode is not None)
+                state, actions = _close(state)
+                return state, actions
+            if key == ACTION_OPEN and is_openable(state.page_url):
+                return state, [OpenPage(state.page_url)]
+            return state, []
+        case MenuClicked(item_id):
+            if item_id == MENU_OPEN:
+                url = state.page_url or (state.status.portal_url if state.status else "")
+                if state.episode is not None and not url:
+                    url = FALLBACK_URL
+                return state, [OpenPage(url)] if is_openable(url) else []
+            if item_id == MENU_CHECK:
+                return state, [RequestCheck()]
+            return state, []
+    raise TypeError(f"not an agent event: {event!r}")  # pragma: no cover
+
+
+# ---- tray ----
+
+MENU_ROOT = 0
+MENU_OPEN = 1
+MENU_CHECK = 2
+MENU_SEPARATOR = 3
+MENU_OVERRIDES = 4
+MENU_FIRST_OVERRIDE = 100
+MAX_MENU_OVERRIDES = 50  # a menu is not a table; `portal list` shows them all
+
+
+class TrayStatus(enum.StrEnum):
+    """The StatusNotifierItem `Status` values (its spec's spelling)."""
+
+    PASSIVE = "Passive"
+    ACTIVE = "Active"
+    NEEDS_ATTENTION = "NeedsAttention"
+
+
+@dataclass(frozen=True, slots=True)
+class MenuItem:
+    id: int
+    label: str = ""
+    enabled: bool = True
+    separator: bool = False
+    children: tuple[MenuItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrayView:
+    status: TrayStatus
+    icon: str  # freedesktop icon-naming-spec name
+    title: str
+    tooltip: str
+    menu: MenuItem = field(default_factory=lambda: MenuItem(MENU_ROOT))
+
+
+def _describe(status: AgentStatus | None) -> tuple[TrayStatus, str, str]:
+    if status is None:
+        return TrayStatus.PASSIVE, "network-offline", "portal daemon not running"
+    where = f" on {status.network}" if status.network else ""
+    match status.state:
+        case Connectivity.ONLINE:
+            return TrayStatus.ACTIVE, "network-transmit-receive", f"Online{where}"
+        case Connectivity.CAPTIVE:
+            return TrayStatus.NEEDS_ATTENTION, "dialog-password", f"Sign-in needed{where}"
+        case Connectivity.LIMITED:
+            return TrayStatus.ACTIVE, "network-error", f"Limited connectivity{where}"
+        case Connectivity.PROBING | Connectivity.UNKNOWN:
+            return TrayStatus.ACTIVE, "network-idle", f"Checking{where}"
+        case _:
+            return TrayStatus.PASSIVE, "network-offline", "Offline"
+
+
+def _override_label(row: OverrideRow) -> str:
+    addresses = ", ".join(row.addresses) or "venue DNS"
+    where = f" ({row.scope_name})" if row.scope_name else ""
+    inactive = "" if row.active else " [inactive]"
+    return f"{row.name} → {addresses}{where}{inactive}"
+
+
+def tray_menu(state: AgentState) -> MenuItem:
+    """The tray's menu: open the sign-in page, check now, the overrides."""
+    can_open = state.episode is not None or is_openable(state.page_url)
+    rows = state.overrides[:MAX_MENU_OVERRIDES]
+    children = tuple(
+        MenuItem(MENU_FIRST_OVERRIDE + i, _override_label(row), enabled=False)
+        for i, row in enumerate(rows)
+    )
+    if len(state.overrides) > len(rows):
+        more = len(state.overrides) - len(rows)
+        children += (MenuItem(MENU_FIRST_OVERRIDE + len(rows), f"… {more} more", enabled=False),)
+    if not children:
+        children = (MenuItem(MENU_FIRST_OVERRIDE, "No overrides", enabled=False),)
+    return MenuItem(
+        MENU_ROOT,
+        children=(
+            MenuItem(MENU_OPEN, "Open sign-in page", enabled=can_open),
+            MenuItem(MENU_CHECK, "Check now", enabled=state.status is not None),
+            MenuItem(MENU_SEPARATOR, separator=True),
+            MenuItem(MENU_OVERRIDES, f"Overrides ({len(state.overrides)})", children=children),
+        ),
+    )
+
+
+def tray_view(state: AgentState) -> TrayView:
+    tray_status, icon, text = _describe(state.status)
+    return TrayView(
+        status=tray_status, icon=icon, title="portal", tooltip=text, menu=tray_menu(state)
+    )

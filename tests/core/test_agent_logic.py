@@ -1,0 +1,506 @@
+"""The agent's decisions: which notification to show, replace or close, and the tray's view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pytest
+
+from portal.core.agent_logic import (
+    ACTION_LATER,
+    ACTION_OPEN,
+    CLOSED_BY_CALL,
+    CLOSED_DISMISSED,
+    CLOSED_EXPIRED,
+    FALLBACK_URL,
+    MENU_CHECK,
+    MENU_OPEN,
+    MENU_OVERRIDES,
+    ActionInvoked,
+    AgentAction,
+    AgentEvent,
+    AgentState,
+    AgentStatus,
+    CloseNotification,
+    DaemonVanished,
+    Kind,
+    MenuClicked,
+    NotificationClosed,
+    NotificationShown,
+    OpenPage,
+    OverrideRow,
+    OverridesListed,
+    RequestCheck,
+    ServerChanged,
+    ShowNotification,
+    StatusChanged,
+    TrayStatus,
+    UpdateTray,
+    escape_markup,
+    is_openable,
+    parse_overrides,
+    parse_status,
+    sign_in_notification,
+    step,
+    tray_view,
+    url_host,
+)
+from portal.core.model import Connectivity
+
+CAPS = frozenset({"actions", "body"})
+URL = "http://login.hotel.test/portal?a=1&b=2"
+
+
+def st(
+    state: Connectivity,
+    *,
+    net: str = "uuid-hotel",
+    name: str = "Hotel",
+    url: str = "",
+    remaining: int = -1,
+    venue_dns: tuple[str, ...] = (),
+) -> StatusChanged:
+    return StatusChanged(
+        AgentStatus(
+            network=name,
+            network_id=net,
+            state=state,
+            portal_url=url,
+            venue_dns=venue_dns,
+            seconds_remaining=remaining,
+        )
+    )
+
+
+CAPTIVE = st(Connectivity.CAPTIVE, url=URL)
+ONLINE = st(Connectivity.ONLINE)
+
+
+def run(
+    events: Iterable[AgentEvent], state: AgentState | None = None, *, ids: bool = True
+) -> tuple[AgentState, list[AgentAction]]:
+    """Feed events; like the agent, answer each ShowNotification with an id (1, 2, ...) or 0."""
+    state = state or AgentState()
+    out: list[AgentAction] = []
+    next_id = 1
+    for event in events:
+        state, actions = step(state, event)
+        for action in actions:
+            if isinstance(action, UpdateTray):
+                continue
+            out.append(action)
+            if isinstance(action, ShowNotification):
+                nid = (action.replaces_id or next_id) if ids else 0
+                if nid == next_id:
+                    next_id += 1
+                state, more = step(state, NotificationShown(nid, action.notification.kind))
+                assert more == []
+    return state, out
+
+
+def shows(actions: list[AgentAction]) -> list[tuple[Kind, int]]:
+    return [
+        (a.notification.kind, a.replaces_id) for a in actions if isinstance(a, ShowNotification)
+    ]
+
+
+def with_server(caps: frozenset[str] = CAPS) -> AgentState:
+    return step(AgentState(), ServerChanged(caps))[0]
+
+
+# ---- episodes ----
+
+
+def test_captive_shows_one_sign_in_notification_with_actions() -> None:
+    state, actions = run([CAPTIVE], with_server())
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    note = actions[0].notification  # type: ignore[union-attr]
+    assert note.summary == "Sign in to Hotel"
+    assert "login.hotel.test" in note.body
+    assert note.actions == ((ACTION_OPEN, "Open sign-in page"), (ACTION_LATER, "Not now"))
+    assert note.expire_timeout_ms == 0
+    assert state.shown_id == 1 and state.episode == "uuid-hotel"
+
+
+def test_repeated_status_does_not_stack_and_changes_replace() -> None:
+    other = st(Connectivity.CAPTIVE, url="https://other.hotel.test/x")
+    _, actions = run([CAPTIVE, CAPTIVE, st(Connectivity.PROBING), CAPTIVE, other], with_server())
+    assert shows(actions) == [(Kind.SIGN_IN, 0), (Kind.SIGN_IN, 1)]
+    assert "other.hotel.test" in actions[-1].notification.body  # type: ignore[union-attr]
+
+
+def test_online_replaces_with_transient_connected() -> None:
+    state, actions = run([CAPTIVE, st(Connectivity.PROBING), ONLINE], with_server())
+    assert shows(actions) == [(Kind.SIGN_IN, 0), (Kind.CONNECTED, 1)]
+    note = actions[-1].notification  # type: ignore[union-attr]
+    assert note.summary == "Connected to Hotel"
+    assert note.transient and note.expire_timeout_ms > 0 and note.actions == ()
+    assert state.episode is None
+    # Still online: nothing more.
+    assert run([ONLINE], state)[1] == []
+
+
+def test_online_without_an_episode_is_silent() -> None:
+    _, actions = run([ONLINE, st(Connectivity.OFFLINE), ONLINE], with_server())
+    assert actions == []
+
+
+@pytest.mark.parametrize(
+    "leave",
+    [
+        st(Connectivity.OFFLINE, net="", name=""),
+        st(Connectivity.ONLINE, net="uuid-home", name="Home"),
+        st(Connectivity.LIMITED, net="uuid-home", name="Home"),
+    ],
+)
+def test_leaving_the_network_closes_the_sign_in(leave: StatusChanged) -> None:
+    state, actions = run([CAPTIVE, leave], with_server())
+    assert actions[1:] == [CloseNotification(1)]
+    assert state.shown is None and state.episode is None
+
+
+def test_limited_within_the_episode_keeps_it() -> None:
+    state, actions = run([CAPTIVE, st(Connectivity.LIMITED), st(Connectivity.UNKNOWN)])
+    assert state.episode == "uuid-hotel"
+
+
+def test_new_captive_network_replaces_the_old_episode() -> None:
+    other = st(Connectivity.CAPTIVE, net="uuid-cafe", name="Cafe", url="http://cafe.test/")
+    state, actions = run([CAPTIVE, other], with_server())
+    assert shows(actions) == [(Kind.SIGN_IN, 0), (Kind.SIGN_IN, 1)]
+    assert actions[-1].notification.summary == "Sign in to Cafe"  # type: ignore[union-attr]
+    assert state.episode == "uuid-cafe"
+
+
+@pytest.mark.parametrize("reason", [CLOSED_DISMISSED, CLOSED_EXPIRED])
+def test_dismissed_stays_gone_for_the_episode(reason: int) -> None:
+    state, _ = run([CAPTIVE], with_server())
+    state, actions = run([NotificationClosed(1, reason), CAPTIVE], state)
+    assert actions == [] and state.dismissed
+    # Connected still follows, and the next episode notifies again.
+    state, actions = run([ONLINE, CAPTIVE], state)
+    assert shows(actions) == [(Kind.CONNECTED, 0), (Kind.SIGN_IN, 1)]
+
+
+def test_not_now_closes_and_dismisses() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    state, actions = step(state, ActionInvoked(1, ACTION_LATER))
+    assert actions == [CloseNotification(1)]
+    assert state.dismissed and state.shown_id == 0
+    # The close the server reports back concerns nothing on screen any more.
+    assert step(state, NotificationClosed(1, CLOSED_BY_CALL)) == (state, [])
+    assert run([CAPTIVE], state)[1] == []
+
+
+def test_open_action_opens_the_sign_in_url() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(URL)]
+    # Someone else's notification, or an unknown key: nothing.
+    assert step(state, ActionInvoked(7, ACTION_OPEN))[1] == []
+    assert step(state, ActionInvoked(0, ACTION_OPEN))[1] == []
+    assert step(state, ActionInvoked(1, "bogus"))[1] == []
+
+
+def test_closed_by_our_own_call_is_not_a_dismissal() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    state, _ = step(state, NotificationClosed(1, CLOSED_BY_CALL))
+    assert not state.dismissed
+    assert shows(run([CAPTIVE], state)[1]) == [(Kind.SIGN_IN, 0)]
+
+
+def test_unsafe_portal_url_is_never_opened() -> None:
+    bad = st(Connectivity.CAPTIVE, url="file:///etc/shadow")
+    state, _ = run([bad], with_server())
+    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == []
+
+
+def test_captive_without_url_uses_the_fallback_page() -> None:
+    state, actions = run([st(Connectivity.CAPTIVE)], with_server())
+    assert "plain http://" in actions[0].notification.body  # type: ignore[union-attr]
+    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(FALLBACK_URL)]
+
+
+def test_unnamed_network() -> None:
+    _, actions = run([st(Connectivity.CAPTIVE, name="", url=URL)], with_server())
+    note = actions[0].notification  # type: ignore[union-attr]
+    assert note.summary == "Sign in to the network"
+    assert note.body.startswith("this network asks")
+
+
+# ---- capabilities ----
+
+
+def test_no_actions_capability_puts_the_url_in_the_body() -> None:
+    _, actions = run([CAPTIVE], with_server(frozenset({"body"})))
+    note = actions[0].notification  # type: ignore[union-attr]
+    assert note.actions == ()
+    assert f"Open {URL} in a browser" in note.body
+
+
+def test_body_markup_is_escaped() -> None:
+    _, actions = run([CAPTIVE], with_server(frozenset({"actions", "body-markup"})))
+    note = actions[0].notification  # type: ignore[union-attr]
+    assert "&amp;" not in URL and "&" in URL
+    assert escape_markup("a&b<c>") == "a&amp;b&lt;c&gt;"
+    no_actions = run([CAPTIVE], with_server(frozenset({"body-markup"})))[1][0]
+    assert "?a=1&amp;b=2" in no_actions.notification.body  # type: ignore[union-attr]
+    assert "<" not in note.body
+
+
+def test_body_says_pinned_or_routed() -> None:
+    status = CAPTIVE.status
+    pinned = (OverrideRow("login.hotel.test", ("10.0.0.1",), active=True),)
+    inactive = (OverrideRow("login.hotel.test", ("10.0.0.1",), active=False),)
+    assert "pinned login.hotel.test" in sign_in_notification(status, pinned, CAPS).body
+    assert "pinned" not in sign_in_notification(status, inactive, CAPS).body
+    routed = st(Connectivity.CAPTIVE, url=URL, venue_dns=("10.0.0.1",)).status
+    assert "network's own DNS" in sign_in_notification(routed, (), CAPS).body
+    assert "DNS" not in sign_in_notification(status, (), CAPS).body
+
+
+def test_new_pin_updates_the_shown_notification() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    rows = (OverrideRow("login.hotel.test", ("10.0.0.1",), active=True),)
+    state, actions = run([OverridesListed(rows)], state)
+    assert shows(actions) == [(Kind.SIGN_IN, 1)]
+    assert "pinned" in actions[0].notification.body  # type: ignore[union-attr]
+    assert run([OverridesListed(rows)], state)[1] == []
+    assert run([OverridesListed(rows)], AgentState())[1] == []
+
+
+# ---- servers and daemons coming and going ----
+
+
+def test_no_server_then_server_appears_shows_pending() -> None:
+    state, actions = run([CAPTIVE])
+    assert actions == [] and state.shown is not None
+    state, actions = run([ServerChanged(frozenset({"body"}))], state)
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    # Rendered for the new server: no buttons, URL in the body.
+    assert URL in actions[0].notification.body  # type: ignore[union-attr]
+
+
+def test_server_restart_reshows_and_forgets_old_ids() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    state, actions = run([ServerChanged(None)], state)
+    assert actions == [] and state.shown_id == 0
+    state, actions = run([ServerChanged(CAPS)], state)
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    # An id of the old server closing means nothing now... but the new one's id counts.
+    assert step(state, NotificationClosed(99, CLOSED_DISMISSED))[0] == state
+
+
+def test_server_restart_does_not_repeat_connected() -> None:
+    state, _ = run([CAPTIVE, ONLINE], with_server())
+    assert run([ServerChanged(None), ServerChanged(CAPS)], state)[1] == []
+
+
+def test_failed_notify_is_retried_on_next_status() -> None:
+    state, actions = run([CAPTIVE], with_server(), ids=False)
+    assert state.shown_id == 0
+    state, actions = run([CAPTIVE], state)
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+
+
+def test_stale_shown_event_is_ignored() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    assert step(state, NotificationShown(5, Kind.CONNECTED))[0] == state
+    assert step(AgentState(), NotificationShown(5, Kind.SIGN_IN))[0] == AgentState()
+
+
+def test_daemon_restart_keeps_the_notification() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    state, actions = step(state, DaemonVanished())
+    assert [a for a in actions if not isinstance(a, UpdateTray)] == []
+    assert state.status is None and state.shown_id == 1
+    assert run([CAPTIVE], state)[1] == []
+
+
+# ---- reminder ----
+
+
+def test_one_reminder_when_time_runs_low() -> None:
+    events = [
+        st(Connectivity.ONLINE, url=URL, remaining=3600),
+        st(Connectivity.ONLINE, url=URL, remaining=290),
+        st(Connectivity.ONLINE, url=URL, remaining=120),
+    ]
+    state, actions = run(events, with_server())
+    assert shows(actions) == [(Kind.REMINDER, 0)]
+    note = actions[0].notification  # type: ignore[union-attr]
+    assert "about 5 minutes" in note.body
+    assert note.actions[0] == (ACTION_OPEN, "Open sign-in page")
+    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(URL)]
+    # Extended, then running low again: a second reminder, in place of the first.
+    more = [st(Connectivity.ONLINE, url=URL, remaining=1800), st(Connectivity.ONLINE, remaining=59)]
+    state, actions = run(more, state)
+    assert shows(actions) == [(Kind.REMINDER, 1)]
+    assert "about 1 minute." in actions[0].notification.body  # type: ignore[union-attr]
+    assert actions[0].notification.actions == ()  # type: ignore[union-attr]
+
+
+def test_reminder_without_actions_names_the_url() -> None:
+    _, actions = run(
+        [st(Connectivity.ONLINE, url=URL, remaining=100)], with_server(frozenset({"body-markup"}))
+    )
+    assert "Open http://login.hotel.test/portal?a=1&amp;b=2 to extend" in (
+        actions[0].notification.body  # type: ignore[union-attr]
+    )
+
+
+def test_reminder_closes_when_leaving_that_network() -> None:
+    state, _ = run([st(Connectivity.ONLINE, remaining=100)], with_server())
+    state, actions = run([st(Connectivity.ONLINE, net="uuid-home", name="Home")], state)
+    assert actions == [CloseNotification(1)]
+    _, actions = run([st(Connectivity.ONLINE, remaining=100)], with_server())
+    assert shows(actions) == [(Kind.REMINDER, 0)]
+
+
+def test_reminder_after_connected() -> None:
+    _, actions = run([CAPTIVE, st(Connectivity.ONLINE, remaining=200)], with_server())
+    assert shows(actions) == [(Kind.SIGN_IN, 0), (Kind.CONNECTED, 1), (Kind.REMINDER, 1)]
+
+
+def test_reminder_dismissed_with_not_now() -> None:
+    state, _ = run([st(Connectivity.ONLINE, remaining=100)], with_server())
+    state, actions = step(state, ActionInvoked(1, ACTION_LATER))
+    assert actions == [CloseNotification(1)] and not state.dismissed
+    assert run([st(Connectivity.ONLINE, remaining=90)], state)[1] == []
+
+
+def test_reminder_rerendered_for_a_new_server() -> None:
+    state, _ = run([st(Connectivity.ONLINE, url=URL, remaining=100)], with_server())
+    state, actions = run([ServerChanged(None), ServerChanged(frozenset())], state)
+    assert shows(actions) == [(Kind.REMINDER, 0)]
+    assert URL in actions[0].notification.body  # type: ignore[union-attr]
+
+
+# ---- parsing ----
+
+
+def test_parse_status_is_tolerant() -> None:
+    assert parse_status({}) == AgentStatus()
+    raw: dict[str, object] = {
+        "network": "Hotel",
+        "network_id": "u",
+        "state": "captive",
+        "portal_url": URL,
+        "venue_dns": ["10.0.0.1", 5],
+        "portal_hosts": ("login.hotel.test",),
+        "seconds_remaining": 42,
+        "future_key": object(),
+    }
+    status = parse_status(raw)
+    assert status.state is Connectivity.CAPTIVE and status.venue_dns == ("10.0.0.1",)
+    assert status.portal_hosts == ("login.hotel.test",) and status.seconds_remaining == 42
+    assert status.portal_host == "login.hotel.test"
+    bad = parse_status({"state": "weird", "network": 3, "seconds_remaining": True, "venue_dns": 1})
+    assert bad == AgentStatus()
+
+
+def test_parse_overrides() -> None:
+    rows = parse_overrides(
+        [
+            {"name": "a.test", "addresses": ["10.0.0.1"], "active": True, "scope_name": "Hotel"},
+            {"name": "", "addresses": []},
+            {"name": "b.test", "active": 1, "source": "auto"},
+        ]
+    )
+    assert rows == (
+        OverrideRow("a.test", ("10.0.0.1",), active=True, scope_name="Hotel"),
+        OverrideRow("b.test", (), active=False, source="auto"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://a.test/x", "a.test"),
+        ("https://A.test:8443/", "a.test"),
+        ("file:///etc/passwd", ""),
+        ("javascript:alert(1)", ""),
+        ("http://[::1", ""),
+        ("", ""),
+    ],
+)
+def test_url_host(url: str, host: str) -> None:
+    assert url_host(url) == host
+    assert is_openable(url) is bool(host)
+
+
+# ---- tray ----
+
+
+def _labels(state: AgentState) -> list[str]:
+    menu = tray_view(state).menu
+    out = []
+    for item in menu.children:
+        out.append(item.label)
+        out.extend("  " + child.label for child in item.children)
+    return out
+
+
+def test_tray_states() -> None:
+    assert tray_view(AgentState()).status is TrayStatus.PASSIVE
+    cases = {
+        Connectivity.ONLINE: (TrayStatus.ACTIVE, "Online on Hotel"),
+        Connectivity.CAPTIVE: (TrayStatus.NEEDS_ATTENTION, "Sign-in needed on Hotel"),
+        Connectivity.LIMITED: (TrayStatus.ACTIVE, "Limited connectivity on Hotel"),
+        Connectivity.PROBING: (TrayStatus.ACTIVE, "Checking on Hotel"),
+        Connectivity.OFFLINE: (TrayStatus.PASSIVE, "Offline"),
+    }
+    for conn, (tray_status, tip) in cases.items():
+        state, _ = run([st(conn, url=URL)])
+        view = tray_view(state)
+        assert (view.status, view.tooltip) == (tray_status, tip)
+    state, _ = run([st(Connectivity.ONLINE, name="")])
+    assert tray_view(state).tooltip == "Online"
+
+
+def test_tray_menu_and_overrides() -> None:
+    assert _labels(AgentState()) == [
+        "Open sign-in page",
+        "Check now",
+        "",
+        "Overrides (0)",
+        "  No overrides",
+    ]
+    rows = parse_overrides(
+        [
+            {"name": "a.test", "addresses": ["10.0.0.1", "fd00::1"], "active": True},
+            {"name": "b.test", "addresses": [], "active": False, "scope_name": "Hotel"},
+        ]
+    )
+    state, _ = run([CAPTIVE, OverridesListed(rows)], with_server())
+    assert _labels(state)[3:] == [
+        "Overrides (2)",
+        "  a.test → 10.0.0.1, fd00::1",
+        "  b.test → venue DNS (Hotel) [inactive]",
+    ]
+    menu = tray_view(state).menu
+    assert [c.enabled for c in menu.children[:2]] == [True, True]
+    assert menu.children[3].id == MENU_OVERRIDES
+    many = tuple(OverrideRow(f"n{i}.test") for i in range(60))
+    assert _labels(run([OverridesListed(many)])[0])[-1] == "  … 10 more"
+
+
+def test_tray_clicks() -> None:
+    state, _ = run([CAPTIVE], with_server())
+    assert step(state, MenuClicked(MENU_OPEN))[1] == [OpenPage(URL)]
+    assert step(state, MenuClicked(MENU_CHECK))[1] == [RequestCheck()]
+    assert step(state, MenuClicked(12345))[1] == []
+    # Dismissed and the URL forgotten: the menu can still open the page.
+    state, _ = run([CAPTIVE], with_server())
+    state, _ = step(state, ActionInvoked(1, ACTION_LATER))
+    assert step(state, MenuClicked(MENU_OPEN))[1] == [OpenPage(URL)]
+    state, _ = run([st(Connectivity.CAPTIVE)], with_server())
+    state, _ = step(state, ActionInvoked(1, ACTION_LATER))
+    assert step(state, MenuClicked(MENU_OPEN))[1] == [OpenPage(FALLBACK_URL)]
+    # Online with nothing to open: nothing.
+    assert step(run([ONLINE])[0], MenuClicked(MENU_OPEN))[1] == []
+
+
+def test_every_status_updates_the_tray() -> None:
+    for event in (CAPTIVE, OverridesListed(()), DaemonVanished()):
+        _, actions = step(AgentState(), event)
+        assert isinstance(actions[-1], UpdateTray)
