@@ -1,0 +1,242 @@
+"""The per-network portal state machine: `step(session, event, now) -> (session, actions)`.
+
+    unknown ──network──▶ probing ──probe──▶ captive ⇄ limited ──▶ online
+                                  └──────▶ online / offline
+
+Events in: NetworkChanged (appeared, changed, gone), ConnectivityReported (NM: PORTAL or
+LIMITED trigger a probe, FULL confirms online), ProbeFinished, CheckRequested, Resumed; any
+other event leaves the session as it is. Actions out: see core/actions.py.
+
+Rules worth knowing:
+- One probe at a time. Every StartProbe carries a new `probe_id`; a ProbeFinished for another
+  network or an older probe is ignored, so a slow probe can never overwrite a newer answer.
+- While captive or limited, re-probe with backoff: 1 s, doubling, capped at 60 s. Online and
+  offline schedule nothing: no periodic work while online (NM's own check, a link change, a
+  resume or `portal check` start the next probe).
+- A captive verdict pins the portal's names (AUTO overrides scoped to the network) and routes
+  them to the venue's DNS; going online or leaving the network undoes both.
+- RFC 8910's `urn:ietf:params:capport:unrestricted` as the network's API URI means no portal:
+  the session goes online without probing.
+
+Pure: time comes in as `now` (monotonic seconds). No I/O, no logging, no asyncio.
+
+Wiring in the daemon is a few lines:
+
+    session, actions = step(session, event, now=time.monotonic())
+    for action in actions: perform(action)   # StartProbe → sleep, http_probe.probe_network(),
+                                             # emit ProbeFinished(...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from portal.core.actions import (
+    Action,
+    AskNMToRecheck,
+    CancelProbe,
+    PublishStatus,
+    RemoveAutoOverrides,
+    ResolveAndPinPortalHosts,
+    RouteToVenue,
+    StartProbe,
+    StopRouting,
+)
+from portal.core.detect import api_uri_to_fetch, classify_all, is_unrestricted, routing_names
+from portal.core.events import CheckRequested, ConnectivityReported, NetworkChanged, Resumed
+from portal.core.model import Connectivity, Network, PortalStatus
+from portal.core.probe_model import ProbeFinished
+
+BACKOFF_START_S = 1.0
+BACKOFF_CAP_S = 60.0
+
+Event = NetworkChanged | ConnectivityReported | ProbeFinished | CheckRequested | Resumed
+
+_NOT_ONLINE = (Connectivity.CAPTIVE, Connectivity.LIMITED)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Everything the state machine knows about the current network."""
+
+    network: Network | None = None
+    state: Connectivity = Connectivity.UNKNOWN
+    portal_url: str = ""
+    portal_hosts: tuple[str, ...] = ()
+    seconds_remaining: int = -1
+    probe_id: int = 0  # id of the latest probe asked for
+    probe_due: float | None = None  # when that probe starts (monotonic); None: none outstanding
+    retries: int = 0  # re-probes in a row while captive or limited (the backoff exponent)
+    pinned: tuple[str, ...] = ()  # names with AUTO overrides on this network
+    routed: tuple[str, ...] = ()  # names currently routed to the venue's DNS
+    nm: Connectivity = Connectivity.UNKNOWN  # NetworkManager's last report
+
+
+def status(session: Session) -> PortalStatus:
+    """The status to publish for `session`."""
+    return PortalStatus(
+        network=session.network,
+        state=session.state,
+        portal_url=session.portal_url,
+        seconds_remaining=session.seconds_remaining,
+        portal_hosts=session.portal_hosts,
+    )
+
+
+def backoff_s(retries: int) -> float:
+    """Delay before re-probe number `retries` + 1 while captive or limited."""
+    return min(BACKOFF_START_S * (1 << min(retries, 16)), BACKOFF_CAP_S)
+
+
+def step(session: Session, event: object, now: float) -> tuple[Session, tuple[Action, ...]]:
+    """Advance the session by one event; return the new session and what to do."""
+    actions: list[Action] = []
+    new = _step(session, event, now, actions)
+    if status(new) != status(session):
+        actions.append(PublishStatus(status(new)))
+    return new, tuple(actions)
+
+
+def _step(s: Session, event: object, now: float, out: list[Action]) -> Session:
+    match event:
+        case NetworkChanged(network=None):
+            if s.network is not None:
+                s = _clear_portal(s, out)
+            return Session(state=Connectivity.OFFLINE, probe_id=s.probe_id, nm=s.nm)
+        case NetworkChanged(network=Network() as network):
+            return _network(s, network, now, out)
+        case ConnectivityReported(connectivity=connectivity):
+            return _reported(replace(s, nm=connectivity), now, out)
+        case CheckRequested() | Resumed():
+            if s.network is None:
+                return s
+            state = s.state
+            if isinstance(event, Resumed) or state in (Connectivity.UNKNOWN, Connectivity.OFFLINE):
+                # After a suspend the old answer is stale; say so until the probe answers.
+                state = Connectivity.PROBING
+            return _probe(replace(s, state=state, retries=0), now, 0.0, out)
+        case ProbeFinished():
+            return _finished(s, event, now, out)
+    return s
+
+
+def _network(s: Session, network: Network, now: float, out: list[Action]) -> Session:
+    if s.network is not None and s.network.id == network.id:
+        if not _probe_relevant(s.network, network):
+            return replace(s, network=network)  # e.g. only the name changed
+        s = replace(s, network=network, retries=0)
+        if s.routed and network.venue_dns:
+            out.append(RouteToVenue(s.routed, network.venue_dns))
+        return _probe(s, now, 0.0, out)
+    if s.network is not None:
+        s = _clear_portal(s, out)
+    fresh = Session(network=network, probe_id=s.probe_id, nm=s.nm)
+    if is_unrestricted(network.api_uri):
+        # RFC 8910 §2: the network says there is no portal; clients may skip probing.
+        return replace(fresh, state=Connectivity.ONLINE)
+    return _probe(replace(fresh, state=Connectivity.PROBING), now, 0.0, out)
+
+
+def _probe_relevant(old: Network, new: Network) -> bool:
+    """Did something change that can change the probe's answer?"""
+    return (old.interface, old.addresses, old.venue_dns, old.api_uri, old.check_uri) != (
+        new.interface,
+        new.addresses,
+        new.venue_dns,
+        new.api_uri,
+        new.check_uri,
+    )
+
+
+def _reported(s: Session, now: float, out: list[Action]) -> Session:
+    if s.network is None:
+        return s
+    if s.nm in _NOT_ONLINE:
+        if s.probe_due is not None and s.probe_due <= now:
+            return s  # a probe is running; its answer is as fresh as a new one would be
+        return _probe(replace(s, retries=0), now, 0.0, out)
+    if s.nm is Connectivity.ONLINE and s.state is not Connectivity.ONLINE:
+        # NM's own check got through (after a sign-in, typically): trust it, stop probing.
+        return _online(s, -1, out)
+    return s
+
+
+def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -> Session:
+    network = s.network
+    if (
+        network is None
+        or event.network_id != network.id
+        or event.probe_id != s.probe_id
+        or s.probe_due is None
+    ):
+        return s  # for a network we left or a probe superseded since: ignored
+    verdict = classify_all(event.results, api=event.api, api_uri=api_uri_to_fetch(network.api_uri))
+    s = replace(s, probe_due=None)
+    match verdict.connectivity:
+        case Connectivity.CAPTIVE:
+            s = replace(
+                s,
+                state=Connectivity.CAPTIVE,
+                portal_url=verdict.portal_url,
+                portal_hosts=verdict.portal_hosts,
+                seconds_remaining=verdict.seconds_remaining,
+            )
+            new_hosts = tuple(h for h in verdict.portal_hosts if h not in s.pinned)
+            if new_hosts:
+                out.append(ResolveAndPinPortalHosts(network.id, new_hosts))
+                s = replace(s, pinned=s.pinned + new_hosts)
+            names = routing_names(s.pinned)
+            if names and network.venue_dns and names != s.routed:
+                out.append(RouteToVenue(names, network.venue_dns))
+                s = replace(s, routed=names)
+            return _retry(s, now, out)
+        case Connectivity.LIMITED:
+            # Keep the sign-in URL and pins from an earlier captive verdict: a portal that
+            # stops answering for a moment is still the same portal.
+            s = replace(s, state=Connectivity.LIMITED, seconds_remaining=verdict.seconds_remaining)
+            return _retry(s, now, out)
+        case Connectivity.ONLINE:
+            if s.state in _NOT_ONLINE or s.nm in _NOT_ONLINE:
+                # NM rechecks a portal only every few seconds (then every `interval`): ask now
+                # so desktops stop showing "sign in" as soon as we know.
+                out.append(AskNMToRecheck())
+            return _online(s, verdict.seconds_remaining, out)
+    # OFFLINE (this machine cannot send) or UNKNOWN (nothing to probe): wait for an event.
+    return replace(s, state=verdict.connectivity, retries=0)
+
+
+def _probe(s: Session, now: float, delay_s: float, out: list[Action]) -> Session:
+    assert s.network is not None
+    probe_id = s.probe_id + 1
+    out.append(StartProbe(s.network, delay_s, probe_id))
+    return replace(s, probe_id=probe_id, probe_due=now + delay_s)
+
+
+def _retry(s: Session, now: float, out: list[Action]) -> Session:
+    delay = backoff_s(s.retries)
+    return _probe(replace(s, retries=s.retries + 1), now, delay, out)
+
+
+def _online(s: Session, seconds_remaining: int, out: list[Action]) -> Session:
+    s = _clear_portal(s, out)
+    return replace(
+        s,
+        state=Connectivity.ONLINE,
+        portal_url="",
+        portal_hosts=(),
+        seconds_remaining=seconds_remaining,
+        retries=0,
+    )
+
+
+def _clear_portal(s: Session, out: list[Action]) -> Session:
+    """Cancel probing and undo pins and routing (the portal cleared or the network went)."""
+    if s.probe_due is not None:
+        out.append(CancelProbe())
+        # A new id so that the cancelled probe's answer, should it still come, is ignored.
+        s = replace(s, probe_id=s.probe_id + 1, probe_due=None)
+    if s.routed:
+        out.append(StopRouting())
+    if s.pinned and s.network is not None:
+        out.append(RemoveAutoOverrides(s.network.id))
+    return replace(s, routed=(), pinned=())
