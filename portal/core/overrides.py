@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from portal.core.model import Override, Source
 from portal.errors import (
     InvalidAddress,
     InvalidDomain,
@@ -21,7 +22,6 @@ from portal.errors import (
     StateError,
     TooManyOverrides,
 )
-from portal.core.model import Override, Source
 
 DEFAULT_TTL_S = 12 * 3600
 MAX_TTL_S = 366 * 86400
@@ -52,7 +52,9 @@ def parse_domain(text: str) -> str:
         try:
             name = name.encode("idna").decode("ascii")
         except UnicodeError as exc:
-            raise InvalidDomain(f"invalid domain {shown!r}: not a valid internationalised name") from exc
+            raise InvalidDomain(
+                f"invalid domain {shown!r}: not a valid internationalised name"
+            ) from exc
     name = name.lower()
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidDomain(f"invalid domain {shown!r}: longer than {MAX_NAME_LENGTH} characters")
@@ -108,7 +110,9 @@ def parse_duration(text: str) -> float | None:
         return None
     match = _DURATION.match(value)
     if not match:
-        raise InvalidTTL(f"invalid ttl {text!r}: use a number with s, m, h, d or w (e.g. 30m), or 'never'")
+        raise InvalidTTL(
+            f"invalid ttl {text!r}: use a number with s, m, h, d or w (e.g. 30m), or 'never'"
+        )
     seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     return check_ttl(seconds, shown=text)
 
@@ -211,7 +215,8 @@ class OverrideTable:
         new_names = {o.name for o in overrides} - self._by_name.keys()
         if len(self._by_name) + len(new_names) > self.limits.max_overrides:
             raise TooManyOverrides(
-                f"cannot import {len(overrides)} overrides: the limit is {self.limits.max_overrides}"
+                f"cannot import {len(overrides)} overrides: "
+                f"the limit is {self.limits.max_overrides}"
             )
         for o in overrides:
             self._by_name[o.name] = o
@@ -326,3 +331,31 @@ def parse_state(text: str, *, limits: Limits = Limits()) -> OverrideTable:
 
 def with_scope(o: Override, scope: str | None, scope_name: str = "") -> Override:
     return replace(o, scope=scope, scope_name=scope_name if scope else "")
+
+
+def parse_hosts(text: str) -> list[tuple[str, list[str]]]:
+    """hosts(5) lines → [(name, [addresses])], names in first-seen order, addresses merged.
+
+    Blank lines and comments are skipped. Any bad line raises with its line number, so an
+    import is all or nothing.
+    """
+    by_name: dict[str, list[str]] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) < 2:
+            raise InvalidDomain(
+                f"line {number}: expected 'ADDRESS NAME [NAME...]', got {raw.strip()!r}"
+            )
+        try:
+            addr = parse_address(fields[0])
+            names = [parse_domain(f) for f in fields[1:]]
+        except (InvalidAddress, InvalidDomain) as exc:
+            raise type(exc)(f"line {number}: {exc}") from exc
+        for name in names:
+            addrs = by_name.setdefault(name, [])
+            if addr not in addrs:
+                addrs.append(addr)
+    return list(by_name.items())

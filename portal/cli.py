@@ -1,0 +1,379 @@
+"""The `portal` command: argument parsing and printing only.
+
+Every command but `daemon` and `agent` talks to the daemon over D-Bus. Input is validated here
+first (exit 2 before any connection); the daemon validates again. Imports are lazy: `portal add`
+loads only what it needs, so it answers in well under a tenth of a second.
+
+Exit codes: 0 ok, 1 runtime error (daemon unreachable, not authorised, state not saved),
+2 usage or invalid input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from portal import __version__
+from portal.errors import (
+    ConfigError,
+    InvalidAddress,
+    InvalidDomain,
+    InvalidTTL,
+    PortalError,
+)
+
+USAGE_ERRORS = (InvalidDomain, InvalidAddress, InvalidTTL, ConfigError)
+TTL_FOREVER = 0xFFFFFFFFFFFFFFFF
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="portal",
+        description="Captive-portal helper: temporary DNS overrides and sign-in detection.",
+    )
+    p.add_argument("--version", action="version", version=f"portal {__version__}")
+    bus_help = "D-Bus to use: system (default), session, or an address; also $PORTAL_BUS"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--bus", help=bus_help)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser(
+        "add",
+        parents=[common],
+        help="answer DOMAIN with IP (or its venue address)",
+        description="Make DOMAIN resolve to IP. Without IP, look DOMAIN up through "
+        "the current network's own DNS and pin the answer.",
+    )
+    a.add_argument("domain")
+    a.add_argument("ip", nargs="*")
+    a.add_argument("--ttl", help="lifetime: 90s, 30m, 12h, 2d, or 'never' (default: 12h)")
+    a.add_argument("--until-removed", action="store_true", help="never expire")
+    a.add_argument(
+        "--any-network",
+        action="store_true",
+        help="answer on every network, not only the current one",
+    )
+
+    r = sub.add_parser("remove", parents=[common], help="remove the override for DOMAIN")
+    r.add_argument("domain")
+
+    ls = sub.add_parser("list", parents=[common], help="list overrides")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    st = sub.add_parser("status", parents=[common], help="network, portal state, DNS, overrides")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--watch", action="store_true", help="keep printing changes")
+
+    sub.add_parser("check", parents=[common], help="probe the current network now")
+    o = sub.add_parser("open", parents=[common], help="open the sign-in page in a browser")
+    o.add_argument("--print", action="store_true", help="only print the sign-in URL")
+
+    im = sub.add_parser(
+        "import", parents=[common], help="add overrides from hosts-file lines (all or nothing)"
+    )
+    im.add_argument(
+        "file", nargs="?", default="-", help="file with 'IP NAME...' lines, - for stdin"
+    )
+    im.add_argument("--ttl", help="lifetime of every entry (default: 12h)")
+    im.add_argument("--any-network", action="store_true")
+
+    d = sub.add_parser("daemon", parents=[common], help="run the daemon (system service)")
+    d.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR[:PORT]",
+        help="DNS listen address (repeatable; default 127.0.0.153:53)",
+    )
+    d.add_argument(
+        "--upstream",
+        action="append",
+        metavar="ADDR[:PORT]",
+        help="static upstream DNS server (repeatable; default: NetworkManager's)",
+    )
+    d.add_argument("--state-dir", metavar="DIR", help="where overrides are kept (/var/lib/portal)")
+    d.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
+    d.add_argument("--log-level", choices=["debug", "info"])
+
+    ag = sub.add_parser("agent", parents=[common], help="run the per-user desktop agent")
+    ag.add_argument("--browser", help="command that opens the sign-in page")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "daemon":
+            return run_daemon(args)
+        if args.command == "agent":
+            from portal import agent
+
+            agent_argv = []
+            if args.bus:
+                agent_argv += ["--bus", args.bus]
+            if args.browser:
+                agent_argv += ["--browser", args.browser]
+            return int(agent.main(agent_argv))
+        request = prepare(args)
+        return asyncio.run(run_client(args, request))
+    except USAGE_ERRORS as exc:
+        return fail(str(exc), 2)
+    except PortalError as exc:
+        return fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def fail(message: str, code: int) -> int:
+    print(f"portal: error: {message}", file=sys.stderr)
+    return code
+
+
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate input before connecting anywhere."""
+    from portal.core import overrides as ov
+
+    req: dict[str, Any] = {}
+    if args.command in ("add", "remove"):
+        req["domain"] = ov.parse_domain(args.domain)
+    if args.command == "add":
+        req["ips"] = list(ov.parse_addresses(args.ip))
+        req["ttl"] = ttl_arg(args.ttl, args.until_removed)
+    if args.command == "import":
+        text = sys.stdin.read() if args.file == "-" else read_file(args.file)
+        req["entries"] = ov.parse_hosts(text)
+        if not req["entries"]:
+            raise InvalidDomain("nothing to import: no 'ADDRESS NAME' lines")
+        req["ttl"] = ttl_arg(args.ttl, False)
+    return req
+
+
+def read_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PortalError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
+
+def ttl_arg(text: str | None, until_removed: bool) -> int:
+    from portal.core.overrides import parse_duration
+
+    if until_removed:
+        return TTL_FOREVER
+    if text is None:
+        return 0  # the daemon's default
+    seconds = parse_duration(text)
+    return TTL_FOREVER if seconds is None else int(round(seconds))
+
+
+async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from portal.edges.bus import resolve_bus
+    from portal.edges.client import Client
+
+    client = await Client.open(resolve_bus(args.bus))
+    try:
+        return await COMMANDS[args.command](client, args, req)
+    finally:
+        client.close()
+
+
+async def cmd_add(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (o,) = await client.call(
+        "AddOverride", "sastb", [req["domain"], req["ips"], req["ttl"], args.any_network]
+    )
+    where = f"on {o['scope_name'] or 'this network'}" if o["scope"] else "on any network"
+    print(f"{o['name']} -> {', '.join(o['addresses'])} ({expiry_text(o['expires_at'])}, {where})")
+    return 0
+
+
+async def cmd_remove(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    await client.call("RemoveOverride", "s", [req["domain"]])
+    print(f"removed {req['domain']}")
+    return 0
+
+
+async def cmd_import(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (count,) = await client.call(
+        "ImportOverrides",
+        "a(sas)tb",
+        [[list(e) for e in req["entries"]], req["ttl"], args.any_network],
+    )
+    print(f"imported {count} override(s)")
+    return 0
+
+
+def override_json(o: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": o["name"],
+        "addresses": o["addresses"],
+        "expires_at": o["expires_at"] or None,
+        "scope": o["scope"] or None,
+        "scope_name": o["scope_name"],
+        "source": o["source"],
+        "active": o["active"],
+        "created_by": o["created_by"],
+    }
+
+
+def expiry_text(expires_at: int, now: float | None = None) -> str:
+    if not expires_at:
+        return "until removed"
+    from portal.core.overrides import format_duration
+
+    left = expires_at - (now if now is not None else time.time())
+    return "expired" if left <= 0 else f"expires in {format_duration(left)}"
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def format_overrides(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no overrides"
+    rows = [["NAME", "ADDRESSES", "EXPIRES", "NETWORK", "SOURCE", "ACTIVE"]]
+    for o in items:
+        rows.append(
+            [
+                o["name"],
+                ",".join(o["addresses"]),
+                expiry_text(o["expires_at"]).replace("expires in ", "in "),
+                (o["scope_name"] or o["scope"]) if o["scope"] else "any",
+                o["source"],
+                "yes" if o["active"] else "no",
+            ]
+        )
+    return format_table(rows)
+
+
+async def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (items,) = await client.call("ListOverrides")
+    if args.json:
+        print(json.dumps([override_json(o) for o in items], indent=2))
+    else:
+        print(format_overrides(items))
+    return 0
+
+
+def status_json(s: dict[str, Any], overrides: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(s)
+    out["overrides"] = [override_json(o) for o in overrides]
+    return out
+
+
+def format_status(s: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
+    lines = [
+        f"network:    {s.get('network') or '(none)'}"
+        + (f" on {s['interface']}" if s.get("interface") else ""),
+        f"state:      {s.get('state', 'unknown')}",
+    ]
+    if s.get("portal_url"):
+        lines.append(f"sign-in:    {s['portal_url']}")
+    if int(s.get("seconds_remaining", -1)) >= 0:
+        from portal.core.overrides import format_duration
+
+        lines.append(f"session:    {format_duration(int(s['seconds_remaining']))} left")
+    lines += [
+        f"venue DNS:  {', '.join(s.get('venue_dns') or []) or '(unknown)'}",
+        f"DNS stub:   {', '.join(s.get('listen') or [])}",
+        f"upstreams:  {', '.join(s.get('upstreams') or []) or '(none)'}",
+        f"wiring:     {s.get('wiring', 'none')}",
+        f"overrides:  {s.get('overrides', 0)} active",
+    ]
+    if overrides:
+        lines += ["", format_overrides(overrides)]
+    return "\n".join(lines)
+
+
+async def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    async def show() -> None:
+        (status,) = await client.call("GetStatus")
+        (items,) = await client.call("ListOverrides")
+        if args.json:
+            print(
+                json.dumps(status_json(status, items), indent=None if args.watch else 2), flush=True
+            )
+        else:
+            print(format_status(status, items), flush=True)
+
+    await show()
+    if not args.watch:
+        return 0
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Task[None]] = []
+
+    def on_signal(member: str, body: list[Any]) -> None:
+        if not args.json:
+            print(f"\n-- {time.strftime('%H:%M:%S')} {member}", flush=True)
+        pending.append(loop.create_task(show()))
+
+    await client.watch(on_signal)
+    return 0
+
+
+async def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    await client.call("Check")
+    (status,) = await client.call("GetStatus")
+    print(
+        f"state: {status.get('state')}"
+        + (f", sign in at {status['portal_url']}" if status.get("portal_url") else "")
+    )
+    return 0
+
+
+async def cmd_open(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (status,) = await client.call("GetStatus")
+    url = status.get("portal_url") or ""
+    if not url:
+        raise PortalError(
+            f"no sign-in page known (state: {status.get('state', 'unknown')}); try 'portal check'"
+        )
+    if args.print:
+        print(url)
+        return 0
+    from portal.opener import open_url
+
+    open_url(url)
+    print(f"opening {url}")
+    return 0
+
+
+COMMANDS = {
+    "add": cmd_add,
+    "remove": cmd_remove,
+    "import": cmd_import,
+    "list": cmd_list,
+    "status": cmd_status,
+    "check": cmd_check,
+    "open": cmd_open,
+}
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from portal import config as cfg
+    from portal import daemon
+
+    conf = cfg.load(args.config)
+    flags: dict[str, Any] = {}
+    if args.listen:
+        flags["listen"] = args.listen
+    if args.upstream:
+        flags["upstreams"] = args.upstream
+    if args.state_dir:
+        flags["state_dir"] = args.state_dir
+    if args.log_level:
+        flags["log_level"] = args.log_level
+    bus = args.bus or os.environ.get("PORTAL_BUS")
+    if bus:
+        flags["bus"] = bus
+    conf = cfg.apply(conf, flags)
+    return daemon.run(conf)

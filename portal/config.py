@@ -1,0 +1,143 @@
+"""The daemon's configuration: a TOML file, overridden by flags.
+
+`parse(text)` is pure; `load(path)` is the only read. Every key is also a `portal daemon` flag.
+See portal.toml.example for every key with a comment.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from portal.core.model import Upstream
+from portal.core.overrides import DEFAULT_TTL_S, MAX_OVERRIDES, parse_duration
+from portal.errors import ConfigError, PortalError
+
+DEFAULT_CONFIG_PATH = "/etc/portal/portal.toml"
+DEFAULT_LISTEN = ("127.0.0.153:53",)
+DEFAULT_STATE_DIR = "/var/lib/portal"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    upstreams: tuple[Upstream, ...] = ()  # static; when empty, learned from NetworkManager
+    state_dir: str = DEFAULT_STATE_DIR
+    bus: str = "system"
+    admin_group: str = "netdev"  # credentials fallback when polkit is not on the bus
+    default_ttl_s: float | None = DEFAULT_TTL_S
+    max_overrides: int = MAX_OVERRIDES
+    probe_urls: tuple[str, ...] = ()  # empty: NM's check URI plus built-in ones
+    portal_api_uri: str = ""  # RFC 8908 API URI when the network does not announce one
+    resolv_conf: str = (
+        "/etc/resolv.conf"  # upstream fallback when there is no NM and no static list
+    )
+    wiring: str = "auto"  # auto | resolvconf | resolved | none
+    browser: str = ""  # the agent's command to open the sign-in page
+    log_level: str = "info"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_upstream(text: str) -> Upstream:
+    from portal.core.overrides import parse_address
+
+    value = str(text).strip()
+    host, port = value, 53
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest.startswith(":"):
+            port = _port(rest[1:], text)
+    elif value.count(":") == 1:
+        host, _, p = value.partition(":")
+        port = _port(p, text)
+    try:
+        host = parse_address(host)
+    except PortalError as exc:
+        raise ConfigError(f"invalid upstream {text!r}: {exc}") from exc
+    return Upstream(host, port)
+
+
+def _port(text: str, whole: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"invalid port in {whole!r}") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"invalid port in {whole!r}")
+    return port
+
+
+def check_listen(text: str) -> str:
+    from portal.edges.dns_stub import parse_listen
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise ConfigError(f"invalid listen address {text!r}: {exc}") from None
+    return text
+
+
+def parse(text: str, *, base: Config = Config()) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    return apply(base, data)
+
+
+def apply(base: Config, data: dict[str, Any]) -> Config:
+    """Merge a mapping of config keys (from the file or from flags) into a Config."""
+    known = {f.name for f in fields(Config)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if key == "default_ttl":
+            try:
+                changes["default_ttl_s"] = parse_duration(str(value))
+            except PortalError as exc:
+                raise ConfigError(f"invalid default_ttl: {exc}") from exc
+        elif key == "listen":
+            changes["listen"] = tuple(check_listen(str(v)) for v in _as_list(value, key))
+        elif key == "upstreams":
+            changes["upstreams"] = tuple(parse_upstream(str(v)) for v in _as_list(value, key))
+        elif key == "probe_urls":
+            changes["probe_urls"] = tuple(str(v) for v in _as_list(value, key))
+        elif key == "max_overrides":
+            if not isinstance(value, int) or not 1 <= value <= 100_000:
+                raise ConfigError("invalid max_overrides: a whole number from 1 to 100000")
+            changes[key] = value
+        elif key == "wiring":
+            if value not in ("auto", "resolvconf", "resolved", "none"):
+                raise ConfigError("invalid wiring: auto, resolvconf, resolved or none")
+            changes[key] = value
+        elif key in known and key not in ("extra", "default_ttl_s"):
+            if not isinstance(value, str):
+                raise ConfigError(f"invalid {key}: expected text")
+            changes[key] = value
+        else:
+            raise ConfigError(f"unknown config key {key!r}")
+    return replace(base, **changes)
+
+
+def _as_list(value: Any, key: str) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ConfigError(f"invalid {key}: expected a list")
+
+
+def load(path: str | None) -> Config:
+    """Read the config file. A missing default file is fine; a missing named file is not."""
+    target = Path(path or DEFAULT_CONFIG_PATH)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if path is None:
+            return Config()
+        raise ConfigError(f"config file {target} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {target}: {exc.strerror}") from exc
+    return parse(text)

@@ -1,0 +1,268 @@
+"""The DNS fast path: parse a query's question and build answers straight from bytes.
+
+Pure functions over `bytes` (RFC 1035 §4.1, EDNS0 per RFC 6891). They handle the common shape —
+one question, no compression in it, at most one OPT record — and report everything else as
+"unusual" so the caller can fall back to dnspython or answer FORMERR/NOTIMP. They never raise on
+any input: hostile packets are data here (tests feed them arbitrary bytes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+# RR types and classes used here (RFC 1035, RFC 3596, RFC 6891)
+TYPE_A = 1
+TYPE_AAAA = 28
+TYPE_OPT = 41
+TYPE_ANY = 255
+CLASS_IN = 1
+CLASS_ANY = 255
+
+RCODE_NOERROR = 0
+RCODE_FORMERR = 1
+RCODE_SERVFAIL = 2
+RCODE_NXDOMAIN = 3
+RCODE_NOTIMP = 4
+RCODE_REFUSED = 5
+RCODE_BADVERS = 16  # extended rcode, carried in the OPT record (RFC 6891 §6.1.3)
+
+EDNS_PAYLOAD = 1232  # what we advertise and honour at most (DNS flag day 2020)
+MIN_UDP_PAYLOAD = 512
+
+_HEADER = struct.Struct("!HHHHHH")
+_QTAIL = struct.Struct("!HH")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """The parts of a query the stub needs, with offsets into the original packet."""
+
+    id: int
+    flags: int
+    name: str  # lower-case, no trailing dot, "" for the root; only printable LDH-ish labels
+    qtype: int
+    qclass: int
+    question: bytes  # the question section exactly as sent (echoed back, RFC 1035 §4.1.2)
+    edns: bool = False
+    edns_version: int = 0
+    edns_do: bool = False
+    udp_payload: int = MIN_UDP_PAYLOAD
+
+    @property
+    def rd(self) -> bool:
+        return bool(self.flags & 0x0100)
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags >> 11) & 0xF
+
+
+class Unusual(Exception):
+    """Raised internally; never escapes parse_query."""
+
+
+def read_header(data: bytes) -> tuple[int, int, int, int, int, int] | None:
+    """(id, flags, qdcount, ancount, nscount, arcount), or None for fewer than 12 bytes."""
+    if len(data) < 12:
+        return None
+    return _HEADER.unpack_from(data, 0)
+
+
+def parse_query(data: bytes) -> Query | int | None:
+    """Parse a query.
+
+    Returns a Query for a well-formed standard query; an rcode (int) to answer with when the
+    header is readable but the query is not acceptable (FORMERR, NOTIMP); or None when the packet
+    must be dropped (too short for a header, or a response: answering responses invites
+    reflection loops).
+    """
+    header = read_header(data)
+    if header is None:
+        return None
+    qid, flags, qdcount, ancount, nscount, arcount = header
+    if flags & 0x8000:  # QR set: a response sent to us, never answer it
+        return None
+    opcode = (flags >> 11) & 0xF
+    if opcode != 0:
+        return RCODE_NOTIMP
+    if qdcount != 1 or ancount != 0 or nscount != 0 or arcount > 1:
+        return RCODE_FORMERR
+    try:
+        name, end = _read_plain_name(data, 12)
+        if end + 4 > len(data):
+            raise Unusual
+        qtype, qclass = _QTAIL.unpack_from(data, end)
+        qend = end + 4
+        edns = False
+        version = 0
+        do = False
+        payload = MIN_UDP_PAYLOAD
+        if arcount == 1:
+            # The one additional record must be an OPT with the root owner name (RFC 6891 §6.1.2)
+            if qend + 11 > len(data) or data[qend] != 0:
+                raise Unusual
+            rtype, rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, qend + 1)
+            if rtype != TYPE_OPT or qend + 11 + rdlen != len(data):
+                raise Unusual
+            edns = True
+            payload = max(MIN_UDP_PAYLOAD, min(rclass, EDNS_PAYLOAD))
+            version = (ttl >> 16) & 0xFF
+            do = bool(ttl & 0x8000)
+        elif qend != len(data):
+            raise Unusual  # trailing bytes
+    except (Unusual, struct.error, IndexError):
+        return RCODE_FORMERR
+    return Query(
+        id=qid,
+        flags=flags,
+        name=name,
+        qtype=qtype,
+        qclass=qclass,
+        question=bytes(data[12:qend]),
+        edns=edns,
+        edns_version=version,
+        edns_do=do,
+        udp_payload=payload,
+    )
+
+
+def _read_plain_name(data: bytes, offset: int) -> tuple[str, int]:
+    """Read an uncompressed name; compression pointers in a question are unusual (never sent by
+    real stubs) and refused, which also rules out pointer loops."""
+    labels: list[str] = []
+    total = 0
+    while True:
+        if offset >= len(data):
+            raise Unusual
+        length = data[offset]
+        offset += 1
+        if length == 0:
+            break
+        if length > 63:  # 0xC0 pointers and the reserved 0x40/0x80 label types
+            raise Unusual
+        total += length + 1
+        if total > 254:  # RFC 1035 §2.3.4: 255 octets including the root
+            raise Unusual
+        label = data[offset : offset + length]
+        if len(label) != length:
+            raise Unusual
+        offset += length
+        try:
+            text = label.decode("ascii")
+        except UnicodeDecodeError:
+            raise Unusual from None
+        if "." in text or not text.isprintable():
+            # a dot inside a label would alias another name; never match overrides with it
+            raise Unusual
+        labels.append(text.lower())
+    return ".".join(labels), offset
+
+
+def _flags_for_answer(query: Query, rcode: int, *, aa: bool) -> int:
+    # QR=1, opcode copied, AA for local data, RD and CD copied (RFC 1035 §4.1.1, RFC 4035 §3.2.2),
+    # RA=1: we offer recursion (by forwarding)
+    flags = 0x8000 | (query.flags & 0x7800) | (query.flags & 0x0100) | (query.flags & 0x0010)
+    flags |= 0x0080
+    if aa:
+        flags |= 0x0400
+    return flags | (rcode & 0xF)
+
+
+def _opt_record(query: Query, rcode: int) -> bytes:
+    # OPT: root owner, type 41, class = our payload size, TTL = ext-rcode | version 0 | DO copied
+    ttl = ((rcode >> 4) & 0xFF) << 24
+    if query.edns_do:
+        ttl |= 0x8000
+    return b"\x00" + struct.pack("!HHIH", TYPE_OPT, EDNS_PAYLOAD, ttl, 0)
+
+
+def build_answer(query: Query, addresses: tuple[bytes, ...], rtype: int, ttl: int) -> bytes:
+    """A NOERROR answer with one A or AAAA record per packed address (empty → NODATA).
+
+    The question is echoed as sent; owner names use a compression pointer to it (offset 12).
+    If the records do not fit the client's UDP size, whole records are dropped and TC set.
+    Callers pass `addresses` already packed (4 or 16 bytes) — see pack_addresses().
+    """
+    return build_records(query, [(rtype, a) for a in addresses], ttl)
+
+
+def build_records(query: Query, records: list[tuple[int, bytes]], ttl: int) -> bytes:
+    ttl = max(0, min(ttl, 0x7FFFFFFF))
+    limit = query.udp_payload
+    opt = _opt_record(query, RCODE_NOERROR) if query.edns else b""
+    base = 12 + len(query.question) + len(opt)
+    rrs: list[bytes] = []
+    size = base
+    truncated = False
+    for rtype, rdata in records:
+        rr = struct.pack("!HHHIH", 0xC00C, rtype, CLASS_IN, ttl, len(rdata)) + rdata
+        if size + len(rr) > limit:
+            truncated = True
+            break
+        rrs.append(rr)
+        size += len(rr)
+    flags = _flags_for_answer(query, RCODE_NOERROR, aa=True)
+    if truncated:
+        flags |= 0x0200
+    header = _HEADER.pack(query.id, flags, 1, len(rrs), 0, 1 if query.edns else 0)
+    return header + query.question + b"".join(rrs) + opt
+
+
+def build_error(query: Query, rcode: int) -> bytes:
+    """An answer with no records and `rcode` (SERVFAIL, REFUSED, BADVERS...)."""
+    edns = query.edns
+    flags = _flags_for_answer(query, rcode, aa=False)
+    opt = _opt_record(query, rcode) if edns else b""
+    header = _HEADER.pack(query.id, flags, 1, 0, 0, 1 if edns else 0)
+    return header + query.question + opt
+
+
+def build_header_error(data: bytes, rcode: int) -> bytes | None:
+    """FORMERR/NOTIMP for a packet whose question could not be parsed: header only (RFC 1035
+    allows an empty question section in such replies). None when no header can be read."""
+    header = read_header(data)
+    if header is None or header[1] & 0x8000:
+        return None
+    qid, flags = header[0], header[1]
+    out_flags = 0x8000 | (flags & 0x7800) | (flags & 0x0100) | 0x0080 | (rcode & 0xF)
+    return _HEADER.pack(qid, out_flags, 0, 0, 0, 0)
+
+
+def pack_addresses(addresses: tuple[str, ...]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """Split textual addresses into packed IPv4 and IPv6 rdata, once per override."""
+    v4: list[bytes] = []
+    v6: list[bytes] = []
+    for text in addresses:
+        addr = ipaddress.ip_address(text)
+        (v6 if addr.version == 6 else v4).append(addr.packed)
+    return tuple(v4), tuple(v6)
+
+
+def with_id(data: bytes, qid: int) -> bytes:
+    """The same message with another ID (for forwarding with a random upstream ID)."""
+    return struct.pack("!H", qid & 0xFFFF) + data[2:]
+
+
+def response_matches(response: bytes, qid: int, question: bytes) -> bool:
+    """True when `response` is an answer to our forwarded query: QR set, same ID and the same
+    question, compared case-insensitively (RFC 5452 §9.1: match ID, source and question)."""
+    header = read_header(response)
+    if header is None:
+        return False
+    rid, flags, qdcount = header[0], header[1], header[2]
+    if rid != qid or not flags & 0x8000 or qdcount != 1:
+        return False
+    got = response[12 : 12 + len(question)]
+    # names compare case-insensitively (0x20 randomisation, RFC 4343); type and class exactly.
+    # Label-length bytes are < 64 and never touched by bytes.lower().
+    return got[:-4].lower() == question[:-4].lower() and got[-4:] == question[-4:]
+
+
+def is_truncated(response: bytes) -> bool:
+    return len(response) >= 4 and bool(response[2] & 0x02)
+
+
+def rcode_of(response: bytes) -> int:
+    return response[3] & 0xF if len(response) >= 4 else -1

@@ -1,0 +1,398 @@
+"""`portal daemon`: wiring only. Start the edges, keep the state, carry out what core decides.
+
+Order at start: bind (or take from systemd) the DNS sockets and serve at once — queries that
+arrive meanwhile wait in the kernel — then load D-Bus and the rest. The DNS path never awaits
+D-Bus or disk: the stub reads a ready mapping that is swapped whenever overrides or the network
+change. Every action that can fail logs "..., ignoring" and never stops DNS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from portal import __version__
+from portal.config import Config
+from portal.core.answer import local_entries
+from portal.core.model import Connectivity, Network, Override, PortalStatus, Upstream
+from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
+from portal.edges import store, systemd
+from portal.edges.dns_stub import DnsStub, bind_sockets, parse_listen
+from portal.edges.upstream import Forwarder
+from portal.errors import InvalidAddress, PortalError
+
+if TYPE_CHECKING:
+    from dbus_next.aio import MessageBus
+
+    from portal.edges.control import ControlServer
+
+log = logging.getLogger("portal")
+
+BUS_RETRY_MAX_S = 60.0
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<prio>message` when stderr goes to journald (sd-daemon(3) prefixes)."""
+
+    PRIO = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIO.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s portal %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+
+
+def resolv_conf_upstreams(path: str, exclude: set[str]) -> tuple[Upstream, ...]:
+    """Nameservers from a resolv.conf, minus our own listen addresses (never forward to self)."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError:
+        return ()
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] not in exclude:
+            out.append(Upstream(parts[1].split("%")[0]))
+    return tuple(out)
+
+
+class Daemon:
+    """All run-time state of the daemon and the Service the control API calls."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.limits = Limits(max_overrides=config.max_overrides)
+        self.table = OverrideTable(limits=self.limits)
+        self.portal = PortalStatus()
+        self.forwarder = Forwarder(config.upstreams)
+        self.stub: DnsStub | None = None
+        self.bus: MessageBus | None = None
+        self.control: ControlServer | None = None
+        self._lock = asyncio.Lock()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.upstream_source = "config" if config.upstreams else "none"
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def network(self) -> Network | None:
+        return self.portal.network
+
+    @property
+    def network_id(self) -> str | None:
+        return self.network.id if self.network else None
+
+    def _refresh(self, *, changed: bool = True) -> None:
+        """Swap the stub's view, reschedule expiry, tell listeners."""
+        now = time.time()
+        if self.stub is not None:
+            self.stub.set_entries(
+                local_entries(self.table.active(network_id=self.network_id, now=now))
+            )
+        self._schedule_expiry()
+        systemd.notify(f"STATUS={self._status_line()}")
+        if changed and self.control is not None:
+            self.control.emit_overrides_changed()
+
+    def _status_line(self) -> str:
+        active = len(self.table.active(network_id=self.network_id, now=time.time()))
+        return f"serving {active} override(s), {len(self.forwarder.upstreams)} upstream(s)"
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        when = self.table.next_expiry()
+        if when is None:
+            return  # nothing will expire: no timer, no wakeups
+        delay = max(0.0, when - time.time()) + 0.05
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        self._spawn(self._purge())
+
+    async def _purge(self) -> None:
+        async with self._lock:
+            new = self._copy()
+            gone = new.expire(time.time())
+            if gone:
+                try:
+                    await asyncio.to_thread(store.save, self.config.state_dir, new)
+                except PortalError as exc:
+                    log.error("%s; expired overrides stay on disk until the next save", exc)
+                self.table = new
+                for o in gone:
+                    log.info("override %s expired", o.name)
+            self._refresh(changed=bool(gone))
+
+    def _copy(self) -> OverrideTable:
+        return OverrideTable(self.table.entries(), limits=self.limits)
+
+    async def _commit(self, new: OverrideTable) -> None:
+        """Save first; only a durable change becomes visible (nothing acknowledged is lost)."""
+        await asyncio.to_thread(store.save, self.config.state_dir, new)
+        self.table = new
+        self._refresh()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- Service (called by the control API) -------------------------------------------------
+
+    def _ttl(self, ttl_s: float | None) -> float | None:
+        return self.config.default_ttl_s if ttl_s is not None and ttl_s < 0 else ttl_s
+
+    def _scope(self, any_network: bool) -> tuple[str | None, str]:
+        if any_network or self.network is None:
+            return None, ""
+        return self.network.id, self.network.name
+
+    async def add(
+        self, name: str, addresses: list[str], ttl_s: float | None, any_network: bool, caller: str
+    ) -> Override:
+        if not addresses:
+            addresses = await self._resolve_at_venue(name)
+        scope, scope_name = self._scope(any_network)
+        async with self._lock:
+            new = self._copy()
+            o = new.prepare(
+                name,
+                addresses,
+                ttl_s=self._ttl(ttl_s),
+                now=time.time(),
+                scope=scope,
+                scope_name=scope_name,
+                created_by=caller,
+            )
+            new.put(o)
+            await self._commit(new)
+        life = (
+            "until removed" if o.expires_at is None else format_duration(o.expires_at - time.time())
+        )
+        where = f"network {o.scope_name or o.scope}" if o.scope else "any network"
+        log.info(
+            "override %s -> %s added by %s, %s, %s",
+            o.name,
+            " ".join(o.addresses),
+            caller,
+            life,
+            where,
+        )
+        return o
+
+    async def _resolve_at_venue(self, name: str) -> list[str]:
+        norm = parse_domain(name)
+        net = self.network
+        if net is None or not net.venue_dns:
+            raise InvalidAddress(
+                f"no address given for {norm}, and no network DNS is known to "
+                "look it up: give the address (portal add NAME IP)"
+            )
+        from portal.edges.venue_dns import resolve_via
+
+        found = await resolve_via(norm, net.venue_dns, timeout_s=3.0)
+        if not found:
+            raise InvalidAddress(
+                f"{norm} does not resolve through the network's DNS "
+                f"({', '.join(net.venue_dns)}); give the address"
+            )
+        return found
+
+    async def remove(self, name: str, caller: str) -> None:
+        async with self._lock:
+            new = self._copy()
+            o = new.remove(name)
+            await self._commit(new)
+        log.info("override %s removed by %s", o.name, caller)
+
+    async def import_entries(
+        self,
+        entries: list[tuple[str, list[str]]],
+        ttl_s: float | None,
+        any_network: bool,
+        caller: str,
+    ) -> int:
+        scope, scope_name = self._scope(any_network)
+        async with self._lock:
+            new = self._copy()
+            now = time.time()
+            made: list[Override] = []
+            for i, (name, addrs) in enumerate(entries, 1):
+                try:
+                    made.append(
+                        new.prepare(
+                            name,
+                            addrs,
+                            ttl_s=self._ttl(ttl_s),
+                            now=now,
+                            scope=scope,
+                            scope_name=scope_name,
+                            created_by=caller,
+                        )
+                    )
+                except PortalError as exc:
+                    raise type(exc)(f"entry {i} ({name}): {exc}") from exc
+            new.add_many(made)
+            await self._commit(new)
+        log.info("%d override(s) imported by %s", len(made), caller)
+        return len(made)
+
+    def overrides(self) -> list[tuple[Override, bool]]:
+        now = time.time()
+        return [
+            (o, not o.is_expired(now) and o.applies_to(self.network_id))
+            for o in self.table.entries()
+        ]
+
+    def status(self) -> dict[str, Any]:
+        net = self.network
+        return {
+            "version": __version__,
+            "listen": self.stub.addresses() if self.stub else [],
+            "upstreams": [str(u) for u in self.forwarder.upstreams],
+            "upstream_source": self.upstream_source,
+            "network": net.name if net else "",
+            "network_id": net.id if net else "",
+            "interface": net.interface if net else "",
+            "state": self.portal.state.value,
+            "portal_url": self.portal.portal_url,
+            "venue_dns": list(net.venue_dns) if net else [],
+            "seconds_remaining": self.portal.seconds_remaining,
+            "overrides": len(self.table.active(network_id=self.network_id, now=time.time())),
+            "wiring": "none",
+        }
+
+    async def check(self, caller: str) -> None:
+        log.info("check requested by %s", caller)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _take_sockets(self) -> list[Any]:
+        socks = systemd.listen_fds()
+        if socks:
+            log.info("using %d socket(s) from systemd", len(socks))
+            return socks
+        try:
+            return bind_sockets([parse_listen(a) for a in self.config.listen])
+        except OSError as exc:
+            raise PortalError(
+                f"cannot listen on {', '.join(self.config.listen)}: {exc.strerror or exc}"
+            ) from exc
+
+    def _load_upstreams(self) -> None:
+        if self.config.upstreams:
+            return
+        own = {parse_listen(a)[0] for a in self.config.listen}
+        found = resolv_conf_upstreams(self.config.resolv_conf, own)
+        if found:
+            self.forwarder.set_upstreams(found)
+            self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        self.table = store.load(self.config.state_dir, limits=self.limits)
+        self.table.expire(time.time())
+        self._load_upstreams()
+        self.stub = DnsStub(self._take_sockets(), self.forwarder)
+        await self.stub.start()
+        self._refresh(changed=False)
+        log.info(
+            "portal %s serving DNS on %s with %d override(s); upstreams: %s",
+            __version__,
+            ", ".join(self.stub.addresses()),
+            len(self.table),
+            ", ".join(str(u) for u in self.forwarder.upstreams) or "none",
+        )
+        self._spawn(self._keep_bus())
+        systemd.notify("READY=1")
+        interval = systemd.watchdog_interval_s()
+        if interval:
+            self._spawn(self._watchdog(interval))
+        await self._stop.wait()
+        systemd.notify("STOPPING=1")
+        log.info("stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._expiry:
+            self._expiry.cancel()
+        await self.stub.close()
+        if self.bus is not None:
+            self.bus.disconnect()
+        return 0
+
+    async def _watchdog(self, interval_s: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval_s)
+
+    async def _keep_bus(self) -> None:
+        """Connect to the bus and export the control API; reconnect with backoff if it goes."""
+        from portal.edges.bus import connect, describe, resolve_bus
+
+        choice = resolve_bus(self.config.bus)
+        delay = 1.0
+        while True:
+            try:
+                from portal.edges.control import ControlServer
+
+                bus = await connect(choice)
+                control = ControlServer(bus, self, admin_group=self.config.admin_group)
+                await control.start()
+            except PortalError as exc:
+                log.error("%s; DNS keeps working, retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BUS_RETRY_MAX_S)
+                continue
+            self.bus, self.control = bus, control
+            delay = 1.0
+            log.info(
+                "control API on %s as %s (authorisation: %s)",
+                describe(choice),
+                "org.portalhelper.Portal1",
+                control.auth_mode,
+            )
+            await bus.wait_for_disconnect()
+            self.bus, self.control = None, None
+            log.warning("lost %s; reconnecting", describe(choice))
+            await asyncio.sleep(1.0)
+
+    def set_network(self, network: Network | None, state: Connectivity | None = None) -> None:
+        self.portal = PortalStatus(network=network, state=state or self.portal.state)
+        self._refresh(changed=False)
+
+
+def run(config: Config) -> int:
+    setup_logging(config.log_level)
+    daemon = Daemon(config)
+    try:
+        return asyncio.run(daemon.run())
+    except PortalError as exc:
+        log.error("%s", exc)
+        return 1

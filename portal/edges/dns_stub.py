@@ -1,0 +1,323 @@
+"""The local DNS stub: UDP and TCP sockets on loopback, bytes in, bytes out.
+
+Reads datagrams straight from the socket (asyncio's datagram transport allocates a 256 KiB
+buffer per read), asks portal.core.answer what to do, and replies or forwards. Never awaits D-Bus
+or disk: the overrides arrive as a ready mapping through `set_entries()`. Loopback clients only.
+Hostile input is logged at debug level and dropped or answered FORMERR; nothing here raises out
+of a read callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+import time
+from collections.abc import Iterable, Mapping
+
+from portal.core.answer import Forward, LocalEntry, Unparsed, decide, decide_query, refuse
+from portal.core.model import Upstream
+from portal.core.wire import (
+    RCODE_FORMERR,
+    RCODE_SERVFAIL,
+    Query,
+    build_error,
+    build_header_error,
+    parse_query,
+)
+from portal.edges.upstream import Forwarder
+
+log = logging.getLogger("portal.dns")
+
+TCP_IDLE_TIMEOUT_S = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes, for idle clients
+TCP_MAX_CLIENTS = 64
+MAX_PENDING_FORWARDS = 1024  # forwarded UDP queries in flight; beyond that, SERVFAIL at once
+UDP_BATCH = 64  # datagrams read per wakeup before yielding to the loop (fairness)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
+def parse_listen(text: str, default_port: int = 53) -> tuple[str, int]:
+    """'127.0.0.153', '127.0.0.153:5353', '[::1]:53' → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    else:
+        host, port = text, default_port
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    return host, port
+
+
+def bind_sockets(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:
+    """One UDP and one TCP socket per address."""
+    socks: list[socket.socket] = []
+    try:
+        for host, port in listen:
+            fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+            u = socket.socket(fam, socket.SOCK_DGRAM)
+            socks.append(u)
+            u.bind((host, port))
+            t = socket.socket(fam, socket.SOCK_STREAM)
+            socks.append(t)
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            t.bind((host, port))
+            t.listen(128)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+class DnsStub:
+    def __init__(self, sockets: list[socket.socket], forwarder: Forwarder) -> None:
+        self.sockets = sockets
+        self.forwarder = forwarder
+        self.entries: Mapping[str, LocalEntry] = {}
+        self.portal_routes: dict[str, tuple[Upstream, ...]] = {}  # domain → venue DNS
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._servers: list[asyncio.Server] = []
+        self._tcp_clients = 0
+        self.answered_local = 0
+        self.forwarded = 0
+        self.dropped = 0
+
+    def set_entries(self, entries: Mapping[str, LocalEntry]) -> None:
+        self.entries = entries
+
+    def set_portal_routes(self, routes: Mapping[str, tuple[Upstream, ...]]) -> None:
+        """While a portal is up, names under these domains go to the venue's DNS."""
+        self.portal_routes = dict(routes)
+
+    def addresses(self) -> list[str]:
+        out = []
+        for s in self.sockets:
+            if s.type == socket.SOCK_DGRAM:
+                host, port = s.getsockname()[:2]
+                out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return out
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for s in self.sockets:
+            s.setblocking(False)
+            if s.type == socket.SOCK_DGRAM:
+                loop.add_reader(s.fileno(), self._on_udp, s)
+            else:
+                server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
+                self._servers.append(server)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for s in self.sockets:
+            if s.type == socket.SOCK_DGRAM:
+                loop.remove_reader(s.fileno())
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for s in self.sockets:
+            s.close()
+
+    # -- UDP ---------------------------------------------------------------------------------
+
+    def _on_udp(self, sock: socket.socket) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("udp receive failed: %s, ignoring", exc)
+                return
+            try:
+                self._handle_udp(sock, data, addr)
+            except Exception:  # the stub never dies of one packet
+                log.exception("internal error on a packet from %s, ignoring", addr[0])
+
+    def _handle_udp(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        if not is_loopback(addr[0]):
+            self.dropped += 1
+            log.debug("query from non-loopback %s, refusing", addr[0])
+            reply = refuse(data)
+            if reply is not None:
+                sock.sendto(reply, addr)
+            return
+        decision = decide(data, self.entries, time.time())
+        if isinstance(decision, bytes):
+            self.answered_local += 1
+            sock.sendto(decision, addr)
+        elif isinstance(decision, Forward):
+            if len(self._tasks) >= MAX_PENDING_FORWARDS:
+                sock.sendto(build_error(decision.query, RCODE_SERVFAIL), addr)
+                return
+            self._spawn(self._forward_udp(sock, data, decision.query, addr))
+        elif isinstance(decision, Unparsed):
+            slow = self._slow_path(data, decision.rcode)
+            if isinstance(slow, bytes):
+                sock.sendto(slow, addr)
+            elif isinstance(slow, Query):
+                self._spawn(self._forward_udp(sock, data, slow, addr))
+        else:
+            self.dropped += 1
+            log.debug("undecodable packet from %s (%d bytes), ignoring", addr[0], len(data))
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward_udp(
+        self, sock: socket.socket, data: bytes, q: Query, addr: tuple[str, int]
+    ) -> None:
+        reply = await self._forward(data, q, tcp=False)
+        try:
+            sock.sendto(reply, addr)
+        except OSError as exc:
+            log.debug("reply to %s failed: %s, ignoring", addr[0], exc)
+
+    async def _forward(self, data: bytes, q: Query, *, tcp: bool) -> bytes:
+        self.forwarded += 1
+        upstreams = self._route(q.name)
+        try:
+            answer = await self.forwarder.forward(data, q.question, upstreams=upstreams, tcp=tcp)
+        except Exception:
+            log.exception("forwarding %s failed, answering SERVFAIL", q.name)
+            answer = None
+        if answer is None:
+            return build_error(q, RCODE_SERVFAIL)
+        if not tcp and len(answer) > q.udp_payload:
+            # Never send more than the client can take: header + question, TC set (RFC 1035 §4.2.1)
+            return _truncate(answer, q)
+        return answer
+
+    def _route(self, name: str) -> tuple[Upstream, ...] | None:
+        if not self.portal_routes:
+            return None
+        labels = name.split(".")
+        for i in range(len(labels)):
+            venue = self.portal_routes.get(".".join(labels[i:]))
+            if venue:
+                return venue
+        return None
+
+    def _slow_path(self, data: bytes, rcode: int) -> bytes | Query | None:
+        """Queries the fast path will not read (compression in the question, odd records):
+        let dnspython try; otherwise answer the fast path's rcode with the header only."""
+        if rcode == RCODE_FORMERR:
+            q = _parse_with_dnspython(data)
+            if q is not None:
+                decision = decide_query(q, self.entries, time.time())
+                return decision if isinstance(decision, bytes) else decision.query
+        return build_header_error(data, rcode)
+
+    # -- TCP ---------------------------------------------------------------------------------
+
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        host = peer[0] if peer else ""
+        if not is_loopback(host) or self._tcp_clients >= TCP_MAX_CLIENTS:
+            log.debug("tcp client %s refused (non-loopback or too many clients)", host)
+            writer.close()
+            return
+        self._tcp_clients += 1
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
+                    (length,) = struct.unpack("!H", head)
+                    data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT_S)
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                reply = await self._answer_tcp(data)
+                if reply is None:
+                    return
+                writer.write(struct.pack("!H", len(reply)) + reply)
+                await writer.drain()
+        except Exception:
+            log.exception("internal error on a tcp client, closing it")
+        finally:
+            self._tcp_clients -= 1
+            writer.close()
+
+    async def _answer_tcp(self, data: bytes) -> bytes | None:
+        decision = decide(data, self.entries, time.time())
+        if isinstance(decision, bytes):
+            self.answered_local += 1
+            return _untruncate_tcp(decision)
+        if isinstance(decision, Forward):
+            return await self._forward(data, decision.query, tcp=True)
+        if isinstance(decision, Unparsed):
+            reply = self._slow_path(data, decision.rcode)
+            if isinstance(reply, Query):
+                return await self._forward(data, reply, tcp=True)
+            return reply
+        return None
+
+
+def _truncate(answer: bytes, q: Query) -> bytes:
+    header = struct.unpack_from("!HHHHHH", answer, 0)
+    flags = header[1] | 0x0200
+    return struct.pack("!HHHHHH", header[0], flags, 1, 0, 0, 0) + q.question
+
+
+def _untruncate_tcp(reply: bytes) -> bytes:
+    # Local answers are sized for UDP; over TCP there is no limit, but our answers are small
+    # (≤ 16 addresses) so they never truncate in practice. Kept as is.
+    return reply
+
+
+def _parse_with_dnspython(data: bytes) -> Query | None:
+    import dns.exception
+    import dns.message
+    import dns.rdatatype
+
+    try:
+        msg = dns.message.from_wire(data, question_only=True)
+    except (dns.exception.DNSException, ValueError, IndexError, struct.error):
+        return None
+    if len(msg.question) != 1 or msg.flags & 0x8000:
+        return None
+    rrset = msg.question[0]
+    name = rrset.name.to_text(omit_final_dot=True).lower()
+    if name == "@":
+        name = ""
+    try:
+        wire_name = rrset.name.to_wire()
+        if wire_name is None:
+            return None
+        question = wire_name + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
+    except Exception:
+        return None
+    parsed = parse_query(data[:4] + struct.pack("!HHHH", 1, 0, 0, 0) + question)
+    if not isinstance(parsed, Query):
+        return None
+    # keep the EDNS view of the original if it had an OPT record
+    return Query(
+        id=parsed.id,
+        flags=parsed.flags,
+        name=name,
+        qtype=parsed.qtype,
+        qclass=parsed.qclass,
+        question=question,
+        edns=msg.edns >= 0,
+        edns_version=max(msg.edns, 0),
+        edns_do=bool(msg.ednsflags & 0x8000),
+        udp_payload=max(512, min(msg.payload or 512, 1232)),
+    )
