@@ -56,6 +56,23 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _close_half_made_bus(exc: BaseException) -> None:
+    """Close the socket dbus-next 0.2.3 leaves open when its connect() fails.
+
+    `BaseMessageBus._setup_socket` keeps the failed socket on `self` and raises from inside
+    `__init__`, so the caller never gets the object to close; the socket is only freed by the
+    garbage collector (a ResourceWarning). The frame that raised still holds `self`.
+    """
+    tb = exc.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        for attr in ("_stream", "_sock"):
+            closer = getattr(getattr(obj, attr, None), "close", None)
+            if callable(closer):
+                closer()
+        tb = tb.tb_next
+
+
 class ResolverWiring:
     """Wire the DNS stub into the system's name resolution, and report whether it is.
 
@@ -95,6 +112,7 @@ class ResolverWiring:
                     bus = MessageBus(bus_address=self._bus_choice)
                 self._bus = await bus.connect()
             except Exception as exc:  # dbus_next raises OSError, ValueError, its own errors
+                _close_half_made_bus(exc)
                 raise WiringError(
                     f"cannot reach the system bus for systemd-resolved: {exc}"
                 ) from exc
@@ -248,5 +266,5 @@ class ResolverWiring:
 
     async def close(self) -> None:
         if self._bus is not None:
-            self._bus.disconnect()  # type: ignore[no-untyped-call]
+            self._bus.disconnect()
             self._bus = None

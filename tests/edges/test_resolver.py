@@ -1,0 +1,437 @@
+"""Resolver wiring against real resolvers: glibc with the generated resolv.conf, and a real
+systemd-resolved driven over a private D-Bus by ResolverWiring.
+
+Everything runs in a network namespace this test creates (unique name, removed afterwards):
+one dnsmasq plays the network's DNS server (127.0.0.77), another plays the stub (127.0.0.153,
+answering the override and forwarding the rest). glibc lookups run in a private mount namespace
+with the resolv.conf under test bind-mounted over /etc/resolv.conf, so the host's file is never
+touched. systemd-resolved comes from Debian's systemd-resolved package unpacked with `dpkg -x`
+(installing it would take over this machine's resolv.conf); it runs as nobody with only the
+capabilities it keeps in its own unit, on a private bus, with a tmpfs over /run/systemd.
+Every process is started here and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from portal.core.wiring import render_resolv_conf
+from portal.edges.resolver import ResolverWiring
+
+REPO = Path(__file__).resolve().parents[2]
+STUB = "127.0.0.153"
+NETWORK_DNS = "127.0.0.77"
+OVERRIDE = "login.hotspot.example"
+OVERRIDE_ADDR = "10.1.2.3"
+VENUE_ADDR = "192.0.2.99"  # what the network itself answers for the overridden name
+OTHER = "example.org"
+OTHER_ADDR = "192.0.2.10"
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root: creates network and mount namespaces"
+)
+needs_tools = pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("ip", "unshare", "dnsmasq", "getent", "dig")),
+    reason="needs ip (iproute2), unshare (util-linux), dnsmasq, getent and dig (bind9-dnsutils)",
+)
+
+
+def _run(cmd: list[str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class Processes:
+    """Processes a test started; stopped by PID, never by name."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+@pytest.fixture
+def procs() -> Iterator[Processes]:
+    p = Processes()
+    try:
+        yield p
+    finally:
+        p.stop_all()
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh network namespace with lo up and one veth pair carrying a link-local address.
+
+    glibc's getaddrinfo(AI_ADDRCONFIG) returns nothing when only lo has addresses, and
+    systemd-resolved ignores links without a non-loopback address: portal0 gets the address the
+    NixOS module gives it (169.254.53.53/32).
+    """
+    name = f"ptres-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    assert _run(["ip", "netns", "add", name]).returncode == 0
+    try:
+        for cmd in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "portal0", "type", "veth", "peer", "name", "portal0p"],
+            ["addr", "add", "169.254.53.53/32", "dev", "portal0"],
+            ["link", "set", "portal0", "up"],
+            ["link", "set", "portal0p", "up"],
+        ):
+            res = _run(["ip", "-n", name, *cmd])
+            assert res.returncode == 0, res.stderr
+        yield name
+    finally:
+        _run(["ip", "netns", "del", name])
+
+
+def dnsmasq(ns: str, listen: str, records: dict[str, str], *, forward: str = "") -> list[str]:
+    cmd = [
+        "ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+        f"--listen-address={listen}", "--bind-interfaces", "--no-hosts", "--no-resolv",
+        "--pid-file", "--user=root", "--cache-size=0", "--log-facility=/dev/null",
+    ]  # fmt: skip
+    cmd += [f"--host-record={name},{addr}" for name, addr in records.items()]
+    if forward:
+        cmd.append(f"--server={forward}")
+    return cmd
+
+
+def wait_answer(ns: str, server: str, name: str, expected: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        res = _run(["ip", "netns", "exec", ns, "dig", "+short", "+time=1", "+tries=1",
+                    f"@{server}", name])  # fmt: skip
+        if expected in res.stdout.split():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{server} never answered {name} with {expected}")
+
+
+def start_network_and_stub(ns: str, procs: Processes) -> subprocess.Popen[bytes]:
+    """The network's server (answers the overridden name differently) and the stub."""
+    procs.start(dnsmasq(ns, NETWORK_DNS, {OVERRIDE: VENUE_ADDR, OTHER: OTHER_ADDR}))
+    wait_answer(ns, NETWORK_DNS, OTHER, OTHER_ADDR)
+    stub = procs.start(dnsmasq(ns, STUB, {OVERRIDE: OVERRIDE_ADDR}, forward=NETWORK_DNS))
+    wait_answer(ns, STUB, OVERRIDE, OVERRIDE_ADDR)
+    wait_answer(ns, STUB, OTHER, OTHER_ADDR)
+    return stub
+
+
+def lookups(ns: str, resolv_conf: Path, names: list[str]) -> list[tuple[int, str, float]]:
+    """`getent hosts NAME` for each name with `resolv_conf` as /etc/resolv.conf.
+
+    Returns (exit code, first address, seconds) per lookup, timed inside the namespace so the
+    cost of entering it is not counted.
+    """
+    script = (
+        f"mount --bind {resolv_conf} /etc/resolv.conf || exit 99\n"
+        'for n in "$@"; do\n'
+        '  s=$(date +%s%N); out=$(getent hosts "$n"); rc=$?; e=$(date +%s%N)\n'
+        '  echo "$rc $((e - s)) ${out%% *}"\n'
+        "done\n"
+    )
+    res = _run(
+        ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+         "sh", "-c", script, "sh", *names],
+        timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = []
+    for line in res.stdout.splitlines():
+        rc, ns_elapsed, *addr = line.split(" ", 2)
+        rows.append((int(rc), (addr[0] if addr else "").strip(), int(ns_elapsed) / 1e9))
+    assert len(rows) == len(names), res.stdout
+    return rows
+
+
+# --- resolv.conf systems: glibc, stub first, network after ----------------------------------
+
+
+@needs_root
+@needs_tools
+def test_glibc_falls_through_when_stub_stops(netns: str, procs: Processes, tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(render_resolv_conf(STUB, [NETWORK_DNS]))
+    stub = start_network_and_stub(netns, procs)
+
+    up = lookups(netns, resolv, [OVERRIDE, OTHER])
+    assert [(rc, addr) for rc, addr, _ in up] == [(0, OVERRIDE_ADDR), (0, OTHER_ADDR)]
+
+    Processes.stop(stub)
+    down = lookups(netns, resolv, [OTHER, OVERRIDE, OTHER])
+    # the override is lost, name resolution is not: the network's server answers
+    assert [(rc, addr) for rc, addr, _ in down] == [
+        (0, OTHER_ADDR),
+        (0, VENUE_ADDR),
+        (0, OTHER_ADDR),
+    ]
+    slowest = max(t for _, _, t in down)
+    print(f"stub stopped: slowest fallback lookup {slowest * 1000:.1f} ms")
+    # Not a performance assertion: a refused datagram makes glibc move on at once, while a
+    # resolver timeout (what a stub-only resolv.conf or a hung stub costs) is 5 s.
+    assert slowest < 2.0
+
+
+@needs_root
+@needs_tools
+def test_stub_alone_would_take_dns_down(netns: str, procs: Processes, tmp_path: Path) -> None:
+    """Why render_resolv_conf refuses to list the stub alone: shown, not assumed."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {STUB}\noptions timeout:1 attempts:1\n")
+    stub = start_network_and_stub(netns, procs)
+    Processes.stop(stub)
+    [(rc, addr, _)] = lookups(netns, resolv, [OTHER])
+    assert rc != 0 and addr == ""
+
+
+async def test_describe_resolv_conf_modes(tmp_path: Path) -> None:
+    nobus = f"unix:path={tmp_path}/no-bus-here"
+    plain = tmp_path / "plain.conf"
+    plain.write_text(render_resolv_conf(STUB, ["192.0.2.1", "192.0.2.2"]))
+    openresolv = tmp_path / "openresolv.conf"
+    openresolv.write_text(f"# Generated by resolvconf\nnameserver {STUB}\nnameserver 192.0.2.1\n")
+    foreign = tmp_path / "foreign.conf"
+    foreign.write_text("nameserver 192.0.2.1\n")
+    cases = [
+        (plain, "resolv.conf: stub first"),
+        (openresolv, "resolv.conf: stub first (openresolv)"),
+        (foreign, "not wired: resolv.conf does not list 127.0.0.153"),
+        (tmp_path / "missing.conf", "not wired: dns integration is off"),
+    ]
+    for path, expected in cases:
+        wiring = ResolverWiring(bus=nobus, resolv_conf=str(path), nsswitch_conf=str(plain))
+        await wiring.apply(["a.test"])  # nothing per name on resolv.conf systems
+        assert await wiring.describe() == expected
+        await wiring.revert()
+        await wiring.close()
+
+
+# --- systemd-resolved: a dedicated link with route-only domains ------------------------------
+
+RESOLVED_CACHE = Path(os.environ.get("PORTAL_TEST_CACHE", "/var/tmp/portal-test-cache"))
+
+
+def _resolved_binary() -> tuple[Path | None, str]:
+    """systemd-resolved to run: installed, else Debian's package unpacked (never installed)."""
+    for path in (Path("/lib/systemd/systemd-resolved"), Path("/usr/lib/systemd/systemd-resolved")):
+        if path.exists():
+            return path, ""
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        return None, "systemd-resolved is not installed and apt-get/dpkg are not available"
+    ver = _run(["dpkg-query", "-W", "-f=${Version}", "systemd"]).stdout.strip()
+    if not ver:
+        return None, "the systemd package (libsystemd-shared) is not installed"
+    root = RESOLVED_CACHE / f"systemd-resolved-{ver.replace(':', '_')}"
+    binary = root / "lib/systemd/systemd-resolved"
+    if binary.exists():
+        return binary, ""
+    dl = Path(tempfile.mkdtemp(prefix="portal-resolved-deb-"))
+    try:
+        os.chmod(dl, 0o777)  # apt fetches as its own user when it can write here
+        res = subprocess.run(
+            ["apt-get", "download", f"systemd-resolved={ver}"],
+            cwd=dl, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        debs = list(dl.glob("*.deb"))
+        if res.returncode != 0 or not debs:
+            return None, f"cannot fetch systemd-resolved {ver} (apt-get download): {res.stderr}"
+        unpacked = dl / "root"
+        if _run(["dpkg", "-x", str(debs[0]), str(unpacked)]).returncode != 0:
+            return None, f"dpkg -x failed on {debs[0].name}"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.move(unpacked, root)
+        return binary, ""
+    finally:
+        shutil.rmtree(dl, ignore_errors=True)
+
+
+BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={path}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+"""
+
+RESOLVED_CONF = f"""[Resolve]
+# the network's server, as NM would push it for the Wi-Fi link
+DNS={NETWORK_DNS}
+LLMNR=no
+MulticastDNS=no
+DNSSEC=no
+DNSOverTLS=no
+# every lookup must reach a server: a cached answer would hide a wrong route
+Cache=no
+DNSStubListener=yes
+"""
+
+DRIVER = """
+import asyncio, json, sys, time
+from portal.edges.resolver import ResolverWiring
+
+async def main(args):
+    make = lambda: ResolverWiring(bus=args["bus"], resolv_conf=args["resolv"],
+                                  nsswitch_conf="/dev/null")
+    deadline = time.monotonic() + 15
+    while True:  # resolved takes its bus name a moment after it starts
+        wiring = make()
+        mode = await wiring.detect()
+        if mode == "resolved" or time.monotonic() > deadline:
+            break
+        await wiring.close()
+        await asyncio.sleep(0.05)
+    out = {"mode": str(mode)}
+    if args["op"] == "apply":
+        await wiring.apply(args["names"])
+    elif args["op"] == "revert":
+        await wiring.revert()
+    out["describe"] = await wiring.describe()
+    await wiring.close()
+    print(json.dumps(out))
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+def drive(ns: str, **args: object) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    res = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", DRIVER, json.dumps(args)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    result: dict[str, str] = json.loads(res.stdout)
+    return result
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A world-traversable directory: resolved runs as nobody and must reach the bus socket."""
+    path = Path(tempfile.mkdtemp(prefix="portal-resolved-"))
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@needs_root
+@needs_tools
+@pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_real_resolved_routes_only_overrides_to_the_stub(
+    netns: str, procs: Processes, short_tmp: Path
+) -> None:
+    binary, why = _resolved_binary()
+    if binary is None:
+        pytest.skip(why)
+    sock = short_tmp / "bus.sock"
+    (short_tmp / "bus.conf").write_text(BUS_CONF.format(path=sock))
+    (short_tmp / "resolved.conf").write_text(RESOLVED_CONF)
+    # glibc and resolved itself read this: queries go to resolved's stub listener
+    resolv = short_tmp / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    bus = f"unix:path={sock}"
+
+    procs.start(["dbus-daemon", f"--config-file={short_tmp / 'bus.conf'}", "--nofork",
+                 "--nopidfile"])  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert time.monotonic() < deadline, "dbus-daemon did not create its socket"
+        time.sleep(0.02)
+    os.chmod(sock, 0o666)
+    stub = start_network_and_stub(netns, procs)
+
+    # resolved keeps CAP_NET_BIND_SERVICE and CAP_NET_RAW in its unit; started as a non-root
+    # user it skips its own privilege drop, so setpriv does it (plus SETPCAP, which it needs to
+    # drop the rest of its bounding set).
+    setup = (
+        "mount -t tmpfs -o mode=755 tmpfs /run/systemd && "
+        "mkdir -p /run/systemd/resolve /run/systemd/resolved.conf.d && "
+        "chown 65534:65534 /run/systemd/resolve && "
+        f"cp {short_tmp / 'resolved.conf'} /run/systemd/resolved.conf.d/test.conf && "
+        f"mount --bind {resolv} /etc/resolv.conf && "
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups "
+        "--inh-caps=+net_bind_service,+net_raw,+setpcap "
+        '--ambient-caps=+net_bind_service,+net_raw,+setpcap "$0"'
+    )
+    procs.start(
+        ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
+         "sh", "-c", setup, str(binary)],
+        env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus, SYSTEMD_LOG_TARGET="console"),
+    )  # fmt: skip
+
+    names = [OVERRIDE, "a.portal.test", "b.portal.test"]
+    applied = drive(netns, op="apply", bus=bus, resolv=str(resolv), names=names)
+    assert applied == {"mode": "resolved", "describe": "resolved link portal0: 3 domains"}
+    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR)
+
+    # 20 of 20: the override comes from the stub, never raced by the network's server
+    rows = lookups(netns, resolv, [OVERRIDE] * 20 + [OTHER])
+    assert [addr for _, addr, _ in rows[:20]] == [OVERRIDE_ADDR] * 20
+    assert rows[20][:2] == (0, OTHER_ADDR)
+
+    # stub stopped: only the overridden names fail; everything else still resolves
+    Processes.stop(stub)
+    rows = lookups(netns, resolv, [OTHER, OVERRIDE, OTHER])
+    assert rows[0][:2] == (0, OTHER_ADDR)
+    assert rows[1][0] != 0
+    assert rows[2][:2] == (0, OTHER_ADDR)
+    print(f"stub stopped: non-override lookup {rows[2][2] * 1000:.1f} ms")
+
+    reverted = drive(netns, op="revert", bus=bus, resolv=str(resolv))
+    assert reverted["mode"] == "resolved"
+    assert reverted["describe"] == "not wired: resolved link portal0 does not use 127.0.0.153"
+    # with the link reverted the network answers the name again
+    rows = lookups(netns, resolv, [OVERRIDE])
+    assert rows[0][:2] == (0, VENUE_ADDR)
+
+
+async def test_resolved_mode_without_link(tmp_path: Path) -> None:
+    wiring = ResolverWiring(mode="resolved", link="ptnolink0", bus=f"unix:path={tmp_path}/none")
+    assert await wiring.describe() == "not wired: no link ptnolink0"
+    await wiring.revert()  # nothing to revert: must not fail
+    with pytest.raises(Exception, match="no link ptnolink0"):
+        await wiring.apply(["a.test"])
+    await wiring.close()
