@@ -1,0 +1,1238 @@
+"""A network-namespace lab: a "hotel" with a captive portal and a "laptop" with real NetworkManager.
+
+Layout (one instance; names and paths are unique per instance, so labs can run side by side)::
+
+    netns <prefix>-hotel                       netns <prefix>-laptop + private mount/UTS ns
+      hotel0 10.77.0.1/24  <---- veth ---->      lap0 (DHCP from the hotel, or 10.77.0.50 static)
+      lo 192.0.2.53/32 (the user's "public"      /sys   fresh sysfs, read-only (NM needs this
+         resolver, for DNS mode "blocked")              to manage links without udev)
+      dnsmasq: DHCP .100-.150, router, DNS,      /etc   overlayfs over the host's /etc, with a
+        domain hotel.test, option 114 (the              read-only /etc/hosts (like NixOS)
+        RFC 8908 API URI), no-ping               /run, /var/lib/NetworkManager: private dirs
+      hotel_portal.py :80 (+ :443 with a         system dbus-daemon (private; its socket is
+        throwaway CA), blackhole UDP DNS                also /run/dbus/system_bus_socket inside)
+                                                 NetworkManager --debug (dhcp=internal|dhclient)
+
+The namespaces have no link to the host network, so no lab traffic can leave them.
+
+Use (as root)::
+
+    with Lab(dns_mode="hijack") as lab:            # or lab = Lab(...); lab.up(); ...; lab.down()
+        lab.wait_connectivity("portal")           # nmcli's words: portal, limited, full, ...
+        lab.run_laptop(["curl", "-s", "http://example.test/"])   # -> CompletedProcess[str]
+        daemon = lab.spawn_laptop(["portal", "daemon", "--log-level", "debug"], name="daemon")
+        lab.login()                               # the laptop's address; or login("10.77.0.123")
+        lab.state()                               # the portal's /__lab/state as a dict
+        daemon.stop()
+
+Constructor options (all keyword-only): ``dns_mode`` "hijack" (every name -> 10.77.0.1, also
+when asked at 192.0.2.53) | "strict" (REFUSED for every name but login.hotel.test) | "blocked"
+(the laptop profile pins 192.0.2.53, which drops queries, see ``blackhole_mode``);
+``dhcp_client`` "internal" | "dhclient" (dhclient with ``also request default-url;``, so
+``Dhcp4Config.Options`` shows option 114 as ``default_url``); ``https`` (portal on :443 too,
+URLs handed out are https); ``nm`` (False: no NetworkManager, lap0 gets 10.77.0.50/24 statically
+and /etc/resolv.conf names the hotel DNS, or 192.0.2.53 when blocked); ``unauth_style``
+"redirect" | "page"; ``blackhole_mode`` "drop" | "refused" | "servfail" | "nxdomain";
+``nm_dns`` (NetworkManager's ``[main] dns=``, "default"); ``nm_check_interval_s`` (10);
+``nm_extra_conf`` (text appended to NM's config); ``bus_policy_files`` (D-Bus policy files
+copied into the private bus's config before it starts); ``lifetime_s`` (600: after that, or
+when the process that built the lab dies, a watchdog process tears the lab down);
+``prefix`` / ``run_root`` (namespace name prefix, parent of the run dir).
+
+Methods: ``up()``, ``down()`` (kills by PID every process in both namespaces, deletes them,
+removes the run dir; safe to call twice), ``laptop_argv(argv)`` / ``hotel_argv(argv)`` (the
+command line that runs argv there), ``run_laptop(argv, env=, input=, timeout_s=, check=,
+cwd=)`` / ``run_hotel(...)`` -> ``CompletedProcess[str]``, ``spawn_laptop(argv, env=, name=,
+cwd=)`` / ``spawn_hotel(...)`` -> ``LabProcess`` (``pid``, ``stop()``, ``wait()``, ``poll()``,
+``send_signal()``, ``log_path``, ``read_log()``), ``laptop_env(extra)``,
+``write_laptop_file(path, text, mode=)``, ``reload_bus()``, ``start_nm()``, ``stop_nm()``,
+``restart_nm()``, ``nm_pid``, ``wait_nm_activated()``, ``nm_general()``,
+``wait_connectivity(word)``, ``laptop_ip()``, ``login(ip=None)``, ``logout(ip=None)``,
+``reset_portal()``, ``state()``.
+
+Paths and names: ``run_dir``, ``bus_address`` (``unix:path=...``, also set as
+``DBUS_SYSTEM_BUS_ADDRESS`` for everything run on the laptop), ``bus_policy_dir``, ``ca_file``
+(None without https), ``api_uri``, ``portal_url``, ``nm_log``, ``portal_log``,
+``dnsmasq_log``, ``hotel_ns``, ``laptop_ns``, ``hotel_ip``, ``public_dns``.
+
+The module is stdlib only: run as a script (``python3 lab.py --reap RECORD --watch PID``) it is
+the watchdog that tears a lab down. It must not touch anything outside its run dir and its two
+namespaces (the host's /etc, /run, /var/lib/NetworkManager, hostname and network stay as they
+are), must not find processes by name, and must not outlive ``lifetime_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+HERE = Path(__file__).resolve().parent
+PORTAL_SCRIPT = HERE / "hotel_portal.py"
+
+HOTEL_IP = "10.77.0.1"
+PREFIX_LEN = 24
+DHCP_FIRST = "10.77.0.100"
+DHCP_LAST = "10.77.0.150"
+STATIC_LAPTOP_IP = "10.77.0.50"
+PUBLIC_DNS = "192.0.2.53"  # TEST-NET-1: the user's "public" resolver a hotel can block
+PORTAL_HOST = "login.hotel.test"
+HOTEL_DOMAIN = "hotel.test"
+NM_CHECK_URI = "http://nmcheck.internet.test/check_network_status.txt"
+NM_CHECK_RESPONSE = "NetworkManager is online"
+PROFILE_ID = "hotel-wifi"
+PROFILE_UUID = "6d0a6f7e-4b1c-4c55-9a61-0c0ffee00001"
+HOTEL_IF = "hotel0"
+LAPTOP_IF = "lap0"
+
+DnsMode = Literal["hijack", "strict", "blocked"]
+DhcpClient = Literal["internal", "dhclient"]
+UnauthStyle = Literal["redirect", "page"]
+BlackholeMode = Literal["drop", "refused", "servfail", "nxdomain"]
+
+# Where root's tools live; PATH may lack the sbin directories when run from a user's shell.
+_SEARCH_PATH = os.pathsep.join(
+    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+)
+
+
+class LabError(RuntimeError):
+    """The lab could not be built or a lab operation failed."""
+
+
+def which(tool: str) -> str | None:
+    """The absolute path of `tool`, looking in the sbin directories too."""
+    return shutil.which(tool, path=_SEARCH_PATH)
+
+
+def _tool(name: str) -> str:
+    path = which(name)
+    if path is None:
+        raise LabError(f"{name} is not installed")
+    return path
+
+
+def unavailable_reason(
+    *, nm: bool = True, dhclient: bool = False, https: bool = False
+) -> str | None:
+    """Why a lab with these options cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network and mount namespaces)"
+    needed = ["ip", "nsenter", "unshare", "dnsmasq", "dbus-daemon"]
+    if nm:
+        needed += ["NetworkManager", "nmcli"]
+    if dhclient:
+        needed.append("dhclient")
+    if https:
+        needed.append("openssl")
+    missing = [tool for tool in needed if which(tool) is None]
+    if missing:
+        return f"the lab needs {', '.join(missing)} (not installed)"
+    try:
+        filesystems = Path("/proc/filesystems").read_text()
+    except OSError:
+        filesystems = ""
+    if "overlay" not in filesystems:
+        return "the lab needs overlayfs (not in /proc/filesystems)"
+    if not Path("/proc/self/ns/net").exists():
+        return "the lab needs network namespaces"
+    return None
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter from /proc/PID/stat, or None when the process is gone.
+
+    `kill -0` would call a zombie alive; orphans here are reaped late (PID 1 may be slow).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _alive(pid: int) -> bool:
+    state = _proc_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of `pid`, children first (from /proc/PID/task/*/children)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                text = Path(f"/proc/{parent}/task/{tid}/children").read_text()
+            except OSError:
+                continue
+            for child in (int(c) for c in text.split()):
+                if child not in found:
+                    found.append(child)
+                    todo.append(child)
+    return found
+
+
+def _netns_inode(name: str) -> int | None:
+    try:
+        return os.stat(f"/run/netns/{name}").st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(inode: int) -> list[int]:
+    """PIDs of the live processes whose network namespace has this inode."""
+    wanted = f"net:[{inode}]"
+    me = os.getpid()
+    pids: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/net") == wanted and _alive(int(entry)):
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def teardown(record: Mapping[str, Any]) -> None:
+    """Remove everything a lab made, from its record. Idempotent; used by down() and the watchdog.
+
+    Processes are found by PID: the ones recorded, then every process still inside either
+    namespace (things they started, such as NetworkManager's dnsmasq, outlive their parent).
+    """
+    pids = [int(p) for p in record.get("pids", [])]
+    for pid in pids:
+        if _alive(pid):
+            _kill(pid, signal.SIGKILL)
+    inodes = [int(i) for i in record.get("netns_inodes", [])]
+    for _ in range(100):
+        stray = [pid for inode in inodes for pid in pids_in_netns(inode)]
+        if not stray:
+            break
+        for pid in stray:
+            _kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    ip = which("ip") or "ip"
+    for name in record.get("netns", []):
+        if Path(f"/run/netns/{name}").exists():
+            subprocess.run([ip, "netns", "delete", name], capture_output=True, check=False)
+    run_dir = record.get("run_dir")
+    if run_dir and Path(run_dir).is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class LabProcess:
+    """A process the lab started: its PID, its log, and a way to stop it."""
+
+    def __init__(self, name: str, popen: subprocess.Popen[bytes], log_path: Path | None) -> None:
+        self.name = name
+        self.popen = popen
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        return self.popen.wait(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 10.0, sig: int = signal.SIGTERM) -> int:
+        """Send `sig`, wait up to `timeout_s`, then SIGKILL. Returns the exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                return self.popen.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+        return self.popen.wait()
+
+    def read_log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def __repr__(self) -> str:
+        return f"LabProcess({self.name!r}, pid={self.pid}, returncode={self.popen.returncode})"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over the portal's control socket, which the host can reach from outside the netns."""
+
+    def __init__(self, path: str, timeout_s: float) -> None:
+        super().__init__("lab", timeout=timeout_s)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+# --- configuration text ----------------------------------------------------------------------
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<!-- The laptop's system bus: the stock system policy, no activation, no user switch. -->
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
+          send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <includedir>/usr/share/dbus-1/system.d</includedir>
+  <includedir>/etc/dbus-1/system.d</includedir>
+  <includedir>{policy_dir}</includedir>
+</busconfig>
+"""
+
+
+def nm_conf(
+    *, dhcp_client: str, nm_dns: str, keyfile_dir: Path, check_interval_s: int, extra: str
+) -> str:
+    return f"""# The laptop's NetworkManager (test lab).
+[main]
+plugins=keyfile
+dhcp={dhcp_client}
+dns={nm_dns}
+# NM writes /etc/resolv.conf itself (by rename, hence the overlay on /etc).
+rc-manager=file
+# Keep NM away from the hostname (it also runs in its own UTS namespace).
+hostname-mode=none
+auth-polkit=false
+no-auto-default=*
+systemd-resolved=false
+
+[keyfile]
+path={keyfile_dir}
+# Otherwise NM 1.42 also reports lo as "connected (externally)".
+unmanaged-devices=except:interface-name:{LAPTOP_IF}
+
+[connectivity]
+enabled=true
+uri={NM_CHECK_URI}
+response={NM_CHECK_RESPONSE}
+interval={check_interval_s}
+
+[device-lab]
+match-device=interface-name:{LAPTOP_IF}
+managed=1
+
+{extra}
+"""
+
+
+def nm_profile(*, dns_mode: str) -> str:
+    pin = ""
+    if dns_mode == "blocked":
+        # The user's own resolver, which the hotel blackholes: NM must not use the DHCP DNS.
+        pin = f"ignore-auto-dns=true\ndns={PUBLIC_DNS};\n"
+    return f"""[connection]
+id={PROFILE_ID}
+uuid={PROFILE_UUID}
+type=ethernet
+interface-name={LAPTOP_IF}
+autoconnect=true
+
+[ethernet]
+
+[ipv4]
+method=auto
+{pin}
+[ipv6]
+method=disabled
+"""
+
+
+def dnsmasq_conf(*, dns_mode: str, api_uri: str, leases: Path, pid_file: Path) -> str:
+    lines = [
+        f"interface={HOTEL_IF}",
+        # Only the hotel's addresses: never lo (192.0.2.53 lives there; see below).
+        "except-interface=lo",
+        "bind-interfaces",
+        f"listen-address={HOTEL_IP}",
+        "no-resolv",
+        "no-hosts",
+        "no-poll",
+        "user=root",
+        "group=root",
+        f"pid-file={pid_file}",
+        f"dhcp-leasefile={leases}",
+        "log-queries",
+        "log-dhcp",
+        "dhcp-authoritative",
+        # Without it dnsmasq pings each address before offering it: ~3 s per lease.
+        "no-ping",
+        f"dhcp-range={DHCP_FIRST},{DHCP_LAST},255.255.255.0,10m",
+        f"dhcp-option=option:router,{HOTEL_IP}",
+        f"dhcp-option=option:dns-server,{HOTEL_IP}",
+        f"dhcp-option=option:domain-name,{HOTEL_DOMAIN}",
+        # RFC 8910: the captive-portal API URI. Forced: clients rarely ask for it.
+        f'dhcp-option-force=114,"{api_uri}"',
+        f"address=/{PORTAL_HOST}/{HOTEL_IP}",
+    ]
+    if dns_mode in ("hijack", "blocked"):
+        lines.append(f"address=/#/{HOTEL_IP}")
+    if dns_mode == "hijack":
+        # Hotels that hijack DNS answer queries sent to any resolver, the "public" one too.
+        lines.append(f"listen-address={PUBLIC_DNS}")
+    # strict: no upstream and no wildcard, so every other name gets REFUSED. No wildcard for
+    # hotel.test either: the DHCP search domain would turn foreign names into portal names.
+    return "\n".join(lines) + "\n"
+
+
+_OPENSSL_CNF = f"""[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = ca
+
+[dn]
+CN = Hotel Lab
+
+[ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+
+[server]
+subjectAltName = DNS:{PORTAL_HOST},IP:{HOTEL_IP}
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+_HOLDER_SCRIPT = r"""
+set -eu
+R="$1"; LIFETIME="$2"
+echo laptop > /proc/sys/kernel/hostname
+# Drop this namespace's copies of /run/netns mounts: they would keep other labs' namespaces.
+while umount -l /run/netns 2>/dev/null; do :; done
+# A fresh sysfs for this netns, read-only: with a writable /sys NetworkManager waits for udev
+# and leaves every link unmanaged.
+mount -t sysfs -o ro sysfs /sys
+mount --bind "$R/laptop/run" /run
+if [ -d /var/lib/NetworkManager ]; then
+    mount --bind "$R/laptop/var-lib-nm" /var/lib/NetworkManager
+fi
+# NM replaces /etc/resolv.conf by rename(), which a bind-mounted file refuses (EBUSY).
+mount -t overlay overlay \
+    -o "lowerdir=/etc,upperdir=$R/laptop/etc-upper,workdir=$R/laptop/etc-work" /etc
+# Like NixOS: /etc/hosts is read-only.
+mount --bind /etc/hosts /etc/hosts
+mount -o remount,bind,ro /etc/hosts
+echo ready > "$R/laptop/holder.ready"
+exec sleep "$LIFETIME"
+"""
+
+
+class Lab:
+    """One hotel + laptop lab. See the module docstring for the API."""
+
+    def __init__(
+        self,
+        *,
+        dns_mode: DnsMode = "hijack",
+        dhcp_client: DhcpClient = "internal",
+        https: bool = False,
+        nm: bool = True,
+        unauth_style: UnauthStyle = "redirect",
+        blackhole_mode: BlackholeMode = "drop",
+        nm_dns: str = "default",
+        nm_check_interval_s: int = 10,
+        nm_extra_conf: str = "",
+        bus_policy_files: Iterable[str | os.PathLike[str]] = (),
+        lifetime_s: float = 600.0,
+        prefix: str | None = None,
+        run_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if dns_mode not in ("hijack", "strict", "blocked"):
+            raise ValueError(f"dns_mode {dns_mode!r}")
+        if dhcp_client not in ("internal", "dhclient"):
+            raise ValueError(f"dhcp_client {dhcp_client!r}")
+        self.dns_mode = dns_mode
+        self.dhcp_client = dhcp_client
+        self.https = https
+        self.nm = nm
+        self.unauth_style = unauth_style
+        self.blackhole_mode = blackhole_mode
+        self.nm_dns = nm_dns
+        self.nm_check_interval_s = nm_check_interval_s
+        self.nm_extra_conf = nm_extra_conf
+        self.bus_policy_files = [Path(p) for p in bus_policy_files]
+        self.lifetime_s = lifetime_s
+        self.prefix = prefix or f"pl{secrets.token_hex(3)}"
+        self.run_root = Path(run_root) if run_root else Path(tempfile.gettempdir())
+        self.hotel_ns = f"{self.prefix}-hotel"
+        self.laptop_ns = f"{self.prefix}-laptop"
+        self.hotel_ip = HOTEL_IP
+        self.public_dns = PUBLIC_DNS
+        scheme = "https" if https else "http"
+        self.api_uri = f"{scheme}://{PORTAL_HOST}/captive-portal/api"
+        self.portal_url = f"{scheme}://{PORTAL_HOST}/portal"
+        self.run_dir = Path()  # set by up()
+        self.ca_file: Path | None = None
+        self.timings: dict[str, float] = {}
+        self._record: dict[str, Any] = {}
+        self._procs: list[LabProcess] = []
+        self._logs: list[IO[bytes]] = []
+        self._holder: LabProcess | None = None
+        self._nm: LabProcess | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._deadline = 0.0
+        self._state: Literal["new", "up", "down"] = "new"
+        self._spawned = 0
+
+    # --- paths --------------------------------------------------------------------------------
+
+    @property
+    def bus_socket(self) -> Path:
+        # Inside the laptop the same socket is /run/dbus/system_bus_socket (the default path).
+        return self.run_dir / "laptop" / "run" / "dbus" / "system_bus_socket"
+
+    @property
+    def bus_address(self) -> str:
+        return f"unix:path={self.bus_socket}"
+
+    @property
+    def bus_policy_dir(self) -> Path:
+        return self.run_dir / "dbus" / "system.d"
+
+    @property
+    def nm_log(self) -> Path:
+        return self.run_dir / "nm" / "nm.log"
+
+    @property
+    def portal_log(self) -> Path:
+        return self.run_dir / "hotel" / "portal.log"
+
+    @property
+    def dnsmasq_log(self) -> Path:
+        return self.run_dir / "hotel" / "dnsmasq.log"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.run_dir / "hotel" / "control.sock"
+
+    @property
+    def nm_pid(self) -> int | None:
+        return self._nm.pid if self._nm is not None and self._nm.alive() else None
+
+    @property
+    def holder_pid(self) -> int:
+        if self._holder is None:
+            raise LabError("the lab is not up")
+        return self._holder.pid
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Lab:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> Lab:
+        """Build the whole lab; on failure, tear down what was built and raise LabError."""
+        if self._state != "new":
+            raise LabError("a Lab can be brought up once")
+        self._state = "up"
+        t0 = time.monotonic()
+        self._deadline = t0 + self.lifetime_s
+        try:
+            self._make_dirs()
+            self._make_netns()
+            self._start_reaper()
+            self._start_hotel()
+            self._start_laptop()
+            self.timings["up_s"] = time.monotonic() - t0
+        except BaseException as exc:
+            logs = self._log_tails()
+            self.down()
+            if isinstance(exc, LabError):
+                raise LabError(f"{exc}\n{logs}") from exc
+            raise
+        return self
+
+    def down(self) -> None:
+        """Kill by PID, delete both namespaces, remove the run dir. Safe to call twice."""
+        if self._state == "down":
+            return
+        self._state = "down"
+        t0 = time.monotonic()
+        if self._reaper is not None:
+            self._reaper.kill()
+            self._reaper.wait()
+        for proc in reversed(self._procs):
+            if proc.alive():
+                proc.popen.kill()
+        if self._record:
+            teardown(self._record)
+        for proc in self._procs:
+            proc.popen.wait()
+        for f in self._logs:
+            f.close()
+        self.timings["down_s"] = time.monotonic() - t0
+
+    def remaining_s(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _make_dirs(self) -> None:
+        self.run_dir = Path(
+            tempfile.mkdtemp(prefix=f"portal-lab-{self.prefix}-", dir=self.run_root)
+        )
+        self._record = {
+            "run_dir": str(self.run_dir),
+            "netns": [self.hotel_ns, self.laptop_ns],
+            "netns_inodes": [],
+            "pids": [],
+            "deadline_unix": time.time() + self.lifetime_s,
+        }
+        # Processes on the laptop may run as other users (the daemon's own user): let them in.
+        self.run_dir.chmod(0o755)
+        for sub in (
+            "hotel",
+            "nm/conf.d",
+            "nm/system-connections",
+            "dbus/system.d",
+            "laptop/run/dbus",
+            "laptop/run/NetworkManager",
+            "laptop/var-lib-nm",
+            "laptop/etc-upper/dhcp",
+            "laptop/etc-work",
+            "logs",
+        ):
+            (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        for d in ("dbus", "dbus/system.d", "laptop", "laptop/run", "laptop/run/dbus"):
+            (self.run_dir / d).chmod(0o755)
+        self._write_record()
+
+    def _write_record(self) -> None:
+        path = self.run_dir / "lab.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._record))
+        os.replace(tmp, path)
+
+    def _track(self, proc: LabProcess) -> LabProcess:
+        self._procs.append(proc)
+        self._record["pids"].append(proc.pid)
+        self._write_record()
+        return proc
+
+    def _start_reaper(self) -> None:
+        """The watchdog: tears the lab down at the deadline or when this process dies."""
+        log = open(self.run_dir / "logs" / "reaper.log", "wb")  # noqa: SIM115 (kept open)
+        self._logs.append(log)
+        self._reaper = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--reap",
+                str(self.run_dir / "lab.json"),
+                "--watch",
+                str(os.getpid()),
+                "--watch-start",
+                _start_time(os.getpid()) or "",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own session: a signal to our process group must not take the watchdog too.
+            start_new_session=True,
+        )
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _ip(self, *args: str, ns: str | None = None) -> None:
+        argv = [_tool("ip")] + (["-n", ns] if ns else []) + list(args)
+        res = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise LabError(f"{' '.join(argv)}: {res.stderr.strip()}")
+
+    def hotel_argv(self, argv: Sequence[str]) -> list[str]:
+        """The command line that runs `argv` in the hotel's network namespace."""
+        return [_tool("nsenter"), f"--net=/run/netns/{self.hotel_ns}", "--", *argv]
+
+    def laptop_argv(
+        self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None
+    ) -> list[str]:
+        """The command line that runs `argv` on the laptop: its netns, mount ns and UTS ns."""
+        wd = os.fspath(cwd) if cwd is not None else os.getcwd()
+        return [
+            _tool("nsenter"),
+            "-t",
+            str(self.holder_pid),
+            "--net",
+            "--mount",
+            "--uts",
+            f"--wd={wd}",
+            "--",
+            *argv,
+        ]
+
+    def laptop_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus_address
+        env["PATH"] = _SEARCH_PATH
+        env.update(extra or {})
+        return env
+
+    def run_laptop(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+        timeout_s: float = 30.0,
+        check: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` on the laptop to completion; env is added to the laptop's environment."""
+        return self._run(
+            self.laptop_argv(argv, cwd=cwd), self.laptop_env(env), input, timeout_s, check
+        )
+
+    def run_hotel(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        input: str | None = None,
+        timeout_s: float = 30.0,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "PATH": _SEARCH_PATH, **(env or {})}
+        return self._run(self.hotel_argv(argv), full_env, input, timeout_s, check)
+
+    def _run(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        input: str | None,
+        timeout_s: float,
+        check: bool,
+    ) -> subprocess.CompletedProcess[str]:
+        # A timeout kills the child by its PID (subprocess.run does that) and raises.
+        res = subprocess.run(
+            argv,
+            env=dict(env),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=min(timeout_s, max(self.remaining_s(), 1.0)),
+            check=False,
+        )
+        if check and res.returncode != 0:
+            raise LabError(
+                f"{' '.join(argv)} exited {res.returncode}: {res.stderr.strip()[-2000:]}"
+            )
+        return res
+
+    def spawn_laptop(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> LabProcess:
+        """Start a long-running process on the laptop; stdout+stderr go to its log file.
+
+        down() kills it if it is still running; so does the watchdog at the lab's deadline.
+        """
+        return self._spawn(self.laptop_argv(argv, cwd=cwd), self.laptop_env(env), name or argv[0])
+
+    def spawn_hotel(
+        self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, name: str | None = None
+    ) -> LabProcess:
+        full_env = {**os.environ, "PATH": _SEARCH_PATH, **(env or {})}
+        return self._spawn(self.hotel_argv(argv), full_env, name or argv[0])
+
+    def _spawn(
+        self, argv: list[str], env: Mapping[str, str], name: str, log_path: Path | None = None
+    ) -> LabProcess:
+        if self._state != "up":
+            raise LabError("the lab is not up")
+        self._spawned += 1
+        if log_path is None:
+            log_path = self.run_dir / "logs" / f"{self._spawned:02d}-{Path(name).name}.log"
+        log = open(log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
+        self._logs.append(log)
+        popen = subprocess.Popen(
+            argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        )
+        return self._track(LabProcess(name, popen, log_path))
+
+    def write_laptop_file(self, path: str, text: str, *, mode: int = 0o644) -> None:
+        """Write a file as the laptop sees it (e.g. under its /etc overlay)."""
+        self.run_laptop(
+            [
+                "sh",
+                "-c",
+                'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"',
+                "sh",
+                path,
+                f"{mode:o}",
+            ],
+            input=text,
+            check=True,
+        )
+
+    def reload_bus(self) -> None:
+        """Make the private bus re-read its policy (after adding files to bus_policy_dir)."""
+        for proc in self._procs:
+            if proc.name == "dbus-daemon" and proc.alive():
+                proc.send_signal(signal.SIGHUP)
+
+    # --- building -----------------------------------------------------------------------------
+
+    def _make_netns(self) -> None:
+        for ns in (self.hotel_ns, self.laptop_ns):
+            self._ip("netns", "add", ns)
+            self._record["netns_inodes"].append(_netns_inode(ns))
+            self._write_record()
+        self._ip(
+            "link", "add", HOTEL_IF, "type", "veth", "peer", "name", LAPTOP_IF,
+            "netns", self.laptop_ns, ns=self.hotel_ns,
+        )  # fmt: skip
+        self._ip("link", "set", "lo", "up", ns=self.hotel_ns)
+        self._ip("addr", "add", f"{PUBLIC_DNS}/32", "dev", "lo", ns=self.hotel_ns)
+        self._ip("addr", "add", f"{HOTEL_IP}/{PREFIX_LEN}", "dev", HOTEL_IF, ns=self.hotel_ns)
+        self._ip("link", "set", HOTEL_IF, "up", ns=self.hotel_ns)
+        self._ip("link", "set", "lo", "up", ns=self.laptop_ns)
+
+    def _make_ca(self) -> tuple[Path, Path]:
+        """A throwaway CA and a server certificate for login.hotel.test and 10.77.0.1."""
+        d = self.run_dir / "hotel"
+        openssl = _tool("openssl")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        # Our own config, so the result does not depend on the host's openssl.cnf.
+        (d / "openssl.cnf").write_text(_OPENSSL_CNF)
+        steps = [
+            [openssl, "req", "-x509", "-config", d / "openssl.cnf", *ec, "-keyout", d / "ca.key",
+             "-out", d / "ca.pem", "-days", "2", "-subj", "/CN=Hotel Lab test CA"],
+            [openssl, "req", "-new", "-config", d / "openssl.cnf", *ec, "-keyout", d / "server.key",
+             "-out", d / "server.csr", "-subj", f"/CN={PORTAL_HOST}"],
+            [openssl, "x509", "-req", "-in", d / "server.csr", "-CA", d / "ca.pem",
+             "-CAkey", d / "ca.key", "-CAcreateserial", "-out", d / "server.pem", "-days", "2",
+             "-extfile", d / "openssl.cnf", "-extensions", "server"],
+        ]  # fmt: skip
+        for argv in steps:
+            res = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise LabError(f"openssl failed: {res.stderr.strip()}")
+        self.ca_file = d / "ca.pem"
+        return d / "server.pem", d / "server.key"
+
+    def _start_hotel(self) -> None:
+        d = self.run_dir / "hotel"
+        portal = [
+            sys.executable, str(PORTAL_SCRIPT),
+            "--listen", HOTEL_IP, "--http-port", "80",
+            "--portal-host", PORTAL_HOST, "--portal-ip", HOTEL_IP,
+            "--unauth-style", self.unauth_style,
+            "--lifetime", f"{self.lifetime_s + 30:.0f}",
+            "--control-socket", str(self.control_socket),
+            "--state-file", str(d / "portal-state.json"),
+            "--ready-file", str(d / "portal.ready"),
+        ]  # fmt: skip
+        if self.https:
+            cert, key = self._make_ca()
+            portal += ["--https-port", "443", "--cert", str(cert), "--key", str(key)]
+        if self.dns_mode == "blocked":
+            portal += ["--blackhole-dns", PUBLIC_DNS, "--blackhole-mode", self.blackhole_mode]
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = self._spawn(self.hotel_argv(portal), env, "hotel_portal", self.portal_log)
+        conf = d / "dnsmasq.conf"
+        conf.write_text(
+            dnsmasq_conf(
+                dns_mode=self.dns_mode,
+                api_uri=self.api_uri,
+                leases=d / "dnsmasq.leases",
+                pid_file=d / "dnsmasq.pid",
+            )
+        )
+        dnsmasq = self._spawn(
+            self.hotel_argv(
+                [_tool("dnsmasq"), "--keep-in-foreground", f"--conf-file={conf}",
+                 f"--log-facility={self.dnsmasq_log}"]
+            ),
+            os.environ,
+            "dnsmasq",
+            d / "dnsmasq.out",
+        )  # fmt: skip
+        self._wait(lambda: (d / "portal.ready").exists(), "the hotel portal", proc)
+        self._wait(lambda: _listening(dnsmasq.pid, "udp", HOTEL_IP, 53), "hotel dnsmasq", dnsmasq)
+        self.timings["hotel_s"] = time.monotonic() - (self._deadline - self.lifetime_s)
+
+    def _start_laptop(self) -> None:
+        upper = self.run_dir / "laptop" / "etc-upper"
+        if self.nm:
+            # NM writes the real one; until then nothing resolves (glibc tries 127.0.0.1).
+            resolv = "# written by the laptop's NetworkManager once it connects\n"
+        else:
+            ns = PUBLIC_DNS if self.dns_mode == "blocked" else HOTEL_IP
+            resolv = f"nameserver {ns}\nsearch {HOTEL_DOMAIN}\n"
+        (upper / "resolv.conf").write_text(resolv)
+        if self.dhcp_client == "dhclient":
+            # NM merges this into the dhclient config it writes; option 114 is RFC 3679's
+            # "default-url" to dhclient, and NM then shows it in Dhcp4Config as default_url.
+            (upper / "dhcp" / f"dhclient-{LAPTOP_IF}.conf").write_text(
+                "also request default-url;\n"
+            )
+        holder_argv = [
+            _tool("nsenter"), f"--net=/run/netns/{self.laptop_ns}",
+            _tool("unshare"), "--mount", "--uts", "--propagation", "private",
+            "sh", "-c", _HOLDER_SCRIPT, "holder", str(self.run_dir), f"{self.lifetime_s + 30:.0f}",
+        ]  # fmt: skip
+        self._holder = self._spawn(holder_argv, os.environ, "holder")
+        self._wait(
+            lambda: (self.run_dir / "laptop" / "holder.ready").exists(),
+            "the laptop's mount namespace",
+            self._holder,
+        )
+        self._start_bus()
+        if self.nm:
+            self._write_nm_config()
+            self.start_nm()
+        else:
+            self._ip(
+                "addr",
+                "add",
+                f"{STATIC_LAPTOP_IP}/{PREFIX_LEN}",
+                "dev",
+                LAPTOP_IF,
+                ns=self.laptop_ns,
+            )
+            self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
+            self._ip("route", "add", "default", "via", HOTEL_IP, ns=self.laptop_ns)
+
+    def _start_bus(self) -> None:
+        for f in self.bus_policy_files:
+            shutil.copy(f, self.bus_policy_dir / f.name)
+        conf = self.run_dir / "dbus" / "system.conf"
+        conf.write_text(_BUS_CONFIG.format(socket=self.bus_socket, policy_dir=self.bus_policy_dir))
+        bus = self._spawn(
+            self.laptop_argv(
+                [_tool("dbus-daemon"), "--nofork", "--nopidfile", f"--config-file={conf}"],
+                cwd="/",
+            ),
+            os.environ,
+            "dbus-daemon",
+        )
+        self._wait(lambda: _connectable(self.bus_socket), "the laptop's system bus", bus)
+        # Clients running as other users (the daemon's own) must reach the socket too.
+        self.bus_socket.chmod(0o666)
+
+    def _write_nm_config(self) -> None:
+        nmd = self.run_dir / "nm"
+        (nmd / "NetworkManager.conf").write_text(
+            nm_conf(
+                dhcp_client=self.dhcp_client,
+                nm_dns=self.nm_dns,
+                keyfile_dir=nmd / "system-connections",
+                check_interval_s=self.nm_check_interval_s,
+                extra=self.nm_extra_conf,
+            )
+        )
+        profile = nmd / "system-connections" / f"{PROFILE_ID}.nmconnection"
+        profile.write_text(nm_profile(dns_mode=self.dns_mode))
+        # NM ignores keyfiles that others can read.
+        profile.chmod(0o600)
+
+    # --- NetworkManager -----------------------------------------------------------------------
+
+    def start_nm(self, *, wait: bool = True) -> LabProcess:
+        """Start NetworkManager on the laptop; by default wait until lap0 is activated."""
+        if not self.nm:
+            raise LabError("this lab has no NetworkManager (nm=False)")
+        if self.nm_pid is not None:
+            raise LabError("NetworkManager is already running")
+        # A leftover address makes a new NM "assume" the link: no DHCP, profile ignored.
+        self._ip("addr", "flush", "dev", LAPTOP_IF, ns=self.laptop_ns)
+        nmd = self.run_dir / "nm"
+        argv = [
+            _tool("NetworkManager"),
+            # --debug logs to stderr; --no-daemon would log to a syslog that is not there.
+            "--debug",
+            f"--config={nmd / 'NetworkManager.conf'}",
+            f"--config-dir={nmd / 'conf.d'}",
+            f"--system-config-dir={nmd / 'conf.d'}",
+            f"--intern-config={nmd / 'intern.conf'}",
+            f"--state-file={nmd / 'NetworkManager.state'}",
+            "--pid-file=/run/NetworkManager/NetworkManager.pid",
+            "--log-level=DEBUG",
+            "--log-domains=DEFAULT,DHCP4,CONCHECK,DEVICE,DNS,CORE",
+        ]
+        with open(self.nm_log, "ab") as f:
+            f.write(f"=== lab: NetworkManager start at {time.time():.3f}\n".encode())
+        t0 = time.monotonic()
+        self._nm = self._spawn(
+            self.laptop_argv(argv, cwd="/"), self.laptop_env(), "NetworkManager", self.nm_log
+        )
+        if wait:
+            self.wait_nm_activated()
+            self.timings["nm_activated_s"] = time.monotonic() - t0
+        return self._nm
+
+    def stop_nm(self, timeout_s: float = 10.0) -> None:
+        """Stop NetworkManager (SIGTERM, then SIGKILL) and what it started (dnsmasq, dhclient)."""
+        nm = self._nm
+        if nm is None or not nm.alive():
+            return
+        children = _descendants(nm.pid)
+        nm.stop(timeout_s)
+        # NM's own dnsmasq outlives NM; dhclient normally exits with it.
+        for pid in children:
+            if _alive(pid):
+                _kill(pid, signal.SIGKILL)
+        self._nm = None
+
+    def restart_nm(self, *, wait: bool = True) -> LabProcess:
+        self.stop_nm()
+        return self.start_nm(wait=wait)
+
+    def nmcli(self, *args: str, check: bool = True) -> str:
+        """nmcli's terse output, talking to the laptop's NetworkManager over the private bus."""
+        env = {**os.environ, "DBUS_SYSTEM_BUS_ADDRESS": self.bus_address, "LC_ALL": "C"}
+        res = subprocess.run(
+            [_tool("nmcli"), "-t", *args], env=env, capture_output=True, text=True, timeout=15
+        )
+        if check and res.returncode != 0:
+            raise LabError(f"nmcli {' '.join(args)}: {res.stderr.strip()}")
+        return res.stdout.strip()
+
+    def nm_general(self) -> dict[str, str]:
+        """{"state": ..., "connectivity": ...} as nmcli words (e.g. "portal", "full")."""
+        out = self.nmcli("-f", "STATE,CONNECTIVITY", "general")
+        state, _, connectivity = out.rpartition(":")
+        return {"state": state, "connectivity": connectivity}
+
+    def wait_nm_activated(self, timeout_s: float = 30.0) -> None:
+        def activated() -> bool:
+            out = self.nmcli("-g", "GENERAL.STATE", "device", "show", LAPTOP_IF, check=False)
+            return out.startswith("100")
+
+        self._wait(activated, f"NetworkManager to activate {LAPTOP_IF}", self._nm, timeout_s)
+
+    def wait_connectivity(self, word: str, timeout_s: float = 30.0) -> None:
+        """Wait until NM reports this connectivity ("portal", "limited", "full", "none")."""
+        self._wait(
+            lambda: self.nm_general()["connectivity"] == word,
+            f"NetworkManager connectivity {word!r}",
+            self._nm,
+            timeout_s,
+        )
+
+    # --- the laptop's address and the portal --------------------------------------------------
+
+    def laptop_ip(self) -> str | None:
+        """lap0's IPv4 address, or None before it has one."""
+        res = subprocess.run(
+            [_tool("ip"), "-n", self.laptop_ns, "-4", "-o", "addr", "show", "dev", LAPTOP_IF],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in res.stdout.splitlines():
+            fields = line.split()
+            if "inet" in fields:
+                return fields[fields.index("inet") + 1].split("/")[0]
+        return None
+
+    def _control(self, path: str) -> dict[str, Any]:
+        conn = _UnixHTTPConnection(str(self.control_socket), timeout_s=10)
+        try:
+            conn.request("POST", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise LabError(f"portal control {path}: {resp.status} {body!r}")
+        data: dict[str, Any] = json.loads(body)
+        return data
+
+    def _client_ip(self, ip: str | None) -> str:
+        ip = ip or self.laptop_ip()
+        if not ip:
+            raise LabError("the laptop has no address yet; pass ip=")
+        return ip
+
+    def login(self, ip: str | None = None) -> dict[str, Any]:
+        """Sign `ip` (default: the laptop's address) in at the portal; returns the state."""
+        return self._control(f"/__lab/login?ip={self._client_ip(ip)}")
+
+    def logout(self, ip: str | None = None) -> dict[str, Any]:
+        return self._control(f"/__lab/logout?ip={self._client_ip(ip)}")
+
+    def reset_portal(self) -> dict[str, Any]:
+        return self._control("/__lab/reset")
+
+    def state(self) -> dict[str, Any]:
+        """The portal's view: logged_in, recent requests, blackhole_dns_queries, URLs."""
+        return self._control("/__lab/state")
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _wait(
+        self,
+        ready: Callable[[], bool],
+        what: str,
+        proc: LabProcess | None,
+        timeout_s: float = 15.0,
+    ) -> None:
+        """Poll `ready()` until true; fail early when `proc` exits. Not a timing assertion:
+        the timeout only bounds a hang."""
+        end = time.monotonic() + min(timeout_s, max(self.remaining_s(), 0.1))
+        delay = 0.005
+        while True:
+            if ready():
+                return
+            if proc is not None and not proc.alive():
+                raise LabError(f"waiting for {what}: {proc.name} exited {proc.poll()}")
+            if time.monotonic() > end:
+                raise LabError(f"timed out waiting for {what}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _log_tails(self) -> str:
+        parts = []
+        for proc in self._procs:
+            text = proc.read_log()
+            if text:
+                parts.append(f"--- {proc.name} ({proc.log_path}):\n{text[-1500:]}")
+        return "\n".join(parts)
+
+
+def _connectable(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _listening(pid: int, proto: str, addr: str, port: int) -> bool:
+    """True when a socket on addr:port exists in `pid`'s network namespace (/proc/PID/net)."""
+    packed = socket.inet_aton(addr)
+    want = f"{int.from_bytes(packed, 'little'):08X}:{port:04X}"
+    try:
+        table = Path(f"/proc/{pid}/net/{proto}").read_text()
+    except OSError:
+        return False
+    return any(line.split()[1] == want for line in table.splitlines()[1:] if line.strip())
+
+
+# --- the watchdog ------------------------------------------------------------------------------
+
+
+def _reap_main(argv: list[str]) -> int:
+    """Wait for the deadline or for the watched process to die, then tear the lab down."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Lab watchdog (started by Lab.up()).")
+    p.add_argument("--reap", required=True, help="the lab's record (lab.json)")
+    p.add_argument("--watch", type=int, required=True, help="PID of the process that owns the lab")
+    p.add_argument("--watch-start", default="", help="its start time, against PID reuse")
+    args = p.parse_args(argv)
+    record_path = Path(args.reap)
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return 0
+    deadline = float(record["deadline_unix"])
+    while True:
+        if not record_path.exists():
+            return 0  # down() already removed everything
+        owner_gone = not _alive(args.watch) or (
+            args.watch_start and _start_time(args.watch) != args.watch_start
+        )
+        if owner_gone or time.time() >= deadline:
+            break
+        time.sleep(0.25)
+    try:
+        # Re-read: the record gained PIDs since the watchdog started.
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        pass
+    why = "deadline passed" if time.time() >= deadline else "owner exited"
+    print(f"lab watchdog: {why}, tearing down {record.get('run_dir')}", flush=True)
+    teardown(record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_reap_main(sys.argv[1:]))
