@@ -1,0 +1,462 @@
+"""The shipped units under a real systemd (PID 1 in a systemd-nspawn container).
+
+The container boots this machine's own /usr with a throw-away tmpfs root (--volatile=yes) and
+its own network namespace, so nothing it does reaches the host's /etc, /var or network. The
+shipped portal.socket, portal.service (ExecStart rewritten the way scripts/install does),
+sysusers entry, bus policy and polkit files are bind-mounted where an installation puts them;
+the real `portal daemon` runs from this source tree with the test's own Python.
+
+It must not touch the host's systemd, users or files, and it stops the container by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STUB = "127.0.0.153"
+NAME = "web.portal.test"
+ADDRESS = "10.1.2.3"
+BOOT_TIMEOUT_S = 90.0
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run systemd-nspawn"),
+    pytest.mark.skipif(
+        shutil.which("systemd-nspawn") is None,
+        reason="systemd-nspawn not installed (apt: systemd-container)",
+    ),
+    pytest.mark.skipif(
+        not Path("/usr/lib/systemd/systemd").exists(), reason="no systemd in /usr to boot"
+    ),
+]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Poll `check` until true; fail naming `what` when it never becomes true."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Container:
+    nspawn: subprocess.Popen[bytes]
+    leader: int  # PID (on the host) of the container's systemd
+    workdir: Path
+
+    def run(
+        self, *cmd: str, check: bool = True, timeout_s: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the container (all its namespaces)."""
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)}: rc={result.returncode}\n{result.stdout}{result.stderr}")
+        return result
+
+    def net(self, *cmd: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a host program inside the container's network namespace only."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-n", *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.run("systemctl", "show", "-P", prop, unit).stdout.strip()
+
+    def main_pid(self) -> int:
+        return int(self.show("portal.service", "MainPID") or 0)
+
+    def dig(self, name: str, *opts: str) -> subprocess.CompletedProcess[str]:
+        return self.net("dig", f"@{STUB}", "+tries=1", "+time=20", *opts, name)
+
+
+def python_paths() -> list[Path]:
+    """Directories the test's Python and this source tree live in, outside /usr.
+
+    They are bind-mounted into the container at the same paths, so the daemon runs with exactly
+    the interpreter and packages the tests use.
+    """
+    found: list[Path] = []
+    candidates = [Path(sys.base_prefix), Path(sys.prefix), ROOT]
+    candidates += [Path(p) for p in sys.path if p and Path(p).is_dir()]
+    for path in candidates:
+        path = path.resolve()
+        if path.is_relative_to("/usr") or any(path.is_relative_to(f) for f in found):
+            continue
+        found = [f for f in found if not f.is_relative_to(path)] + [path]
+    return found
+
+
+def write_tree(work: Path, shared: list[Path]) -> list[str]:
+    """Files the container sees; returns the nspawn bind options that place them."""
+    binds: list[str] = []
+
+    def place(name: str, text: str, target: str, mode: int = 0o644) -> None:
+        path = work / name
+        path.write_text(text)
+        path.chmod(mode)
+        binds.append(f"--bind-ro={path}:{target}")
+
+    # The wrapper stands where the installer puts the console script.
+    place(
+        "portal",
+        textwrap.dedent(f"""\
+            #!/bin/sh
+            export PYTHONPATH={ROOT}
+            export PYTHONDONTWRITEBYTECODE=1
+            exec {sys.executable} -m portal "$@"
+            """),
+        "/opt/portal/bin/portal",
+        0o755,
+    )
+    service = (ROOT / "systemd/portal.service").read_text()
+    # The same substitution scripts/install makes.
+    assert "ExecStart=/usr/bin/portal daemon" in service
+    service = service.replace("ExecStart=/usr/bin/portal ", "ExecStart=/opt/portal/bin/portal ")
+    place("portal.service", service, "/etc/systemd/system/portal.service")
+    place(
+        "portal.socket",
+        (ROOT / "systemd/portal.socket").read_text(),
+        "/etc/systemd/system/portal.socket",
+    )
+    # Test only: a watchdog SIGABRT must not write a core through the host's core_pattern.
+    dropin = "[Service]\nLimitCORE=0\n"
+    homes = ("/root", "/home", "/run/user")
+    if any(p.is_relative_to(h) for p in shared for h in homes):
+        # Test only: this Python lives in a home directory, which ProtectHome=yes hides. The
+        # tmpfs variant hides homes just the same and lets the interpreter's paths through.
+        dropin += "ProtectHome=tmpfs\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in shared)
+    place("test.conf", dropin, "/etc/systemd/system/portal.service.d/test.conf")
+    place(
+        "sysusers.conf",
+        (ROOT / "systemd/sysusers-portal.conf").read_text(),
+        "/etc/sysusers.d/portal.conf",
+    )
+    place(
+        "bus.conf",
+        (ROOT / "dbus/org.portalhelper.Portal1.conf").read_text(),
+        "/etc/dbus-1/system.d/org.portalhelper.Portal1.conf",
+    )
+    actions = work / "actions"
+    actions.mkdir()
+    shutil.copy(ROOT / "polkit/org.portalhelper.portal.policy", actions)
+    binds.append(f"--bind-ro={actions}:/usr/share/polkit-1/actions")
+    rules = work / "rules"
+    rules.mkdir()
+    shutil.copy(ROOT / "polkit/50-portal.rules", rules)
+    binds.append(f"--bind-ro={rules}:/etc/polkit-1/rules.d")
+    # First boot applies presets: enable only the socket (as `systemctl enable` would), and
+    # nothing else the host has installed (a second DNS server, NetworkManager...).
+    place(
+        "preset",
+        "enable portal.socket\ndisable *\n",
+        "/etc/systemd/system-preset/00-portal-test.preset",
+    )
+    binds += [f"--bind-ro={p}" for p in shared]
+    return binds
+
+
+def find_leader(nspawn: subprocess.Popen[bytes]) -> int:
+    """The container's PID 1 as the host sees it: nspawn's child once it runs systemd."""
+    found: list[int] = []
+
+    def check() -> bool:
+        if nspawn.poll() is not None:
+            pytest.fail(f"systemd-nspawn exited with {nspawn.returncode}")
+        try:
+            children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children").read_text().split()
+            for child in children:
+                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                    found.append(int(child))
+                    return True
+        except OSError:
+            pass
+        return False
+
+    wait_for("the container's systemd", check)
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def container() -> Iterator[Container]:
+    work = Path(tempfile.mkdtemp(prefix="portal-nspawn-"))
+    work.chmod(0o755)
+    machine = f"portal-test-{secrets.token_hex(4)}"
+    binds = write_tree(work, python_paths())
+    log = (work / "console.log").open("wb")
+    nspawn = subprocess.Popen(
+        [
+            "systemd-nspawn",
+            "--quiet",
+            "--directory=/",
+            "--volatile=yes",
+            "--private-network",
+            f"--machine={machine}",
+            # No machined or host systemd to register with on a machine whose PID 1 is not
+            # systemd; keep the container in the caller's cgroup.
+            "--register=no",
+            "--keep-unit",
+            "--console=passive",
+            *binds,
+            "--boot",
+            "--",
+            # A fresh /etc would make systemd-firstboot prompt on a console nobody reads.
+            "systemd.firstboot=off",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    c = None
+    try:
+        c = Container(nspawn, find_leader(nspawn), work)
+        container = c  # for the lambda below; mypy cannot narrow c inside it
+        wait_for(
+            "systemd's private bus in the container",
+            lambda: (
+                "Failed to connect"
+                not in container.run("systemctl", "is-system-running", check=False).stderr
+            ),
+            timeout_s=BOOT_TIMEOUT_S,
+        )
+        state = c.run(
+            "systemctl", "is-system-running", "--wait", check=False, timeout_s=BOOT_TIMEOUT_S
+        )
+        assert state.stdout.strip() in ("running", "degraded"), state.stdout + state.stderr
+        yield c
+    finally:
+        if c is not None and os.environ.get("PORTAL_TEST_KEEP_JOURNAL"):
+            journal = c.run("journalctl", "-b", "--no-pager", check=False).stdout
+            (work / "journal.txt").write_text(journal)
+        # SIGTERM asks nspawn to power the container off; if that hangs, killing the
+        # container's PID 1 ends its whole PID namespace.
+        nspawn.terminate()
+        try:
+            nspawn.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            if c is not None:
+                os.kill(c.leader, signal.SIGKILL)
+            nspawn.kill()
+            nspawn.wait(timeout=30)
+        log.close()
+        if not os.environ.get("PORTAL_TEST_KEEP_JOURNAL"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def fresh_start(c: Container) -> None:
+    """Forget earlier tests' failures and start limits, and have the daemon serve NAME."""
+    c.run("systemctl", "reset-failed", "portal.service", "portal.socket", check=False)
+    c.run("systemctl", "start", "portal.socket")
+    # A query, not systemctl, starts the daemon: that is the path resolvers take.
+    assert "status:" in c.dig("activate.portal.test").stdout
+    wait_for("portal.service active", lambda: c.show("portal.service", "ActiveState") == "active")
+    c.run("/opt/portal/bin/portal", "add", NAME, ADDRESS, "--any-network")
+
+
+def test_socket_activation_serves_an_override_without_privileges(c: Container) -> None:
+    assert c.run("systemctl", "is-enabled", "portal.socket", check=False).stdout.strip() == (
+        "enabled"
+    )
+    assert c.show("portal.socket", "ActiveState") == "active"
+    # Nothing has asked yet: the daemon is not running, the socket waits for the first query.
+    assert c.show("portal.service", "ActiveState") == "inactive"
+
+    fresh_start(c)
+
+    answer = c.dig(NAME, "+short")
+    assert answer.stdout.split() == [ADDRESS], answer.stdout + answer.stderr
+    answer = c.dig(NAME, "+short", "+tcp")
+    assert answer.stdout.split() == [ADDRESS], answer.stdout + answer.stderr
+
+    pid = c.main_pid()
+    status = dict(
+        line.split(":", 1)
+        for line in c.run("cat", f"/proc/{pid}/status").stdout.splitlines()
+        if ":" in line
+    )
+    portal_uid = c.run("id", "-u", "portal").stdout.strip()
+    assert status["Uid"].split() == [portal_uid] * 4
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[cap], 16) == 0, (cap, status[cap])
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    # It owns the bus name under the shipped policy and reports over sd_notify.
+    assert c.show("portal.service", "StatusText") != ""
+    listed = c.run("/opt/portal/bin/portal", "list", "--json").stdout
+    assert NAME in listed
+
+
+QUERY_STREAM = textwrap.dedent("""\
+    import json, select, sys
+    import dns.message, dns.query
+    sent = answered = wrong = lost = 0
+    errors = []
+    while True:
+        if select.select([sys.stdin], [], [], 0.01)[0] and not sys.stdin.read(1):
+            break
+        query = dns.message.make_query(sys.argv[2], "A")
+        send = dns.query.tcp if sent % 4 == 3 else dns.query.udp
+        sent += 1
+        try:
+            reply = send(query, sys.argv[1], timeout=20)
+        except Exception as exc:
+            lost += 1
+            errors.append(repr(exc))
+            continue
+        addresses = [rd.address for rrset in reply.answer for rd in rrset]
+        if addresses == [sys.argv[3]]:
+            answered += 1
+        else:
+            wrong += 1
+            errors.append(reply.to_text())
+    print(json.dumps(dict(sent=sent, answered=answered, wrong=wrong, lost=lost, errors=errors)))
+    """)
+
+
+def test_restart_and_stop_under_a_query_stream_lose_nothing(c: Container) -> None:
+    fresh_start(c)
+    pids = {c.main_pid()}
+    # The client runs in the container's network namespace and stops when stdin closes.
+    client = subprocess.Popen(
+        ["nsenter", "-t", str(c.leader), "-n", sys.executable, "-c", QUERY_STREAM,
+         STUB, NAME, ADDRESS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        c.run("systemctl", "restart", "portal.service")
+        pids.add(c.main_pid())
+        time.sleep(1)
+        c.run("systemctl", "stop", "portal.service")
+        # The stream's next query starts it again through the socket.
+        wait_for(
+            "reactivation by a query",
+            lambda: c.show("portal.service", "ActiveState") == "active",
+        )
+        pids.add(c.main_pid())
+        time.sleep(1)
+        c.run("systemctl", "restart", "portal.service")
+        pids.add(c.main_pid())
+        time.sleep(1)
+    finally:
+        # Closing stdin (communicate does) ends the stream.
+        out, err = client.communicate(input="", timeout=60)
+    assert client.returncode == 0, err
+    result = json.loads(out)
+    print(
+        "query stream:", {k: v for k, v in result.items() if k != "errors"}, "daemons:", len(pids)
+    )
+    assert len(pids) == 4, pids  # every step really replaced the daemon
+    assert result["lost"] == 0, result["errors"][:5]
+    assert result["wrong"] == 0, result["errors"][:5]
+    assert result["answered"] == result["sent"] > 0
+
+
+def test_watchdog_restarts_a_hung_daemon(c: Container) -> None:
+    fresh_start(c)
+    pid = c.main_pid()
+    restarts = int(c.show("portal.service", "NRestarts"))
+    c.run("kill", "-STOP", str(pid))
+    # WatchdogSec=10s, then RestartSec=1s.
+    wait_for(
+        "the watchdog to replace the stopped daemon",
+        lambda: (
+            c.main_pid() not in (0, pid) and c.show("portal.service", "ActiveState") == "active"
+        ),
+        timeout_s=60,
+    )
+    assert int(c.show("portal.service", "NRestarts")) == restarts + 1
+    journal = c.run("journalctl", "-u", "portal.service", "--no-pager", "-o", "cat").stdout
+    assert "Watchdog timeout" in journal
+    # The override survived the restart (it is kept in StateDirectory).
+    assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+
+
+REFUSED = textwrap.dedent("""\
+    import socket, sys
+    results = []
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.settimeout(10)
+    udp.connect((sys.argv[1], 53))
+    try:
+        udp.send(b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x01\\x00\\x01")
+        udp.recv(512)
+        results.append("udp answered")
+    except ConnectionRefusedError:
+        results.append("udp refused")
+    except TimeoutError:
+        results.append("udp timeout")
+    try:
+        socket.create_connection((sys.argv[1], 53), timeout=10).close()
+        results.append("tcp connected")
+    except ConnectionRefusedError:
+        results.append("tcp refused")
+    except TimeoutError:
+        results.append("tcp timeout")
+    print(" ".join(results))
+    """)
+
+
+def test_crash_loop_fails_the_socket_and_releases_the_port(c: Container) -> None:
+    fresh_start(c)
+    # Kill the daemon each time it comes back, as a crash would; the start limit (5 in 60 s)
+    # must end the loop with the socket failed rather than bound with nobody reading.
+    killed: set[int] = set()
+
+    def back_or_failed() -> bool:
+        if c.show("portal.socket", "ActiveState") == "failed":
+            return True
+        pid = c.main_pid()
+        return (
+            pid not in killed and pid != 0 and c.show("portal.service", "ActiveState") == "active"
+        )
+
+    for _ in range(10):
+        wait_for("the daemon to come back or the socket to fail", back_or_failed)
+        if c.show("portal.socket", "ActiveState") == "failed":
+            break
+        pid = c.main_pid()
+        killed.add(pid)
+        c.run("kill", "-KILL", str(pid))
+    assert 3 <= len(killed) <= 6, killed
+    assert c.show("portal.socket", "ActiveState") == "failed"
+    assert c.show("portal.socket", "Result") == "service-start-limit-hit"
+    assert c.show("portal.service", "ActiveState") == "failed"
+    # The service keeps the result of its last run (killed by a signal); the socket tells why.
+    assert c.show("portal.service", "Result") in ("signal", "start-limit-hit")
+    probe = c.net(sys.executable, "-c", REFUSED, STUB)
+    assert probe.stdout.split() == ["udp", "refused", "tcp", "refused"], probe.stderr
+
+
+@pytest.fixture
+def c(container: Container) -> Container:
+    return container
