@@ -1,0 +1,568 @@
+"""NetworkManager edge: translate NM's D-Bus state into portal events.
+
+`NetworkManagerWatcher.run()` subscribes to NM's signals first and reads its state after, so no
+change falls between the two, then emits `NetworkChanged`, `UpstreamsChanged` and
+`ConnectivityReported` (portal/core/events.py) whenever what they carry actually changes. It
+survives NM restarting or being absent at start, and only logs NM-side errors ("..., ignoring").
+
+Every NetworkManager D-Bus name (the CamelCase strings) lives in this module and nowhere else.
+This module must not decide anything about portals: no probing, no DNS, no timers beyond
+bounding its own D-Bus calls; it reports what NM says and the core decides.
+
+It talks to the bus with raw messages (Properties.GetAll, AddMatch) rather than introspected
+proxies: one round trip per object instead of two, no dependence on NM's introspection data,
+and signal handlers cannot trip over dbus-next's exact-arity rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from dbus_next import BusType, DBusError, Message, MessageType, Variant
+from dbus_next.aio import MessageBus
+
+from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
+from portal.core.model import Connectivity, Network, Upstream
+from portal.core.netstate import parse_server
+
+log = logging.getLogger(__name__)
+
+NM_NAME = "org.freedesktop.NetworkManager"
+NM_PATH = "/org/freedesktop/NetworkManager"
+NM_IFACE = "org.freedesktop.NetworkManager"
+DNS_PATH = "/org/freedesktop/NetworkManager/DnsManager"
+DNS_IFACE = "org.freedesktop.NetworkManager.DnsManager"
+ACTIVE_IFACE = "org.freedesktop.NetworkManager.Connection.Active"
+DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
+IP4_IFACE = "org.freedesktop.NetworkManager.IP4Config"
+IP6_IFACE = "org.freedesktop.NetworkManager.IP6Config"
+DHCP4_IFACE = "org.freedesktop.NetworkManager.DHCP4Config"
+AP_IFACE = "org.freedesktop.NetworkManager.AccessPoint"
+
+BUS_NAME = "org.freedesktop.DBus"
+BUS_PATH = "/org/freedesktop/DBus"
+PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
+
+NO_PATH = "/"
+
+# NMConnectivityState (nm-dbus-interface.h).
+CONNECTIVITY: Mapping[int, Connectivity] = {
+    0: Connectivity.UNKNOWN,
+    1: Connectivity.OFFLINE,  # NONE: no route to the internet at all
+    2: Connectivity.CAPTIVE,  # PORTAL: the check URL answered something else
+    3: Connectivity.LIMITED,  # LIMITED: connected, but the check got no answer
+    4: Connectivity.ONLINE,  # FULL
+}
+
+# NMSettingConnection "type" → portal's kind names.
+KINDS: Mapping[str, str] = {
+    "802-11-wireless": "wifi",
+    "802-3-ethernet": "ethernet",
+    "gsm": "mobile",
+    "cdma": "mobile",
+    "bluetooth": "bluetooth",
+    "vpn": "vpn",
+    "wireguard": "wireguard",
+    "pppoe": "pppoe",
+}
+
+# Signals we listen to. PropertiesChanged is matched for every NM object (sender-wide) rather
+# than per path: the paths of the primary connection's config objects change as NM works, and a
+# per-path rule added after a read would miss changes made in between. Irrelevant objects are
+# filtered in `_on_message`. dbus-daemon matches a well-known `sender` against the name's owner
+# at delivery time, so the rule keeps working across NM restarts.
+MATCH_RULES = (
+    f"type='signal',sender='{NM_NAME}',interface='{PROPERTIES_IFACE}',member='PropertiesChanged'",
+    f"type='signal',sender='{BUS_NAME}',interface='{BUS_NAME}',member='NameOwnerChanged',"
+    f"arg0='{NM_NAME}'",
+)
+
+CALL_TIMEOUT_S = 10.0  # bound on one read of NM's whole state
+CHECK_TIMEOUT_S = 30.0  # NM's own connectivity check may take its HTTP timeout (20 s)
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # after a failed read; then wait for NM's next signal
+RECONNECT_MAX_S = 30.0
+
+Emit = Callable[[object], None]
+
+
+# --- pure translation: NM property dictionaries → portal model -------------------------------
+
+
+def plain(value: Any) -> Any:
+    """Strip dbus-next Variants recursively (`aa{sv}` arrives as lists of dicts of Variant)."""
+    if isinstance(value, Variant):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def connectivity_from_nm(value: object) -> Connectivity:
+    """NM's Connectivity number → Connectivity; anything unexpected is UNKNOWN."""
+    return (
+        CONNECTIVITY.get(value, Connectivity.UNKNOWN)
+        if isinstance(value, int)
+        else (Connectivity.UNKNOWN)
+    )
+
+
+def _ip(text: object) -> str | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        return None
+
+
+def _address_data(config: Mapping[str, Any]) -> list[str]:
+    found = []
+    for entry in config.get("AddressData") or []:
+        if isinstance(entry, dict) and (addr := _ip(entry.get("address"))) is not None:
+            found.append(addr)
+    return found
+
+
+def nameservers_from_ip_config(ip4: Mapping[str, Any], ip6: Mapping[str, Any]) -> list[str]:
+    """The nameservers of an IP4Config and IP6Config, IPv4 first."""
+    servers: list[str] = []
+    data = ip4.get("NameserverData")
+    if isinstance(data, list):
+        servers += [a for e in data if isinstance(e, dict) and (a := _ip(e.get("address")))]
+    else:
+        # NM before 1.14 has only `Nameservers` (au): IPv4 addresses as uint32 in network order.
+        for value in ip4.get("Nameservers") or []:
+            if isinstance(value, int) and 0 <= value < 2**32:
+                servers.append(socket.inet_ntoa(struct.pack("=I", value)))
+    for raw in ip6.get("Nameservers") or []:  # aay: 16 raw bytes each
+        if isinstance(raw, bytes | bytearray) and len(raw) == 16:
+            servers.append(str(ipaddress.IPv6Address(bytes(raw))))
+    return servers
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _ssid(access_point: Mapping[str, Any]) -> str:
+    raw = access_point.get("Ssid")
+    if isinstance(raw, bytes | bytearray | list):
+        try:
+            return bytes(raw).decode("utf-8", "replace").strip("\x00")
+        except (TypeError, ValueError):
+            return ""
+    return ""
+
+
+def network_from_nm(
+    *,
+    manager: Mapping[str, Any],
+    active: Mapping[str, Any],
+    device: Mapping[str, Any],
+    ip4: Mapping[str, Any],
+    ip6: Mapping[str, Any],
+    dhcp4: Mapping[str, Any],
+    access_point: Mapping[str, Any],
+) -> Network | None:
+    """The primary network from the properties of NM's objects; None without an active one."""
+    uuid = active.get("Uuid")
+    if not isinstance(uuid, str) or not uuid:
+        return None
+    conn_type = str(active.get("Type") or "")
+    name = _ssid(access_point) or str(active.get("Id") or "")
+    interface = str(device.get("IpInterface") or device.get("Interface") or "")
+    options = dhcp4.get("Options")
+    options = options if isinstance(options, dict) else {}
+    # The DHCP-given servers, even when the profile ignores them (ignore-auto-dns): those are
+    # the venue's DNS, which can resolve its sign-in host when the user's pinned resolver can't.
+    dhcp_dns = [a for w in str(options.get("domain_name_servers") or "").split() if (a := _ip(w))]
+    venue = dhcp_dns or nameservers_from_ip_config(ip4, {})
+    # dhclient names DHCP option 114 by its RFC 3679 name, default_url (NM's internal client
+    # does not expose it at all in 1.42). RFC 8910 §2: only an https URI is acceptable.
+    api_uri = str(options.get("default_url") or "").strip()
+    if not api_uri.lower().startswith("https://") or any(c.isspace() for c in api_uri):
+        api_uri = ""
+    addresses = _address_data(ip4) + [
+        a for a in _address_data(ip6) if not ipaddress.ip_address(a).is_link_local
+    ]
+    return Network(
+        id=uuid,
+        name=name,
+        interface=interface,
+        kind=KINDS.get(conn_type, conn_type),
+        addresses=_unique(addresses),
+        venue_dns=_unique(venue),
+        api_uri=api_uri,
+        check_uri=str(manager.get("ConnectivityCheckUri") or ""),
+    )
+
+
+def upstreams_from_nm(
+    configuration: object,
+    *,
+    ip4: Mapping[str, Any],
+    ip6: Mapping[str, Any],
+    interface: str = "",
+) -> tuple[Upstream, ...]:
+    """NM's DnsManager.Configuration in NM's order (it already ranks devices and VPNs), else the
+    primary connection's own nameservers."""
+    found: list[Upstream] = []
+
+    def add(text: str, iface: str) -> None:
+        server = parse_server(text)
+        if server is None:
+            return
+        host = server.host
+        # An IPv6 link-local server is only reachable through its interface.
+        if "%" not in host and iface and ipaddress.ip_address(host).is_link_local:
+            server = Upstream(f"{host}%{iface}", server.port)
+        if server not in found:
+            found.append(server)
+
+    for entry in configuration if isinstance(configuration, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        iface = str(entry.get("interface") or "")
+        for text in entry.get("nameservers") or []:
+            if isinstance(text, str):
+                add(text, iface)
+    if not found:
+        for text in nameservers_from_ip_config(ip4, ip6):
+            add(text, interface)
+    return tuple(found)
+
+
+# --- D-Bus plumbing ----------------------------------------------------------------------------
+
+
+async def _call(
+    bus: MessageBus,
+    destination: str,
+    path: str,
+    interface: str,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+) -> list[Any]:
+    reply = await bus.call(
+        Message(
+            destination=destination,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    if reply is None:
+        return []
+    if reply.message_type == MessageType.ERROR:
+        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        raise DBusError(reply.error_name or "org.freedesktop.DBus.Error.Failed", text, reply=reply)
+    return list(reply.body)
+
+
+async def _get_all(bus: MessageBus, path: str, interface: str) -> dict[str, Any]:
+    body = await _call(bus, NM_NAME, path, PROPERTIES_IFACE, "GetAll", "s", [interface])
+    props = plain(body[0]) if body else {}
+    return props if isinstance(props, dict) else {}
+
+
+async def _connect(bus: MessageBus | str | None) -> MessageBus:
+    if isinstance(bus, MessageBus):
+        return bus
+    conn = MessageBus(bus_type=BusType.SYSTEM) if bus is None else MessageBus(bus_address=bus)
+    try:
+        return await conn.connect()
+    except BaseException:
+        _close_socket(conn)
+        raise
+
+
+async def _close(bus: MessageBus) -> None:
+    """Disconnect and wait until the socket is really closed (else it leaks until GC)."""
+    bus.disconnect()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            await bus.wait_for_disconnect()
+    _close_socket(bus)
+
+
+def _close_socket(bus: MessageBus) -> None:
+    # dbus-next 0.2.3 only shuts the socket down and never closes it or its file object, not
+    # even when connecting fails.
+    for attr in ("_stream", "_sock"):
+        with contextlib.suppress(Exception):
+            getattr(bus, attr).close()
+
+
+async def nm_available(bus: MessageBus | str | None) -> bool:
+    """True when NetworkManager owns its name on `bus` (a connection, an address, or None for
+    the system bus). Never raises: a missing bus means no NM."""
+    own = not isinstance(bus, MessageBus)
+    try:
+        conn = await _connect(bus)
+    except (OSError, ValueError, DBusError) as exc:
+        log.debug("no D-Bus connection to look for NetworkManager: %s", exc)
+        return False
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            body = await _call(conn, BUS_NAME, BUS_PATH, BUS_NAME, "NameHasOwner", "s", [NM_NAME])
+        return bool(body and body[0])
+    except (DBusError, OSError, TimeoutError) as exc:
+        log.debug("cannot ask the bus for NetworkManager: %s", exc)
+        return False
+    finally:
+        if own:
+            await _close(conn)
+
+
+_UNSET: Any = object()
+
+
+class NetworkManagerWatcher:
+    """Watches NetworkManager and emits NetworkChanged, UpstreamsChanged, ConnectivityReported.
+
+    `bus` is a connected MessageBus (shared with the rest of the daemon), a bus address, or None
+    for the system bus. With an address or None the watcher owns its connection and reconnects
+    when the bus goes away; with a MessageBus it stops when that connection closes.
+    """
+
+    def __init__(self, bus: MessageBus | str | None, emit: Emit) -> None:
+        self._bus_arg = bus
+        self._emit = emit
+        self._bus: MessageBus | None = None
+        self._owner: str | None = None  # NM's unique name while it is on the bus
+        self._watched: set[str] = {NM_PATH, DNS_PATH}
+        self._ap_path = NO_PATH
+        self._dirty = asyncio.Event()
+        self._failures = 0
+        self._retry: asyncio.TimerHandle | None = None
+        self._last_network: Network | None = _UNSET
+        self._last_upstreams: tuple[Upstream, ...] = _UNSET
+        self._last_connectivity: Connectivity = _UNSET
+
+    # -- public --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch until cancelled. Never raises for NM-side or bus-side trouble."""
+        delay_s = 0.5
+        while True:
+            try:
+                bus = await _connect(self._bus_arg)
+            except (OSError, ValueError, DBusError) as exc:
+                log.warning("cannot connect to D-Bus to watch NetworkManager: %s; retrying", exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                continue
+            try:
+                await self._watch(bus)
+                delay_s = 0.5
+            except (DBusError, OSError, EOFError) as exc:
+                log.warning("watching NetworkManager failed: %s, ignoring", exc)
+            finally:
+                self._bus = None
+                self._owner = None
+                if self._retry is not None:
+                    self._retry.cancel()
+                    self._retry = None
+                bus.remove_message_handler(self._on_message)
+                if bus is not self._bus_arg:
+                    await _close(bus)
+            if isinstance(self._bus_arg, MessageBus) and not self._bus_arg.connected:
+                log.error("the D-Bus connection closed; no longer watching NetworkManager")
+                return
+            log.warning("lost the D-Bus connection while watching NetworkManager; retrying")
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+
+    async def check_connectivity(self) -> Connectivity:
+        """Ask NM to re-run its connectivity check now (so the desktop's indicator catches up
+        after a portal clears) and return its verdict; UNKNOWN when NM cannot be asked."""
+        bus = self._bus
+        if bus is None or self._owner is None:
+            log.info("NetworkManager is not on the bus; connectivity check skipped")
+            return Connectivity.UNKNOWN
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                body = await _call(bus, NM_NAME, NM_PATH, NM_IFACE, "CheckConnectivity")
+        except (DBusError, OSError, TimeoutError) as exc:
+            # Needs NM's network-control permission; a system user may not have it.
+            log.warning("NetworkManager CheckConnectivity failed: %s, ignoring", exc)
+            return Connectivity.UNKNOWN
+        verdict = connectivity_from_nm(body[0] if body else None)
+        self._publish_connectivity(verdict)
+        return verdict
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _watch(self, bus: MessageBus) -> None:
+        bus.add_message_handler(self._on_message)
+        # Subscribe first, read after: a change between the two then triggers another read.
+        for rule in MATCH_RULES:
+            await _call(bus, BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", "s", [rule])
+        try:
+            body = await _call(bus, BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", "s", [NM_NAME])
+            self._owner = str(body[0]) if body else None
+        except DBusError:
+            self._owner = None  # NameHasNoOwner
+        self._bus = bus
+        if self._owner is None:
+            log.info("NetworkManager is not on the bus; waiting for it")
+            self._publish_network(None)
+        else:
+            self._dirty.set()
+        # Not `wait_for_disconnect()` in a task: cancelling that task would cancel dbus-next's
+        # own disconnect future and break the bus for its other users.
+        disconnect_future: asyncio.Future[None] = bus._disconnect_future
+        disconnect_future.add_done_callback(self._on_disconnect)
+        try:
+            while not disconnect_future.done():
+                await self._dirty.wait()
+                self._dirty.clear()
+                if self._owner is not None and not disconnect_future.done():
+                    await self._refresh(bus)
+        finally:
+            disconnect_future.remove_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, _future: asyncio.Future[None]) -> None:
+        self._dirty.set()
+
+    def _wake(self) -> None:
+        self._dirty.set()
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        if (
+            msg.member == "NameOwnerChanged"
+            and msg.interface == BUS_NAME
+            and msg.sender == BUS_NAME
+            and msg.body
+            and msg.body[0] == NM_NAME
+        ):
+            new_owner = str(msg.body[2]) if len(msg.body) > 2 else ""
+            if new_owner:
+                log.info("NetworkManager is on the bus (%s); reading its state", new_owner)
+                self._owner = new_owner
+                self._failures = 0
+                self._wake()
+            else:
+                # Keep the last state: NM leaves the network configured when it stops, and a
+                # restart would otherwise look like two network changes to the core.
+                log.info("NetworkManager left the bus; keeping the last state until it returns")
+                self._owner = None
+            return
+        if msg.member != "PropertiesChanged" or msg.interface != PROPERTIES_IFACE:
+            return
+        if self._owner is None or msg.sender != self._owner or msg.path not in self._watched:
+            return
+        if msg.path == self._ap_path:
+            # Access points change Strength/LastSeen every scan; only the SSID matters here.
+            changed = msg.body[1] if len(msg.body) > 1 and isinstance(msg.body[1], dict) else {}
+            if "Ssid" not in changed:
+                return
+        self._wake()
+
+    async def _refresh(self, bus: MessageBus) -> None:
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                network, upstreams, connectivity = await self._read(bus)
+        except Exception as exc:  # never let NM's trouble (or odd data) stop the daemon
+            if self._owner is None:
+                log.debug("reading NetworkManager failed as it left the bus: %s", exc)
+                return
+            if self._failures < len(RETRY_DELAYS_S):
+                delay_s = RETRY_DELAYS_S[self._failures]
+                self._failures += 1
+                log.warning(
+                    "reading NetworkManager state failed: %s, retrying in %ss", exc, delay_s
+                )
+                self._retry = asyncio.get_running_loop().call_later(delay_s, self._wake)
+            else:
+                log.warning("reading NetworkManager state failed: %s, ignoring", exc)
+            return
+        self._failures = 0
+        self._publish_network(network)
+        if upstreams != self._last_upstreams:
+            self._last_upstreams = upstreams
+            self._emit(UpstreamsChanged(upstreams))
+        self._publish_connectivity(connectivity)
+
+    async def _read(
+        self, bus: MessageBus
+    ) -> tuple[Network | None, tuple[Upstream, ...], Connectivity]:
+        manager = await _get_all(bus, NM_PATH, NM_IFACE)
+        primary = str(manager.get("PrimaryConnection") or NO_PATH)
+        watched = {NM_PATH, DNS_PATH}
+        active: dict[str, Any] = {}
+        device: dict[str, Any] = {}
+        ip4: dict[str, Any] = {}
+        ip6: dict[str, Any] = {}
+        dhcp4: dict[str, Any] = {}
+        access_point: dict[str, Any] = {}
+        ap_path = NO_PATH
+        if primary != NO_PATH:
+            watched.add(primary)
+            active = await _get_all(bus, primary, ACTIVE_IFACE)
+            devices = [str(d) for d in active.get("Devices") or []]
+            if devices:
+                watched.add(devices[0])
+                device = await _get_all(bus, devices[0], DEVICE_IFACE)
+            for key, iface, target in (
+                ("Ip4Config", IP4_IFACE, ip4),
+                ("Ip6Config", IP6_IFACE, ip6),
+                ("Dhcp4Config", DHCP4_IFACE, dhcp4),
+            ):
+                path = str(active.get(key) or NO_PATH)
+                if path != NO_PATH:
+                    watched.add(path)
+                    target.update(await _get_all(bus, path, iface))
+            if active.get("Type") == "802-11-wireless":
+                ap_path = str(active.get("SpecificObject") or NO_PATH)
+                if ap_path != NO_PATH:
+                    watched.add(ap_path)
+                    access_point = await self._optional(bus, ap_path, AP_IFACE)
+        configuration = (await self._optional(bus, DNS_PATH, DNS_IFACE)).get("Configuration")
+        self._watched = watched
+        self._ap_path = ap_path
+        network = network_from_nm(
+            manager=manager,
+            active=active,
+            device=device,
+            ip4=ip4,
+            ip6=ip6,
+            dhcp4=dhcp4,
+            access_point=access_point,
+        )
+        upstreams = upstreams_from_nm(
+            configuration, ip4=ip4, ip6=ip6, interface=network.interface if network else ""
+        )
+        return network, upstreams, connectivity_from_nm(manager.get("Connectivity"))
+
+    async def _optional(self, bus: MessageBus, path: str, interface: str) -> dict[str, Any]:
+        """Read an object NM may lack (DnsManager before 1.12; an access point that vanished)."""
+        try:
+            return await _get_all(bus, path, interface)
+        except DBusError as exc:
+            log.debug("NetworkManager %s %s: %s, ignoring", path, interface, exc)
+            return {}
+
+    def _publish_network(self, network: Network | None) -> None:
+        if network != self._last_network:
+            self._last_network = network
+            self._emit(NetworkChanged(network))
+
+    def _publish_connectivity(self, connectivity: Connectivity) -> None:
+        if connectivity != self._last_connectivity:
+            self._last_connectivity = connectivity
+            self._emit(ConnectivityReported(connectivity))
