@@ -1,0 +1,524 @@
+"""HTTP connectivity probes and the RFC 8908 API, sent the way the network itself would see them.
+
+    probe(network, spec, *, timeout_s) -> ProbeResponse
+    fetch_captive_api(uri, network, *, timeout_s, ca_file=None) -> CaptiveApi
+    resolve_via(host, servers, *, timeout_s) -> list[str]          A and AAAA
+    probe_network(network, specs, *, probe_id, timeout_s, ca_file=None) -> ProbeFinished
+
+Every name is resolved through the network's own DNS servers (`network.venue_dns`, queried
+directly with dnspython, never the system resolver, which may be a DoT/DoH resolver that
+cannot see the portal). Requests go to the resolved address with the Host header and TLS SNI
+left as in the URL, leave from the network's own address (`local_address`) and, where the
+kernel permits, are bound to its interface (SO_BINDTODEVICE), so a VPN's routes cannot carry
+them. Redirects are never followed: a redirect is the portal's answer. No proxy from the
+environment is used.
+
+A server entry is "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" (ports other than 53 are for tests).
+
+Failures are data, never exceptions: a ProbeResponse or CaptiveApi with `error` set
+("timeout", "dns-timeout", "dns-nxdomain", "dns-nodata", "dns-error", "no-dns",
+"connect-refused", "connect-error", "no-route", "bind-error", "tls-error", "http-error", ...).
+This module decides nothing about what an answer means: that is core/detect.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import httpx
+
+from portal.core.detect import api_uri_to_fetch, parse_captive_api
+from portal.core.model import Network
+from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
+
+log = logging.getLogger("portal.http_probe")
+
+MAX_BODY_BYTES = 64 * 1024  # a sign-in page's first 64 KiB hold its redirect; the rest is noise
+USER_AGENT = "portal (captive-portal check)"
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)  # Linux value; absent on some builds
+
+_NO_ROUTE = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN}
+_BIND = {errno.EADDRNOTAVAIL, errno.ENODEV}
+
+
+class _Failure(Exception):
+    """Internal: a step failed with a known error code (never leaves this module)."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(code, detail)
+        self.code = code
+        self.detail = detail
+
+
+# --- addresses and sockets ---------------------------------------------------------------------
+
+
+def parse_server(text: str) -> tuple[str, int]:
+    """ "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" → (address, port). Raise ValueError."""
+    text = text.strip()
+    port = 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError(f"bad DNS server {text!r}")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port = int(port_text)
+    else:
+        host = text
+    ipaddress.ip_address(host.split("%", 1)[0])
+    if not 0 < port < 65536:
+        raise ValueError(f"bad DNS server port in {text!r}")
+    return host, port
+
+
+def _servers(texts: Iterable[str]) -> list[tuple[str, int]]:
+    servers = []
+    for text in texts:
+        try:
+            servers.append(parse_server(text))
+        except ValueError:
+            log.info("DNS server %r is not an address, ignoring", text)
+    return servers
+
+
+def _is_v6(address: str) -> bool:
+    return ":" in address
+
+
+def _source_for(network: Network, destination: str) -> str | None:
+    """The network's own address of the destination's family (not link-local), or None."""
+    want_v6 = _is_v6(destination)
+    for text in network.addresses:
+        address = text.split("/", 1)[0]
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            continue
+        if (ip.version == 6) == want_v6 and not ip.is_link_local:
+            return address
+    return None
+
+
+def _device_option(interface: str) -> list[tuple[int, int, bytes]]:
+    """[SO_BINDTODEVICE option] when the kernel lets us bind to `interface`, else [].
+
+    Unprivileged binding is allowed since Linux 5.7; an older kernel or a seccomp filter
+    answers EPERM and we go without (the source address still picks the network's route in
+    the common case). A missing interface is a failure: the network is gone.
+    """
+    if not interface:
+        return []
+    name = interface.encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as test:
+        try:
+            test.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, name)
+        except PermissionError:
+            log.debug("may not bind sockets to %s, probing by source address only", interface)
+            return []
+        except OSError as exc:
+            raise _Failure("bind-error", f"interface {interface}: {exc.strerror}") from exc
+    return [(socket.SOL_SOCKET, SO_BINDTODEVICE, name)]
+
+
+def _os_code(exc: BaseException) -> str | None:
+    """The error code for an OSError anywhere in the exception's cause chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return "tls-error"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connect-refused"
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno in _NO_ROUTE:
+                return "no-route"
+            if seen.errno in _BIND:
+                return "bind-error"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+# --- DNS through the venue's servers -----------------------------------------------------------
+
+
+async def _udp_query(
+    query: dns.message.Message,
+    server: tuple[str, int],
+    *,
+    timeout_s: float,
+    source: str | None,
+    device: list[tuple[int, int, bytes]],
+) -> dns.message.Message:
+    """One UDP exchange on a socket we own, so it can be bound to the network's interface."""
+    host, port = server
+    family = socket.AF_INET6 if _is_v6(host) else socket.AF_INET
+    loop = asyncio.get_running_loop()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        for level, option, value in device:
+            sock.setsockopt(level, option, value)
+        if source is not None:
+            sock.bind((source, 0))
+        # Connected UDP: the kernel drops datagrams from anyone but the server, and an ICMP
+        # "port unreachable" comes back as ECONNREFUSED at once instead of a timeout.
+        await loop.sock_connect(sock, (host, port))
+        await loop.sock_sendall(sock, query.to_wire())
+        async with asyncio.timeout(timeout_s):
+            while True:
+                data = await loop.sock_recv(sock, 65535)
+                try:
+                    reply = dns.message.from_wire(data)
+                except dns.exception.DNSException:
+                    continue  # garbage is not an answer; keep waiting for the real one
+                if query.is_response(reply):
+                    break
+    if reply.flags & dns.flags.TC:
+        # RFC 7766: retry a truncated answer over TCP (rare for the few names we look up).
+        reply = await dns.asyncquery.tcp(query, host, timeout=timeout_s, port=port, source=source)
+    return reply
+
+
+async def _lookup(
+    name: str,
+    rdtype: dns.rdatatype.RdataType,
+    servers: Sequence[tuple[str, int]],
+    *,
+    deadline: float,
+    network: Network | None,
+    device: list[tuple[int, int, bytes]],
+) -> list[str]:
+    """Addresses of `name` from the first server that answers; raise _Failure otherwise."""
+    if not servers:
+        raise _Failure("no-dns", "the network has no DNS servers")
+    failure = _Failure("dns-error")
+    query = dns.message.make_query(name, rdtype)
+    for index, server in enumerate(servers):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Failure("dns-timeout", f"no answer for {name}")
+        # A dead first server must leave time for the others: each gets an equal share.
+        share = remaining / (len(servers) - index)
+        source = _source_for(network, server[0]) if network is not None else None
+        try:
+            reply = await _udp_query(query, server, timeout_s=share, source=source, device=device)
+        except TimeoutError:
+            failure = _Failure("dns-timeout", f"{server[0]} did not answer for {name}")
+            continue
+        except (OSError, dns.exception.DNSException) as exc:
+            code = _os_code(exc) if isinstance(exc, OSError) else None
+            failure = _Failure(code or "dns-error", f"{server[0]}: {exc}")
+            continue
+        rcode = reply.rcode()
+        if rcode == dns.rcode.NXDOMAIN:
+            # An authoritative "no such name": asking the next server of the venue won't help.
+            raise _Failure("dns-nxdomain", f"{name} does not exist at {server[0]}")
+        if rcode != dns.rcode.NOERROR:
+            failure = _Failure("dns-error", f"{server[0]} answered {dns.rcode.to_text(rcode)}")
+            continue
+        found = [rr.to_text() for rrset in reply.answer if rrset.rdtype == rdtype for rr in rrset]
+        if not found:
+            raise _Failure("dns-nodata", f"{name} has no {dns.rdatatype.to_text(rdtype)} record")
+        return found
+    raise failure
+
+
+async def _resolve_for_request(
+    host: str, network: Network, *, deadline: float, device: list[tuple[int, int, bytes]]
+) -> list[str]:
+    """IPv4 first (portals often intercept only IPv4), IPv6 when there is no A record."""
+    if _is_literal(host):
+        return [host]
+    servers = _servers(network.venue_dns)
+    try:
+        return await _lookup(
+            host, dns.rdatatype.A, servers, deadline=deadline, network=network, device=device
+        )
+    except _Failure as failure:
+        # No A record (or a server that will not say, as dnsmasq answers REFUSED for a name it
+        # only knows as IPv6): try AAAA, but report the A failure if that fails too.
+        if failure.code not in ("dns-nodata", "dns-error"):
+            raise
+        first = failure
+    try:
+        return await _lookup(
+            host, dns.rdatatype.AAAA, servers, deadline=deadline, network=network, device=device
+        )
+    except _Failure as failure:
+        raise (failure if first.code == "dns-nodata" else first) from None
+
+
+async def resolve_via(host: str, servers: Sequence[str], *, timeout_s: float) -> list[str]:
+    """A and AAAA records of `host` from the given DNS servers, A first; [] when none answer.
+
+    For `portal add DOMAIN` without an address: the daemon passes the network's DNS servers.
+    """
+    parsed = _servers(servers)
+    deadline = time.monotonic() + timeout_s
+
+    async def one(rdtype: dns.rdatatype.RdataType) -> list[str]:
+        try:
+            return await _lookup(host, rdtype, parsed, deadline=deadline, network=None, device=[])
+        except _Failure as failure:
+            log.debug(
+                "looking up %s %s failed: %s %s", host, rdtype.name, failure.code, failure.detail
+            )
+            return []
+
+    v4, v6 = await asyncio.gather(one(dns.rdatatype.A), one(dns.rdatatype.AAAA))
+    return v4 + v6
+
+
+# --- HTTP --------------------------------------------------------------------------------------
+
+
+def _client(
+    network: Network,
+    address: str,
+    *,
+    timeout_s: float,
+    device: list[tuple[int, int, bytes]],
+    verify: ssl.SSLContext | bool,
+    transport: httpx.AsyncBaseTransport | None,
+) -> httpx.AsyncClient:
+    if transport is None:
+        transport = httpx.AsyncHTTPTransport(
+            verify=verify,
+            trust_env=False,
+            local_address=_source_for(network, address),
+            socket_options=device,
+            retries=0,
+        )
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(timeout_s),
+        follow_redirects=False,
+        trust_env=False,  # an http_proxy from the environment would answer instead of the venue
+    )
+
+
+def _host_of(url: str) -> str:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError as exc:
+        raise _Failure("bad-url", f"{url!r}: {exc}") from exc
+    if not host:
+        raise _Failure("bad-url", f"no host in {url!r}")
+    return host
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _fetch(
+    url: str,
+    address: str,
+    network: Network,
+    *,
+    deadline: float,
+    device: list[tuple[int, int, bytes]],
+    verify: ssl.SSLContext | bool,
+    accept: str,
+    transport: httpx.AsyncBaseTransport | None,
+) -> tuple[httpx.Response, str]:
+    """GET `url` from `address` (the host's venue-resolved address): (response, body text)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _Failure("timeout")
+    split = urlsplit(url)
+    host = _host_of(url)
+    target = httpx.URL(url).copy_with(host=address)
+    headers = {
+        "Host": split.netloc.rpartition("@")[2],  # the URL's host[:port], as a browser sends it
+        "User-Agent": USER_AGENT,
+        "Accept": accept,
+        "Cache-Control": "no-cache",  # a caching proxy's stored 204 says nothing about now
+        "Connection": "close",
+    }
+    # Connecting to the address, TLS must still name (and verify) the host: SNI = host.
+    extensions = {"sni_hostname": host} if split.scheme == "https" else {}
+    client = _client(
+        network, address, timeout_s=remaining, device=device, verify=verify, transport=transport
+    )
+    async with client, asyncio.timeout(remaining):
+        request = client.build_request("GET", target, headers=headers, extensions=extensions)
+        response = await client.send(request, stream=True)
+        try:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_BODY_BYTES:
+                    break
+        finally:
+            await response.aclose()
+    raw = b"".join(chunks)[:MAX_BODY_BYTES]
+    return response, raw.decode(response.charset_encoding or "utf-8", errors="replace")
+
+
+def _failure_code(exc: BaseException) -> tuple[str, str]:
+    """(error code, detail) for anything a probe step may raise."""
+    if isinstance(exc, _Failure):
+        return exc.code, exc.detail
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        return "timeout", str(exc)
+    code = _os_code(exc)
+    if code is not None:
+        return code, str(exc)
+    if isinstance(exc, httpx.ConnectError):
+        return "connect-error", str(exc)
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "read-error", str(exc)
+    if isinstance(exc, httpx.HTTPError):
+        return "http-error", str(exc)
+    if isinstance(exc, OSError):
+        return "connect-error", str(exc)
+    return "bad-url", str(exc)
+
+
+async def probe(
+    network: Network,
+    spec: ProbeSpec,
+    *,
+    timeout_s: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> ProbeResponse:
+    """Probe `spec.url` through `network` (see the module docstring). Never raises.
+
+    `transport` replaces the real HTTP transport (tests use httpx.MockTransport); DNS is
+    still real.
+    """
+    deadline = time.monotonic() + timeout_s
+    resolved: tuple[str, ...] = ()
+    try:
+        host = _host_of(spec.url)
+        device = _device_option(network.interface)
+        addresses = await _resolve_for_request(host, network, deadline=deadline, device=device)
+        if not _is_literal(host):
+            resolved = tuple(addresses)  # kept even if HTTP fails: a hijacking DNS tells
+        response, body = await _fetch(
+            spec.url,
+            addresses[0],
+            network,
+            deadline=deadline,
+            device=device,
+            verify=True,
+            accept="*/*",
+            transport=transport,
+        )
+    except (_Failure, TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+        code, detail = _failure_code(exc)
+        log.debug("probe %s on %s: %s %s", spec.url, network.id, code, detail)
+        return ProbeResponse(url=spec.url, addresses=resolved, error=code)
+    return ProbeResponse(
+        url=spec.url,
+        status=response.status_code,
+        headers=tuple((k.lower(), v) for k, v in response.headers.multi_items()),
+        body=body,
+        addresses=resolved,
+    )
+
+
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verify against `ca_file`, else the system's CA store (certifi's when there is none)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    if ca_file is None:
+        paths = ssl.get_default_verify_paths()
+        if not paths.cafile and not (paths.capath and os.listdir(paths.capath)):
+            import certifi  # httpx's own dependency; only for systems without a CA store
+
+            context.load_verify_locations(cafile=certifi.where())
+    return context
+
+
+async def fetch_captive_api(
+    uri: str,
+    network: Network,
+    *,
+    timeout_s: float,
+    ca_file: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> CaptiveApi:
+    """GET the RFC 8908 API at `uri` through `network`'s DNS and address. Never raises.
+
+    https only, certificates verified (RFC 8908 §4: the client MUST verify the server); the
+    answer is parsed by core/detect.parse_captive_api.
+    """
+    if not api_uri_to_fetch(uri):
+        return CaptiveApi(error="not-https")
+    deadline = time.monotonic() + timeout_s
+    try:
+        context = _tls_context(ca_file)
+        host = _host_of(uri)
+        device = _device_option(network.interface)
+        addresses = await _resolve_for_request(host, network, deadline=deadline, device=device)
+        response, body = await _fetch(
+            uri,
+            addresses[0],
+            network,
+            deadline=deadline,
+            device=device,
+            verify=context,
+            accept="application/captive+json",
+            transport=transport,
+        )
+    except (_Failure, TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+        code, detail = _failure_code(exc)
+        log.info("captive-portal API %s on %s: %s %s, ignoring", uri, network.id, code, detail)
+        return CaptiveApi(error=code)
+    if response.status_code != 200:
+        log.info("captive-portal API %s answered %d, ignoring", uri, response.status_code)
+        return CaptiveApi(error=f"http-{response.status_code}")
+    api = parse_captive_api(body)
+    if api.error:
+        log.info("captive-portal API %s: %s, ignoring", uri, api.error)
+    elif api.dropped:
+        log.info("captive-portal API %s: invalid %s, ignoring", uri, ", ".join(api.dropped))
+    return api
+
+
+async def probe_network(
+    network: Network,
+    specs: Sequence[ProbeSpec],
+    *,
+    probe_id: int,
+    timeout_s: float,
+    ca_file: str | None = None,
+) -> ProbeFinished:
+    """One probe round: every spec and (when the network advertises one) the API, at once."""
+    api_uri = api_uri_to_fetch(network.api_uri)
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(probe(network, s, timeout_s=timeout_s)) for s in specs]
+        api_task = (
+            group.create_task(
+                fetch_captive_api(api_uri, network, timeout_s=timeout_s, ca_file=ca_file)
+            )
+            if api_uri
+            else None
+        )
+    results = tuple((spec, task.result()) for spec, task in zip(specs, tasks, strict=True))
+    return ProbeFinished(
+        network.id, probe_id, results, api_task.result() if api_task is not None else None
+    )

@@ -1,0 +1,772 @@
+"""edges/http_probe.py against real servers on loopback: dnsmasq as the venue's DNS, a small
+portal HTTP(S) server, a throwaway CA made with the openssl CLI. httpx.MockTransport only for
+HTTP failure shapes a real server cannot produce on demand.
+
+Every server runs on its own random 127.x.y.z address and a kernel-chosen port, is bounded in
+time and stopped by PID (dnsmasq) or closed (in-process servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.query
+import dns.rcode
+import httpx
+import pytest
+
+from portal.core import session as session_mod
+from portal.core.actions import RemoveAutoOverrides, ResolveAndPinPortalHosts, StartProbe
+from portal.core.detect import (
+    DEFAULT_PROBE_SPECS,
+    FIREFOX_CANONICAL_BODY,
+    NM_DEFAULT_RESPONSE,
+    classify,
+    classify_all,
+)
+from portal.core.events import NetworkChanged
+from portal.core.model import Connectivity, Network
+from portal.core.probe_model import ProbeSpec
+from portal.edges import http_probe
+from portal.edges.http_probe import (
+    MAX_BODY_BYTES,
+    fetch_captive_api,
+    parse_server,
+    probe,
+    probe_network,
+    resolve_via,
+)
+
+DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+OPENSSL = shutil.which("openssl")
+HAVE_DNSMASQ = os.path.exists(DNSMASQ)
+needs_dnsmasq = pytest.mark.skipif(
+    not HAVE_DNSMASQ, reason="dnsmasq not installed (apt: dnsmasq-base)"
+)
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
+
+_used: set[str] = set()
+
+
+def loopback_ip() -> str:
+    """A fresh random 127.x.y.z (all of 127/8 is local on Linux), unique within this run."""
+    while True:
+        ip = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}.{random.randint(2, 254)}"
+        if ip not in _used:
+            _used.add(ip)
+            return ip
+
+
+def free_port(ip: str) -> int:
+    """A port free for both UDP and TCP on `ip` (the address is ours alone, so no race)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((ip, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((ip, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+# --- the venue's DNS: a real dnsmasq -----------------------------------------------------------
+
+
+@dataclass
+class Dnsmasq:
+    ip: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def server(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+def _wait_dns(ip: str, port: int, deadline: float) -> None:
+    query = dns.message.make_query("ready.invalid", "A")
+    while time.monotonic() < deadline:
+        try:
+            dns.query.udp(query, ip, port=port, timeout=0.2)
+            return
+        except Exception:
+            time.sleep(0.02)
+    raise RuntimeError(f"dnsmasq on {ip}:{port} did not come up")
+
+
+@pytest.fixture
+def dnsmasq() -> Iterator[Callable[..., Dnsmasq]]:
+    """Factory: start a dnsmasq answering `records` ({name: address or "" for NXDOMAIN})."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(records: dict[str, str | list[str]]) -> Dnsmasq:
+        ip = loopback_ip()
+        port = free_port(ip)
+        args = [
+            DNSMASQ,
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            f"--listen-address={ip}",
+            f"--port={port}",
+            "--pid-file=",
+            "--cache-size=0",
+        ]
+        if os.geteuid() == 0:
+            args.append("--user=root")
+        for name, value in records.items():
+            for address in [value] if isinstance(value, str) else value:
+                args.append(f"--address=/{name}/{address}")
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started.append(proc)
+        try:
+            _wait_dns(ip, port, time.monotonic() + 5)
+        except RuntimeError:
+            proc.kill()
+            _, err = proc.communicate(timeout=5)
+            raise RuntimeError(err.decode()) from None
+        return Dnsmasq(ip, port, proc)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+# --- a small portal HTTP(S) server, in the test's event loop -----------------------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+    peer: str
+
+
+Route = tuple[int, dict[str, str], bytes] | None  # None: accept, read, never answer
+
+
+@dataclass
+class PortalServer:
+    ip: str
+    port: int
+    routes: Callable[[str, dict[str, str]], Route]
+    seen: list[Seen] = field(default_factory=list)
+    server: asyncio.Server | None = None
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = lines[0].split(" ", 2)
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+        peer = writer.get_extra_info("peername")[0]
+        self.seen.append(Seen(method, target, headers, peer))
+        route = self.routes(target, headers)
+        if route is None:
+            await asyncio.sleep(30)  # the probe gives up long before; teardown closes us
+            return
+        status, extra, body = route
+        out = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", "Connection: close"]
+        out += [f"{k}: {v}" for k, v in extra.items()]
+        writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + body)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+
+@pytest.fixture
+async def portal_server() -> AsyncIterator[Callable[..., Awaitable[PortalServer]]]:
+    servers: list[PortalServer] = []
+
+    async def start(routes: Callable[[str, dict[str, str]], Route], **kw: object) -> PortalServer:
+        ip = loopback_ip()
+        srv = PortalServer(ip, 0, routes)
+        server = await asyncio.start_server(srv.handle, ip, 0, **kw)  # type: ignore[arg-type]
+        srv.server = server
+        srv.port = server.sockets[0].getsockname()[1]
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        assert srv.server is not None
+        srv.server.close()
+        for writer in list(srv.writers):
+            writer.close()
+    for srv in servers:
+        assert srv.server is not None
+        await asyncio.wait_for(srv.server.wait_closed(), 5)
+
+
+def online_routes(target: str, headers: dict[str, str]) -> Route:
+    path = target.split("?", 1)[0]
+    if path.endswith("/generate_204"):
+        return 204, {}, b""
+    if path.endswith("/canonical.html"):
+        return 200, {"Content-Type": "text/html"}, FIREFOX_CANONICAL_BODY.encode()
+    if path.endswith("/check_network_status.txt"):
+        return 200, {"X-NetworkManager-Status": "online"}, NM_DEFAULT_RESPONSE.encode()
+    return 200, {}, b"simulated internet"
+
+
+def captive_routes(target: str, headers: dict[str, str]) -> Route:
+    return 302, {"Location": f"http://login.hotel.test/portal?orig={target}"}, b""
+
+
+def spec(url: str, status: int = 204, body: str = "") -> ProbeSpec:
+    return ProbeSpec(url, status, body)
+
+
+# --- parse_server ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.1", ("10.0.0.1", 53)),
+        ("10.0.0.1:5353", ("10.0.0.1", 5353)),
+        ("fe80::1", ("fe80::1", 53)),
+        ("[fd00::1]:5300", ("fd00::1", 5300)),
+        ("[fd00::1]", ("fd00::1", 53)),
+        (" 10.0.0.1 ", ("10.0.0.1", 53)),
+    ],
+)
+def test_parse_server(text: str, expected: tuple[str, int]) -> None:
+    assert parse_server(text) == expected
+
+
+@pytest.mark.parametrize("text", ["dns.example", "10.0.0.1:0", "[fd00::1", "10.0.0.1:99999", ""])
+def test_parse_server_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_server(text)
+
+
+# --- real probes -------------------------------------------------------------------------------
+
+
+@needs_dnsmasq
+async def test_online_probe_resolves_through_venue_dns_and_keeps_host(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    web = await portal_server(online_routes)
+    dns_server = dnsmasq({"check.probe.test": web.ip})
+    me = loopback_ip()
+    net = Network(id="n1", addresses=(me,), venue_dns=(dns_server.server,))
+    url = f"http://check.probe.test:{web.port}/generate_204?x=1"
+    got = await probe(net, spec(url), timeout_s=5)
+    assert got.error == ""
+    assert got.status == 204
+    assert got.addresses == (web.ip,)
+    assert classify(got, spec(url)).connectivity is Connectivity.ONLINE
+    [seen] = web.seen
+    assert seen.target == "/generate_204?x=1"
+    assert seen.headers["host"] == f"check.probe.test:{web.port}"
+    assert seen.peer == me  # left from the network's own address
+
+
+@needs_dnsmasq
+async def test_captive_probe_does_not_follow_redirect(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    web = await portal_server(captive_routes)
+    dns_server = dnsmasq({"probe.test": web.ip})
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    url = f"http://probe.test:{web.port}/generate_204"
+    got = await probe(net, spec(url), timeout_s=5)
+    assert got.status == 302
+    assert got.header("location").startswith("http://login.hotel.test/portal")
+    assert len(web.seen) == 1  # the redirect was not followed
+    verdict = classify(got, spec(url))
+    assert verdict.connectivity is Connectivity.CAPTIVE
+    assert verdict.portal_hosts == ("login.hotel.test",)
+
+
+@needs_dnsmasq
+async def test_proxy_from_environment_is_not_used(
+    dnsmasq: Callable[..., Dnsmasq],
+    portal_server: Callable[..., Awaitable[PortalServer]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    web = await portal_server(online_routes)
+    dns_server = dnsmasq({"probe.test": web.ip})
+    dead = loopback_ip()
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, f"http://{dead}:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    got = await probe(net, spec(f"http://probe.test:{web.port}/generate_204"), timeout_s=5)
+    assert (got.status, got.error) == (204, "")
+
+
+@needs_dnsmasq
+async def test_sign_in_page_body_is_read(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    page = b'<html><meta http-equiv="refresh" content="0; url=/portal?x=1&amp;y=2"></html>'
+
+    def routes(target: str, headers: dict[str, str]) -> Route:
+        return 200, {"Content-Type": "text/html; charset=utf-8"}, page
+
+    web = await portal_server(routes)
+    dns_server = dnsmasq({"probe.test": web.ip})
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    url = f"http://probe.test:{web.port}/check_network_status.txt"
+    s = spec(url, 200, NM_DEFAULT_RESPONSE)
+    got = await probe(net, s, timeout_s=5)
+    assert got.body == page.decode()
+    verdict = classify(got, s)
+    assert verdict.connectivity is Connectivity.CAPTIVE
+    assert verdict.portal_url == f"http://probe.test:{web.port}/portal?x=1&y=2"
+
+
+@needs_dnsmasq
+async def test_dns_failures_are_data(dnsmasq: Callable[..., Dnsmasq]) -> None:
+    dns_server = dnsmasq({"nx.test": "", "only6.test": "fd00::5"})
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    nx = await probe(net, spec("http://nx.test/generate_204"), timeout_s=5)
+    assert nx.error == "dns-nxdomain"
+    refused = await probe(net, spec("http://unknown.test/generate_204"), timeout_s=5)
+    assert refused.error == "dns-error"  # dnsmasq without upstream answers REFUSED
+    assert classify(refused, spec("http://unknown.test/")).connectivity is Connectivity.LIMITED
+    # No usable A answer (dnsmasq says REFUSED for A here): IPv6 is tried; fd00::5 is not
+    # reachable from here, but it was resolved.
+    only6 = await probe(net, spec("http://only6.test/generate_204"), timeout_s=0.5)
+    assert only6.addresses == ("fd00::5",)
+    assert only6.status == 0 and only6.error != ""
+    nodns = await probe(Network(id="n2"), spec("http://probe.test/"), timeout_s=5)
+    assert nodns.error == "no-dns"
+
+
+async def test_silent_dns_times_out_and_next_server_is_used(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    silent_ip = loopback_ip()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind((silent_ip, 0))  # receives, never answers
+        silent_server = f"{silent_ip}:{silent.getsockname()[1]}"
+        net = Network(id="n1", venue_dns=(silent_server,))
+        got = await probe(net, spec("http://probe.test/generate_204"), timeout_s=0.4)
+        assert got.error == "dns-timeout"
+        if HAVE_DNSMASQ:
+            web = await portal_server(online_routes)
+            good = dnsmasq({"probe.test": web.ip})
+            net = Network(id="n1", venue_dns=(silent_server, good.server))
+            url = f"http://probe.test:{web.port}/generate_204"
+            got = await probe(net, spec(url), timeout_s=2)
+            assert (got.status, got.error) == (204, "")
+
+
+@needs_dnsmasq
+async def test_closed_dns_port_falls_through_at_once(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    closed_ip = loopback_ip()
+    closed = f"{closed_ip}:{free_port(closed_ip)}"  # nothing listens: ICMP port unreachable
+    only_closed = await probe(
+        Network(id="n1", venue_dns=(closed,)), spec("http://p.test/"), timeout_s=5
+    )
+    assert only_closed.error == "connect-refused"
+    web = await portal_server(online_routes)
+    good = dnsmasq({"p.test": web.ip})
+    net = Network(id="n1", venue_dns=(closed, good.server))
+    got = await probe(net, spec(f"http://p.test:{web.port}/generate_204"), timeout_s=5)
+    assert (got.status, got.error) == (204, "")
+
+
+@needs_dnsmasq
+async def test_silent_portal_times_out_but_dns_hijack_is_recognised(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    web = await portal_server(lambda target, headers: None)
+    # The venue DNS sends everything (a well-known public probe host too) to its portal.
+    dns_server = dnsmasq({"#": web.ip})
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    url = f"http://connectivitycheck.gstatic.com:{web.port}/generate_204"
+    got = await probe(net, spec(url), timeout_s=0.3)
+    assert got.error == "timeout"
+    assert got.addresses == (web.ip,)
+    verdict = classify(got, spec(url))
+    assert verdict.connectivity is Connectivity.CAPTIVE
+    # A name nobody knows gets only LIMITED from one probe, but with a second name resolving
+    # to the same address the round is captive.
+    other = f"http://other.probe.test:{web.port}/x"
+    got2 = await probe(net, spec(other), timeout_s=0.5)
+    assert classify(got2, spec(other)).connectivity is Connectivity.LIMITED
+    both = classify_all([(spec(other), got2), (spec(other.replace("other", "more")), got2)])
+    assert both.connectivity is Connectivity.LIMITED  # same host twice proves nothing
+    got3 = await probe(net, spec(f"http://third.test:{web.port}/y"), timeout_s=0.5)
+    both = classify_all([(spec(other), got2), (spec("http://third.test/y"), got3)])
+    assert both.connectivity is Connectivity.CAPTIVE
+
+
+@needs_dnsmasq
+async def test_refused_connection(dnsmasq: Callable[..., Dnsmasq]) -> None:
+    target = loopback_ip()
+    dns_server = dnsmasq({"probe.test": target})
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    got = await probe(net, spec(f"http://probe.test:{free_port(target)}/"), timeout_s=5)
+    assert got.error == "connect-refused"
+    assert got.addresses == (target,)
+
+
+@needs_dnsmasq
+async def test_source_address_not_ours_is_offline(dnsmasq: Callable[..., Dnsmasq]) -> None:
+    dns_server = dnsmasq({"probe.test": "127.0.0.1"})
+    # 192.0.2.0/24 (TEST-NET-1) is on no interface here: the network's address is gone.
+    net = Network(id="n1", addresses=("192.0.2.77/24",), venue_dns=(dns_server.server,))
+    got = await probe(net, spec("http://probe.test/"), timeout_s=5)
+    assert got.error == "bind-error"
+    assert classify(got, spec("http://probe.test/")).connectivity is Connectivity.OFFLINE
+
+
+@needs_dnsmasq
+async def test_interface_binding(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    web = await portal_server(online_routes)
+    dns_server = dnsmasq({"probe.test": web.ip})
+    url = f"http://probe.test:{web.port}/generate_204"
+    gone = Network(id="n1", interface="portalnone0", venue_dns=(dns_server.server,))
+    got = await probe(gone, spec(url), timeout_s=5)
+    assert got.error == "bind-error"
+    on_lo = Network(id="n1", interface="lo", venue_dns=(dns_server.server,))
+    got = await probe(on_lo, spec(url), timeout_s=5)
+    # Bound to lo where the kernel permits (root, or Linux >= 5.7); without permission the
+    # probe goes without binding. Either way it reaches the server on lo.
+    assert (got.status, got.error) == (204, "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binding to another device needs root to be sure")
+@needs_dnsmasq
+async def test_bound_to_wrong_interface_cannot_reach_loopback(
+    dnsmasq: Callable[..., Dnsmasq],
+) -> None:
+    # Proves SO_BINDTODEVICE is applied: a socket bound to a device other than lo cannot
+    # reach a 127/8 address. Needs a second device: make a dummy one in a fresh netns? Too
+    # heavy here; use an existing non-loopback interface when there is one.
+    names = [n for _, n in socket.if_nameindex() if n != "lo"]
+    if not names:
+        pytest.skip("no non-loopback interface to bind to")
+    dns_server = dnsmasq({"probe.test": "127.0.0.1"})
+    net = Network(id="n1", interface=names[0], venue_dns=(dns_server.server,))
+    got = await probe(net, spec("http://probe.test/"), timeout_s=1)
+    assert got.status == 0
+    assert got.error in ("dns-timeout", "dns-error", "connect-refused", "no-route")
+
+
+# --- MockTransport unit cases ------------------------------------------------------------------
+
+
+def _literal_net() -> Network:
+    return Network(id="n1")  # no DNS needed: the URLs below use IP literals
+
+
+async def test_mock_request_shape_and_truncated_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=b"a" * (MAX_BODY_BYTES * 2))
+
+    got = await probe(
+        _literal_net(),
+        spec("http://192.0.2.1:8080/check?x"),
+        timeout_s=5,
+        transport=httpx.MockTransport(handler),
+    )
+    assert got.status == 200
+    assert len(got.body) == MAX_BODY_BYTES
+    assert got.addresses == ()  # an IP literal was not resolved
+    [request] = seen
+    assert str(request.url) == "http://192.0.2.1:8080/check?x"
+    assert request.headers["host"] == "192.0.2.1:8080"
+    assert request.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (httpx.ConnectError("boom"), "connect-error"),
+        (httpx.ConnectTimeout("slow"), "timeout"),
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.ReadError("reset"), "read-error"),
+        (httpx.RemoteProtocolError("garbage"), "http-error"),
+        (httpx.ConnectError("unreach"), "no-route"),
+    ],
+)
+async def test_mock_transport_failures_are_data(exc: Exception, code: str) -> None:
+    if code == "no-route":
+        exc.__cause__ = OSError(101, "Network is unreachable")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    got = await probe(
+        _literal_net(),
+        spec("http://192.0.2.1/"),
+        timeout_s=5,
+        transport=httpx.MockTransport(handler),
+    )
+    assert (got.status, got.error) == (0, code)
+
+
+@needs_dnsmasq
+async def test_mock_https_connects_to_the_address_with_sni_of_the_name(
+    dnsmasq: Callable[..., Dnsmasq],
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"captive": False, "seconds-remaining": 60})
+
+    dns_server = dnsmasq({"api.hotel.test": "10.77.0.1"})
+    net = Network(id="n1", venue_dns=(dns_server.server,))
+    api = await fetch_captive_api(
+        "https://api.hotel.test/api", net, timeout_s=5, transport=httpx.MockTransport(handler)
+    )
+    assert api.captive is False and api.seconds_remaining == 60
+    [request] = seen
+    assert request.url.host == "10.77.0.1"
+    assert request.headers["host"] == "api.hotel.test"
+    assert request.extensions["sni_hostname"] == "api.hotel.test"
+
+
+async def test_bad_url_is_data() -> None:
+    got = await probe(_literal_net(), spec("http:///nohost"), timeout_s=1)
+    assert got.error == "bad-url"
+    api = await fetch_captive_api("http://insecure.test/api", _literal_net(), timeout_s=1)
+    assert api.error == "not-https"
+
+
+# --- RFC 8908 API over real TLS ----------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    if OPENSSL is None:
+        pytest.skip("openssl CLI not installed")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run([OPENSSL, *args], check=True, capture_output=True, timeout=30, cwd=d)
+
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=portal test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=api.hotel.test")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:api.hotel.test\n"
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")  # fmt: skip
+    return Pki(d / "ca.pem", d / "srv.pem", d / "srv.key")
+
+
+def _tls_server_context(pki: Pki) -> object:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+    return context
+
+
+@needs_dnsmasq
+@needs_openssl
+async def test_captive_api_over_verified_tls(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]], pki: Pki
+) -> None:
+    body = (
+        b'{"captive": true, "user-portal-url": "https://api.hotel.test/portal",'
+        b' "venue-info-url": "http://insecure.hotel.test/", "seconds-remaining": 300,'
+        b' "can-extend-session": true}'
+    )
+
+    def routes(target: str, headers: dict[str, str]) -> Route:
+        if target == "/captive-portal/api":
+            return 200, {"Content-Type": "application/captive+json"}, body
+        if target == "/bad":
+            return 200, {"Content-Type": "application/captive+json"}, b"{not json"
+        return 404, {}, b"no"
+
+    web = await portal_server(routes, ssl=_tls_server_context(pki))
+    dns_server = dnsmasq({"api.hotel.test": web.ip, "other.hotel.test": web.ip})
+    me = loopback_ip()
+    net = Network(id="n1", addresses=(me,), venue_dns=(dns_server.server,))
+    uri = f"https://api.hotel.test:{web.port}/captive-portal/api"
+
+    api = await fetch_captive_api(uri, net, timeout_s=5, ca_file=str(pki.ca))
+    assert api.error == ""
+    assert api.captive is True
+    assert api.user_portal_url == "https://api.hotel.test/portal"
+    assert api.venue_info_url == ""  # http:// is dropped (RFC 8908 §5)
+    assert api.dropped == ("venue-info-url",)
+    assert api.seconds_remaining == 300 and api.can_extend_session is True
+    assert web.seen[-1].headers["accept"] == "application/captive+json"
+    assert web.seen[-1].headers["host"] == f"api.hotel.test:{web.port}"
+    assert web.seen[-1].peer == me
+
+    # Not signed by a CA we trust (the system store does not know the throwaway CA).
+    untrusted = await fetch_captive_api(uri, net, timeout_s=5)
+    assert untrusted.error == "tls-error"
+    # Right CA, wrong name: the certificate is for api.hotel.test only.
+    wrong = uri.replace("api.hotel.test", "other.hotel.test")
+    mismatch = await fetch_captive_api(wrong, net, timeout_s=5, ca_file=str(pki.ca))
+    assert mismatch.error == "tls-error"
+    missing = await fetch_captive_api(
+        uri.replace("/captive-portal/api", "/nothing"), net, timeout_s=5, ca_file=str(pki.ca)
+    )
+    assert missing.error == "http-404"
+    bad = await fetch_captive_api(
+        uri.replace("/captive-portal/api", "/bad"), net, timeout_s=5, ca_file=str(pki.ca)
+    )
+    assert bad.error.startswith("not JSON")
+
+
+@needs_dnsmasq
+@needs_openssl
+async def test_probe_round_drives_the_session_to_captive_and_online(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]], pki: Pki
+) -> None:
+    """A whole detection round on loopback: probes + API → session → actions."""
+    logged_in = False
+
+    def web_routes(target: str, headers: dict[str, str]) -> Route:
+        return online_routes(target, headers) if logged_in else captive_routes(target, headers)
+
+    def api_routes(target: str, headers: dict[str, str]) -> Route:
+        payload = (
+            b'{"captive": false}'
+            if logged_in
+            else b'{"captive": true, "user-portal-url": "https://api.hotel.test/portal"}'
+        )
+        return 200, {"Content-Type": "application/captive+json"}, payload
+
+    web = await portal_server(web_routes)
+    api = await portal_server(api_routes, ssl=_tls_server_context(pki))
+    dns_server = dnsmasq(
+        {
+            "connectivitycheck.gstatic.com": web.ip,
+            "detectportal.firefox.com": web.ip,
+            "api.hotel.test": api.ip,
+        }
+    )
+    specs = [
+        ProbeSpec(s.url.replace(".com/", f".com:{web.port}/"), s.expected_status, s.expected_body)
+        for s in DEFAULT_PROBE_SPECS
+    ]
+    net = Network(
+        id="uuid-1",
+        venue_dns=(dns_server.server,),
+        api_uri=f"https://api.hotel.test:{api.port}/captive-portal/api",
+    )
+    s, actions = session_mod.step(session_mod.Session(), NetworkChanged(net), now=0.0)
+    [start] = [a for a in actions if isinstance(a, StartProbe)]
+    finished = await probe_network(
+        start.network, specs, probe_id=start.probe_id, timeout_s=5, ca_file=str(pki.ca)
+    )
+    assert finished.api is not None and finished.api.captive is True
+    s, actions = session_mod.step(s, finished, now=1.0)
+    assert s.state is Connectivity.CAPTIVE
+    assert s.portal_url == "https://api.hotel.test/portal"
+    assert set(s.portal_hosts) == {"api.hotel.test", "login.hotel.test"}
+    assert any(isinstance(a, ResolveAndPinPortalHosts) for a in actions)
+
+    logged_in = True
+    [retry] = [a for a in actions if isinstance(a, StartProbe)]
+    assert retry.delay_s == 1.0
+    finished = await probe_network(
+        retry.network, specs, probe_id=retry.probe_id, timeout_s=5, ca_file=str(pki.ca)
+    )
+    s, actions = session_mod.step(s, finished, now=2.0)
+    assert s.state is Connectivity.ONLINE
+    assert not any(isinstance(a, StartProbe) for a in actions)
+    assert any(isinstance(a, RemoveAutoOverrides) for a in actions)
+
+
+# --- resolve_via -------------------------------------------------------------------------------
+
+
+@needs_dnsmasq
+async def test_resolve_via_returns_a_and_aaaa(dnsmasq: Callable[..., Dnsmasq]) -> None:
+    dns_server = dnsmasq({"dual.hotel.test": ["10.77.0.1", "fd00::1"], "nx.hotel.test": ""})
+    got = await resolve_via("dual.hotel.test", [dns_server.server], timeout_s=5)
+    assert got == ["10.77.0.1", "fd00::1"]
+    assert await resolve_via("nx.hotel.test", [dns_server.server], timeout_s=5) == []
+    assert await resolve_via("dual.hotel.test", ["not-an-ip"], timeout_s=1) == []
+    assert await resolve_via("dual.hotel.test", [], timeout_s=1) == []
+
+
+@needs_dnsmasq
+async def test_resolve_via_matches_dnspython_view(dnsmasq: Callable[..., Dnsmasq]) -> None:
+    # Cross-check against a plain dnspython query, the reference client.
+    dns_server = dnsmasq({"login.hotel.test": "10.77.0.1"})
+    reply = await dns.asyncquery.udp(
+        dns.message.make_query("login.hotel.test", "A"), dns_server.ip, port=dns_server.port,
+        timeout=5,
+    )  # fmt: skip
+    assert reply.rcode() == dns.rcode.NOERROR
+    expected = [rr.to_text() for rrset in reply.answer for rr in rrset]
+    assert await resolve_via("login.hotel.test", [dns_server.server], timeout_s=5) == expected
+
+
+def test_module_never_uses_the_system_resolver() -> None:
+    # getaddrinfo would ask the user's (maybe encrypted) resolver instead of the venue's.
+    source = Path(http_probe.__file__).read_text()
+    for forbidden in ("getaddrinfo", "gethostbyname", "dns.resolver"):
+        assert forbidden not in source
