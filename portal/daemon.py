@@ -330,7 +330,14 @@ class Daemon:
             len(self.table),
             ", ".join(str(u) for u in self.forwarder.upstreams) or "none",
         )
-        self._spawn(self._keep_bus())
+        # Ready once DNS is served and the first bus attempt is over (ok or not): callers that
+        # wait for readiness can then use the control API at once.
+        first_attempt = asyncio.Event()
+        self._spawn(self._keep_bus(first_attempt))
+        try:
+            await asyncio.wait_for(first_attempt.wait(), 10.0)
+        except TimeoutError:
+            log.warning("the bus is slow to answer; ready without the control API for now")
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval_s()
         if interval:
@@ -352,7 +359,7 @@ class Daemon:
             systemd.notify("WATCHDOG=1")
             await asyncio.sleep(interval_s)
 
-    async def _keep_bus(self) -> None:
+    async def _keep_bus(self, first_attempt: asyncio.Event) -> None:
         """Connect to the bus and export the control API; reconnect with backoff if it goes."""
         from portal.edges.bus import connect, describe, resolve_bus
 
@@ -365,12 +372,14 @@ class Daemon:
                 bus = await connect(choice)
                 control = ControlServer(bus, self, admin_group=self.config.admin_group)
                 await control.start()
-            except PortalError as exc:
+            except Exception as exc:  # PortalError, or a D-Bus error while claiming the name
+                first_attempt.set()
                 log.error("%s; DNS keeps working, retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BUS_RETRY_MAX_S)
                 continue
             self.bus, self.control = bus, control
+            first_attempt.set()
             delay = 1.0
             log.info(
                 "control API on %s as %s (authorisation: %s)",

@@ -34,6 +34,7 @@ log = logging.getLogger("portal.dns")
 TCP_IDLE_TIMEOUT_S = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes, for idle clients
 TCP_MAX_CLIENTS = 64
 MAX_PENDING_FORWARDS = 1024  # forwarded UDP queries in flight; beyond that, SERVFAIL at once
+UDP_RCVBUF = 1 << 20
 UDP_BATCH = 64  # datagrams read per wakeup before yielding to the loop (fairness)
 
 
@@ -72,6 +73,8 @@ def bind_sockets(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
             u = socket.socket(fam, socket.SOCK_DGRAM)
             socks.append(u)
+            # room for bursts (the kernel caps it at net.core.rmem_max)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
             u.bind((host, port))
             t = socket.socket(fam, socket.SOCK_STREAM)
             socks.append(t)
@@ -115,6 +118,8 @@ class DnsStub:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # load the slow path's parser off the loop, so the first odd packet costs no import
+        self._spawn(asyncio.to_thread(_warm_up))
         for s in self.sockets:
             s.setblocking(False)
             if s.type == socket.SOCK_DGRAM:
@@ -157,21 +162,21 @@ class DnsStub:
             log.debug("query from non-loopback %s, refusing", addr[0])
             reply = refuse(data)
             if reply is not None:
-                sock.sendto(reply, addr)
+                _sendto(sock, reply, addr)
             return
         decision = decide(data, self.entries, time.time())
         if isinstance(decision, bytes):
             self.answered_local += 1
-            sock.sendto(decision, addr)
+            _sendto(sock, decision, addr)
         elif isinstance(decision, Forward):
             if len(self._tasks) >= MAX_PENDING_FORWARDS:
-                sock.sendto(build_error(decision.query, RCODE_SERVFAIL), addr)
+                _sendto(sock, build_error(decision.query, RCODE_SERVFAIL), addr)
                 return
             self._spawn(self._forward_udp(sock, data, decision.query, addr))
         elif isinstance(decision, Unparsed):
             slow = self._slow_path(data, decision.rcode)
             if isinstance(slow, bytes):
-                sock.sendto(slow, addr)
+                _sendto(sock, slow, addr)
             elif isinstance(slow, Query):
                 self._spawn(self._forward_udp(sock, data, slow, addr))
         else:
@@ -187,10 +192,7 @@ class DnsStub:
         self, sock: socket.socket, data: bytes, q: Query, addr: tuple[str, int]
     ) -> None:
         reply = await self._forward(data, q, tcp=False)
-        try:
-            sock.sendto(reply, addr)
-        except OSError as exc:
-            log.debug("reply to %s failed: %s, ignoring", addr[0], exc)
+        _sendto(sock, reply, addr)
 
     async def _forward(self, data: bytes, q: Query, *, tcp: bool) -> bytes:
         self.forwarded += 1
@@ -271,6 +273,13 @@ class DnsStub:
         return None
 
 
+def _sendto(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+    try:
+        sock.sendto(data, addr)
+    except OSError as exc:  # e.g. a full socket buffer under a flood: the client retries
+        log.debug("reply to %s failed: %s, ignoring", addr[0], exc)
+
+
 def _truncate(answer: bytes, q: Query) -> bytes:
     header = struct.unpack_from("!HHHHHH", answer, 0)
     flags = header[1] | 0x0200
@@ -281,6 +290,10 @@ def _untruncate_tcp(reply: bytes) -> bytes:
     # Local answers are sized for UDP; over TCP there is no limit, but our answers are small
     # (≤ 16 addresses) so they never truncate in practice. Kept as is.
     return reply
+
+
+def _warm_up() -> None:
+    import dns.message  # noqa: F401
 
 
 def _parse_with_dnspython(data: bytes) -> Query | None:

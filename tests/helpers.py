@@ -1,0 +1,285 @@
+"""Shared test plumbing: a private dbus-daemon, real dnsmasq upstreams, the real daemon and CLI
+as subprocesses. Everything started here is bounded in time and stopped by PID."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PORTAL = [sys.executable, "-m", "portal"]
+
+BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+  {extra}
+</busconfig>
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host`."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_for(predicate: object, timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval_s)
+    return False
+
+
+def stop_pid(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout_s: float = 5.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+@dataclass
+class PrivateBus:
+    address: str
+    proc: subprocess.Popen[bytes]
+    directory: Path
+
+    def stop(self) -> None:
+        stop_pid(self.proc)
+
+
+@contextlib.contextmanager
+def private_bus(extra_config: str = "") -> Iterator[PrivateBus]:
+    """A private dbus-daemon with an open policy (everyone may own and call)."""
+    directory = Path(tempfile.mkdtemp(prefix="portal-bus-"))
+    os.chmod(directory, 0o755)
+    sock = directory / "bus"
+    conf = directory / "bus.conf"
+    conf.write_text(BUS_CONFIG.format(socket=sock, extra=extra_config))
+    proc = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        if not wait_for(sock.exists, 10):
+            raise RuntimeError("dbus-daemon did not start")
+        os.chmod(sock, 0o777)
+        yield PrivateBus(f"unix:path={sock}", proc, directory)
+    finally:
+        stop_pid(proc)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass
+class Dnsmasq:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@contextlib.contextmanager
+def dnsmasq(
+    records: dict[str, str],
+    *,
+    host: str = "127.0.0.1",
+    extra: Sequence[str] = (),
+    txt: dict[str, str] | None = None,
+) -> Iterator[Dnsmasq]:
+    """A real dnsmasq answering `records` (name → IPv4) on host:random port, nothing else."""
+    port = free_port(host)
+    directory = Path(tempfile.mkdtemp(prefix="portal-dnsmasq-"))
+    log = directory / "dnsmasq.log"
+    args = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        f"--listen-address={host}",
+        "--bind-interfaces",
+        f"--port={port}",
+        "--user=root" if os.geteuid() == 0 else "--user=" + str(os.getuid()),
+        "--pid-file=",
+        f"--log-facility={log}",
+        "--log-queries",
+        "--cache-size=0",
+    ]
+    args += [f"--address=/{name}/{ip}" for name, ip in records.items()]
+    for name, text in (txt or {}).items():
+        args.append(f"--txt-record={name},{text}")
+    args += list(extra)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if not wait_for(lambda: _udp_open(host, port) or proc.poll() is not None, 10):
+            raise RuntimeError("dnsmasq did not start")
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"dnsmasq failed: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        yield Dnsmasq(host, port, proc, log)
+    finally:
+        stop_pid(proc)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _udp_open(host: str, port: int) -> bool:
+    # a root-zone SOA query: any answer means the server is up
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x00\x00\x06\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendto(query, (host, port))
+            s.recvfrom(4096)
+            return True
+        except OSError:
+            return False
+
+
+@dataclass
+class Daemon:
+    bus: str
+    host: str
+    port: int
+    state_dir: Path
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def start(self, *, wait: bool = True) -> None:
+        notify = self.state_dir.parent / f"notify-{os.getpid()}-{time.monotonic_ns()}"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ns:
+            ns.bind(str(notify))
+            ns.settimeout(15)
+            env = dict(self.env, NOTIFY_SOCKET=str(notify))
+            logf = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+            self.proc = subprocess.Popen([*PORTAL, *self.args], env=env, stdout=logf, stderr=logf)
+            logf.close()
+            if wait:
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    try:
+                        msg = ns.recv(4096).decode()
+                    except TimeoutError:
+                        break
+                    if "READY=1" in msg:
+                        break
+                else:
+                    raise RuntimeError("daemon not ready:\n" + self.log())
+                if self.proc.poll() is not None:
+                    raise RuntimeError("daemon exited:\n" + self.log())
+        notify.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def listen(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def cli(
+        self,
+        *args: str,
+        user: str | None = None,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, bus=self.bus, user=user, input=input, env=env, timeout=timeout)
+
+
+def run_cli(
+    *args: str,
+    bus: str | None = None,
+    user: str | None = None,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI as a user types it: `portal ARGS` (with --bus, or as another user)."""
+    full_env = dict(os.environ, PYTHONPATH=str(REPO))
+    full_env.update(env or {})
+    if bus:
+        full_env["PORTAL_BUS"] = bus
+    cmd = [*PORTAL, *args]
+    if user is not None:
+        cmd = [
+            "setpriv",
+            f"--reuid={user}",
+            f"--regid={user}",
+            "--init-groups",
+            "--",
+            "env",
+            f"PYTHONPATH={REPO}",
+            f"PORTAL_BUS={bus or ''}",
+            "HOME=/tmp",
+            *cmd,
+        ]
+    return subprocess.run(
+        cmd, env=full_env, input=input, capture_output=True, text=True, timeout=timeout, cwd="/"
+    )
+
+
+def dig(*args: str, port: int, host: str = "127.0.0.1", timeout: float = 15) -> str:
+    out = subprocess.run(
+        ["dig", f"@{host}", "-p", str(port), "+tries=1", "+time=5", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return out.stdout
