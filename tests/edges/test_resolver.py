@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,14 +58,21 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+    def start(
+        self, cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        out = open(log, "ab") if log else None  # noqa: SIM115 - handed to the process
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out or subprocess.DEVNULL,
+                stderr=out or subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            if out:
+                out.close()
         self.procs.append(proc)
         return proc
 
@@ -140,14 +148,55 @@ def wait_answer(ns: str, server: str, name: str, expected: str) -> None:
     raise AssertionError(f"{server} never answered {name} with {expected}")
 
 
-def start_network_and_stub(ns: str, procs: Processes) -> subprocess.Popen[bytes]:
-    """The network's server (answers the overridden name differently) and the stub."""
+def start_network(ns: str, procs: Processes) -> None:
+    """The network's server: it answers the overridden name too, differently."""
     procs.start(dnsmasq(ns, NETWORK_DNS, {OVERRIDE: VENUE_ADDR, OTHER: OTHER_ADDR}))
     wait_answer(ns, NETWORK_DNS, OTHER, OTHER_ADDR)
+
+
+def start_dnsmasq_stub(ns: str, procs: Processes) -> subprocess.Popen[bytes]:
+    """A dnsmasq standing in for the stub: the override, everything else forwarded."""
     stub = procs.start(dnsmasq(ns, STUB, {OVERRIDE: OVERRIDE_ADDR}, forward=NETWORK_DNS))
     wait_answer(ns, STUB, OVERRIDE, OVERRIDE_ADDR)
     wait_answer(ns, STUB, OTHER, OTHER_ADDR)
     return stub
+
+
+def start_portal_stub(ns: str, procs: Processes, work: Path) -> subprocess.Popen[bytes]:
+    """The real `portal daemon` in the namespace, with the override added by the real CLI."""
+    bus_dir = work / "bus"
+    bus_dir.mkdir()
+    sock = bus_dir / "bus.sock"
+    (bus_dir / "bus.conf").write_text(BUS_CONF.format(path=sock))
+    procs.start(["dbus-daemon", f"--config-file={bus_dir / 'bus.conf'}", "--nofork",
+                 "--nopidfile"])  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        assert time.monotonic() < deadline, "dbus-daemon did not create its socket"
+        time.sleep(0.02)
+    bus = f"unix:path={sock}"
+    env = dict(os.environ, PYTHONPATH=str(REPO), PORTAL_BUS=bus)
+    notify_path = work / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(15)
+        daemon = procs.start(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "portal", "daemon",
+             "--listen", f"{STUB}:53", "--upstream", NETWORK_DNS,
+             "--state-dir", str(work / "state"), "--config", "/dev/null"],
+            env=dict(env, NOTIFY_SOCKET=str(notify_path)),
+            log=work / "daemon.log",
+        )  # fmt: skip
+        while b"READY=1" not in notify.recv(4096):
+            pass
+    res = subprocess.run(
+        [sys.executable, "-m", "portal", "add", OVERRIDE, OVERRIDE_ADDR, "--any-network"],
+        env=env, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr + (work / "daemon.log").read_text()
+    wait_answer(ns, STUB, OVERRIDE, OVERRIDE_ADDR)
+    wait_answer(ns, STUB, OTHER, OTHER_ADDR)
+    return daemon
 
 
 def lookups(ns: str, resolv_conf: Path, names: list[str]) -> list[tuple[int, str, float]]:
@@ -182,10 +231,19 @@ def lookups(ns: str, resolv_conf: Path, names: list[str]) -> list[tuple[int, str
 
 @needs_root
 @needs_tools
-def test_glibc_falls_through_when_stub_stops(netns: str, procs: Processes, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stub_kind", ["portal", "dnsmasq"])
+def test_glibc_falls_through_when_stub_stops(
+    netns: str, procs: Processes, tmp_path: Path, stub_kind: str
+) -> None:
+    if stub_kind == "portal" and not shutil.which("dbus-daemon"):
+        pytest.skip("needs dbus-daemon for the real daemon's control API")
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(render_resolv_conf(STUB, [NETWORK_DNS]))
-    stub = start_network_and_stub(netns, procs)
+    start_network(netns, procs)
+    if stub_kind == "portal":
+        stub = start_portal_stub(netns, procs, tmp_path)
+    else:
+        stub = start_dnsmasq_stub(netns, procs)
 
     up = lookups(netns, resolv, [OVERRIDE, OTHER])
     assert [(rc, addr) for rc, addr, _ in up] == [(0, OVERRIDE_ADDR), (0, OTHER_ADDR)]
@@ -211,8 +269,8 @@ def test_stub_alone_would_take_dns_down(netns: str, procs: Processes, tmp_path: 
     """Why render_resolv_conf refuses to list the stub alone: shown, not assumed."""
     resolv = tmp_path / "resolv.conf"
     resolv.write_text(f"nameserver {STUB}\noptions timeout:1 attempts:1\n")
-    stub = start_network_and_stub(netns, procs)
-    Processes.stop(stub)
+    start_network(netns, procs)
+    Processes.stop(start_dnsmasq_stub(netns, procs))
     [(rc, addr, _)] = lookups(netns, resolv, [OTHER])
     assert rc != 0 and addr == ""
 
@@ -381,7 +439,8 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
         assert time.monotonic() < deadline, "dbus-daemon did not create its socket"
         time.sleep(0.02)
     os.chmod(sock, 0o666)
-    stub = start_network_and_stub(netns, procs)
+    start_network(netns, procs)
+    stub = start_dnsmasq_stub(netns, procs)
 
     # resolved keeps CAP_NET_BIND_SERVICE and CAP_NET_RAW in its unit; started as a non-root
     # user it skips its own privilege drop, so setpriv does it (plus SETPCAP, which it needs to
