@@ -90,13 +90,22 @@ def test_parse_check_can_fail(tmp_path: Path) -> None:
 # --- module evaluation with the real nixpkgs lib ------------------------------------------------
 
 
-def _nixpkgs_lib(tmp: Path) -> Path | None:
+def _nixpkgs_lib() -> Path | None:
     env_lib = os.environ.get("NIXPKGS_LIB")
     if env_lib:
         return Path(env_lib)
     if shutil.which("nix-instantiate") is None:
         return None
-    res = _instantiate(["--find-file", "nixpkgs"], tmp)
+    if not os.environ.get("NIX_PATH") and not Path("/nix/var/nix/profiles").is_dir():
+        return None  # Debian's nix-bin alone: no channels, nothing to find
+    # the user's own Nix setup (channels, nix.conf) decides where <nixpkgs> is
+    res = subprocess.run(
+        ["nix-instantiate", "--find-file", "nixpkgs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if res.returncode == 0 and res.stdout.strip():
         lib = Path(res.stdout.strip()) / "lib"
         if (lib / "default.nix").exists():
@@ -105,10 +114,10 @@ def _nixpkgs_lib(tmp: Path) -> Path | None:
 
 
 @pytest.fixture
-def nixpkgs_lib(tmp_path: Path) -> Path:
+def nixpkgs_lib() -> Path:
     if shutil.which("nix-instantiate") is None:
         pytest.skip("needs nix-instantiate (Debian package nix-bin)")
-    lib = _nixpkgs_lib(tmp_path)
+    lib = _nixpkgs_lib()
     if lib is None:
         pytest.skip(
             "no nixpkgs lib: set NIXPKGS_LIB to a nixpkgs lib directory or put nixpkgs on "
