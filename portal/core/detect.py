@@ -244,8 +244,12 @@ def _http_url(candidate: str, base: str) -> str:
     candidate = html.unescape(candidate).strip()
     if not candidate:
         return ""
-    url = urljoin(base, candidate)
-    split = urlsplit(url)
+    try:
+        url = urljoin(base, candidate)
+        split = urlsplit(url)
+        split.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return ""
     if split.scheme.lower() not in ("http", "https") or not split.hostname:
         return ""
     return url
@@ -399,8 +403,7 @@ def _merge_api(verdict: ProbeVerdict, api: CaptiveApi, api_uri: str) -> ProbeVer
             portal_hosts=hosts,
             seconds_remaining=api.seconds_remaining,
             venue_info_url=api.venue_info_url,
-            reason="captive-portal API says captive"
-            + (f"; {verdict.reason}" if verdict.reason else ""),
+            reason=f"captive-portal API says captive; {verdict.reason}",
         )
     # "Not captive" from the API cannot make a failing probe succeed, and a portal the probe
     # actually met outweighs an API that has not caught up; it still tells the session's time.
@@ -415,6 +418,20 @@ def _merge_api(verdict: ProbeVerdict, api: CaptiveApi, api_uri: str) -> ProbeVer
     )
 
 
+def is_strong_portal_sign(response: ProbeResponse, verdict: ProbeVerdict) -> bool:
+    """A captive verdict no working internet path produces: a redirect, RFC 6585's 511, or an
+    unanswered probe whose host the venue's DNS hijacked.
+
+    A 200 with an unexpected body is a weaker sign: it is also what a probe endpoint that
+    changed its content (or a test network that does not emulate it) answers.
+    """
+    if verdict.connectivity is not Connectivity.CAPTIVE:
+        return False
+    if response.status == 0 or response.status == 511:
+        return True
+    return 300 <= response.status < 400 and bool(response.header("location"))
+
+
 def classify_all(
     results: Sequence[tuple[ProbeSpec, ProbeResponse]],
     *,
@@ -423,44 +440,44 @@ def classify_all(
 ) -> ProbeVerdict:
     """One verdict for a probe round.
 
-    Any portal sign wins (as on Android, where the HTTP probe's portal outweighs HTTPS
-    success): a portal that lets one well-known probe through still needs a sign-in. Else any
-    online answer, else limited, else offline. When every probed name resolved to the same
-    addresses, failed probes count as portal signs. A usable RFC 8908 answer saying captive
-    makes the verdict captive with its sign-in URL.
+    A strong portal sign (see is_strong_portal_sign) wins even over another probe's expected
+    answer, as on Android, where the HTTP probe's portal outweighs HTTPS success: a portal
+    that lets one well-known probe through still wants a sign-in. Then any online answer, then
+    weak portal signs (an unexpected 200), then limited, then offline. When every probed name
+    resolved to the same addresses, failed probes count as strong portal signs. A usable RFC
+    8908 answer saying captive makes the verdict captive with its sign-in URL.
     """
     verdicts = [classify(response, spec) for spec, response in results]
+    strong = [is_strong_portal_sign(r, v) for v, (_, r) in zip(verdicts, results, strict=True)]
     answers = {urlsplit(r.url).hostname or r.url: r.addresses for _, r in results}
     if all_names_same_address(answers):
         shared = ", ".join(next(iter(a for a in answers.values() if a)))
-        verdicts = [
-            _captive(r, r.url, f"every probe host resolved to {shared}")
-            if v.connectivity in (Connectivity.LIMITED, Connectivity.OFFLINE)
-            else v
-            for v, (_, r) in zip(verdicts, results, strict=True)
-        ]
-    verdict = _combine(verdicts)
+        for i, (v, (_, r)) in enumerate(zip(verdicts, results, strict=True)):
+            if v.connectivity in (Connectivity.LIMITED, Connectivity.OFFLINE):
+                verdicts[i] = _captive(r, r.url, f"every probe host resolved to {shared}")
+                strong[i] = True
+    verdict = _combine(verdicts, strong)
     if api is not None and not api.error:
         verdict = _merge_api(verdict, api, api_uri)
     return verdict
 
 
-def _combine(verdicts: Sequence[ProbeVerdict]) -> ProbeVerdict:
+def _combine(verdicts: Sequence[ProbeVerdict], strong: Sequence[bool]) -> ProbeVerdict:
     if not verdicts:
         return ProbeVerdict(Connectivity.UNKNOWN, error="no-probes", reason="nothing was probed")
     captive = [v for v in verdicts if v.connectivity is Connectivity.CAPTIVE]
-    if captive:
+    online = next((v for v in verdicts if v.connectivity is Connectivity.ONLINE), None)
+    if captive and (online is None or any(strong)):
         # Prefer a verdict that found a sign-in page elsewhere over "open the probe URL".
         best = next((v for v in captive if v.portal_hosts), captive[0])
         hosts = _unique(h for v in captive for h in v.portal_hosts)
         return ProbeVerdict(
             Connectivity.CAPTIVE, portal_url=best.portal_url, portal_hosts=hosts, reason=best.reason
         )
-    for state in (Connectivity.ONLINE, Connectivity.LIMITED):
-        found = next((v for v in verdicts if v.connectivity is state), None)
-        if found is not None:
-            return found
-    return verdicts[0]
+    if online is not None:
+        return online
+    limited = next((v for v in verdicts if v.connectivity is Connectivity.LIMITED), None)
+    return limited if limited is not None else verdicts[0]
 
 
 # --- routing while a portal is up --------------------------------------------------------------
