@@ -291,6 +291,8 @@ async def test_nm_restart_is_seen_on_the_bus(lab_factory: LabFactory) -> None:
         old_pid = lab.nm_pid
         await asyncio.to_thread(lab.restart_nm)
         assert lab.nm_pid not in (None, old_pid)
+        comm = await asyncio.to_thread(Path(f"/proc/{lab.nm_pid}/comm").read_text)
+        assert comm.strip() == "NetworkManager"
 
         async def owner_came_back() -> bool:
             return any(old == "" and new not in ("", old_owner) for old, new in nm.owner_changes)
@@ -367,6 +369,8 @@ def test_down_removes_everything_and_is_idempotent() -> None:
         assert lab.nm_pid in pids
         run_dir = lab.run_dir
         inodes = [os.stat(f"/run/netns/{ns}").st_ino for ns in (lab.hotel_ns, lab.laptop_ns)]
+        mnt = os.stat(f"/proc/{lab.holder_pid}/ns/mnt").st_ino
+        assert mnt != os.stat("/proc/self/ns/mnt").st_ino
     finally:
         lab.down()
     lab.down()
@@ -374,7 +378,9 @@ def test_down_removes_everything_and_is_idempotent() -> None:
     assert not Path(f"/run/netns/{lab.hotel_ns}").exists()
     assert not Path(f"/run/netns/{lab.laptop_ns}").exists()
     assert [pid for pid in pids if labmod._alive(pid)] == []
-    assert [labmod.pids_in_netns(i) for i in inodes] == [[], []]
+    assert [labmod.pids_in_ns("net", i) for i in inodes] == [[], []]
+    # Nothing is left in the laptop's mount namespace, so the kernel dropped its mounts.
+    assert labmod.pids_in_ns("mnt", mnt) == []
 
 
 @requires_static_lab
@@ -405,6 +411,21 @@ def test_watchdog_tears_down_an_abandoned_lab() -> None:
     assert not run_dir.exists()
     assert not Path(f"/run/netns/{prefix}-hotel").exists()
     assert not Path(f"/run/netns/{prefix}-laptop").exists()
+
+
+@requires_static_lab
+@pytest.mark.root
+@pytest.mark.lab
+def test_watchdog_tears_down_at_the_deadline(lab_factory: LabFactory) -> None:
+    lab = lab_factory(nm=False, lifetime_s=2)
+    assert lab.run_laptop(["true"]).returncode == 0
+    holder = lab.holder_pid
+    deadline = time.monotonic() + 20  # bounds a hang; the lab's own deadline is 2 s
+    while time.monotonic() < deadline and lab.run_dir.exists():
+        time.sleep(0.1)
+    assert not lab.run_dir.exists()
+    assert not Path(f"/run/netns/{lab.laptop_ns}").exists()
+    assert not labmod._alive(holder)
 
 
 @requires_lab

@@ -208,16 +208,16 @@ def _netns_inode(name: str) -> int | None:
         return None
 
 
-def pids_in_netns(inode: int) -> list[int]:
-    """PIDs of the live processes whose network namespace has this inode."""
-    wanted = f"net:[{inode}]"
+def pids_in_ns(kind: str, inode: int) -> list[int]:
+    """PIDs of the live processes whose `kind` ("net", "mnt") namespace has this inode."""
+    wanted = f"{kind}:[{inode}]"
     me = os.getpid()
     pids: list[int] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            if os.readlink(f"/proc/{entry}/ns/net") == wanted and _alive(int(entry)):
+            if os.readlink(f"/proc/{entry}/ns/{kind}") == wanted and _alive(int(entry)):
                 pids.append(int(entry))
         except OSError:
             continue
@@ -232,21 +232,25 @@ def _kill(pid: int, sig: int) -> None:
 def teardown(record: Mapping[str, Any]) -> None:
     """Remove everything a lab made, from its record. Idempotent; used by down() and the watchdog.
 
-    Processes are found by PID: the ones recorded, then every process still inside either
-    namespace (things they started, such as NetworkManager's dnsmasq, outlive their parent).
+    Processes are found by PID: the ones recorded, then every process still inside the lab's
+    namespaces (things they started, such as NetworkManager's dnsmasq, outlive their parent).
     """
-    pids = [int(p) for p in record.get("pids", [])]
-    for pid in pids:
-        if _alive(pid):
+    for pid, started in record.get("pids", []):
+        # The start time guards against a recycled PID (the watchdog runs after our children
+        # were reparented and reaped).
+        if _alive(pid) and _start_time(pid) == started:
             _kill(pid, signal.SIGKILL)
-    inodes = [int(i) for i in record.get("netns_inodes", [])]
+    spaces = [("net", int(i)) for i in record.get("netns_inodes", []) if i]
+    spaces += [("mnt", int(i)) for i in record.get("mntns_inodes", []) if i]
     for _ in range(100):
-        stray = [pid for inode in inodes for pid in pids_in_netns(inode)]
+        stray = {pid for kind, inode in spaces for pid in pids_in_ns(kind, inode)}
         if not stray:
             break
         for pid in stray:
             _kill(pid, signal.SIGKILL)
         time.sleep(0.02)
+    # The laptop's mounts (sysfs, /etc overlay, /run, /var/lib/NetworkManager) live only in its
+    # private mount namespace: the kernel unmounts them when its last process is gone.
     ip = which("ip") or "ip"
     for name in record.get("netns", []):
         if Path(f"/run/netns/{name}").exists():
@@ -654,6 +658,7 @@ class Lab:
             "run_dir": str(self.run_dir),
             "netns": [self.hotel_ns, self.laptop_ns],
             "netns_inodes": [],
+            "mntns_inodes": [],
             "pids": [],
             "deadline_unix": time.time() + self.lifetime_s,
         }
@@ -684,7 +689,7 @@ class Lab:
 
     def _track(self, proc: LabProcess) -> LabProcess:
         self._procs.append(proc)
-        self._record["pids"].append(proc.pid)
+        self._record["pids"].append([proc.pid, _start_time(proc.pid)])
         self._write_record()
         return proc
 
@@ -960,6 +965,8 @@ class Lab:
             "the laptop's mount namespace",
             self._holder,
         )
+        self._record["mntns_inodes"].append(os.stat(f"/proc/{self.holder_pid}/ns/mnt").st_ino)
+        self._write_record()
         self._start_bus()
         if self.nm:
             self._write_nm_config()
