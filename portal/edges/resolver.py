@@ -99,7 +99,7 @@ class ResolverWiring:
         self._resolv_conf = resolv_conf
         self._nsswitch_conf = nsswitch_conf
         self._bus: MessageBus | None = None
-        self._mode: WiringMode | None = None
+        self._routed = False  # this process has set the link since the last revert
 
     # --- facts -------------------------------------------------------------------------------
 
@@ -168,20 +168,22 @@ class ResolverWiring:
         return (parse_resolv_conf(text) if text is not None else None), target
 
     async def detect(self) -> WiringMode:
-        """The mode in force: the requested one, or what `auto` finds on this machine."""
-        if self._mode is None:
-            conf, target = self._resolv()
-            running = False
-            if self._requested is WiringMode.AUTO:
-                running = await self._resolved_running()
-            self._mode = choose_mode(
-                self._requested,
-                resolved_running=running,
-                resolv_conf=conf,
-                link_target=target,
-                nss_resolve=nsswitch_uses_resolve(_read(self._nsswitch_conf) or ""),
-            )
-        return self._mode
+        """The mode in force: the requested one, or what `auto` finds on this machine now.
+
+        Not cached: systemd-resolved may start after the daemon, and resolv.conf may be
+        rewritten at any time. It costs one NameHasOwner call and two small file reads.
+        """
+        conf, target = self._resolv()
+        running = False
+        if self._requested is WiringMode.AUTO:
+            running = await self._resolved_running()
+        return choose_mode(
+            self._requested,
+            resolved_running=running,
+            resolv_conf=conf,
+            link_target=target,
+            nss_resolve=nsswitch_uses_resolve(_read(self._nsswitch_conf) or ""),
+        )
 
     def _ifindex(self) -> int:
         try:
@@ -199,7 +201,9 @@ class ResolverWiring:
         if await self.detect() is not WiringMode.RESOLVED:
             return  # resolv.conf modes send every name to the stub already; nothing per name
         plan = plan_resolved_link(names, stub=self.stub, port=self.port)
-        await self._set_link(self._ifindex(), plan)
+        ifindex = self._ifindex()
+        self._routed = True  # even a partial failure below leaves something to revert
+        await self._set_link(ifindex, plan)
         if plan.dropped:
             raise WiringError(
                 f"systemd-resolved takes {len(plan.domains)} domains per link; "
@@ -218,13 +222,14 @@ class ResolverWiring:
 
     async def revert(self) -> None:
         """Give the link back to resolved's defaults (no servers, no domains)."""
-        if await self.detect() is not WiringMode.RESOLVED:
+        if not self._routed and await self.detect() is not WiringMode.RESOLVED:
             return
         try:
             ifindex = self._ifindex()
         except WiringError:
             return  # no link, nothing routed through it
         await self._call("RevertLink", "i", [ifindex])
+        self._routed = False
 
     async def describe(self) -> str:
         """One line for `portal status`: how (and whether) the stub is wired in."""

@@ -125,11 +125,14 @@ def netns() -> Iterator[str]:
         _run(["ip", "netns", "del", name])
 
 
-def dnsmasq(ns: str, listen: str, records: dict[str, str], *, forward: str = "") -> list[str]:
+def dnsmasq(
+    ns: str, listen: str, records: dict[str, str], *, forward: str = "", port: int = 53
+) -> list[str]:
     cmd = [
         "ip", "netns", "exec", ns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
         f"--listen-address={listen}", "--bind-interfaces", "--no-hosts", "--no-resolv",
         "--pid-file", "--user=root", "--cache-size=0", "--log-facility=/dev/null",
+        f"--port={port}",
     ]  # fmt: skip
     cmd += [f"--host-record={name},{addr}" for name, addr in records.items()]
     if forward:
@@ -137,11 +140,11 @@ def dnsmasq(ns: str, listen: str, records: dict[str, str], *, forward: str = "")
     return cmd
 
 
-def wait_answer(ns: str, server: str, name: str, expected: str) -> None:
+def wait_answer(ns: str, server: str, name: str, expected: str, *, port: int = 53) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         res = _run(["ip", "netns", "exec", ns, "dig", "+short", "+time=1", "+tries=1",
-                    f"@{server}", name])  # fmt: skip
+                    "-p", str(port), f"@{server}", name])  # fmt: skip
         if expected in res.stdout.split():
             return
         time.sleep(0.05)
@@ -154,11 +157,12 @@ def start_network(ns: str, procs: Processes) -> None:
     wait_answer(ns, NETWORK_DNS, OTHER, OTHER_ADDR)
 
 
-def start_dnsmasq_stub(ns: str, procs: Processes) -> subprocess.Popen[bytes]:
+def start_dnsmasq_stub(ns: str, procs: Processes, *, port: int = 53) -> subprocess.Popen[bytes]:
     """A dnsmasq standing in for the stub: the override, everything else forwarded."""
-    stub = procs.start(dnsmasq(ns, STUB, {OVERRIDE: OVERRIDE_ADDR}, forward=NETWORK_DNS))
-    wait_answer(ns, STUB, OVERRIDE, OVERRIDE_ADDR)
-    wait_answer(ns, STUB, OTHER, OTHER_ADDR)
+    records = {OVERRIDE: OVERRIDE_ADDR}
+    stub = procs.start(dnsmasq(ns, STUB, records, forward=NETWORK_DNS, port=port))
+    wait_answer(ns, STUB, OVERRIDE, OVERRIDE_ADDR, port=port)
+    wait_answer(ns, STUB, OTHER, OTHER_ADDR, port=port)
     return stub
 
 
@@ -370,7 +374,7 @@ from portal.edges.resolver import ResolverWiring
 
 async def main(args):
     make = lambda: ResolverWiring(bus=args["bus"], resolv_conf=args["resolv"],
-                                  nsswitch_conf="/dev/null")
+                                  nsswitch_conf="/dev/null", port=args["port"])
     deadline = time.monotonic() + 15
     while True:  # resolved takes its bus name a moment after it starts
         wiring = make()
@@ -418,8 +422,9 @@ def short_tmp() -> Iterator[Path]:
 @needs_tools
 @pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("port", [53, 5353], ids=["SetLinkDNS", "SetLinkDNSEx"])
 def test_real_resolved_routes_only_overrides_to_the_stub(
-    netns: str, procs: Processes, short_tmp: Path
+    netns: str, procs: Processes, short_tmp: Path, port: int
 ) -> None:
     binary, why = _resolved_binary()
     if binary is None:
@@ -440,7 +445,7 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
         time.sleep(0.02)
     os.chmod(sock, 0o666)
     start_network(netns, procs)
-    stub = start_dnsmasq_stub(netns, procs)
+    stub = start_dnsmasq_stub(netns, procs, port=port)
 
     # resolved keeps CAP_NET_BIND_SERVICE and CAP_NET_RAW in its unit; started as a non-root
     # user it skips its own privilege drop, so setpriv does it (plus SETPCAP, which it needs to
@@ -462,7 +467,7 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     )  # fmt: skip
 
     names = [OVERRIDE, "a.portal.test", "b.portal.test"]
-    applied = drive(netns, op="apply", bus=bus, resolv=str(resolv), names=names)
+    applied = drive(netns, op="apply", bus=bus, resolv=str(resolv), names=names, port=port)
     assert applied == {"mode": "resolved", "describe": "resolved link portal0: 3 domains"}
     wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR)
 
@@ -477,11 +482,15 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     assert rows[0][:2] == (0, OTHER_ADDR)
     assert rows[1][0] != 0
     assert rows[2][:2] == (0, OTHER_ADDR)
-    print(f"stub stopped: non-override lookup {rows[2][2] * 1000:.1f} ms")
+    print(
+        f"resolved, stub stopped: override fails in {rows[1][2] * 1000:.1f} ms, "
+        f"other names {rows[2][2] * 1000:.1f} ms"
+    )
 
-    reverted = drive(netns, op="revert", bus=bus, resolv=str(resolv))
+    reverted = drive(netns, op="revert", bus=bus, resolv=str(resolv), port=port)
     assert reverted["mode"] == "resolved"
-    assert reverted["describe"] == "not wired: resolved link portal0 does not use 127.0.0.153"
+    server = STUB if port == 53 else f"{STUB}:{port}"
+    assert reverted["describe"] == f"not wired: resolved link portal0 does not use {server}"
     # with the link reverted the network answers the name again
     rows = lookups(netns, resolv, [OVERRIDE])
     assert rows[0][:2] == (0, VENUE_ADDR)
