@@ -180,7 +180,7 @@ async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
     try:
         return await COMMANDS[args.command](client, args, req)
     finally:
-        client.close()
+        await client.aclose()
 
 
 async def cmd_add(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:

@@ -240,7 +240,77 @@ class Daemon:
         env: dict[str, str] | None = None,
         timeout: float = 30,
     ) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, bus=self.bus, user=user, input=input, env=env, timeout=timeout)
+        if user is not None:
+            return run_cli_as(user, *args, bus=self.bus, input=input, timeout=timeout)
+        return run_cli(*args, bus=self.bus, input=input, env=env, timeout=timeout)
+
+
+def run_cli_as(
+    user: str, *args: str, bus: str, input: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI code, run as another user (fork, drop privileges, `portal.cli.main`).
+
+    The interpreter may live where other users cannot read it (e.g. under /root), so the child
+    keeps the parent's already-imported modules instead of exec'ing a new interpreter.
+    """
+    import importlib
+    import pwd
+
+    for mod in (
+        "portal.cli",
+        "portal.edges.client",
+        "portal.edges.bus",
+        "portal.core.overrides",
+        "dbus_next",
+        "dbus_next.aio",
+        "asyncio",
+        "json",
+        "encodings.idna",
+    ):
+        importlib.import_module(mod)
+    pw = pwd.getpwnam(user)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become the user, run the CLI, exit with its code
+        code = 70
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            # pytest may have replaced sys.stdout/err with capture objects: write to the pipes
+            sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            os.initgroups(user, pw.pw_gid)
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            os.environ["PORTAL_BUS"] = bus
+            os.environ["HOME"] = "/"
+            os.chdir("/")
+            from portal.cli import main
+
+            code = main(list(args))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException as exc:  # noqa: BLE001 - report anything from the child
+            os.write(2, f"child failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as o, os.fdopen(err_r) as e:
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(list(args), timeout)
+            time.sleep(0.02)
+        return subprocess.CompletedProcess(
+            list(args), os.waitstatus_to_exitcode(status), o.read(), e.read()
+        )
 
 
 def run_cli(

@@ -62,6 +62,14 @@ class Client:
     def close(self) -> None:
         self.bus.disconnect()
 
+    async def aclose(self) -> None:
+        """Disconnect and wait until the socket is really closed."""
+        self.bus.disconnect()
+        try:
+            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2.0)
+        except Exception:  # noqa: S110 - an error while closing changes nothing for the caller
+            pass
+
     async def call(
         self, member: str, signature: str = "", body: list[Any] | None = None
     ) -> list[Any]:
