@@ -44,13 +44,16 @@ let
         extra
       ];
       virtualisation.vlans = [ 1 ];
-      # The address comes from the router's DHCP, through NetworkManager.
+      # The address comes from the router's DHCP, through NetworkManager only (as in
+      # nixpkgs' own NetworkManager tests).
       networking.useDHCP = false;
-      networking.interfaces.eth1.ipv4.addresses = lib.mkForce [ ];
+      networking.interfaces = lib.mkForce { eth1 = { }; };
       networking.networkmanager = {
         enable = true;
         # eth0 is the test driver's own network; it must not bring its DNS server along.
         unmanaged = [ "eth0" ];
+        # no automatic "Wired connection" profiles: only the hotel profile below
+        settings.main.no-auto-default = "*";
         ensureProfiles.profiles.hotel = {
           connection = {
             id = "hotel";
