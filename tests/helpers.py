@@ -353,3 +353,70 @@ def dig(*args: str, port: int, host: str = "127.0.0.1", timeout: float = 15) -> 
         timeout=timeout,
     )
     return out.stdout
+
+
+class Netns:
+    """A throwaway network + mount namespace held open by a `sleep` process (killed by PID).
+
+    Processes started with `popen`/`run` live in it; the namespace vanishes with the last one.
+    """
+
+    def __init__(self, lifetime_s: int = 300) -> None:
+        self.holder = subprocess.Popen(
+            [
+                "unshare",
+                "--net",
+                "--mount",
+                "--propagation",
+                "private",
+                "--fork",
+                "--kill-child",
+                "sleep",
+                str(lifetime_s),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if not wait_for(self._ready, 10):
+            self.close()
+            raise RuntimeError("namespace did not come up")
+        self.pid = self._child_pid()
+        self.run(["ip", "link", "set", "lo", "up"], check=True)
+
+    def _child_pid(self) -> int:
+        children = Path(f"/proc/{self.holder.pid}/task/{self.holder.pid}/children").read_text()
+        return int(children.split()[0])
+
+    def _ready(self) -> bool:
+        try:
+            pid = self._child_pid()
+        except (OSError, IndexError, ValueError):
+            return False
+        return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+    def wrap(self, cmd: Sequence[str]) -> list[str]:
+        return ["nsenter", "-t", str(self.pid), "--net", "--mount", "--", *cmd]
+
+    def run(
+        self,
+        cmd: Sequence[str],
+        *,
+        check: bool = False,
+        timeout: float = 30,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.wrap(cmd), capture_output=True, text=True, timeout=timeout, check=check, env=env
+        )
+
+    def popen(self, cmd: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.wrap(cmd), **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            stop_pid(proc)
+        stop_pid(self.holder)
