@@ -488,8 +488,17 @@ if [ -d /var/lib/NetworkManager ]; then
     mount --bind "$R/laptop/var-lib-nm" /var/lib/NetworkManager
 fi
 # NM replaces /etc/resolv.conf by rename(), which a bind-mounted file refuses (EBUSY).
-mount -t overlay overlay \
-    -o "lowerdir=/etc,upperdir=$R/laptop/etc-upper,workdir=$R/laptop/etc-work" /etc
+if ! mount -t overlay overlay \
+    -o "lowerdir=/etc,upperdir=$R/laptop/etc-upper,workdir=$R/laptop/etc-work" /etc 2>/dev/null
+then
+    # The run dir's filesystem cannot be an upper layer (overlayfs itself, as in a container):
+    # keep the layer on a tmpfs that exists only in this namespace.
+    T="$R/laptop/etc-tmpfs"
+    mount -t tmpfs -o mode=0755 tmpfs "$T"
+    mkdir "$T/upper" "$T/work"
+    cp -a "$R/laptop/etc-upper/." "$T/upper/"
+    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/upper,workdir=$T/work" /etc
+fi
 # Like NixOS: /etc/hosts is read-only.
 mount --bind /etc/hosts /etc/hosts
 mount -o remount,bind,ro /etc/hosts
@@ -674,6 +683,7 @@ class Lab:
             "laptop/var-lib-nm",
             "laptop/etc-upper/dhcp",
             "laptop/etc-work",
+            "laptop/etc-tmpfs",
             "logs",
         ):
             (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
