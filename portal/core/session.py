@@ -196,11 +196,13 @@ def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -
             s = replace(s, state=Connectivity.LIMITED, seconds_remaining=verdict.seconds_remaining)
             return _retry(s, now, out)
         case Connectivity.ONLINE:
-            if s.state in _NOT_ONLINE or s.nm in _NOT_ONLINE:
+            ask_nm = s.state in _NOT_ONLINE or s.nm in _NOT_ONLINE
+            s = _online(s, verdict.seconds_remaining, out)
+            if ask_nm:
                 # NM rechecks a portal only every few seconds (then every `interval`): ask now
                 # so desktops stop showing "sign in" as soon as we know.
                 out.append(AskNMToRecheck())
-            return _online(s, verdict.seconds_remaining, out)
+            return s
     # OFFLINE (this machine cannot send) or UNKNOWN (nothing to probe): wait for an event.
     return replace(s, state=verdict.connectivity, retries=0)
 

@@ -240,6 +240,8 @@ SYNTHETIC = [
         "",
     ),
     (resp(301, "moved"), GSTATIC, C.CAPTIVE, P, (), ""),
+    # A probe URL that does not parse cannot name a host to pin.
+    (resp(200, "x", url="http://[fd00::1/"), GSTATIC, C.CAPTIVE, "http://[fd00::1/", (), ""),
     (resp(503, "Service Unavailable"), GSTATIC, C.CAPTIVE, P, (), ""),
 ]
 
@@ -387,6 +389,21 @@ ROUNDS = [
         ],
         C.CAPTIVE,
         F.url,
+    ),
+    # Names no list knows, one address: the upgrade comes from the sharing alone.
+    (
+        [
+            (
+                ProbeSpec("http://a.example/"),
+                ProbeResponse("http://a.example/", addresses=("192.0.2.1",), error="timeout"),
+            ),
+            (
+                ProbeSpec("http://b.example/"),
+                ProbeResponse("http://b.example/", addresses=("192.0.2.1",), error="no-route"),
+            ),
+        ],
+        C.CAPTIVE,
+        "http://a.example/",
     ),
     (
         [
