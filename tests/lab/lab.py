@@ -28,8 +28,9 @@ Use (as root)::
 Constructor options (all keyword-only): ``dns_mode`` "hijack" (every name -> 10.77.0.1, also
 when asked at 192.0.2.53) | "strict" (REFUSED for every name but login.hotel.test) | "blocked"
 (the laptop profile pins 192.0.2.53, which drops queries, see ``blackhole_mode``);
-``dhcp_client`` "internal" | "dhclient" (dhclient with ``also request default-url;``, so
-``Dhcp4Config.Options`` shows option 114 as ``default_url``); ``https`` (portal on :443 too,
+``dhcp_client`` "internal" | "dhclient" (dhclient with ``also request default-url;``:
+``Dhcp4Config.Options`` then shows option 114 as ``default_url``; NM's internal client never
+shows it); ``https`` (portal on :443 too,
 URLs handed out are https); ``nm`` (False: no NetworkManager, lap0 gets 10.77.0.50/24 statically
 and /etc/resolv.conf names the hotel DNS, or 192.0.2.53 when blocked); ``unauth_style``
 "redirect" | "page"; ``blackhole_mode`` "drop" | "refused" | "servfail" | "nxdomain";
