@@ -140,7 +140,9 @@ def dnsmasq(
     return cmd
 
 
-def wait_answer(ns: str, server: str, name: str, expected: str, *, port: int = 53) -> None:
+def wait_answer(
+    ns: str, server: str, name: str, expected: str, *, port: int = 53, logs: tuple[Path, ...] = ()
+) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         res = _run(["ip", "netns", "exec", ns, "dig", "+short", "+time=1", "+tries=1",
@@ -148,7 +150,8 @@ def wait_answer(ns: str, server: str, name: str, expected: str, *, port: int = 5
         if expected in res.stdout.split():
             return
         time.sleep(0.05)
-    raise AssertionError(f"{server} never answered {name} with {expected}")
+    told = "".join(f"\n--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in logs)
+    raise AssertionError(f"{server} never answered {name} with {expected}{told}")
 
 
 def start_network(ns: str, procs: Processes) -> None:
@@ -166,37 +169,62 @@ def start_dnsmasq_stub(ns: str, procs: Processes, *, port: int = 53) -> subproce
     return stub
 
 
-def start_portal_stub(ns: str, procs: Processes, work: Path) -> subprocess.Popen[bytes]:
-    """The real `portal daemon` in the namespace, with the override added by the real CLI."""
-    bus_dir = work / "bus"
-    bus_dir.mkdir()
-    sock = bus_dir / "bus.sock"
-    (bus_dir / "bus.conf").write_text(BUS_CONF.format(path=sock))
-    procs.start(["dbus-daemon", f"--config-file={bus_dir / 'bus.conf'}", "--nofork",
+def start_bus(procs: Processes, directory: Path) -> str:
+    """A private dbus-daemon (everyone may own and call); its socket is world-reachable."""
+    sock = directory / "bus.sock"
+    (directory / "bus.conf").write_text(BUS_CONF.format(path=sock))
+    procs.start(["dbus-daemon", f"--config-file={directory / 'bus.conf'}", "--nofork",
                  "--nopidfile"])  # fmt: skip
     deadline = time.monotonic() + 10
     while not sock.exists():
         assert time.monotonic() < deadline, "dbus-daemon did not create its socket"
         time.sleep(0.02)
-    bus = f"unix:path={sock}"
+    os.chmod(sock, 0o666)  # resolved runs as nobody
+    return f"unix:path={sock}"
+
+
+def portal_cli(bus: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "portal", *args],
+        env=dict(os.environ, PYTHONPATH=str(REPO), PORTAL_BUS=bus),
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def start_portal_daemon(
+    ns: str, procs: Processes, work: Path, bus: str, *, config: str = "/dev/null"
+) -> subprocess.Popen[bytes]:
+    """The real `portal daemon` in the namespace, serving the stub address; waits for READY=1."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PORTAL_BUS=bus)
     notify_path = work / "notify"
+    log = work / "daemon.log"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
         notify.settimeout(15)
         daemon = procs.start(
             ["ip", "netns", "exec", ns, sys.executable, "-m", "portal", "daemon",
              "--listen", f"{STUB}:53", "--upstream", NETWORK_DNS,
-             "--state-dir", str(work / "state"), "--config", "/dev/null"],
+             "--state-dir", str(work / "state"), "--config", config],
             env=dict(env, NOTIFY_SOCKET=str(notify_path)),
-            log=work / "daemon.log",
+            log=log,
         )  # fmt: skip
-        while b"READY=1" not in notify.recv(4096):
-            pass
-    res = subprocess.run(
-        [sys.executable, "-m", "portal", "add", OVERRIDE, OVERRIDE_ADDR, "--any-network"],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        try:
+            while b"READY=1" not in notify.recv(4096):
+                pass
+        except TimeoutError:
+            raise AssertionError("daemon never ready:\n" + log.read_text()) from None
+    notify_path.unlink()
+    return daemon
+
+
+def start_portal_stub(ns: str, procs: Processes, work: Path) -> subprocess.Popen[bytes]:
+    """The real daemon as the stub, with the override added by the real CLI."""
+    bus_dir = work / "bus"
+    bus_dir.mkdir()
+    bus = start_bus(procs, bus_dir)
+    daemon = start_portal_daemon(ns, procs, work, bus)
+    res = portal_cli(bus, "add", OVERRIDE, OVERRIDE_ADDR, "--any-network")
     assert res.returncode == 0, res.stderr + (work / "daemon.log").read_text()
     wait_answer(ns, STUB, OVERRIDE, OVERRIDE_ADDR)
     wait_answer(ns, STUB, OTHER, OTHER_ADDR)
@@ -418,6 +446,39 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def start_resolved(ns: str, procs: Processes, work: Path, bus: str, binary: Path) -> Path:
+    """systemd-resolved in the namespace on `bus`; returns the resolv.conf that points at it.
+
+    It gets a tmpfs over /run/systemd (its state and a drop-in with the network's server) and
+    that resolv.conf over /etc/resolv.conf (so it imports no server of this machine), both in
+    a private mount namespace.
+    """
+    (work / "resolved.conf").write_text(RESOLVED_CONF)
+    # glibc and resolved itself read this: queries go to resolved's stub listener
+    resolv = work / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.53\noptions edns0\n")
+    # resolved keeps CAP_NET_BIND_SERVICE and CAP_NET_RAW in its unit; started as a non-root
+    # user it skips its own privilege drop, so setpriv does it (plus SETPCAP, which it needs to
+    # drop the rest of its bounding set).
+    setup = (
+        "mount -t tmpfs -o mode=755 tmpfs /run/systemd && "
+        "mkdir -p /run/systemd/resolve /run/systemd/resolved.conf.d && "
+        "chown 65534:65534 /run/systemd/resolve && "
+        f"cp {work / 'resolved.conf'} /run/systemd/resolved.conf.d/test.conf && "
+        f"mount --bind {resolv} /etc/resolv.conf && "
+        "exec setpriv --reuid=65534 --regid=65534 --clear-groups "
+        "--inh-caps=+net_bind_service,+net_raw,+setpcap "
+        '--ambient-caps=+net_bind_service,+net_raw,+setpcap "$0"'
+    )
+    procs.start(
+        ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
+         "sh", "-c", setup, str(binary)],
+        env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus, SYSTEMD_LOG_TARGET="console"),
+        log=work / "resolved.log",
+    )  # fmt: skip
+    return resolv
+
+
 @needs_root
 @needs_tools
 @pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
@@ -429,42 +490,10 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     binary, why = _resolved_binary()
     if binary is None:
         pytest.skip(why)
-    sock = short_tmp / "bus.sock"
-    (short_tmp / "bus.conf").write_text(BUS_CONF.format(path=sock))
-    (short_tmp / "resolved.conf").write_text(RESOLVED_CONF)
-    # glibc and resolved itself read this: queries go to resolved's stub listener
-    resolv = short_tmp / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.53\noptions edns0\n")
-    bus = f"unix:path={sock}"
-
-    procs.start(["dbus-daemon", f"--config-file={short_tmp / 'bus.conf'}", "--nofork",
-                 "--nopidfile"])  # fmt: skip
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        assert time.monotonic() < deadline, "dbus-daemon did not create its socket"
-        time.sleep(0.02)
-    os.chmod(sock, 0o666)
+    bus = start_bus(procs, short_tmp)
     start_network(netns, procs)
     stub = start_dnsmasq_stub(netns, procs, port=port)
-
-    # resolved keeps CAP_NET_BIND_SERVICE and CAP_NET_RAW in its unit; started as a non-root
-    # user it skips its own privilege drop, so setpriv does it (plus SETPCAP, which it needs to
-    # drop the rest of its bounding set).
-    setup = (
-        "mount -t tmpfs -o mode=755 tmpfs /run/systemd && "
-        "mkdir -p /run/systemd/resolve /run/systemd/resolved.conf.d && "
-        "chown 65534:65534 /run/systemd/resolve && "
-        f"cp {short_tmp / 'resolved.conf'} /run/systemd/resolved.conf.d/test.conf && "
-        f"mount --bind {resolv} /etc/resolv.conf && "
-        "exec setpriv --reuid=65534 --regid=65534 --clear-groups "
-        "--inh-caps=+net_bind_service,+net_raw,+setpcap "
-        '--ambient-caps=+net_bind_service,+net_raw,+setpcap "$0"'
-    )
-    procs.start(
-        ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
-         "sh", "-c", setup, str(binary)],
-        env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus, SYSTEMD_LOG_TARGET="console"),
-    )  # fmt: skip
+    resolv = start_resolved(netns, procs, short_tmp, bus, binary)
 
     names = [OVERRIDE, "a.portal.test", "b.portal.test"]
     applied = drive(netns, op="apply", bus=bus, resolv=str(resolv), names=names, port=port)
@@ -494,6 +523,52 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     # with the link reverted the network answers the name again
     rows = lookups(netns, resolv, [OVERRIDE])
     assert rows[0][:2] == (0, VENUE_ADDR)
+
+
+# The daemon calls ResolverWiring once it is wired in; until then this test has nothing to test.
+DAEMON_WIRES_RESOLVERS = "ResolverWiring" in (REPO / "portal" / "daemon.py").read_text()
+
+
+@needs_root
+@needs_tools
+@pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+@pytest.mark.skipif(
+    not DAEMON_WIRES_RESOLVERS, reason="portal/daemon.py does not use ResolverWiring yet"
+)
+def test_daemon_routes_its_overrides_through_resolved(
+    netns: str, procs: Processes, short_tmp: Path
+) -> None:
+    binary, why = _resolved_binary()
+    if binary is None:
+        pytest.skip(why)
+    bus = start_bus(procs, short_tmp)
+    start_network(netns, procs)
+    resolv = start_resolved(netns, procs, short_tmp, bus, binary)
+    config = short_tmp / "portal.toml"
+    config.write_text('wiring = "resolved"\n')
+    daemon = start_portal_daemon(netns, procs, short_tmp, bus, config=str(config))
+    log = short_tmp / "daemon.log"
+
+    logs = (log, short_tmp / "resolved.log")
+    res = portal_cli(bus, "add", OVERRIDE, OVERRIDE_ADDR, "--any-network")
+    assert res.returncode == 0, res.stderr + log.read_text()
+    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR, logs=logs)
+    rows = lookups(netns, resolv, [OVERRIDE] * 20 + [OTHER])
+    assert [addr for _, addr, _ in rows[:20]] == [OVERRIDE_ADDR] * 20
+    assert rows[20][:2] == (0, OTHER_ADDR)
+    status = json.loads(portal_cli(bus, "status", "--json").stdout)
+    assert status["wiring"] == "resolved link portal0: 1 domain", log.read_text()
+
+    # removing the override takes its domain off the link: the network answers again
+    assert portal_cli(bus, "remove", OVERRIDE).returncode == 0
+    wait_answer(netns, "127.0.0.53", OVERRIDE, VENUE_ADDR, logs=logs)
+
+    assert portal_cli(bus, "add", OVERRIDE, OVERRIDE_ADDR, "--any-network").returncode == 0
+    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR, logs=logs)
+    Processes.stop(daemon)
+    [(rc, addr, _)] = lookups(netns, resolv, [OTHER])
+    assert (rc, addr) == (0, OTHER_ADDR)
 
 
 async def test_resolved_mode_without_link(tmp_path: Path) -> None:
