@@ -25,36 +25,53 @@ Use (as root)::
         lab.state()                               # the portal's /__lab/state as a dict
         daemon.stop()
 
-Constructor options (all keyword-only): ``dns_mode`` "hijack" (every name -> 10.77.0.1, also
-when asked at 192.0.2.53) | "strict" (REFUSED for every name but login.hotel.test) | "blocked"
-(the laptop profile pins 192.0.2.53, which drops queries, see ``blackhole_mode``);
-``dhcp_client`` "internal" | "dhclient" (dhclient with ``also request default-url;``:
-``Dhcp4Config.Options`` then shows option 114 as ``default_url``; NM's internal client never
-shows it); ``https`` (portal on :443 too,
-URLs handed out are https); ``nm`` (False: no NetworkManager, lap0 gets 10.77.0.50/24 statically
-and /etc/resolv.conf names the hotel DNS, or 192.0.2.53 when blocked); ``unauth_style``
-"redirect" | "page"; ``blackhole_mode`` "drop" | "refused" | "servfail" | "nxdomain";
-``nm_dns`` (NetworkManager's ``[main] dns=``, "default"); ``nm_check_interval_s`` (10);
-``nm_extra_conf`` (text appended to NM's config); ``bus_policy_files`` (D-Bus policy files
-copied into the private bus's config before it starts); ``lifetime_s`` (600: after that, or
-when the process that built the lab dies, a watchdog process tears the lab down);
-``prefix`` / ``run_root`` (namespace name prefix, parent of the run dir).
+Constructor options (all keyword-only):
 
-Methods: ``up()``, ``down()`` (kills by PID every process in both namespaces, deletes them,
-removes the run dir; safe to call twice), ``laptop_argv(argv)`` / ``hotel_argv(argv)`` (the
-command line that runs argv there), ``run_laptop(argv, env=, input=, timeout_s=, check=,
-cwd=)`` / ``run_hotel(...)`` -> ``CompletedProcess[str]``, ``spawn_laptop(argv, env=, name=,
-cwd=)`` / ``spawn_hotel(...)`` -> ``LabProcess`` (``pid``, ``stop()``, ``wait()``, ``poll()``,
-``send_signal()``, ``log_path``, ``read_log()``), ``laptop_env(extra)``,
-``write_laptop_file(path, text, mode=)``, ``reload_bus()``, ``start_nm()``, ``stop_nm()``,
-``restart_nm()``, ``nm_pid``, ``wait_nm_activated()``, ``nm_general()``,
-``wait_connectivity(word)``, ``laptop_ip()``, ``login(ip=None)``, ``logout(ip=None)``,
-``reset_portal()``, ``state()``.
+- ``dns_mode``: "hijack" (every name -> 10.77.0.1, also when asked at 192.0.2.53), "strict"
+  (REFUSED for every name but login.hotel.test) or "blocked" (the laptop profile pins
+  192.0.2.53, where the hotel drops queries; see ``blackhole_mode``).
+- ``dhcp_client``: "internal" or "dhclient" (with ``also request default-url;``;
+  ``Dhcp4Config.Options`` then shows option 114 as ``default_url``, which NM's internal client
+  never does).
+- ``https``: the portal also serves :443 with a throwaway CA (``ca_file``); the sign-in and API
+  URLs it hands out (redirects, option 114, the API) are https.
+- ``nm``: False builds no NetworkManager; lap0 gets 10.77.0.50/24 and a default route
+  statically, and /etc/resolv.conf names the hotel DNS (192.0.2.53 when blocked).
+- ``unauth_style``: "redirect" (302 to the sign-in page) or "page" (200 with the page).
+- ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
+- ``nm_dns`` (NM's ``[main] dns=``, default "default"), ``nm_check_interval_s`` (10),
+  ``nm_extra_conf`` (text appended to NM's config).
+- ``bus_policy_files``: D-Bus policy files the private bus loads (copied into
+  ``bus_policy_dir``; the bus also reads /usr/share/dbus-1/system.d and the laptop's
+  /etc/dbus-1/system.d; call ``reload_bus()`` after adding files later).
+- ``lifetime_s`` (600): at that deadline, or as soon as the process that built the lab dies, a
+  watchdog process tears the lab down.
+- ``prefix`` / ``run_root``: namespace name prefix (random by default) and the run dir's parent.
 
-Paths and names: ``run_dir``, ``bus_address`` (``unix:path=...``, also set as
-``DBUS_SYSTEM_BUS_ADDRESS`` for everything run on the laptop), ``bus_policy_dir``, ``ca_file``
-(None without https), ``api_uri``, ``portal_url``, ``nm_log``, ``portal_log``,
-``dnsmasq_log``, ``hotel_ns``, ``laptop_ns``, ``hotel_ip``, ``public_dns``.
+Methods:
+
+- ``up()``; ``down()`` kills by PID every process in the lab's namespaces, deletes them (the
+  laptop's mounts go with its mount namespace) and removes the run dir; safe to call twice.
+- ``run_laptop(argv, env=, input=, timeout_s=, check=, cwd=)`` and ``run_hotel(...)`` ->
+  ``CompletedProcess[str]``; ``spawn_laptop(argv, env=, name=, cwd=)`` and
+  ``spawn_hotel(...)`` -> ``LabProcess`` (``pid`` is the program's own, ``stop()``,
+  ``wait()``, ``poll()``, ``send_signal()``, ``log_path``, ``read_log()``). Laptop commands
+  run in its network, mount and UTS namespaces with ``DBUS_SYSTEM_BUS_ADDRESS`` set, in the
+  caller's working directory unless ``cwd`` says otherwise; ``env`` adds to the environment.
+  ``laptop_argv(argv)`` / ``hotel_argv(argv)`` give the bare command lines.
+- ``write_laptop_file(path, text, mode=)`` writes a file as the laptop sees it (its /etc is an
+  overlay, so the host's is never touched); ``reload_bus()``.
+- ``start_nm()``, ``stop_nm()``, ``restart_nm()`` (flushes lap0 first, so the new NM does DHCP
+  again), ``nm_pid``, ``wait_nm_activated()``, ``nmcli(*args)``, ``nm_general()``,
+  ``wait_connectivity(word)`` with nmcli's words ("portal", "limited", "full", "none").
+- ``laptop_ip()``; ``login(ip=None)``, ``logout(ip=None)`` (default: the laptop's address),
+  ``reset_portal()``, ``state()`` (logged_in, recent requests, blackhole_dns_queries) through
+  the portal's lab controls.
+
+Attributes: ``run_dir``, ``bus_address`` (``unix:path=...``; inside the laptop the socket is
+also /run/dbus/system_bus_socket), ``bus_policy_dir``, ``ca_file`` (None without https),
+``api_uri``, ``portal_url``, ``nm_log``, ``portal_log``, ``dnsmasq_log``, ``hotel_ns``,
+``laptop_ns``, ``holder_pid``, ``hotel_ip``, ``public_dns``, ``timings`` (seconds, measured).
 
 The module is stdlib only: run as a script (``python3 lab.py --reap RECORD --watch PID``) it is
 the watchdog that tears a lab down. It must not touch anything outside its run dir and its two
