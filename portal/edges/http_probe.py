@@ -375,7 +375,10 @@ async def _fetch(
         finally:
             await response.aclose()
     raw = b"".join(chunks)[:MAX_BODY_BYTES]
-    return response, raw.decode(response.charset_encoding or "utf-8", errors="replace")
+    try:
+        return response, raw.decode(response.charset_encoding or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know: the URLs we look for are ASCII
+        return response, raw.decode("utf-8", errors="replace")
 
 
 def _failure_code(exc: BaseException) -> tuple[str, str]:
@@ -395,7 +398,13 @@ def _failure_code(exc: BaseException) -> tuple[str, str]:
         return "http-error", str(exc)
     if isinstance(exc, OSError):
         return "connect-error", str(exc)
-    return "bad-url", str(exc)
+    if isinstance(exc, dns.exception.DNSException):
+        return "dns-error", str(exc)
+    if isinstance(exc, ValueError | httpx.InvalidURL):
+        return "bad-url", str(exc)
+    # Not expected: still data for the caller, but worth a full trace in the log.
+    log.warning("probe failed unexpectedly", exc_info=exc)
+    return "internal-error", f"{type(exc).__name__}: {exc}"
 
 
 async def probe(
@@ -428,7 +437,7 @@ async def probe(
             accept="*/*",
             transport=transport,
         )
-    except (_Failure, TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+    except Exception as exc:  # a failed probe is data, never an exception
         code, detail = _failure_code(exc)
         log.debug("probe %s on %s: %s %s", spec.url, network.id, code, detail)
         return ProbeResponse(url=spec.url, addresses=resolved, error=code)
@@ -484,7 +493,7 @@ async def fetch_captive_api(
             accept="application/captive+json",
             transport=transport,
         )
-    except (_Failure, TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+    except Exception as exc:  # a failed probe is data, never an exception
         code, detail = _failure_code(exc)
         log.info("captive-portal API %s on %s: %s %s, ignoring", uri, network.id, code, detail)
         return CaptiveApi(error=code)

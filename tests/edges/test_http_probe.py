@@ -14,6 +14,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ HAVE_DNSMASQ = os.path.exists(DNSMASQ)
 needs_dnsmasq = pytest.mark.skipif(
     not HAVE_DNSMASQ, reason="dnsmasq not installed (apt: dnsmasq-base)"
 )
+HAVE_IPV6 = socket.has_ipv6 and os.path.exists("/proc/net/if_inet6")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl CLI not installed")
 
 _used: set[str] = set()
@@ -69,12 +71,13 @@ def loopback_ip() -> str:
 
 
 def free_port(ip: str) -> int:
-    """A port free for both UDP and TCP on `ip` (the address is ours alone, so no race)."""
+    """A port free for both UDP and TCP on `ip` (a random 127/8 address is ours alone)."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
             udp.bind((ip, 0))
             port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind((ip, port))
                 except OSError:
@@ -94,7 +97,7 @@ class Dnsmasq:
 
     @property
     def server(self) -> str:
-        return f"{self.ip}:{self.port}"
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 def _wait_dns(ip: str, port: int, deadline: float) -> None:
@@ -113,8 +116,8 @@ def dnsmasq() -> Iterator[Callable[..., Dnsmasq]]:
     """Factory: start a dnsmasq answering `records` ({name: address or "" for NXDOMAIN})."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(records: dict[str, str | list[str]]) -> Dnsmasq:
-        ip = loopback_ip()
+    def start(records: dict[str, str | list[str]], *, ipv6: bool = False) -> Dnsmasq:
+        ip = "::1" if ipv6 else loopback_ip()
         port = free_port(ip)
         args = [
             DNSMASQ,
@@ -362,6 +365,15 @@ async def test_sign_in_page_body_is_read(
 
 
 @needs_dnsmasq
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 on this machine")
+async def test_ipv6_venue_dns(dnsmasq: Callable[..., Dnsmasq]) -> None:
+    dns_server = dnsmasq({"login.hotel.test": "10.77.0.1"}, ipv6=True)
+    assert dns_server.ip == "::1"
+    got = await resolve_via("login.hotel.test", [dns_server.server], timeout_s=5)
+    assert got == ["10.77.0.1"]
+
+
+@needs_dnsmasq
 async def test_dns_failures_are_data(dnsmasq: Callable[..., Dnsmasq]) -> None:
     dns_server = dnsmasq({"nx.test": "", "only6.test": "fd00::5"})
     net = Network(id="n1", venue_dns=(dns_server.server,))
@@ -394,7 +406,7 @@ async def test_silent_dns_times_out_and_next_server_is_used(
             good = dnsmasq({"probe.test": web.ip})
             net = Network(id="n1", venue_dns=(silent_server, good.server))
             url = f"http://probe.test:{web.port}/generate_204"
-            got = await probe(net, spec(url), timeout_s=2)
+            got = await probe(net, spec(url), timeout_s=1)
             assert (got.status, got.error) == (204, "")
 
 
@@ -432,11 +444,11 @@ async def test_silent_portal_times_out_but_dns_hijack_is_recognised(
     # A name nobody knows gets only LIMITED from one probe, but with a second name resolving
     # to the same address the round is captive.
     other = f"http://other.probe.test:{web.port}/x"
-    got2 = await probe(net, spec(other), timeout_s=0.5)
+    got2 = await probe(net, spec(other), timeout_s=0.3)
     assert classify(got2, spec(other)).connectivity is Connectivity.LIMITED
     both = classify_all([(spec(other), got2), (spec(other.replace("other", "more")), got2)])
     assert both.connectivity is Connectivity.LIMITED  # same host twice proves nothing
-    got3 = await probe(net, spec(f"http://third.test:{web.port}/y"), timeout_s=0.5)
+    got3 = await probe(net, spec(f"http://third.test:{web.port}/y"), timeout_s=0.3)
     both = classify_all([(spec(other), got2), (spec("http://third.test/y"), got3)])
     assert both.connectivity is Connectivity.CAPTIVE
 
@@ -574,6 +586,32 @@ async def test_mock_https_connects_to_the_address_with_sni_of_the_name(
     assert request.extensions["sni_hostname"] == "api.hotel.test"
 
 
+async def test_mock_unknown_charset_and_unexpected_errors_are_data() -> None:
+    def odd_charset(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Type": "text/html; charset=x-no-such"}, content=b"<a href=/l>"
+        )
+
+    got = await probe(
+        _literal_net(),
+        spec("http://192.0.2.1/"),
+        timeout_s=5,
+        transport=httpx.MockTransport(odd_charset),
+    )
+    assert (got.status, got.body) == (200, "<a href=/l>")
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug somewhere below")
+
+    got = await probe(
+        _literal_net(),
+        spec("http://192.0.2.1/"),
+        timeout_s=5,
+        transport=httpx.MockTransport(broken),
+    )
+    assert got.error == "internal-error"
+
+
 async def test_bad_url_is_data() -> None:
     got = await probe(_literal_net(), spec("http:///nohost"), timeout_s=1)
     assert got.error == "bad-url"
@@ -607,7 +645,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
     run("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=api.hotel.test")
     (d / "ext.cnf").write_text(
-        "subjectAltName=DNS:api.hotel.test\n"
+        "subjectAltName=DNS:api.hotel.test,DNS:login.hotel.test\n"
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\n"
@@ -770,3 +808,101 @@ def test_module_never_uses_the_system_resolver() -> None:
     source = Path(http_probe.__file__).read_text()
     for forbidden in ("getaddrinfo", "gethostbyname", "dns.resolver"):
         assert forbidden not in source
+
+
+# --- the lab's portal simulator on loopback ----------------------------------------------------
+
+HOTEL_PORTAL = Path(__file__).parent.parent / "lab" / "hotel_portal.py"
+
+
+@pytest.fixture
+def hotel_portal(tmp_path: Path, pki: Pki) -> Iterator[tuple[str, int, int, Path]]:
+    """tests/lab/hotel_portal.py on a random loopback address: (ip, http, https, control)."""
+    if not HOTEL_PORTAL.exists():
+        pytest.skip("tests/lab/hotel_portal.py is not there")
+    ip = loopback_ip()
+    http_port, https_port = free_port(ip), free_port(ip)
+    control = tmp_path / "control.sock"
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HOTEL_PORTAL),
+            f"--listen={ip}",
+            f"--http-port={http_port}",
+            f"--https-port={https_port}",
+            f"--cert={pki.cert}",
+            f"--key={pki.key}",
+            f"--control-socket={control}",
+            f"--ready-file={ready}",
+            "--lifetime=60",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("hotel_portal.py did not come up")
+            time.sleep(0.02)
+        yield ip, http_port, https_port, control
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@needs_dnsmasq
+@needs_openssl
+async def test_lab_portal_sign_in_episode(
+    dnsmasq: Callable[..., Dnsmasq], hotel_portal: tuple[str, int, int, Path], pki: Pki
+) -> None:
+    """The lab's hotel (DNS hijack, redirects, RFC 8908 API over https) on loopback."""
+    ip, http_port, https_port, control = hotel_portal
+    venue = dnsmasq({"#": ip})  # the hotel's DNS answers every name with its portal
+    me = loopback_ip()
+    net = Network(
+        id="uuid-hotel",
+        addresses=(me,),
+        venue_dns=(venue.server,),
+        api_uri=f"https://login.hotel.test:{https_port}/captive-portal/api",
+    )
+    specs = [
+        ProbeSpec(s.url.replace(".com/", f".com:{http_port}/"), s.expected_status, s.expected_body)
+        for s in DEFAULT_PROBE_SPECS
+    ]
+    s, actions = session_mod.step(session_mod.Session(), NetworkChanged(net), now=0.0)
+    [start] = [a for a in actions if isinstance(a, StartProbe)]
+    finished = await probe_network(
+        net, specs, probe_id=start.probe_id, timeout_s=5, ca_file=str(pki.ca)
+    )
+    for _, response in finished.results:
+        assert response.status == 302
+        assert response.addresses == (ip,)
+    s, actions = session_mod.step(s, finished, now=0.5)
+    assert s.state is Connectivity.CAPTIVE
+    assert s.portal_url == f"https://login.hotel.test:{https_port}/portal"
+    assert "login.hotel.test" in s.portal_hosts
+    [pin] = [a for a in actions if isinstance(a, ResolveAndPinPortalHosts)]
+    # What the daemon does with that action: look the names up through the venue's DNS.
+    for host in pin.hosts:
+        assert await resolve_via(host, net.venue_dns, timeout_s=5) == [ip]
+
+    transport = httpx.AsyncHTTPTransport(uds=str(control))
+    async with httpx.AsyncClient(transport=transport, trust_env=False) as lab:
+        signed_in = await lab.post(f"http://lab/__lab/login?ip={me}")
+        assert signed_in.status_code == 200
+
+    [retry] = [a for a in actions if isinstance(a, StartProbe)]
+    finished = await probe_network(
+        net, specs, probe_id=retry.probe_id, timeout_s=5, ca_file=str(pki.ca)
+    )
+    s, actions = session_mod.step(s, finished, now=1.5)
+    assert s.state is Connectivity.ONLINE
+    assert 0 < s.seconds_remaining <= 3600  # from the API once signed in
+    assert RemoveAutoOverrides("uuid-hotel") in actions
+    assert not any(isinstance(a, StartProbe) for a in actions)
