@@ -4,6 +4,7 @@
     fetch_captive_api(uri, network, *, timeout_s, ca_file=None) -> CaptiveApi
     resolve_via(host, servers, *, timeout_s) -> list[str]          A and AAAA
     probe_network(network, specs, *, probe_id, timeout_s, ca_file=None) -> ProbeFinished
+    run_probe(start, specs, *, timeout_s, ca_file=None) -> ProbeFinished   a StartProbe action
 
 Every name is resolved through the network's own DNS servers (`network.venue_dns`, queried
 directly with dnspython, never the system resolver, which may be a DoT/DoH resolver that
@@ -18,7 +19,9 @@ A server entry is "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" (ports other than 53 ar
 Failures are data, never exceptions: a ProbeResponse or CaptiveApi with `error` set
 ("timeout", "dns-timeout", "dns-nxdomain", "dns-nodata", "dns-error", "no-dns",
 "connect-refused", "connect-error", "no-route", "bind-error", "tls-error", "http-error", ...).
-This module decides nothing about what an answer means: that is core/detect.py.
+
+It must not decide what an answer means (that is core/detect.py), ask the system resolver,
+follow a redirect, or send anything a probe does not need (no cookies, no credentials).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import dns.rcode
 import dns.rdatatype
 import httpx
 
+from portal.core.actions import StartProbe
 from portal.core.detect import api_uri_to_fetch, parse_captive_api
 from portal.core.model import Network
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
@@ -69,7 +73,7 @@ class _Failure(Exception):
 
 
 def parse_server(text: str) -> tuple[str, int]:
-    """ "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" → (address, port). Raise ValueError."""
+    """Parse a DNS server entry ("ADDR", "ADDR:PORT", "[V6ADDR]:PORT"). Raise ValueError."""
     text = text.strip()
     port = 53
     if text.startswith("["):
@@ -530,4 +534,22 @@ async def probe_network(
     results = tuple((spec, task.result()) for spec, task in zip(specs, tasks, strict=True))
     return ProbeFinished(
         network.id, probe_id, results, api_task.result() if api_task is not None else None
+    )
+
+
+async def run_probe(
+    start: StartProbe,
+    specs: Sequence[ProbeSpec],
+    *,
+    timeout_s: float,
+    ca_file: str | None = None,
+) -> ProbeFinished:
+    """Carry out a StartProbe action: wait its delay, then probe_network().
+
+    The daemon runs this as one task, cancels it on CancelProbe or a newer StartProbe, and
+    feeds the result back to the session as an event.
+    """
+    await asyncio.sleep(start.delay_s)
+    return await probe_network(
+        start.network, specs, probe_id=start.probe_id, timeout_s=timeout_s, ca_file=ca_file
     )
