@@ -12,6 +12,7 @@ The daemon calls `apply(names)` whenever the active overrides change; it is chea
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -100,6 +101,9 @@ class ResolverWiring:
         self._nsswitch_conf = nsswitch_conf
         self._bus: MessageBus | None = None
         self._routed = False  # this process has set the link since the last revert
+        # One change at a time, in call order (asyncio.Lock is FIFO): interleaved SetLinkDomains
+        # calls from two overlapping applies could leave the older list on the link.
+        self._lock = asyncio.Lock()
 
     # --- facts -------------------------------------------------------------------------------
 
@@ -198,6 +202,10 @@ class ResolverWiring:
 
     async def apply(self, names: list[str]) -> None:
         """Route exactly `names` (and their sub-names) to the stub. Raise WiringError."""
+        async with self._lock:
+            await self._apply(list(names))
+
+    async def _apply(self, names: list[str]) -> None:
         if await self.detect() is not WiringMode.RESOLVED:
             return  # resolv.conf modes send every name to the stub already; nothing per name
         plan = plan_resolved_link(names, stub=self.stub, port=self.port)
@@ -222,6 +230,10 @@ class ResolverWiring:
 
     async def revert(self) -> None:
         """Give the link back to resolved's defaults (no servers, no domains)."""
+        async with self._lock:
+            await self._revert()
+
+    async def _revert(self) -> None:
         if not self._routed and await self.detect() is not WiringMode.RESOLVED:
             return
         try:
