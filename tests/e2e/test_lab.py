@@ -275,10 +275,10 @@ def test_https_api_verifies_with_the_lab_ca(lab_factory: LabFactory) -> None:
     assert redirect["status"] == 302
     assert redirect["location"].startswith("https://login.hotel.test/portal?orig=")
 
-    lab.login()
+    lab.login(session_s=120)
     after = json.loads(fetch(lab, lab.api_uri, lab.ca_file)["body"])
     assert after["captive"] is False
-    assert 0 < after["seconds-remaining"] <= 3600
+    assert 0 < after["seconds-remaining"] <= 120
 
 
 @requires_lab
@@ -527,6 +527,12 @@ def test_portal_simulator_flow(tmp_path: Path) -> None:
             assert c.get("/gen_204", headers={"Host": "a.test"}).status_code == 204
             c.post("/__lab/reset", headers=portal)
             assert c.get("/gen_204", headers={"Host": "a.test"}).status_code == 302
+            # A short session, as a hotel's paid hour running out.
+            c.post("/__lab/login?ip=127.0.0.1&seconds=30", headers=portal)
+            api = c.get("/captive-portal/api", headers=portal).json()
+            assert api["captive"] is False and 0 < api["seconds-remaining"] <= 30
+            c.post("/__lab/login?ip=127.0.0.1&seconds=0", headers=portal)
+            assert c.get("/captive-portal/api", headers=portal).json()["captive"] is True
 
         query = dns.message.make_query("example.com", "A")
         answer = dns.query.udp(query, "127.0.0.1", port=dns_port, timeout=5)

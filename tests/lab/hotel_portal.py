@@ -23,7 +23,9 @@ Behaviour, per client (clients are told apart by source IP):
   ``success``; anything else -> 200 "simulated internet".
 - Lab controls, on the portal host and on ``--control-socket`` (HTTP over a Unix socket, so the
   lab can reach them from outside the namespaces): ``GET /__lab/state``,
-  ``GET|POST /__lab/login?ip=A``, ``GET|POST /__lab/logout?ip=A``, ``GET|POST /__lab/reset``.
+  ``GET|POST /__lab/login?ip=A[&seconds=N]`` (a session of N seconds instead of
+  ``--session-seconds``; when it runs out the client is captive again),
+  ``GET|POST /__lab/logout?ip=A``, ``GET|POST /__lab/reset``.
 - ``--blackhole-dns ADDR`` also listens on UDP ADDR:53 and drops every query (or answers
   REFUSED / SERVFAIL / NXDOMAIN): the "user's public resolver" a hotel blocks.
 
@@ -96,16 +98,18 @@ class PortalState:
         self._settings = settings
         self._state_file = state_file
         self._lock = threading.Lock()
-        self._logins: dict[str, float] = {}  # client IP -> monotonic login time
+        self._logins: dict[str, float] = {}  # client IP -> monotonic end of its session
         self._requests: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=REQUEST_LOG_LEN
         )
         self._dns_queries = 0
         self._write()
 
-    def login(self, ip: str) -> None:
+    def login(self, ip: str, session_s: float | None = None) -> None:
+        """Sign `ip` in for `session_s` seconds (default: the portal's session length)."""
+        length = self._settings.session_s if session_s is None else session_s
         with self._lock:
-            self._logins[ip] = time.monotonic()
+            self._logins[ip] = time.monotonic() + length
         self._write()
 
     def logout(self, ip: str) -> None:
@@ -123,10 +127,10 @@ class PortalState:
     def seconds_remaining(self, ip: str) -> int | None:
         """Seconds left in `ip`'s session, or None when it is not logged in (or it expired)."""
         with self._lock:
-            started = self._logins.get(ip)
-            if started is None:
+            ends = self._logins.get(ip)
+            if ends is None:
                 return None
-            left = self._settings.session_s - (time.monotonic() - started)
+            left = ends - time.monotonic()
             if left <= 0:
                 # The session ran out: the client is captive again, like a real hotel.
                 del self._logins[ip]
@@ -208,7 +212,15 @@ def lab_control(
     if path in ("/__lab/login", "/__lab/logout"):
         if not ip:
             return _text(400, b"missing ip=\n")
-        (state.login if path == "/__lab/login" else state.logout)(ip)
+        if path == "/__lab/logout":
+            state.logout(ip)
+            return _json(state.snapshot())
+        seconds = query.get("seconds", [""])[0]
+        try:
+            session_s = float(seconds) if seconds else None
+        except ValueError:
+            return _text(400, b"seconds= must be a number\n")
+        state.login(ip, session_s)
         return _json(state.snapshot())
     return _text(404, b"no such lab control\n")
 

@@ -38,6 +38,8 @@ Constructor options (all keyword-only):
 - ``nm``: False builds no NetworkManager; lap0 gets 10.77.0.50/24 and a default route
   statically, and /etc/resolv.conf names the hotel DNS (192.0.2.53 when blocked).
 - ``unauth_style``: "redirect" (302 to the sign-in page) or "page" (200 with the page).
+- ``portal_session_s`` (3600): how long a login lasts (the API's ``seconds-remaining``); when
+  it runs out the laptop is captive again. ``login(session_s=)`` overrides it per login.
 - ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
 - ``nm_dns`` (NM's ``[main] dns=``, default "default"), ``nm_check_interval_s`` (10),
   ``nm_extra_conf`` (text appended to NM's config).
@@ -64,7 +66,8 @@ Methods:
 - ``start_nm()``, ``stop_nm()``, ``restart_nm()`` (flushes lap0 first, so the new NM does DHCP
   again), ``nm_pid``, ``wait_nm_activated()``, ``nmcli(*args)``, ``nm_general()``,
   ``wait_connectivity(word)`` with nmcli's words ("portal", "limited", "full", "none").
-- ``laptop_ip()``; ``login(ip=None)``, ``logout(ip=None)`` (default: the laptop's address),
+- ``laptop_ip()``; ``login(ip=None, session_s=None)``, ``logout(ip=None)`` (default: the
+  laptop's address),
   ``reset_portal()``, ``state()`` (logged_in, recent requests, blackhole_dns_queries) through
   the portal's lab controls.
 
@@ -536,6 +539,7 @@ class Lab:
         https: bool = False,
         nm: bool = True,
         unauth_style: UnauthStyle = "redirect",
+        portal_session_s: int = 3600,
         blackhole_mode: BlackholeMode = "drop",
         nm_dns: str = "default",
         nm_check_interval_s: int = 10,
@@ -554,6 +558,7 @@ class Lab:
         self.https = https
         self.nm = nm
         self.unauth_style = unauth_style
+        self.portal_session_s = portal_session_s
         self.blackhole_mode = blackhole_mode
         self.nm_dns = nm_dns
         self.nm_check_interval_s = nm_check_interval_s
@@ -933,6 +938,7 @@ class Lab:
             "--listen", HOTEL_IP, "--http-port", "80",
             "--portal-host", PORTAL_HOST, "--portal-ip", HOTEL_IP,
             "--unauth-style", self.unauth_style,
+            "--session-seconds", str(self.portal_session_s),
             "--lifetime", f"{self.lifetime_s + 30:.0f}",
             "--control-socket", str(self.control_socket),
             "--state-file", str(d / "portal-state.json"),
@@ -1163,9 +1169,13 @@ class Lab:
             raise LabError("the laptop has no address yet; pass ip=")
         return ip
 
-    def login(self, ip: str | None = None) -> dict[str, Any]:
-        """Sign `ip` (default: the laptop's address) in at the portal; returns the state."""
-        return self._control(f"/__lab/login?ip={self._client_ip(ip)}")
+    def login(self, ip: str | None = None, *, session_s: float | None = None) -> dict[str, Any]:
+        """Sign `ip` (default: the laptop's address) in at the portal, for `session_s` seconds
+        (default: the lab's ``portal_session_s``); returns the portal's state."""
+        query = f"ip={self._client_ip(ip)}"
+        if session_s is not None:
+            query += f"&seconds={session_s}"
+        return self._control(f"/__lab/login?{query}")
 
     def logout(self, ip: str | None = None) -> dict[str, Any]:
         return self._control(f"/__lab/logout?ip={self._client_ip(ip)}")
