@@ -134,6 +134,11 @@ def _network(s: Session, network: Network, now: float, out: list[Action]) -> Ses
         s = replace(s, network=network, retries=0)
         if s.routed and network.venue_dns:
             out.append(RouteToVenue(s.routed, network.venue_dns))
+        elif s.routed:
+            # The venue's DNS servers went away: routing the portal's names nowhere would only
+            # make them fail; the next captive verdict routes them again.
+            out.append(StopRouting())
+            s = replace(s, routed=())
         return _probe(s, now, 0.0, out)
     if s.network is not None:
         s = _clear_portal(s, out)

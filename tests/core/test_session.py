@@ -248,6 +248,16 @@ def test_same_network_new_dns_reroutes_and_probes_now() -> None:
     assert session.state is C.CAPTIVE and session.retries == 0
 
 
+def test_same_network_without_dns_stops_routing() -> None:
+    no_dns = replace(HOTEL, venue_dns=())
+    session, actions = step(CAPTIVE_SESSION, NetworkChanged(no_dns), 15.0)
+    assert actions[:2] == (StopRouting(), StartProbe(no_dns, 0.0, 8))
+    assert session.routed == () and session.pinned == CAPTIVE_SESSION.pinned
+    # The next captive verdict pins nothing new and cannot route without DNS servers.
+    session, actions = step(session, done(8, network=no_dns), 15.5)
+    assert kinds(actions) == [StartProbe]
+
+
 def test_same_network_new_address_probes_without_rerouting() -> None:
     online = Session(network=HOTEL, state=C.ONLINE, probe_id=2)
     readdressed = replace(HOTEL, addresses=("10.77.0.101",))
