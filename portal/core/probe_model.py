@@ -95,11 +95,12 @@ class ProbeVerdict:
 class ProbeFinished:
     """A probe round asked for by `StartProbe(probe_id=...)` is over (event, past tense).
 
-    `results` pairs every spec probed with its response; `api` is the RFC 8908 answer when the
-    network advertised an API URI and it was fetched, else None.
+    `results` pairs every spec probed with its response; `api` is the RFC 8908 answer fetched
+    from `api_uri` (the network's, or one from the config), else None.
     """
 
     network_id: str
     probe_id: int
     results: tuple[tuple[ProbeSpec, ProbeResponse], ...] = ()
     api: CaptiveApi | None = None
+    api_uri: str = ""

@@ -182,7 +182,8 @@ def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -
         or s.probe_due is None
     ):
         return s  # for a network we left or a probe superseded since: ignored
-    verdict = classify_all(event.results, api=event.api, api_uri=api_uri_to_fetch(network.api_uri))
+    api_uri = event.api_uri or api_uri_to_fetch(network.api_uri)
+    verdict = classify_all(event.results, api=event.api, api_uri=api_uri)
     s = replace(s, probe_due=None)
     match verdict.connectivity:
         case Connectivity.CAPTIVE:

@@ -533,7 +533,11 @@ async def probe_network(
         )
     results = tuple((spec, task.result()) for spec, task in zip(specs, tasks, strict=True))
     return ProbeFinished(
-        network.id, probe_id, results, api_task.result() if api_task is not None else None
+        network.id,
+        probe_id,
+        results,
+        api_task.result() if api_task is not None else None,
+        api_uri if api_task is not None else "",
     )
 
 

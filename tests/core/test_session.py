@@ -404,6 +404,14 @@ def test_api_uri_host_is_pinned_with_the_sign_in_host() -> None:
     )
 
 
+def test_api_uri_from_the_config_is_pinned_too() -> None:
+    # The network advertised nothing; the daemon fetched an API named in the config.
+    api = CaptiveApi(captive=True)
+    event = done(4, CAPTIVE, api=api, api_uri="https://capport.hotel.test/api")
+    session, actions = step(PROBING, event, 10.5)
+    assert session.portal_hosts == ("capport.hotel.test", "login.hotel.test")
+
+
 def test_new_portal_host_is_pinned_on_its_own() -> None:
     session, actions = step(CAPTIVE_SESSION, done(7, CAPTIVE_MORE), 20.5)
     assert ResolveAndPinPortalHosts("uuid-hotel", ("auth.hotel.test",)) in actions

@@ -758,6 +758,7 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
     [start] = [a for a in actions if isinstance(a, StartProbe)]
     finished = await run_probe(start, specs, timeout_s=5, ca_file=str(pki.ca))
     assert finished.network_id == net.id and finished.probe_id == start.probe_id
+    assert finished.api_uri == net.api_uri
     assert finished.api is not None and finished.api.captive is True
     s, actions = session_mod.step(s, finished, now=1.0)
     assert s.state is Connectivity.CAPTIVE
