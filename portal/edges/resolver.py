@@ -13,6 +13,7 @@ The daemon calls `apply(names)` whenever the active overrides change; it is chea
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from typing import Any
@@ -38,6 +39,8 @@ from portal.core.wiring import (
     plan_resolved_link,
 )
 from portal.errors import PortalError
+
+log = logging.getLogger("portal")
 
 RESOLVE1 = "org.freedesktop.resolve1"
 RESOLVE1_PATH = "/org/freedesktop/resolve1"
@@ -101,6 +104,7 @@ class ResolverWiring:
         self._nsswitch_conf = nsswitch_conf
         self._bus: MessageBus | None = None
         self._routed = False  # this process has set the link since the last revert
+        self._names: list[str] | None = None  # what the last apply() asked for
         # One change at a time, in call order (asyncio.Lock is FIFO): interleaved SetLinkDomains
         # calls from two overlapping applies could leave the older list on the link.
         self._lock = asyncio.Lock()
@@ -203,7 +207,8 @@ class ResolverWiring:
     async def apply(self, names: list[str]) -> None:
         """Route exactly `names` (and their sub-names) to the stub. Raise WiringError."""
         async with self._lock:
-            await self._apply(list(names))
+            self._names = list(names)
+            await self._apply(self._names)
 
     async def _apply(self, names: list[str]) -> None:
         if await self.detect() is not WiringMode.RESOLVED:
@@ -231,6 +236,7 @@ class ResolverWiring:
     async def revert(self) -> None:
         """Give the link back to resolved's defaults (no servers, no domains)."""
         async with self._lock:
+            self._names = None
             await self._revert()
 
     async def _revert(self) -> None:
@@ -280,6 +286,61 @@ class ResolverWiring:
             domains=tuple((str(n), bool(r)) for n, r in props["Domains"].value),
             default_route=bool(props["DefaultRoute"].value),
         )
+
+    async def follow(self, ready: asyncio.Event | None = None) -> None:
+        """Re-apply the last names whenever systemd-resolved (re)takes its bus name.
+
+        Link settings made over D-Bus live in resolved's memory: after a restart (a package
+        upgrade, a NixOS switch) the link would be empty and the overrides silently unrouted
+        until the next change. Runs until cancelled; raises WiringError if the bus goes away.
+        `ready` is set once the subscription is in place.
+        """
+        bus = await self._connect()
+        await self._call(
+            "AddMatch",
+            "s",
+            [
+                "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+                f"member='NameOwnerChanged',arg0='{RESOLVE1}'"
+            ],
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+        )
+        appeared = asyncio.Event()
+
+        def on_message(msg: Message) -> None:
+            if (
+                msg.message_type == MessageType.SIGNAL
+                and msg.member == "NameOwnerChanged"
+                and msg.body[:1] == [RESOLVE1]
+                and msg.body[2]  # a new owner, not a departure
+            ):
+                appeared.set()
+
+        bus.add_message_handler(on_message)
+        if ready is not None:
+            ready.set()
+        gone = asyncio.ensure_future(bus.wait_for_disconnect())
+        try:
+            while True:
+                waiting = asyncio.ensure_future(appeared.wait())
+                await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if gone.done():
+                    waiting.cancel()
+                    raise WiringError("lost the bus of systemd-resolved")
+                appeared.clear()
+                names = self._names
+                if names is None:
+                    continue  # nothing applied (or reverted since): nothing to restore
+                try:
+                    await self.apply(names)
+                    log.info("systemd-resolved restarted; routed %d name(s) again", len(names))
+                except WiringError as exc:
+                    log.warning("%s, ignoring", exc)
+        finally:
+            gone.cancel()
+            bus.remove_message_handler(on_message)
 
     async def close(self) -> None:
         if self._bus is not None:

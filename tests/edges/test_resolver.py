@@ -416,6 +416,13 @@ async def main(args):
         await wiring.apply(args["names"])
     elif args["op"] == "revert":
         await wiring.revert()
+    elif args["op"] == "follow":  # keep the link routed across resolved restarts, for 60 s
+        await wiring.apply(args["names"])
+        ready = asyncio.Event()
+        task = asyncio.ensure_future(wiring.follow(ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        print("following", flush=True)
+        await asyncio.wait_for(task, 60)
     out["describe"] = await wiring.describe()
     await wiring.close()
     print(json.dumps(out))
@@ -446,7 +453,9 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def start_resolved(ns: str, procs: Processes, work: Path, bus: str, binary: Path) -> Path:
+def start_resolved(
+    ns: str, procs: Processes, work: Path, bus: str, binary: Path
+) -> tuple[Path, subprocess.Popen[bytes]]:
     """systemd-resolved in the namespace on `bus`; returns the resolv.conf that points at it.
 
     It gets a tmpfs over /run/systemd (its state and a drop-in with the network's server) and
@@ -470,13 +479,13 @@ def start_resolved(ns: str, procs: Processes, work: Path, bus: str, binary: Path
         "--inh-caps=+net_bind_service,+net_raw,+setpcap "
         '--ambient-caps=+net_bind_service,+net_raw,+setpcap "$0"'
     )
-    procs.start(
+    proc = procs.start(
         ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
          "sh", "-c", setup, str(binary)],
         env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=bus, SYSTEMD_LOG_TARGET="console"),
         log=work / "resolved.log",
     )  # fmt: skip
-    return resolv
+    return resolv, proc
 
 
 @needs_root
@@ -493,7 +502,7 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     bus = start_bus(procs, short_tmp)
     start_network(netns, procs)
     stub = start_dnsmasq_stub(netns, procs, port=port)
-    resolv = start_resolved(netns, procs, short_tmp, bus, binary)
+    resolv, _ = start_resolved(netns, procs, short_tmp, bus, binary)
 
     names = [OVERRIDE, "a.portal.test", "b.portal.test"]
     applied = drive(netns, op="apply", bus=bus, resolv=str(resolv), names=names, port=port)
@@ -525,6 +534,44 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     assert rows[0][:2] == (0, VENUE_ADDR)
 
 
+@needs_root
+@needs_tools
+@pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+def test_follow_restores_the_link_after_resolved_restarts(
+    netns: str, procs: Processes, short_tmp: Path
+) -> None:
+    binary, why = _resolved_binary()
+    if binary is None:
+        pytest.skip(why)
+    bus = start_bus(procs, short_tmp)
+    start_network(netns, procs)
+    start_dnsmasq_stub(netns, procs)
+    resolv, resolved = start_resolved(netns, procs, short_tmp, bus, binary)
+    drive(netns, op="describe", bus=bus, resolv=str(resolv), port=53)  # waits for resolved
+
+    follower_log = short_tmp / "follower.log"
+    args = {"op": "follow", "bus": bus, "resolv": str(resolv), "port": 53, "names": [OVERRIDE]}
+    procs.start(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", DRIVER, json.dumps(args)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        log=follower_log,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while "following" not in follower_log.read_text():
+        assert time.monotonic() < deadline, follower_log.read_text()
+        time.sleep(0.05)
+    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR)
+
+    # a restart with fresh state (its /run is new): the link starts empty
+    Processes.stop(resolved)
+    resolv, _ = start_resolved(netns, procs, short_tmp, bus, binary)
+    logs = (follower_log, short_tmp / "resolved.log")
+    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR, logs=logs)
+    described = drive(netns, op="describe", bus=bus, resolv=str(resolv), port=53)
+    assert described["describe"] == "resolved link portal0: 1 domain"
+
+
 # The daemon calls ResolverWiring once it is wired in; until then this test has nothing to test.
 DAEMON_WIRES_RESOLVERS = "ResolverWiring" in (REPO / "portal" / "daemon.py").read_text()
 
@@ -544,7 +591,7 @@ def test_daemon_routes_its_overrides_through_resolved(
         pytest.skip(why)
     bus = start_bus(procs, short_tmp)
     start_network(netns, procs)
-    resolv = start_resolved(netns, procs, short_tmp, bus, binary)
+    resolv, _ = start_resolved(netns, procs, short_tmp, bus, binary)
     config = short_tmp / "portal.toml"
     config.write_text('wiring = "resolved"\n')
     daemon = start_portal_daemon(netns, procs, short_tmp, bus, config=str(config))
