@@ -34,6 +34,7 @@ from portal.core.probe_model import CaptiveApi, ProbeResponse, ProbeSpec, ProbeV
 UNRESTRICTED_URN = "urn:ietf:params:capport:unrestricted"
 
 NM_DEFAULT_RESPONSE = "NetworkManager is online"
+APPLE_SUCCESS_BODY = "<HTML><HEAD><TITLE>Success</TITLE></HEAD><BODY>Success</BODY></HTML>"
 FIREFOX_CANONICAL_BODY = (
     '<meta http-equiv="refresh" content="0;url=https://support.mozilla.org/kb/captive-portal"/>'
 )
@@ -58,6 +59,11 @@ KNOWN_CHECK_URIS: Mapping[str, ProbeSpec] = {
         ProbeSpec("http://connectivity-check.ubuntu.com/", 204),
         ProbeSpec("http://connectivity-check.ubuntu.com./", 204),
         *DEFAULT_PROBE_SPECS,
+        # Other platforms' probes, for configs that name them (their pages, as served).
+        ProbeSpec("http://detectportal.firefox.com/success.txt", 200, "success"),
+        ProbeSpec("http://captive.apple.com/hotspot-detect.html", 200, APPLE_SUCCESS_BODY),
+        ProbeSpec("http://www.msftconnecttest.com/connecttest.txt", 200, "Microsoft Connect Test"),
+        ProbeSpec("http://www.msftncsi.com/ncsi.txt", 200, "Microsoft NCSI"),
     )
 }
 

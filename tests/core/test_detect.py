@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from portal.core.detect import (
+    APPLE_SUCCESS_BODY,
     DEFAULT_PROBE_SPECS,
     FIREFOX_CANONICAL_BODY,
     NM_DEFAULT_RESPONSE,
@@ -34,7 +35,7 @@ DATA = Path(__file__).parent.parent / "data" / "probe"
 GSTATIC = ProbeSpec("http://connectivitycheck.gstatic.com/generate_204", 204)
 FIREFOX = ProbeSpec("http://detectportal.firefox.com/canonical.html", 200, FIREFOX_CANONICAL_BODY)
 NMCHECK = ProbeSpec("http://nmcheck.gnome.org/check_network_status.txt", 200, NM_DEFAULT_RESPONSE)
-APPLE = ProbeSpec("http://captive.apple.com/hotspot-detect.html", 200, "<HTML><HEAD><TITLE>Success")
+APPLE = spec_for_url("http://captive.apple.com/hotspot-detect.html")
 
 C = Connectivity
 
@@ -656,6 +657,9 @@ def test_rfc8910_uris(uri: str, unrestricted: bool, fetch: str) -> None:
         (" http://connectivitycheck.gstatic.com/generate_204 ", 204, ""),
         ("http://clients3.google.com/generate_204", 204, ""),
         ("http://www.google.com/gen_204", 204, ""),
+        ("http://captive.apple.com/hotspot-detect.html", 200, APPLE_SUCCESS_BODY),
+        ("http://www.msftconnecttest.com/connecttest.txt", 200, "Microsoft Connect Test"),
+        ("http://detectportal.firefox.com/success.txt", 200, "success"),
         ("http://check.example/nm", 200, NM_DEFAULT_RESPONSE),
     ],
 )
