@@ -99,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--state-dir", metavar="DIR", help="where overrides are kept (/var/lib/portal)")
     d.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
     d.add_argument("--log-level", choices=["debug", "info"])
+    d.add_argument(
+        "--network-source",
+        choices=["auto", "nm", "netlink", "none"],
+        help="where network changes come from (default: auto)",
+    )
+    d.add_argument(
+        "--wiring",
+        choices=["auto", "resolvconf", "resolved", "none"],
+        help="how the stub is wired into name resolution (default: auto)",
+    )
+    d.add_argument(
+        "--resolv-conf",
+        metavar="FILE",
+        help="resolv.conf to read upstreams from without NetworkManager",
+    )
+    d.add_argument(
+        "--ca-file", metavar="FILE", help="extra CA bundle for the portal's RFC 8908 API"
+    )
 
     ag = sub.add_parser("agent", parents=[common], help="run the per-user desktop agent")
     ag.add_argument("--browser", help="command that opens the sign-in page")
@@ -370,8 +388,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         flags["upstreams"] = args.upstream
     if args.state_dir:
         flags["state_dir"] = args.state_dir
-    if args.log_level:
-        flags["log_level"] = args.log_level
+    for key in ("log_level", "network_source", "wiring", "resolv_conf", "ca_file"):
+        if getattr(args, key):
+            flags[key] = getattr(args, key)
     bus = args.bus or os.environ.get("PORTAL_BUS")
     if bus:
         flags["bus"] = bus

@@ -36,6 +36,10 @@ class Config:
     )
     wiring: str = "auto"  # auto | resolvconf | resolved | none
     browser: str = ""  # the agent's command to open the sign-in page
+    ca_file: str = ""  # extra CA bundle for the portal's RFC 8908 API (default: system store)
+    network_source: str = (
+        "auto"  # auto (NetworkManager if on the bus, else netlink) | nm | netlink | none
+    )
     log_level: str = "info"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +111,10 @@ def apply(base: Config, data: dict[str, Any]) -> Config:
         elif key == "max_overrides":
             if not isinstance(value, int) or not 1 <= value <= 100_000:
                 raise ConfigError("invalid max_overrides: a whole number from 1 to 100000")
+            changes[key] = value
+        elif key == "network_source":
+            if value not in ("auto", "nm", "netlink", "none"):
+                raise ConfigError("invalid network_source: auto, nm, netlink or none")
             changes[key] = value
         elif key == "wiring":
             if value not in ("auto", "resolvconf", "resolved", "none"):

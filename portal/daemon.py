@@ -18,8 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from portal import __version__
 from portal.config import Config
+from portal.core import actions as act
+from portal.core import session as sess
 from portal.core.answer import local_entries
-from portal.core.model import Connectivity, Network, Override, PortalStatus, Upstream
+from portal.core.events import (
+    CheckRequested,
+    ConnectivityReported,
+    NetworkChanged,
+    Resumed,
+    UpstreamsChanged,
+)
+from portal.core.model import Network, Override, PortalStatus, Source, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
 from portal.edges import store, systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets, parse_listen
@@ -34,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("portal")
 
 BUS_RETRY_MAX_S = 60.0
+PROBE_TIMEOUT_S = 5.0
+VENUE_LOOKUP_TIMEOUT_S = 3.0
 
 
 class _JournalFormatter(logging.Formatter):
@@ -93,6 +104,13 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.upstream_source = "config" if config.upstreams else "none"
+        self.session = sess.Session()
+        self._probe_task: asyncio.Task[None] | None = None
+        self.nm: Any = None  # NetworkManagerWatcher when NetworkManager is used
+        self.wiring: Any = None  # ResolverWiring
+        self.wiring_text = "none"
+        self._wired: list[str] | None = None
+        self._own_addresses: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------
 
@@ -115,6 +133,11 @@ class Daemon:
         systemd.notify(f"STATUS={self._status_line()}")
         if changed and self.control is not None:
             self.control.emit_overrides_changed()
+        if self.wiring is not None:
+            names = sorted(self.table.active(network_id=self.network_id, now=now))
+            if names != self._wired:
+                self._wired = names
+                self._spawn(self._rewire(names))
 
     def _status_line(self) -> str:
         active = len(self.table.active(network_id=self.network_id, now=time.time()))
@@ -284,11 +307,15 @@ class Daemon:
             "venue_dns": list(net.venue_dns) if net else [],
             "seconds_remaining": self.portal.seconds_remaining,
             "overrides": len(self.table.active(network_id=self.network_id, now=time.time())),
-            "wiring": "none",
+            "wiring": self.wiring_text,
+            "portal_hosts": list(self.portal.portal_hosts),
         }
 
     async def check(self, caller: str) -> None:
         log.info("check requested by %s", caller)
+        if self.network is None:
+            raise PortalError("no network to check: not connected")
+        self.handle(CheckRequested())
 
     # -- running -----------------------------------------------------------------------------
 
@@ -319,8 +346,10 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         self.table = store.load(self.config.state_dir, limits=self.limits)
         self.table.expire(time.time())
+        self._own_addresses = {parse_listen(a)[0] for a in self.config.listen}
         self._load_upstreams()
         self.stub = DnsStub(self._take_sockets(), self.forwarder)
+        self._own_addresses |= {a.rsplit(":", 1)[0].strip("[]") for a in self.stub.addresses()}
         await self.stub.start()
         self._refresh(changed=False)
         log.info(
@@ -339,20 +368,59 @@ class Daemon:
         except TimeoutError:
             log.warning("the bus is slow to answer; ready without the control API for now")
         systemd.notify("READY=1")
+        if self.config.network_source != "none":
+            self._spawn(self._guard(self._watch_network(), "network watcher"))
+        if self.config.wiring != "none":
+            self._spawn(self._guard(self._start_wiring(), "resolver wiring"))
         interval = systemd.watchdog_interval_s()
         if interval:
             self._spawn(self._watchdog(interval))
         await self._stop.wait()
         systemd.notify("STOPPING=1")
         log.info("stopping")
+        self._cancel_probe()
         for task in list(self._tasks):
             task.cancel()
+        if self.wiring is not None:
+            try:
+                await asyncio.wait_for(self.wiring.revert(), 3.0)
+            except Exception as exc:
+                log.warning("reverting the resolver wiring failed: %s", exc)
         if self._expiry:
             self._expiry.cancel()
         await self.stub.close()
         if self.bus is not None:
-            self.bus.disconnect()
+            from portal.edges.bus import close
+
+            await close(self.bus)
         return 0
+
+    async def _guard(self, coro: Any, what: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; DNS and overrides keep working", what)
+
+    async def _start_wiring(self) -> None:
+        from portal.edges.bus import resolve_bus
+        from portal.edges.resolver import ResolverWiring
+
+        host, port = parse_listen(self.config.listen[0])
+        if self.stub is not None and self.stub.addresses():
+            host, _, p = self.stub.addresses()[0].rpartition(":")
+            host, port = host.strip("[]"), int(p)
+        choice = resolve_bus(self.config.bus)
+        self.wiring = ResolverWiring(
+            stub=host,
+            port=port,
+            mode=self.config.wiring,
+            bus=choice if choice != "session" else "system",
+            resolv_conf=self.config.resolv_conf,
+        )
+        self._wired = None
+        self._refresh(changed=False)
 
     async def _watchdog(self, interval_s: float) -> None:
         while True:
@@ -380,6 +448,7 @@ class Daemon:
                 continue
             self.bus, self.control = bus, control
             first_attempt.set()
+            self._spawn(self._watch_sleep(bus))
             delay = 1.0
             log.info(
                 "control API on %s as %s (authorisation: %s)",
@@ -392,9 +461,282 @@ class Daemon:
             log.warning("lost %s; reconnecting", describe(choice))
             await asyncio.sleep(1.0)
 
-    def set_network(self, network: Network | None, state: Connectivity | None = None) -> None:
-        self.portal = PortalStatus(network=network, state=state or self.portal.state)
-        self._refresh(changed=False)
+    # -- detection: events in, actions out ----------------------------------------------------
+
+    def emit(self, event: object) -> None:
+        """Edges call this with events (portal/core/events.py); never raises."""
+        try:
+            self.handle(event)
+        except Exception:
+            log.exception("handling %s failed, ignoring", type(event).__name__)
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, UpstreamsChanged):
+            self._set_upstreams(event.upstreams)
+            return
+        if isinstance(event, NetworkChanged):
+            net = event.network
+            log.info(
+                "network: %s",
+                f"{net.name or net.id} on {net.interface or '?'}, venue DNS "
+                f"{', '.join(net.venue_dns) or 'unknown'}"
+                if net
+                else "none",
+            )
+        elif isinstance(event, ConnectivityReported):
+            log.info("%s reports connectivity %s", event.source, event.connectivity.value)
+        old_network = self.network_id
+        self.session, actions = sess.step(self.session, event, now=time.monotonic())
+        for action in actions:
+            self.perform(action)
+        if self.session.network is not None and self.portal.network != self.session.network:
+            # keep the published network current even when the portal status is unchanged
+            self.portal = sess.status(self.session)
+        if self.network_id != old_network:
+            self._refresh(changed=True)  # network-scoped overrides start or stop answering
+            self._publish()
+
+    def _set_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
+        if self.config.upstreams:
+            return  # static upstreams from the config win
+        usable = tuple(u for u in upstreams if u.host not in self._own_addresses)
+        if not usable:
+            self._load_upstreams()
+            return
+        if usable != self.forwarder.upstreams:
+            self.forwarder.set_upstreams(usable)
+            self.upstream_source = "NetworkManager"
+            log.info("upstreams: %s", ", ".join(str(u) for u in usable))
+            systemd.notify(f"STATUS={self._status_line()}")
+            self._publish()
+
+    def perform(self, action: act.Action) -> None:
+        """Carry out one action; failures are logged by the task, never raised."""
+        if isinstance(action, act.StartProbe):
+            self._cancel_probe()
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe(action))
+        elif isinstance(action, act.CancelProbe):
+            self._cancel_probe()
+        elif isinstance(action, act.ResolveAndPinPortalHosts):
+            self._spawn(self._pin(action))
+        elif isinstance(action, act.RouteToVenue):
+            routes = {n: tuple(Upstream(ip) for ip in action.venue_dns) for n in action.names}
+            if self.stub is not None:
+                self.stub.set_portal_routes(routes)
+            log.info(
+                "routing %s to the venue DNS %s",
+                ", ".join(action.names) or "nothing",
+                ", ".join(action.venue_dns),
+            )
+        elif isinstance(action, act.StopRouting):
+            if self.stub is not None and self.stub.portal_routes:
+                log.info("routing every name to the usual upstreams again")
+                self.stub.set_portal_routes({})
+        elif isinstance(action, act.RemoveAutoOverrides):
+            self._spawn(self._unpin(action.network_id))
+        elif isinstance(action, act.PublishStatus):
+            old = self.portal
+            self.portal = action.status
+            if old.state != action.status.state or old.portal_url != action.status.portal_url:
+                log.info(
+                    "state %s%s",
+                    action.status.state.value,
+                    f", sign in at {action.status.portal_url}" if action.status.portal_url else "",
+                )
+            self._publish()
+        elif isinstance(action, act.AskNMToRecheck):
+            if self.nm is not None:
+                self._spawn(self.nm.check_connectivity())
+
+    def _publish(self) -> None:
+        systemd.notify(f"STATUS={self._status_line()}")
+        if self.control is not None:
+            self.control.emit_state_changed(self.status())
+
+    def _cancel_probe(self) -> None:
+        if self._probe_task is not None and not self._probe_task.done():
+            self._probe_task.cancel()
+        self._probe_task = None
+
+    def _probe_specs(self, network: Network) -> tuple[Any, ...]:
+        from portal.core.detect import default_probe_specs, parse_probe_spec
+
+        configured = []
+        for text in self.config.probe_urls:
+            try:
+                configured.append(parse_probe_spec(text))
+            except ValueError as exc:
+                log.warning("probe URL %r: %s, ignoring", text, exc)
+        return default_probe_specs(network.check_uri, configured)
+
+    async def _probe(self, action: act.StartProbe) -> None:
+        try:
+            if action.delay_s > 0:
+                await asyncio.sleep(action.delay_s)
+            from portal.edges.http_probe import probe_network
+
+            network = action.network
+            if not network.api_uri and self.config.portal_api_uri:
+                from dataclasses import replace
+
+                network = replace(network, api_uri=self.config.portal_api_uri)
+            result = await probe_network(
+                network,
+                self._probe_specs(network),
+                probe_id=action.probe_id,
+                timeout_s=PROBE_TIMEOUT_S,
+                ca_file=self.config.ca_file or None,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("probe of %s failed, ignoring", action.network.id)
+            return
+        self.emit(result)
+
+    async def _pin(self, action: act.ResolveAndPinPortalHosts) -> None:
+        """Resolve the portal's names through the venue DNS; AUTO overrides on that network."""
+        net = self.session.network
+        if net is None or net.id != action.network_id or not net.venue_dns:
+            return
+        from portal.edges.venue_dns import resolve_via
+
+        found: dict[str, list[str]] = {}
+        for host in action.hosts:
+            try:
+                name = parse_domain(host)
+            except PortalError:
+                continue  # an address literal or an odd name: nothing to pin
+            try:
+                addrs = await resolve_via(name, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S)
+            except Exception as exc:
+                log.info("looking up %s at the venue failed: %s, ignoring", name, exc)
+                continue
+            if addrs:
+                found[name] = addrs
+        if not found:
+            return
+        async with self._lock:
+            new = self._copy()
+            now = time.time()
+            made = []
+            for name, addrs in found.items():
+                existing = new.get(name)
+                if existing is not None and existing.source is Source.USER:
+                    continue  # never replace what a person made
+                try:
+                    o = new.prepare(
+                        name,
+                        addrs,
+                        ttl_s=self.config.default_ttl_s,
+                        now=now,
+                        scope=net.id,
+                        scope_name=net.name,
+                        source=Source.AUTO,
+                        created_by="portal detection",
+                    )
+                except PortalError as exc:
+                    log.info("cannot pin %s: %s, ignoring", name, exc)
+                    continue
+                new.put(o)
+                made.append(o)
+            if not made:
+                return
+            try:
+                await self._commit(new)
+            except PortalError as exc:
+                log.error("%s; portal names not pinned", exc)
+                return
+        for o in made:
+            log.info(
+                "pinned %s -> %s for %s (automatic)",
+                o.name,
+                " ".join(o.addresses),
+                net.name or net.id,
+            )
+
+    async def _unpin(self, network_id: str) -> None:
+        async with self._lock:
+            new = self._copy()
+            gone = new.remove_auto(network_id)
+            if not gone:
+                return
+            try:
+                await self._commit(new)
+            except PortalError as exc:
+                log.error("%s; automatic overrides stay on disk until the next save", exc)
+                self.table = new
+                self._refresh()
+        log.info("removed %d automatic override(s): %s", len(gone), ", ".join(o.name for o in gone))
+
+    async def _rewire(self, names: list[str]) -> None:
+        assert self.wiring is not None
+        try:
+            await self.wiring.apply(names)
+        except Exception as exc:
+            log.warning("resolver wiring: %s, ignoring", exc)
+        try:
+            self.wiring_text = await self.wiring.describe()
+        except Exception as exc:
+            self.wiring_text = f"unknown ({exc})"
+
+    async def _watch_network(self) -> None:
+        """NetworkManager when it is on the bus; the kernel's tables (netlink) otherwise."""
+        from portal.edges.bus import resolve_bus
+        from portal.edges.nm import NetworkManagerWatcher, nm_available
+
+        choice = resolve_bus(self.config.bus)
+        address = (
+            None
+            if choice == "system"
+            else (os.environ.get("DBUS_SESSION_BUS_ADDRESS") if choice == "session" else choice)
+        )
+        source = self.config.network_source
+        use_nm = source == "nm" or (source == "auto" and await nm_available(address))
+        if use_nm:
+            log.info("watching NetworkManager")
+            self.nm = NetworkManagerWatcher(address, self.emit)
+            await self.nm.run()
+            return
+        try:
+            from portal.edges.netlink import NetlinkWatcher
+        except ImportError:
+            log.warning("NetworkManager is not on the bus and netlink is unavailable; no detection")
+            return
+        log.info("NetworkManager is not on the bus: watching the kernel's links (netlink)")
+        watcher = NetlinkWatcher(self.emit, resolv_conf=self.config.resolv_conf)
+        await watcher.run()
+
+    async def _watch_sleep(self, bus: Any) -> None:
+        """Resume from suspend (logind PrepareForSleep(false)) is a reason to re-probe."""
+        from dbus_next import Message, MessageType
+
+        rule = "type='signal',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'"
+        try:
+            await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="AddMatch",
+                    signature="s",
+                    body=[rule],
+                )
+            )
+        except Exception as exc:
+            log.debug("cannot watch for resume: %s, ignoring", exc)
+            return
+
+        def on_message(msg: Any) -> None:
+            if (
+                msg.message_type == MessageType.SIGNAL
+                and msg.member == "PrepareForSleep"
+                and msg.body == [False]
+            ):
+                log.info("resumed from suspend")
+                self.emit(Resumed())
+
+        bus.add_message_handler(on_message)
 
 
 def run(config: Config) -> int:

@@ -6,6 +6,8 @@ fork dbus-fast can replace it by changing these imports.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 
 from dbus_next import BusType
@@ -44,9 +46,30 @@ async def connect(choice: str) -> MessageBus:
             bus = MessageBus(bus_type=BusType.SESSION)
         else:
             bus = MessageBus(bus_address=choice)
-        return await bus.connect()
+        try:
+            return await bus.connect()
+        except BaseException:
+            close_socket(bus)
+            raise
     except DaemonUnreachable:
         raise
     except Exception as exc:  # dbus_next raises OSError, ValueError, InvalidAddressError...
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise DaemonUnreachable(f"cannot connect to {describe(choice)}: {reason}") from exc
+
+
+def close_socket(bus: MessageBus) -> None:
+    """dbus-next 0.2.3 only shuts its socket down, never closes it (nor its file object), not
+    even when connecting fails: close both so no descriptor leaks."""
+    for attr in ("_stream", "_sock"):
+        with contextlib.suppress(Exception):
+            getattr(bus, attr).close()
+
+
+async def close(bus: MessageBus, timeout_s: float = 2.0) -> None:
+    """Disconnect and wait until the connection is really closed."""
+    with contextlib.suppress(Exception):
+        bus.disconnect()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(bus.wait_for_disconnect(), timeout_s)
+    close_socket(bus)

@@ -13,7 +13,15 @@ from typing import Any
 from dbus_next import Message, MessageFlag, MessageType
 from dbus_next.aio import MessageBus
 
-from portal.edges.bus import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, connect, describe
+from portal.edges.bus import (
+    BUS_NAME,
+    ERROR_PREFIX,
+    INTERFACE,
+    OBJECT_PATH,
+    close,
+    connect,
+    describe,
+)
 from portal.errors import (
     DaemonUnreachable,
     InvalidAddress,
@@ -64,11 +72,7 @@ class Client:
 
     async def aclose(self) -> None:
         """Disconnect and wait until the socket is really closed."""
-        self.bus.disconnect()
-        try:
-            await asyncio.wait_for(self.bus.wait_for_disconnect(), 2.0)
-        except Exception:  # noqa: S110 - an error while closing changes nothing for the caller
-            pass
+        await close(self.bus)
 
     async def call(
         self, member: str, signature: str = "", body: list[Any] | None = None

@@ -281,7 +281,8 @@ def stack() -> Iterator[Stack]:
         s.start(
             "portal", sys.executable, "-m", "portal", "daemon", "--bus", address,
             "--listen", f"127.0.0.1:{s.stub_port}", "--state-dir", str(state),
-            "--upstream", "127.0.0.1:9", log="daemon.log",
+            "--upstream", "127.0.0.1:9", "--network-source", "none", "--wiring", "none",
+            log="daemon.log",
         )  # fmt: skip
         wait_for("the daemon on the bus", lambda: s.has_owner(BUS_NAME))
         yield s
