@@ -56,6 +56,9 @@ from portal.core.probe_model import ProbeFinished
 
 BACKOFF_START_S = 1.0
 BACKOFF_CAP_S = 60.0
+# A probe round ends within its timeout (seconds); one started longer ago than this lost its
+# answer somewhere (a crashed task) and must not hold back the next one.
+PROBE_RUN_LIMIT_S = 30.0
 
 Event = NetworkChanged | ConnectivityReported | ProbeFinished | CheckRequested | Resumed
 
@@ -164,7 +167,7 @@ def _reported(s: Session, now: float, out: list[Action]) -> Session:
     if s.network is None:
         return s
     if s.nm in _NOT_ONLINE:
-        if s.probe_due is not None and s.probe_due <= now:
+        if s.probe_due is not None and s.probe_due <= now < s.probe_due + PROBE_RUN_LIMIT_S:
             return s  # a probe is running; its answer is as fresh as a new one would be
         return _probe(replace(s, retries=0), now, 0.0, out)
     if s.nm is Connectivity.ONLINE and s.state is not Connectivity.ONLINE:

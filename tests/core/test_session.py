@@ -286,6 +286,8 @@ ONLINE_SESSION = Session(network=HOTEL, state=C.ONLINE, probe_id=5, nm=C.ONLINE)
         (ONLINE_SESSION, C.LIMITED, 50.0, [StartProbe(HOTEL, 0.0, 6)]),
         # ... unless a probe is running right now
         (replace(ONLINE_SESSION, probe_due=49.0), C.CAPTIVE, 50.0, []),
+        # ... or one whose answer never came (a crashed task): then probe again
+        (replace(ONLINE_SESSION, probe_due=19.0), C.CAPTIVE, 50.0, [StartProbe(HOTEL, 0.0, 6)]),
         # ... but a re-probe scheduled for later is brought forward
         (CAPTIVE_SESSION, C.LIMITED, 15.0, [StartProbe(HOTEL, 0.0, 8)]),
         # FULL confirms online: stop probing, undo pins; NM knows already
