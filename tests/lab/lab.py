@@ -76,8 +76,12 @@ also /run/dbus/system_bus_socket), ``bus_policy_dir``, ``ca_file`` (None without
 ``api_uri``, ``portal_url``, ``nm_log``, ``portal_log``, ``dnsmasq_log``, ``hotel_ns``,
 ``laptop_ns``, ``holder_pid``, ``hotel_ip``, ``public_dns``, ``timings`` (seconds, measured).
 
-The module is stdlib only: run as a script (``python3 lab.py --reap RECORD --watch PID``) it is
-the watchdog that tears a lab down. It must not touch anything outside its run dir and its two
+By hand (as root): ``python3 tests/lab/lab.py shell [--dns-mode blocked] [--https] [--no-nm]
+[--dhcp-client dhclient] [COMMAND...]`` builds a lab, runs COMMAND (default: a shell) on the
+laptop, and removes the lab when it exits.
+
+The module is stdlib only: run as ``python3 lab.py --reap RECORD --watch PID`` it is the
+watchdog that tears a lab down. It must not touch anything outside its run dir and its two
 namespaces (the host's /etc, /run, /var/lib/NetworkManager, hostname and network stay as they
 are), must not find processes by name, and must not outlive ``lifetime_s``.
 """
@@ -1279,5 +1283,45 @@ def _reap_main(argv: list[str]) -> int:
     return 0
 
 
+def _shell_main(argv: list[str]) -> int:
+    """Bring a lab up, run a command (default: a shell) on the laptop, then tear it down."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="lab.py shell",
+        description="Build a lab, run COMMAND on the laptop (default: $SHELL), then remove it.",
+    )
+    p.add_argument("--dns-mode", choices=("hijack", "strict", "blocked"), default="hijack")
+    p.add_argument("--dhcp-client", choices=("internal", "dhclient"), default="internal")
+    p.add_argument("--https", action="store_true")
+    p.add_argument("--no-nm", action="store_true", help="static address, no NetworkManager")
+    p.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default 3600)")
+    p.add_argument("command", nargs="*", help="command to run on the laptop")
+    args = p.parse_args(argv)
+    reason = unavailable_reason(
+        nm=not args.no_nm, dhclient=args.dhcp_client == "dhclient", https=args.https
+    )
+    if reason:
+        print(f"lab.py: error: {reason}", file=sys.stderr)
+        return 1
+    with Lab(
+        dns_mode=args.dns_mode,
+        dhcp_client=args.dhcp_client,
+        https=args.https,
+        nm=not args.no_nm,
+        lifetime_s=args.lifetime,
+    ) as lab:
+        print(f"lab {lab.prefix}: run dir {lab.run_dir}, up in {lab.timings['up_s']:.2f} s")
+        print(f"  export DBUS_SYSTEM_BUS_ADDRESS={lab.bus_address}")
+        print(f"  API {lab.api_uri}" + (f", CA {lab.ca_file}" if lab.ca_file else ""))
+        print(f"  NM log {lab.nm_log}, portal log {lab.portal_log}")
+        print(f"  log in: curl --unix-socket {lab.control_socket} 'http://lab/__lab/login?ip=...'")
+        command = args.command or [os.environ.get("SHELL", "/bin/sh")]
+        code = subprocess.call(lab.laptop_argv(command), env=lab.laptop_env())
+    return code
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["shell"]:
+        sys.exit(_shell_main(sys.argv[2:]))
     sys.exit(_reap_main(sys.argv[1:]))
