@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -437,7 +438,7 @@ async def probe(
             network,
             deadline=deadline,
             device=device,
-            verify=True,
+            verify=_tls_context(None),  # probes are http://; a redirect is never followed
             accept="*/*",
             transport=transport,
         )
@@ -454,8 +455,13 @@ async def probe(
     )
 
 
+@functools.lru_cache(maxsize=4)
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Verify against `ca_file`, else the system's CA store (certifi's when there is none)."""
+    """Verify against `ca_file`, else the system's CA store (certifi's when there is none).
+
+    Built once per CA file and kept: loading a CA store costs about 50 ms, more than a whole
+    probe round on a local network. A changed CA file is read again after a restart.
+    """
     context = ssl.create_default_context(cafile=ca_file)
     if ca_file is None:
         paths = ssl.get_default_verify_paths()
