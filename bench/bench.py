@@ -1,0 +1,890 @@
+"""The benchmark run behind `bench/run`: portal's DNS stub against dnsmasq and unbound, CLI and
+start-up timings, memory and idle wakeups, plus profiles of the hot paths.
+
+Writes bench/results/latest.md (the table for docs/benchmarks.md), latest.json (raw figures)
+and the profiles beside them. Bounded in time (SIGALRM); every process it starts is pinned,
+recorded and stopped by PID (procs.py). Sends traffic to loopback only. Asserts nothing: figures
+are compared with their targets in the report, never in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import measure as m
+import procs as p
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TIME_BOUND_S = 570  # the whole run, setup and cleanup included, stays under 10 minutes
+
+SERVER_HOST = "127.0.0.1"
+UPSTREAM_HOST = "127.0.0.2"  # the shared upstream lives on another loopback address
+NAMES = 1000
+SCENARIOS = ("answers", "forward", "profile", "idle", "startup", "cli", "imports")
+
+
+@dataclass
+class Plan:
+    reps: int = 3
+    qps_s: int = 5  # dnsperf at full speed
+    latency_s: int = 3  # dnsperf at a fixed rate, every latency recorded
+    rate_qps: int = 2000  # "moderate": far below every server's limit
+    idle_s: int = 60
+    start_reps: int = 7
+    cli_reps: int = 11
+    profile_s: int = 5
+
+
+QUICK = Plan(reps=1, qps_s=2, latency_s=1, idle_s=10, start_reps=3, cli_reps=3, profile_s=2)
+
+
+@dataclass
+class Cpus:
+    server: int | None
+    load: int | None
+
+    @classmethod
+    def pick(cls) -> Cpus:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls(None, None)  # one core: nothing to separate; the report says so
+        return cls(cpus[0], cpus[1])
+
+
+@dataclass
+class Results:
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, section: str, key: str, value: Any) -> None:
+        self.data.setdefault(section, {})[key] = value
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        return self.data.get(section, {}).get(key, default)
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+APT = {
+    "dnsperf": "dnsperf",
+    "dnsmasq": "dnsmasq-base",
+    "unbound": "unbound",
+    "dbus-daemon": "dbus-daemon",
+    "taskset": "util-linux",
+}
+PYPI = {"py-spy": "py-spy", "pyinstrument": "pyinstrument"}
+
+
+def ensure_tools(*, install: bool) -> list[str]:
+    """Install what is missing (apt as root, pip for the profilers); return what still is."""
+    missing = [tool for tool in APT if shutil.which(tool) is None]
+    if missing and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        log(f"installing {', '.join(APT[t] for t in missing)} with apt-get")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=300)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
+            + sorted({APT[t] for t in missing}),
+            env=env,
+            check=False,
+            timeout=300,
+        )
+    missing_py = [tool for tool in PYPI if _tool(tool) is None]
+    if missing_py and install:
+        log(f"installing {', '.join(missing_py)} with pip")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", *(PYPI[t] for t in missing_py)],
+            check=False,
+            timeout=300,
+        )
+    return [t for t in APT if shutil.which(t) is None] + [t for t in PYPI if _tool(t) is None]
+
+
+def _tool(name: str) -> str | None:
+    """A Python tool installed for this interpreter (pip puts it beside it), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def versions() -> dict[str, str]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        text = (out.stdout or out.stderr).strip().splitlines()
+        return text[0] if text else "?"
+
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": f"{model}, {os.cpu_count()} CPUs",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dnsmasq": first_line(["dnsmasq", "--version"]),
+        "unbound": next(
+            (
+                line
+                for line in subprocess.run(
+                    ["unbound", "-V"], capture_output=True, text=True, timeout=10, check=False
+                ).stdout.splitlines()
+                if line.startswith("Version")
+            ),
+            "?",
+        ),
+        "dnsperf": next(
+            (
+                line
+                for line in subprocess.run(
+                    ["dnsperf", "-h"], capture_output=True, text=True, timeout=10, check=False
+                ).stderr.splitlines()
+                if line.startswith("Version")
+            ),
+            "?",
+        ),
+    }
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+
+def ticks(pid: int) -> int:
+    return m.cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+
+
+def rss_kib(pid: int) -> int:
+    return m.status_field(Path(f"/proc/{pid}/status").read_text(), "VmRSS")
+
+
+def switches(pid: int) -> int:
+    texts = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            texts.append((task / "status").read_text())
+        except OSError:  # a thread that just ended
+            continue
+    return m.context_switches(texts)
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- dnsperf -------------------------------------------------------------------------------------
+
+
+def dnsperf(
+    server: p.Server | tuple[str, int],
+    qfile: Path,
+    *,
+    seconds: int,
+    cpu: int | None,
+    rate: int | None = None,
+) -> m.PerfRun:
+    host, port = (server.host, server.port) if isinstance(server, p.Server) else server
+    cmd = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    cmd += ["dnsperf", "-s", host, "-p", str(port), "-d", str(qfile), "-l", str(seconds)]
+    cmd += ["-t", "2"]
+    if rate is not None:
+        cmd += ["-Q", str(rate), "-v"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    run = m.parse_dnsperf(out.stdout + out.stderr)
+    codes = m.rcodes(out.stdout)
+    if codes and set(codes) != {"NOERROR"}:
+        log(f"  warning: {host}:{port} answered {codes}")
+    return run
+
+
+def load_run(
+    res: Results,
+    section: str,
+    label: str,
+    target: p.Server | tuple[str, int],
+    pid: int | None,
+    qfile: Path,
+    plan: Plan,
+    cpus: Cpus,
+) -> None:
+    """One full-speed run (QPS, CPU per query) and one fixed-rate run (latencies)."""
+    before = ticks(pid) if pid else 0
+    fast = dnsperf(target, qfile, seconds=plan.qps_s, cpu=cpus.load)
+    cpu_us = (ticks(pid) - before) / CLK_TCK * 1e6 / max(fast.completed, 1) if pid else float("nan")
+    slow = dnsperf(target, qfile, seconds=plan.latency_s, cpu=cpus.load, rate=plan.rate_qps)
+    lat = slow.latencies_s or (slow.avg_latency_s,)
+    runs = res.get(section, label, [])
+    runs.append(
+        {
+            "qps": fast.qps,
+            "lost": fast.lost,
+            "cpu_us_per_query": cpu_us,
+            "p50_ms": m.percentile(lat, 50) * 1e3,
+            "p99_ms": m.percentile(lat, 99) * 1e3,
+            "lost_at_rate": slow.lost,
+        }
+    )
+    res.put(section, label, runs)
+    log(
+        f"  {section}/{label}: {fast.qps:,.0f} qps, {cpu_us:.1f} µs CPU/query, "
+        f"p50 {runs[-1]['p50_ms']:.3f} ms, p99 {runs[-1]['p99_ms']:.3f} ms"
+    )
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def name_table(prefix: str, count: int, net: int) -> dict[str, str]:
+    return {f"{prefix}-{i:04d}.example": f"10.{net}.{i // 250}.{i % 250 + 1}" for i in range(count)}
+
+
+def write_queries(path: Path, names: Sequence[str]) -> Path:
+    path.write_text("".join(f"{n} A\n" for n in names))
+    return path
+
+
+class Bench:
+    def __init__(self, plan: Plan, only: Sequence[str], res: Results) -> None:
+        self.plan = plan
+        self.only = set(only)
+        self.res = res
+        self.cpus = Cpus.pick()
+        self.base = p.workdir("run")
+        self.overrides = name_table("bench", NAMES, 1)
+        self.forwarded = name_table("fwd", NAMES, 2)
+        self.q_over = write_queries(self.base / "overrides.q", list(self.overrides))
+        self.q_fwd = write_queries(self.base / "forward.q", list(self.forwarded))
+        self.servers: dict[str, p.Server] = {}
+
+    def wants(self, *names: str) -> bool:
+        return bool(self.only.intersection(names))
+
+    def run(self) -> None:
+        res = self.res
+        res.put(
+            "machine", "cpus", f"server on CPU {self.cpus.server}, load on CPU {self.cpus.load}"
+        )
+        res.put("machine", "loadavg_start", os.getloadavg())
+        bus, _ = p.private_bus(self.base)
+        self.bus = bus
+        if self.wants("answers", "forward", "profile", "idle"):
+            self.start_servers()
+            if self.wants("answers"):
+                self.answers()
+            if self.wants("forward"):
+                self.forward()
+            if self.wants("profile"):
+                self.profile()
+            self.memory("after_load")
+            if self.wants("idle"):
+                self.idle()
+            for s in self.servers.values():
+                s.stop()
+        if self.wants("startup"):
+            self.startup()
+        if self.wants("cli", "imports"):
+            self.cli()
+        res.put("machine", "loadavg_end", os.getloadavg())
+
+    def start_servers(self) -> None:
+        cpus, base = self.cpus, self.base
+        log("starting the shared upstream (unbound with local data) and the servers")
+        up_dir = base / "upstream"
+        up_dir.mkdir()
+        first_fwd = next(iter(self.forwarded))
+        upstream = p.start_unbound(
+            up_dir,
+            UPSTREAM_HOST,
+            self.forwarded,
+            cpu=cpus.load,
+            wait_name=first_fwd,
+            label="upstream",
+        )
+        self.upstream = upstream
+        up = f"{upstream.host}:{upstream.port}"
+        first = next(iter(self.overrides))
+        pdir = base / "portal"
+        pdir.mkdir()
+        portal = p.start_portal(pdir, self.bus, SERVER_HOST, cpu=cpus.server, upstreams=[up])
+        self.res.put("memory", "portal_empty_kib", rss_kib(portal.pid))
+        hosts = pdir / "hosts"
+        hosts.write_text("".join(f"{ip} {name}\n" for name, ip in self.overrides.items()))
+        out = p.portal_cli(self.bus, "import", str(hosts), "--ttl", "never", "--any-network")
+        if out.returncode != 0 or p.ask_a(portal.host, portal.port, first) != self.overrides[first]:
+            raise RuntimeError(f"portal import failed: {out.stderr.decode()}\n{portal.log()}")
+        self.portal_state = pdir / "state"
+        ddir = base / "dnsmasq"
+        ddir.mkdir()
+        dnsmasq = p.start_dnsmasq(
+            ddir, SERVER_HOST, self.overrides, cpu=cpus.server, upstream=up, wait_name=first
+        )
+        udir = base / "unbound"
+        udir.mkdir()
+        unbound = p.start_unbound(
+            udir, SERVER_HOST, self.overrides, cpu=cpus.server, wait_name=first
+        )
+        self.servers = {"portal": portal, "dnsmasq": dnsmasq, "unbound": unbound}
+        for name, s in self.servers.items():
+            if (
+                name != "unbound"
+                and p.ask_a(s.host, s.port, first_fwd) != self.forwarded[first_fwd]
+            ):
+                raise RuntimeError(f"{name} does not forward to the upstream")
+        self.memory("after_start")
+
+    def memory(self, when: str) -> None:
+        for name, s in self.servers.items():
+            if s.alive():
+                self.res.put("memory", f"{name}_{when}_kib", rss_kib(s.pid))
+
+    def answers(self) -> None:
+        log(f"override answers: {NAMES} names, {self.plan.reps} rounds")
+        for _ in range(self.plan.reps):
+            for name, s in self.servers.items():
+                load_run(self.res, "answers", name, s, s.pid, self.q_over, self.plan, self.cpus)
+
+    def forward(self) -> None:
+        log(f"forwarding: {NAMES} names to one upstream, {self.plan.reps} rounds")
+        up = self.upstream
+        for _ in range(self.plan.reps):
+            for name in ("portal", "dnsmasq"):
+                s = self.servers[name]
+                load_run(self.res, "forward", name, s, s.pid, self.q_fwd, self.plan, self.cpus)
+            load_run(self.res, "forward", "direct", up, None, self.q_fwd, self.plan, self.cpus)
+
+    def profile(self) -> None:
+        spy = _tool("py-spy")
+        if spy is None:
+            log("py-spy missing: no profile")
+            return
+        portal = self.servers["portal"]
+        for kind, qfile in (("answers", self.q_over), ("forward", self.q_fwd)):
+            out = RESULTS / f"profile-{kind}.txt"
+            cmd = ["taskset", "-c", str(self.cpus.load)] if self.cpus.load is not None else []
+            cmd += [
+                spy,
+                "record",
+                "--pid",
+                str(portal.pid),
+                "--duration",
+                str(self.plan.profile_s),
+                "--rate",
+                "500",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+                "--nonblocking",
+            ]
+            spy_proc = p.spawn(cmd, cpu=None, log=self.base / "py-spy.log")
+            time.sleep(0.3)
+            dnsperf(portal, qfile, seconds=self.plan.profile_s, cpu=self.cpus.load)
+            try:
+                spy_proc.wait(self.plan.profile_s + 30)
+            finally:
+                p.stop(spy_proc)
+            if not out.exists():
+                log(f"py-spy wrote no profile: {(self.base / 'py-spy.log').read_text()[-500:]}")
+                continue
+            own, total, samples = m.collapsed_profile(out.read_text())
+            self.res.put(
+                "profile",
+                kind,
+                {
+                    "samples": samples,
+                    "self": own.most_common(12),
+                    "total": total.most_common(20),
+                },
+            )
+            log(f"  profile/{kind}: {samples} samples, top {own.most_common(3)}")
+
+    def idle(self) -> None:
+        log(f"idle: context switches of every server over {self.plan.idle_s} s")
+        time.sleep(2)  # let the last replies drain
+        before = {n: switches(s.pid) for n, s in self.servers.items()}
+        time.sleep(self.plan.idle_s)
+        for n, s in self.servers.items():
+            self.res.put(
+                "idle", n, {"switches": switches(s.pid) - before[n], "s": self.plan.idle_s}
+            )
+        self.memory("after_idle")
+
+    def startup(self) -> None:
+        log(f"start to first answer, {self.plan.start_reps} starts each")
+        first = next(iter(self.overrides))
+        want = self.overrides[first]
+        state = getattr(self, "portal_state", None)
+        if state is None or not state.exists():
+            state = self._portal_state_for_startup()
+        for _ in range(self.plan.start_reps):
+            for name in ("portal", "dnsmasq", "unbound"):
+                d = self.base / f"start-{name}"
+                d.mkdir(exist_ok=True)
+                port = p.free_port(SERVER_HOST)
+                if name == "portal":
+                    shutil.rmtree(d / "state", ignore_errors=True)
+                    shutil.copytree(state, d / "state")
+                    (d / "portal.toml").write_text("")
+                    cmd = [
+                        *p.portal_cmd(),
+                        "daemon",
+                        "--bus",
+                        self.bus,
+                        "--listen",
+                        f"{SERVER_HOST}:{port}",
+                        "--state-dir",
+                        str(d / "state"),
+                        "--config",
+                        str(d / "portal.toml"),
+                        "--log-level",
+                        "info",
+                    ]
+                    env: dict[str, str] | None = p.portal_env()
+                elif name == "dnsmasq":
+                    cmd = p.dnsmasq_cmd(SERVER_HOST, port, self.overrides, upstream=None)
+                    env = None
+                else:
+                    conf = d / "unbound.conf"
+                    conf.write_text(p.unbound_conf(SERVER_HOST, port, self.overrides, d))
+                    cmd = ["unbound", "-d", "-c", str(conf)]
+                    env = None
+                t0 = time.perf_counter()
+                proc = p.spawn(cmd, cpu=self.cpus.server, log=d / "log", env=env)
+                ok = p.wait_until(
+                    lambda port=port: p.ask_a(SERVER_HOST, port, first, 0.005) == want,  # type: ignore[misc]
+                    15,
+                    0.0005,
+                )
+                elapsed_ms = (time.perf_counter() - t0) * 1e3
+                p.stop(proc)
+                if not ok:
+                    log(f"  {name} never answered:\n{(d / 'log').read_text()[-1000:]}")
+                    continue
+                runs = self.res.get("startup", name, [])
+                runs.append(elapsed_ms)
+                self.res.put("startup", name, runs)
+        for name in ("portal", "dnsmasq", "unbound"):
+            runs = self.res.get("startup", name, [])
+            if runs:
+                log(f"  {name}: median {m.median(runs):.1f} ms over {len(runs)} starts")
+
+    def _portal_state_for_startup(self) -> Path:
+        """A state dir holding the same 1000 overrides, made through the CLI."""
+        d = self.base / "state-maker"
+        d.mkdir()
+        portal = p.start_portal(d, self.bus, SERVER_HOST, cpu=self.cpus.server)
+        hosts = d / "hosts"
+        hosts.write_text("".join(f"{ip} {name}\n" for name, ip in self.overrides.items()))
+        p.portal_cli(self.bus, "import", str(hosts), "--ttl", "never", "--any-network")
+        portal.stop()
+        return d / "state"
+
+    def cli(self) -> None:
+        log("CLI: portal add → first correct answer; list; status (a daemon with 3 overrides)")
+        d = self.base / "cli"
+        d.mkdir()
+        portal = p.start_portal(d, self.bus, SERVER_HOST, cpu=self.cpus.server)
+        self.servers = {}
+        try:
+            for i in range(3):
+                p.portal_cli(
+                    self.bus, "add", f"seed-{i}.example", f"10.3.0.{i + 1}", "--any-network"
+                )
+            if self.wants("cli"):
+                self._cli_timings(portal)
+            if self.wants("imports"):
+                self._imports()
+        finally:
+            portal.stop()
+
+    def _cli_timings(self, portal: p.Server) -> None:
+        reps = self.plan.cli_reps
+        timed: dict[str, list[float]] = {}
+
+        def run(label: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, env=env, timeout=60, check=False)
+            elapsed = (time.perf_counter() - t0) * 1e3
+            if out.returncode != 0:
+                log(f"  {label} failed: {out.stderr.decode()[-300:]}")
+                return
+            timed.setdefault(label, []).append(elapsed)
+
+        env = p.portal_env()
+        for i in range(reps):
+            name, ip = f"cli-{i}.example", f"10.4.0.{i + 1}"
+            t0 = time.perf_counter()
+            out = p.portal_cli(self.bus, "add", name, ip, "--any-network")
+            cli_ms = (time.perf_counter() - t0) * 1e3
+            got = p.ask_a(portal.host, portal.port, name, 1.0)
+            total_ms = (time.perf_counter() - t0) * 1e3
+            if out.returncode == 0 and got == ip:
+                timed.setdefault("add", []).append(cli_ms)
+                timed.setdefault("add_to_answer", []).append(total_ms)
+            else:
+                log(f"  add failed: {out.stderr.decode()[-300:]} (answer {got})")
+            run("list", [*p.portal_cmd(), "list", "--bus", self.bus], env)
+            run("status", [*p.portal_cmd(), "status", "--bus", self.bus], env)
+            run("python_floor", [sys.executable, "-c", "pass"], env)
+            run("import_cli", [sys.executable, "-c", "import portal.cli"], env)
+        for label, values in timed.items():
+            self.res.put("cli", label, values)
+            log(f"  {label}: median {m.median(values):.1f} ms")
+
+    def _imports(self) -> None:
+        cmd = [sys.executable, "-X", "importtime", *p.portal_cmd()[1:], "list", "--bus", self.bus]
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env=p.portal_env(), timeout=60, check=False
+        )
+        costs = m.parse_importtime(out.stderr)
+        (RESULTS / "importtime-list.txt").write_text(out.stderr)
+        top = m.top_imports(costs, depth=1, count=12)
+        self.res.put("imports", "list", [(c.module, c.cumulative_us, c.depth) for c in top])
+        total = sum(c.self_us for c in costs)
+        self.res.put("imports", "total_us", total)
+        watched = {
+            c.module: c.cumulative_us
+            for c in costs
+            if c.module
+            in (
+                "asyncio",
+                "dns.message",
+                "dbus_next.aio",
+                "dbus_next",
+                "argparse",
+                "json",
+                "portal.cli",
+                "portal.edges.client",
+            )
+        }
+        self.res.put("imports", "watched", watched)
+        log(f"  imports: {total / 1e3:.1f} ms in all; {watched}")
+        pyi = _tool("pyinstrument")
+        if pyi:
+            prof = RESULTS / "pyinstrument-list.txt"
+            subprocess.run(
+                [
+                    pyi,
+                    "-r",
+                    "text",
+                    "-o",
+                    str(prof),
+                    *p.portal_cmd()[1:],
+                    "list",
+                    "--bus",
+                    self.bus,
+                ],
+                capture_output=True,
+                env=p.portal_env(),
+                timeout=60,
+                check=False,
+            )
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def med(runs: list[dict[str, float]] | None, key: str) -> float:
+    return m.median(r[key] for r in runs) if runs else float("nan")
+
+
+def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
+    d = res.data
+    lines = [f"# portal benchmarks — {label}", ""]
+    lines.append(
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {vers['cpu']}, "
+        f"kernel {vers['kernel']}, Python {vers['python']}; {vers['dnsmasq']}; "
+        f"unbound {vers['unbound'].removeprefix('Version ')}; dnsperf "
+        f"{vers['dnsperf'].removeprefix('Version ')}. {res.get('machine', 'cpus')}. "
+        f"Load average at start {_load(res.get('machine', 'loadavg_start'))}, "
+        f"at end {_load(res.get('machine', 'loadavg_end'))}. Median of {plan.reps} "
+        f"round(s); full speed for {plan.qps_s} s, latency at {plan.rate_qps} qps for "
+        f"{plan.latency_s} s."
+    )
+    lines += ["", "## Targets", ""]
+    lines.append(targets_table(res))
+    for section, title in (
+        ("answers", "Override answers (1000 names)"),
+        ("forward", "Forwarding to one local upstream"),
+    ):
+        if section not in d:
+            continue
+        lines += ["", f"## {title}", ""]
+        rows = []
+        ref = d[section].get("dnsmasq")
+        direct_p50 = med(d[section].get("direct"), "p50_ms")
+        for name, runs in d[section].items():
+            row = [
+                name,
+                m.fmt_num(med(runs, "qps")),
+                f"{m.ratio(med(runs, 'qps'), med(ref, 'qps')):.2f}×" if ref else "–",
+                m.fmt_num(med(runs, "cpu_us_per_query"), 1),
+                m.fmt_num(med(runs, "p50_ms"), 3),
+                m.fmt_num(med(runs, "p99_ms"), 3),
+            ]
+            if section == "forward":
+                added = med(runs, "p50_ms") - direct_p50 if name != "direct" else float("nan")
+                row.append(m.fmt_num(added, 3))
+            rows.append(row)
+        header = ["server", "QPS", "vs dnsmasq", "CPU µs/query", "p50 ms", "p99 ms"]
+        if section == "forward":
+            header.append("added p50 ms")
+        lines.append(m.markdown_table(header, rows))
+    if "startup" in d:
+        lines += ["", "## Start to first answer (1000 names loaded)", ""]
+        rows = [
+            [n, f"{m.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}", str(len(v))]
+            for n, v in d["startup"].items()
+            if v
+        ]
+        lines.append(m.markdown_table(["server", "median ms", "min", "max", "starts"], rows))
+    if "cli" in d:
+        lines += ["", "## CLI (daemon with a few overrides, private bus)", ""]
+        names = {
+            "add": "portal add (process)",
+            "add_to_answer": "portal add → first answer",
+            "list": "portal list",
+            "status": "portal status",
+            "python_floor": "python3 -c pass (floor)",
+            "import_cli": "python3 -c 'import portal.cli'",
+        }
+        rows = [
+            [names.get(k, k), f"{m.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}"]
+            for k, v in d["cli"].items()
+        ]
+        lines.append(m.markdown_table(["command", "median ms", "min", "max"], rows))
+    if "memory" in d or "idle" in d:
+        lines += ["", "## Memory and idle wakeups", ""]
+        rows = []
+        for n in ("portal", "dnsmasq", "unbound"):
+            mem = d.get("memory", {})
+            idle = d.get("idle", {}).get(n)
+            rows.append(
+                [
+                    n,
+                    _mib(mem.get(f"{n}_after_start_kib")),
+                    _mib(mem.get(f"{n}_after_load_kib")),
+                    _mib(mem.get(f"{n}_after_idle_kib")),
+                    f"{idle['switches']} in {idle['s']} s" if idle else "–",
+                ]
+            )
+        lines.append(
+            m.markdown_table(
+                ["server", "RSS after start", "after load", "after idle", "wakeups idle"], rows
+            )
+        )
+        if "portal_empty_kib" in d.get("memory", {}):
+            lines.append(f"\nportal with no override: {_mib(d['memory']['portal_empty_kib'])}.")
+    if "profile" in d:
+        lines += ["", "## Where portal spends its time (py-spy, self samples)", ""]
+        for kind, prof in d["profile"].items():
+            total = max(prof["samples"], 1)
+            rows = [[f"`{fn}`", f"{100 * n / total:.1f}%"] for fn, n in prof["self"][:10]]
+            lines += [
+                f"{kind} ({prof['samples']} samples):",
+                "",
+                m.markdown_table(["function", "self"], rows),
+                "",
+            ]
+    if "imports" in d:
+        lines += ["", "## CLI imports (`python3 -X importtime … list`)", ""]
+        rows = [[f"`{mod}`", f"{us / 1e3:.1f}"] for mod, us, _depth in d["imports"]["list"]]
+        lines.append(m.markdown_table(["module (cumulative)", "ms"], rows))
+        lines.append(f"\nAll imports together: {d['imports']['total_us'] / 1e3:.1f} ms.")
+    return "\n".join(lines) + "\n"
+
+
+def _load(v: Any) -> str:
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
+
+
+def _mib(kib: int | None) -> str:
+    return f"{kib / 1024:.1f} MiB" if kib else "–"
+
+
+def targets_table(res: Results) -> str:
+    d = res.data
+    rows: list[list[str]] = []
+
+    def add(what: str, value: str, ref: str, ratio: str, target: str, ok: bool | None) -> None:
+        rows.append([what, value, ref, ratio, target, m.verdict(ok)])
+
+    a = d.get("answers", {})
+    if a.get("portal") and a.get("dnsmasq"):
+        pq, dq = med(a["portal"], "qps"), med(a["dnsmasq"], "qps")
+        add(
+            "override QPS",
+            m.fmt_num(pq),
+            m.fmt_num(dq),
+            f"{pq / dq:.2f}×",
+            "≥ 1.0× dnsmasq",
+            pq >= dq,
+        )
+        pc, dc = med(a["portal"], "cpu_us_per_query"), med(a["dnsmasq"], "cpu_us_per_query")
+        add(
+            "override CPU/query",
+            f"{pc:.1f} µs",
+            f"{dc:.1f} µs",
+            f"{pc / dc:.2f}×",
+            "≤ dnsmasq",
+            pc <= dc,
+        )
+        pl, dl = med(a["portal"], "p50_ms"), med(a["dnsmasq"], "p50_ms")
+        add(
+            "override p50", f"{pl:.3f} ms", f"{dl:.3f} ms", f"{pl / dl:.2f}×", "≤ dnsmasq", pl <= dl
+        )
+    f = d.get("forward", {})
+    if f.get("portal") and f.get("dnsmasq"):
+        pq, dq = med(f["portal"], "qps"), med(f["dnsmasq"], "qps")
+        add(
+            "forward QPS",
+            m.fmt_num(pq),
+            m.fmt_num(dq),
+            f"{pq / dq:.2f}×",
+            "≥ 1.0× dnsmasq",
+            pq >= dq,
+        )
+    if f.get("portal") and f.get("direct"):
+        added = med(f["portal"], "p50_ms") - med(f["direct"], "p50_ms")
+        dadded = (
+            med(f["dnsmasq"], "p50_ms") - med(f["direct"], "p50_ms")
+            if f.get("dnsmasq")
+            else float("nan")
+        )
+        add(
+            "forward added p50",
+            f"{added:.3f} ms",
+            f"{dadded:.3f} ms",
+            "–",
+            "≤ 0.100 ms",
+            added <= 0.1,
+        )
+    c = d.get("cli", {})
+    for key, what, limit in (
+        ("add_to_answer", "`portal add` → answer", 150),
+        ("list", "`portal list`", 100),
+        ("status", "`portal status`", 100),
+    ):
+        if c.get(key):
+            v = m.median(c[key])
+            add(what, f"{v:.0f} ms", "–", f"{v / limit:.2f}× limit", f"< {limit} ms", v < limit)
+    s = d.get("startup", {})
+    if s.get("portal"):
+        v = m.median(s["portal"])
+        ref = m.median(s["dnsmasq"]) if s.get("dnsmasq") else float("nan")
+        add(
+            "daemon start → answer",
+            f"{v:.0f} ms",
+            f"{ref:.0f} ms (dnsmasq)",
+            f"{v / 150:.2f}× limit",
+            "< 150 ms",
+            v < 150,
+        )
+    mem = d.get("memory", {})
+    if mem.get("portal_after_start_kib"):
+        start = mem["portal_after_start_kib"]
+        later = max(mem.get("portal_after_load_kib", 0), mem.get("portal_after_idle_kib", 0))
+        add(
+            "idle RSS",
+            _mib(max(start, later)),
+            _mib(mem.get("dnsmasq_after_start_kib")),
+            f"{max(start, later) / 1024 / 30:.2f}× limit",
+            "≤ 30 MiB",
+            max(start, later) <= 30 * 1024,
+        )
+        if later:
+            grow = later - start
+            add(
+                "RSS growth after load",
+                f"{grow / 1024:+.1f} MiB",
+                "–",
+                "–",
+                "none (≤ 1 MiB)",
+                grow <= 1024,
+            )
+    idle = d.get("idle", {}).get("portal")
+    if idle:
+        ref = d["idle"].get("dnsmasq")
+        add(
+            f"wakeups idle {idle['s']} s",
+            str(idle["switches"]),
+            f"{ref['switches']} (dnsmasq)" if ref else "–",
+            "–",
+            "0 periodic",
+            idle["switches"] <= 2,
+        )
+    add("activation → captive → notification", "see e2e", "–", "–", "–", None)
+    return m.markdown_table(["figure", "portal", "reference", "ratio", "target", ""], rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
+    ap.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios: {','.join(SCENARIOS)}",
+    )
+    ap.add_argument("--label", default="latest", help="name of the result files")
+    ap.add_argument("--tree", help="run portal from this source tree (e.g. a patched checkout)")
+    ap.add_argument("--no-install", action="store_true", help="only check for the tools")
+    args = ap.parse_args(argv)
+    only = [s for s in args.only.split(",") if s]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    if args.tree:
+        p.REPO = Path(args.tree).resolve()
+        p.FORCE_MODULE = True
+    missing = ensure_tools(install=not args.no_install)
+    hard = [t for t in missing if t in APT]
+    if hard:
+        print(f"bench/run: missing {', '.join(hard)}", file=sys.stderr)
+        return 1
+    plan = QUICK if args.quick else Plan()
+    RESULTS.mkdir(exist_ok=True)
+    p.install_cleanup()
+    signal.alarm(TIME_BOUND_S)
+    res = Results()
+    bench = Bench(plan, only, res)
+    t0 = time.monotonic()
+    try:
+        bench.run()
+    finally:
+        p.stop_all()
+        p.rm_tree(bench.base)
+        signal.alarm(0)
+    res.put("machine", "duration_s", time.monotonic() - t0)
+    res.put("machine", "tree", str(p.REPO))
+    vers = versions()
+    text = report(res, plan, vers, args.label)
+    (RESULTS / f"{args.label}.md").write_text(text)
+    (RESULTS / f"{args.label}.json").write_text(
+        json.dumps({"versions": vers, **res.data}, indent=1)
+    )
+    print(text)
+    log(f"done in {time.monotonic() - t0:.0f} s; {RESULTS / (args.label + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
