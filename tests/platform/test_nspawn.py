@@ -11,6 +11,7 @@ It must not touch the host's systemd, users or files, and it stops the container
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -62,11 +63,16 @@ class Container:
     workdir: Path
 
     def run(
-        self, *cmd: str, check: bool = True, timeout_s: float = 60.0
+        self,
+        *cmd: str,
+        check: bool = True,
+        timeout_s: float = 60.0,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the container (all its namespaces)."""
         result = subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", *cmd],
+            env=None if env is None else {**os.environ, **env},
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -113,6 +119,18 @@ def python_paths() -> list[Path]:
     return found
 
 
+def service_dropin(shared: list[Path]) -> str:
+    """A drop-in for portal.service with what only the test needs."""
+    # A watchdog SIGABRT must not write a core through the host's core_pattern.
+    dropin = "[Service]\nLimitCORE=0\n"
+    homes = ("/root", "/home", "/run/user")
+    if any(p.is_relative_to(h) for p in shared for h in homes):
+        # This Python lives in a home directory, which ProtectHome=yes hides. The tmpfs variant
+        # hides homes just the same and lets the interpreter's paths through.
+        dropin += "ProtectHome=tmpfs\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in shared)
+    return dropin
+
+
 def write_tree(work: Path, shared: list[Path]) -> list[str]:
     """Files the container sees; returns the nspawn bind options that place them."""
     binds: list[str] = []
@@ -145,14 +163,7 @@ def write_tree(work: Path, shared: list[Path]) -> list[str]:
         (ROOT / "systemd/portal.socket").read_text(),
         "/etc/systemd/system/portal.socket",
     )
-    # Test only: a watchdog SIGABRT must not write a core through the host's core_pattern.
-    dropin = "[Service]\nLimitCORE=0\n"
-    homes = ("/root", "/home", "/run/user")
-    if any(p.is_relative_to(h) for p in shared for h in homes):
-        # Test only: this Python lives in a home directory, which ProtectHome=yes hides. The
-        # tmpfs variant hides homes just the same and lets the interpreter's paths through.
-        dropin += "ProtectHome=tmpfs\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in shared)
-    place("test.conf", dropin, "/etc/systemd/system/portal.service.d/test.conf")
+    place("test.conf", service_dropin(shared), "/etc/systemd/system/portal.service.d/test.conf")
     place(
         "sysusers.conf",
         (ROOT / "systemd/sysusers-portal.conf").read_text(),
@@ -182,8 +193,8 @@ def write_tree(work: Path, shared: list[Path]) -> list[str]:
     return binds
 
 
-def find_leader(nspawn: subprocess.Popen[bytes]) -> int:
-    """The container's PID 1 as the host sees it: nspawn's child once it runs systemd."""
+def find_leader(nspawn: subprocess.Popen[bytes], comm: str) -> int:
+    """The container's PID 1 as the host sees it: nspawn's child once it runs `comm`."""
     found: list[int] = []
 
     def check() -> bool:
@@ -192,79 +203,91 @@ def find_leader(nspawn: subprocess.Popen[bytes]) -> int:
         try:
             children = Path(f"/proc/{nspawn.pid}/task/{nspawn.pid}/children").read_text().split()
             for child in children:
-                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                if Path(f"/proc/{child}/comm").read_text().strip() == comm:
                     found.append(int(child))
                     return True
         except OSError:
             pass
         return False
 
-    wait_for("the container's systemd", check)
+    wait_for(f"the container's {comm}", check)
     return found[0]
+
+
+@contextlib.contextmanager
+def launch(work: Path, binds: list[str], *, boot: bool) -> Iterator[Container]:
+    """A container of this machine's /usr: booted (systemd as PID 1) or not (`sleep` as PID 1,
+    like a container without an init system)."""
+    machine = f"portal-test-{secrets.token_hex(4)}"
+    # A fresh /etc would make systemd-firstboot prompt on a console nobody reads.
+    init = ["--boot", "--", "systemd.firstboot=off"] if boot else ["--", "sleep", "600"]
+    with (work / "console.log").open("wb") as log:
+        nspawn = subprocess.Popen(
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "--directory=/",
+                "--volatile=yes",
+                "--private-network",
+                f"--machine={machine}",
+                # No machined or host systemd to register with on a machine whose PID 1 is
+                # not systemd; keep the container in the caller's cgroup.
+                "--register=no",
+                "--keep-unit",
+                "--console=passive",
+                *binds,
+                *init,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    c = None
+    try:
+        c = Container(nspawn, find_leader(nspawn, "systemd" if boot else "sleep"), work)
+        if boot:
+            container = c  # for the lambda below; mypy cannot narrow c inside it
+            wait_for(
+                "systemd's private bus in the container",
+                lambda: (
+                    "Failed to connect"
+                    not in container.run("systemctl", "is-system-running", check=False).stderr
+                ),
+                timeout_s=BOOT_TIMEOUT_S,
+            )
+            state = c.run(
+                "systemctl", "is-system-running", "--wait", check=False, timeout_s=BOOT_TIMEOUT_S
+            )
+            assert state.stdout.strip() in ("running", "degraded"), state.stdout + state.stderr
+        yield c
+    finally:
+        if boot and c is not None and os.environ.get("PORTAL_TEST_KEEP_JOURNAL"):
+            journal = c.run("journalctl", "-b", "--no-pager", check=False).stdout
+            (work / "journal.txt").write_text(journal)
+        # SIGTERM asks nspawn to power a booted container off; if that hangs (or nothing
+        # listens, without systemd), killing the container's PID 1 ends its PID namespace.
+        if boot:
+            nspawn.terminate()
+        try:
+            nspawn.wait(timeout=30 if boot else 0.1)
+        except subprocess.TimeoutExpired:
+            if c is not None:
+                os.kill(c.leader, signal.SIGKILL)
+            try:
+                nspawn.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                nspawn.kill()
+                nspawn.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
 def container() -> Iterator[Container]:
     work = Path(tempfile.mkdtemp(prefix="portal-nspawn-"))
     work.chmod(0o755)
-    machine = f"portal-test-{secrets.token_hex(4)}"
-    binds = write_tree(work, python_paths())
-    log = (work / "console.log").open("wb")
-    nspawn = subprocess.Popen(
-        [
-            "systemd-nspawn",
-            "--quiet",
-            "--directory=/",
-            "--volatile=yes",
-            "--private-network",
-            f"--machine={machine}",
-            # No machined or host systemd to register with on a machine whose PID 1 is not
-            # systemd; keep the container in the caller's cgroup.
-            "--register=no",
-            "--keep-unit",
-            "--console=passive",
-            *binds,
-            "--boot",
-            "--",
-            # A fresh /etc would make systemd-firstboot prompt on a console nobody reads.
-            "systemd.firstboot=off",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    c = None
     try:
-        c = Container(nspawn, find_leader(nspawn), work)
-        container = c  # for the lambda below; mypy cannot narrow c inside it
-        wait_for(
-            "systemd's private bus in the container",
-            lambda: (
-                "Failed to connect"
-                not in container.run("systemctl", "is-system-running", check=False).stderr
-            ),
-            timeout_s=BOOT_TIMEOUT_S,
-        )
-        state = c.run(
-            "systemctl", "is-system-running", "--wait", check=False, timeout_s=BOOT_TIMEOUT_S
-        )
-        assert state.stdout.strip() in ("running", "degraded"), state.stdout + state.stderr
-        yield c
+        with launch(work, write_tree(work, python_paths()), boot=True) as c:
+            yield c
     finally:
-        if c is not None and os.environ.get("PORTAL_TEST_KEEP_JOURNAL"):
-            journal = c.run("journalctl", "-b", "--no-pager", check=False).stdout
-            (work / "journal.txt").write_text(journal)
-        # SIGTERM asks nspawn to power the container off; if that hangs, killing the
-        # container's PID 1 ends its whole PID namespace.
-        nspawn.terminate()
-        try:
-            nspawn.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            if c is not None:
-                os.kill(c.leader, signal.SIGKILL)
-            nspawn.kill()
-            nspawn.wait(timeout=30)
-        log.close()
         if not os.environ.get("PORTAL_TEST_KEEP_JOURNAL"):
             shutil.rmtree(work, ignore_errors=True)
 
@@ -460,3 +483,176 @@ def test_crash_loop_fails_the_socket_and_releases_the_port(c: Container) -> None
 @pytest.fixture
 def c(container: Container) -> Container:
     return container
+
+
+# --- scripts/install and scripts/uninstall ---------------------------------------------------
+
+INSTALLED = (
+    "/etc/systemd/system/portal.socket",
+    "/etc/systemd/system/portal.service",
+    "/etc/sysusers.d/portal.conf",
+    "/etc/dbus-1/system.d/org.portalhelper.Portal1.conf",
+    "/usr/share/polkit-1/actions/org.portalhelper.portal.policy",
+    "/etc/polkit-1/rules.d/50-portal.rules",
+    "/opt/portal/bin/portal",
+    "/usr/local/bin/portal",
+)
+
+
+@pytest.fixture
+def install_work() -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="portal-install-"))
+    work.chmod(0o755)
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def install_binds(work: Path, *, boot: bool) -> list[str]:
+    """Only the checkout and the Python: the installer puts everything else in place."""
+    shared = python_paths()
+    binds = [f"--bind-ro={p}" for p in shared]
+    binds.append(f"--bind-ro={work}")  # the wheel shim, if any
+    # /usr is the host's, read-only; give the installer the two places it writes there.
+    for target in ("/usr/local/bin", "/usr/share/polkit-1/actions"):
+        writable = work / target.strip("/").replace("/", "-")
+        writable.mkdir()
+        binds.append(f"--bind={writable}:{target}")
+    if boot:
+        for name, text, target in (
+            ("test.conf", service_dropin(shared), "/etc/systemd/system/portal.service.d/test.conf"),
+            # Enable nothing at first boot: enabling portal.socket is the installer's job.
+            ("preset", "disable *\n", "/etc/systemd/system-preset/00-portal-test.preset"),
+        ):
+            (work / name).write_text(text)
+            binds.append(f"--bind-ro={work / name}:{target}")
+    return binds
+
+
+def wheel_shim(work: Path) -> dict[str, str]:
+    """Environment that lets the test's Python build a wheel without network.
+
+    `--offline` builds with the setuptools the Python has; before setuptools 70.1 that also
+    needs the `wheel` package. When the test's Python lacks it, Debian's python3-wheel (pure
+    Python) is put on PYTHONPATH for the installer's pip.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("wheel") or importlib.util.find_spec(
+        "setuptools.command.bdist_wheel"
+    ):
+        return {}
+    dist = Path("/usr/lib/python3/dist-packages")
+    # The package and its metadata: setuptools finds bdist_wheel through the entry points.
+    parts = [dist / "wheel", *dist.glob("wheel-*-info")]
+    if len(parts) < 2:
+        pytest.skip("an offline build needs the wheel package (apt: python3-wheel)")
+    shim = work / "shim"
+    shim.mkdir(exist_ok=True)
+    for part in parts:
+        if not (shim / part.name).exists():
+            (shim / part.name).symlink_to(part)
+    return {"PYTHONPATH": str(shim)}
+
+
+def install(c: Container, *args: str) -> str:
+    """Run scripts/install with the test's Python, offline (the container has no network)."""
+    result = c.run(
+        str(ROOT / "scripts/install"), "--offline", f"--python={sys.executable}", *args,
+        check=False, timeout_s=300, env=wheel_shim(c.workdir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def uninstall(c: Container, *args: str) -> str:
+    result = c.run(str(ROOT / "scripts/uninstall"), *args, check=False, timeout_s=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def exists(c: Container, path: str) -> bool:
+    return c.run("test", "-e", path, check=False).returncode == 0
+
+
+def gone(c: Container, pid: int) -> bool:
+    """No such process, or a zombie (`sleep` as PID 1 reaps nothing)."""
+    status = c.run("cat", f"/proc/{pid}/status", check=False).stdout
+    return "State:\tZ" in status or not status
+
+
+def refused(c: Container) -> bool:
+    probe = c.net(sys.executable, "-c", REFUSED, STUB)
+    return probe.stdout.split() == ["udp", "refused", "tcp", "refused"]
+
+
+def test_install_upgrade_uninstall_with_systemd(install_work: Path) -> None:
+    with launch(install_work, install_binds(install_work, boot=True), boot=True) as c:
+        install(c)
+        assert all(exists(c, path) for path in INSTALLED)
+        assert c.run("systemctl", "is-enabled", "portal.socket").stdout.strip() == "enabled"
+        assert c.show("portal.socket", "ActiveState") == "active"
+        assert "path=/opt/portal/bin/portal " in c.show("portal.service", "ExecStart")
+        c.run("id", "portal")
+        # The first query starts the daemon; the installed CLI reaches it on the system bus.
+        assert "status:" in c.dig("activate.portal.test").stdout
+        wait_for("portal.service", lambda: c.show("portal.service", "ActiveState") == "active")
+        c.run("/usr/local/bin/portal", "add", NAME, ADDRESS, "--any-network")
+        assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+        pid = c.main_pid()
+
+        # Again, as an upgrade: the running daemon is replaced, the override stays.
+        install(c)
+        assert c.main_pid() not in (0, pid)
+        assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+
+        uninstall(c)
+        assert not any(exists(c, path) for path in INSTALLED)
+        assert not exists(c, "/opt/portal")
+        assert c.run("systemctl", "is-enabled", "portal.socket", check=False).returncode != 0
+        assert refused(c)
+        # Without --purge the user and the overrides stay for a reinstall.
+        c.run("id", "portal")
+        assert exists(c, "/var/lib/portal")
+
+        uninstall(c, "--purge")
+        assert c.run("id", "portal", check=False).returncode != 0
+        assert not exists(c, "/var/lib/portal")
+        uninstall(c, "--purge")  # nothing left to do is not an error
+
+
+def test_install_without_systemd_runs_the_daemon_on_a_private_bus(install_work: Path) -> None:
+    # A container without an init system and without a system bus, like many CI machines.
+    with launch(install_work, install_binds(install_work, boot=False), boot=False) as c:
+        # Make the container's fresh /etc what an installed system has: the base users.
+        c.run("systemd-sysusers")
+        # The test's Python may sit below /root, which user portal cannot enter. These are the
+        # container's own directories (its root is a tmpfs), above the read-only binds.
+        for path in python_paths():
+            for parent in path.parents:
+                if parent != Path("/"):
+                    c.run("chmod", "o+x", str(parent))
+        out = install(c)
+        assert "private bus" in out and "PORTAL_BUS=unix:path=/run/portal/bus" in out
+        pid = int(c.run("cat", "/run/portal/daemon.pid").stdout)
+        status = dict(
+            line.split(":", 1)
+            for line in c.run("cat", f"/proc/{pid}/status").stdout.splitlines()
+            if ":" in line
+        )
+        assert status["Uid"].split() == [c.run("id", "-u", "portal").stdout.strip()] * 4
+        # Only what binding port 53 needs.
+        assert int(status["CapEff"], 16) == 1 << 10  # CAP_NET_BIND_SERVICE
+        bus = {"PORTAL_BUS": "unix:path=/run/portal/bus"}
+        c.run("/usr/local/bin/portal", "add", NAME, ADDRESS, "--any-network", env=bus)
+        assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+
+        install(c)
+        new_pid = int(c.run("cat", "/run/portal/daemon.pid").stdout)
+        assert new_pid != pid and gone(c, pid)
+        assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+
+        uninstall(c, "--purge")
+        assert gone(c, new_pid)
+        assert refused(c)
+        assert not any(exists(c, path) for path in INSTALLED)
+        assert c.run("id", "portal", check=False).returncode != 0
