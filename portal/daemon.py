@@ -71,6 +71,9 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+    # httpx/httpcore narrate every request at INFO/DEBUG; portal logs what matters itself
+    for noisy in ("httpx", "httpcore", "hpack"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def resolv_conf_upstreams(path: str, exclude: set[str]) -> tuple[Upstream, ...]:
@@ -456,7 +459,8 @@ class Daemon:
                 "org.portalhelper.Portal1",
                 control.auth_mode,
             )
-            await bus.wait_for_disconnect()
+            # shielded: cancelling a wait_for_disconnect() would cancel dbus-next's own future
+            await asyncio.shield(bus.wait_for_disconnect())
             self.bus, self.control = None, None
             log.warning("lost %s; reconnecting", describe(choice))
             await asyncio.sleep(1.0)
@@ -503,7 +507,7 @@ class Daemon:
         if not usable:
             self._load_upstreams()
             return
-        if usable != self.forwarder.upstreams:
+        if usable != self.forwarder.upstreams or self.upstream_source != "NetworkManager":
             self.forwarder.set_upstreams(usable)
             self.upstream_source = "NetworkManager"
             log.info("upstreams: %s", ", ".join(str(u) for u in usable))

@@ -70,6 +70,6 @@ async def close(bus: MessageBus, timeout_s: float = 2.0) -> None:
     """Disconnect and wait until the connection is really closed."""
     with contextlib.suppress(Exception):
         bus.disconnect()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(bus.wait_for_disconnect(), timeout_s)
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(bus.wait_for_disconnect()), timeout_s)
     close_socket(bus)
