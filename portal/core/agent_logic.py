@@ -496,7 +496,12 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
                 state, actions = _close(state)
                 return state, actions
             if key == ACTION_OPEN and is_openable(state.page_url):
-                return state, [OpenPage(state.page_url)]
+                # The user acted: the note is done with (some servers keep it after an
+                # action), and this episode needs no second one.
+                url = state.page_url
+                state = replace(state, dismissed=state.episode is not None)
+                state, actions = _close(state)
+                return replace(state, page_url=url), [OpenPage(url), *actions]
             return state, []
         case MenuClicked(item_id):
             if item_id == MENU_OPEN:

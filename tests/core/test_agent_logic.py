@@ -194,7 +194,11 @@ def test_not_now_closes_and_dismisses() -> None:
 
 def test_open_action_opens_the_sign_in_url() -> None:
     state, _ = run([CAPTIVE], with_server())
-    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(URL)]
+    opened, actions = step(state, ActionInvoked(1, ACTION_OPEN))
+    assert actions == [OpenPage(URL), CloseNotification(1)]
+    # Acted on: no second sign-in notification this episode; Connected still follows.
+    assert run([CAPTIVE], opened)[1] == []
+    assert shows(run([ONLINE], opened)[1]) == [(Kind.CONNECTED, 0)]
     # Someone else's notification, or an unknown key: nothing.
     assert step(state, ActionInvoked(7, ACTION_OPEN))[1] == []
     assert step(state, ActionInvoked(0, ACTION_OPEN))[1] == []
@@ -217,7 +221,7 @@ def test_unsafe_portal_url_is_never_opened() -> None:
 def test_captive_without_url_uses_the_fallback_page() -> None:
     state, actions = run([st(Connectivity.CAPTIVE)], with_server())
     assert "plain http://" in actions[0].notification.body  # type: ignore[union-attr]
-    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(FALLBACK_URL)]
+    assert step(state, ActionInvoked(1, ACTION_OPEN))[1][0] == OpenPage(FALLBACK_URL)
 
 
 def test_unnamed_network() -> None:
@@ -330,7 +334,7 @@ def test_one_reminder_when_time_runs_low() -> None:
     note = actions[0].notification  # type: ignore[union-attr]
     assert "about 5 minutes" in note.body
     assert note.actions[0] == (ACTION_OPEN, "Open sign-in page")
-    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(URL)]
+    assert step(state, ActionInvoked(1, ACTION_OPEN))[1] == [OpenPage(URL), CloseNotification(1)]
     # Extended, then running low again: a second reminder, in place of the first.
     more = [st(Connectivity.ONLINE, url=URL, remaining=1800), st(Connectivity.ONLINE, remaining=59)]
     state, actions = run(more, state)

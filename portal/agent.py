@@ -1,0 +1,367 @@
+"""The per-user agent: the daemon's signals in, desktop notifications and a tray icon out.
+
+Wiring only: it follows the daemon on its bus (system by default), feeds what it hears to
+`portal/core/agent_logic.py`, and carries out the actions with `edges/notify.py` (notifications),
+`edges/tray.py` (StatusNotifierItem) and `portal/opener.py` (the browser). It decides nothing
+itself, needs no privileges, and never starts a browser as root. A daemon restart, a
+notification server that comes and goes, or no tray at all are logged and lived with; only
+losing a bus connection ends it (the user unit restarts it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dbus_next import Message, MessageType
+from dbus_next.aio import MessageBus
+
+from portal.core.agent_logic import (
+    AgentAction,
+    AgentEvent,
+    AgentState,
+    CloseNotification,
+    DaemonVanished,
+    NotificationShown,
+    OpenPage,
+    OverridesListed,
+    RequestCheck,
+    ShowNotification,
+    StatusChanged,
+    UpdateTray,
+    parse_overrides,
+    parse_status,
+    step,
+)
+from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH, connect, describe, resolve_bus
+from portal.edges.client import Client, unwrap
+from portal.edges.notify import NotificationServer, NotifyFailed
+from portal.edges.tray import Tray
+from portal.errors import PortalError
+from portal.opener import open_url
+
+log = logging.getLogger("portal.agent")
+
+STATUS_READ_ATTEMPTS = 3
+
+
+class DaemonLink:
+    """The daemon as the agent sees it: its signals, its status, its overrides.
+
+    Signals count only from the current owner of the daemon's name: anyone on the system bus
+    can emit a `StateChanged`, and a forged sign-in URL would be phishing.
+    """
+
+    def __init__(self, bus: MessageBus, choice: str, emit: Callable[[AgentEvent], None]) -> None:
+        self._bus = bus
+        self._choice = choice
+        self._client = Client(bus, choice)
+        self._emit = emit
+        self._owner: str | None = None
+        self._signals_seen = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        # Subscribe before reading, so that no change falls between the read and the signals.
+        self._bus.add_message_handler(self._on_message)
+        for rule in (
+            f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',path='{OBJECT_PATH}'",
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+            f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
+        ):
+            await self._dbus("AddMatch", "s", [rule])
+        reply = await self._dbus("GetNameOwner", "s", [BUS_NAME])
+        if reply is None:
+            log.warning(
+                "the portal daemon is not running on %s; waiting for it", describe(self._choice)
+            )
+            self._emit(DaemonVanished())
+            return
+        self._owner = reply.body[0]
+        await self.refresh()
+
+    def stop(self) -> None:
+        self._bus.remove_message_handler(self._on_message)
+        for task in self._tasks:
+            task.cancel()
+
+    async def check(self) -> None:
+        try:
+            await self._client.call("Check")
+        except PortalError as exc:
+            log.warning("check now: %s", exc)
+
+    async def refresh(self) -> None:
+        """Read the status (again if a signal crossed the call) and the overrides."""
+        try:
+            for _ in range(STATUS_READ_ATTEMPTS):
+                seen = self._signals_seen
+                (raw,) = await self._client.call("GetStatus")
+                if self._signals_seen == seen:
+                    self._emit(StatusChanged(parse_status(raw)))
+                    break
+            await self.refresh_overrides()
+        except PortalError as exc:
+            log.warning("cannot read the daemon's status: %s", exc)
+
+    async def refresh_overrides(self) -> None:
+        try:
+            (rows,) = await self._client.call("ListOverrides")
+        except PortalError as exc:
+            log.warning("cannot list overrides: %s", exc)
+            return
+        self._emit(OverridesListed(parse_overrides(rows if isinstance(rows, list) else [])))
+
+    async def _dbus(self, member: str, signature: str, body: list[Any]) -> Message | None:
+        reply = await self._bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member=member,
+                signature=signature,
+                body=body,
+            )
+        )
+        if reply is None or reply.message_type == MessageType.ERROR:
+            return None
+        return reply
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        if msg.interface == "org.freedesktop.DBus" and msg.member == "NameOwnerChanged":
+            if len(msg.body) != 3 or msg.body[0] != BUS_NAME:
+                return
+            new_owner = msg.body[2]
+            if not new_owner:
+                log.info("the portal daemon left the bus; waiting for it to come back")
+                self._owner = None
+                self._emit(DaemonVanished())
+                return
+            log.info("the portal daemon is on the bus (%s)", new_owner)
+            self._owner = new_owner
+            self._spawn(self.refresh())
+            return
+        if msg.interface != INTERFACE or msg.path != OBJECT_PATH:
+            return
+        if msg.sender != self._owner:
+            log.debug("%s from %s, not the daemon, ignoring", msg.member, msg.sender)
+            return
+        if msg.member == "StateChanged" and msg.signature == "a{sv}":
+            self._signals_seen += 1
+            self._emit(StatusChanged(parse_status(unwrap(msg.body[0]))))
+        elif msg.member == "OverridesChanged":
+            self._spawn(self.refresh_overrides())
+
+
+class Agent:
+    """The loop: events → core → actions, one event at a time."""
+
+    def __init__(self, *, browser: str = "") -> None:
+        self.browser = browser
+        self.events: asyncio.Queue[AgentEvent] = asyncio.Queue()
+        self.state = AgentState()
+        self.notifier: NotificationServer | None = None
+        self.tray: Tray | None = None
+        self.daemon: DaemonLink | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, event: AgentEvent) -> None:
+        self.state, actions = step(self.state, event)
+        for action in actions:
+            await self.perform(action)
+
+    async def perform(self, action: AgentAction) -> None:
+        """Carry out one action; a failure is logged, never raised (one failed note is no crash)."""
+        match action:
+            case ShowNotification(note, replaces_id):
+                nid = 0
+                if self.notifier is not None:
+                    try:
+                        nid = await self.notifier.show(note, replaces_id)
+                    except NotifyFailed as exc:
+                        log.warning("cannot show the %s notification: %s", note.kind, exc)
+                # Fed back at once, before the next event, so the core knows the id.
+                await self.handle(NotificationShown(nid, note.kind))
+            case CloseNotification(nid):
+                if self.notifier is not None:
+                    try:
+                        await self.notifier.close(nid)
+                    except NotifyFailed as exc:
+                        log.debug("closing notification %d: %s, ignoring", nid, exc)
+            case OpenPage(url):
+                try:
+                    open_url(url, self.browser)
+                    log.info("opened %s", url)
+                except PortalError as exc:
+                    log.warning("not opening the sign-in page: %s", exc)
+            case RequestCheck():
+                if self.daemon is not None:
+                    # In the background: polkit may ask for a password for a while.
+                    task = asyncio.get_running_loop().create_task(self.daemon.check())
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            case UpdateTray(view):
+                if self.tray is not None:
+                    self.tray.update(view)
+
+    async def run(self) -> None:
+        while True:
+            await self.handle(await self.events.get())
+
+
+async def run_agent(
+    *,
+    bus: str | None = None,
+    session_bus: str = "session",
+    browser: str = "",
+    ready: Callable[[Agent], None] | None = None,
+) -> None:
+    """Run until cancelled or until a bus connection is lost (then raise PortalError).
+
+    `bus` is where the daemon is (default: $PORTAL_BUS or the system bus); `session_bus` is
+    where the notification server and the tray are; `browser` the command that opens pages.
+    """
+    choice = resolve_bus(bus)
+    agent = Agent(browser=browser)
+    emit = agent.events.put_nowait
+    session = await connect(session_bus)
+    try:
+        daemon_bus = session if choice == session_bus else await connect(choice)
+    except PortalError:
+        await close_bus(session)
+        raise
+    buses = {id(session): session, id(daemon_bus): daemon_bus}
+    gone = {key: asyncio.ensure_future(b.wait_for_disconnect()) for key, b in buses.items()}
+    agent.notifier = NotificationServer(session, emit)
+    agent.tray = Tray(session, emit)
+    agent.daemon = DaemonLink(daemon_bus, choice, emit)
+    try:
+        await agent.notifier.start()
+        try:
+            await agent.tray.start()
+        except Exception as exc:  # a tray is a nicety: any failure of it is not the agent's
+            log.warning("no tray icon: %s", exc)
+            agent.tray = None
+        await agent.daemon.start()
+        log.info("portal agent running (daemon on %s)", describe(choice))
+        if ready is not None:
+            ready(agent)
+        loop_task = asyncio.ensure_future(agent.run())
+        try:
+            done, _ = await asyncio.wait(
+                [loop_task, *gone.values()], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+        if loop_task in done:
+            loop_task.result()  # re-raise what broke the loop
+        raise PortalError("lost the connection to a D-Bus bus")
+    finally:
+        agent.daemon.stop()
+        agent.notifier.stop()
+        if agent.tray is not None:
+            agent.tray.stop()
+        for key, b in buses.items():
+            await close_bus(b, gone[key])
+
+
+async def close_bus(bus: MessageBus, gone: asyncio.Future[None] | None = None) -> None:
+    """Disconnect and close the socket: dbus-next 0.2.3 only shuts it down, leaking the fd
+    (a ResourceWarning in every embedding that outlives the bus). `gone` is a pending
+    `wait_for_disconnect()` of this bus, if one was started."""
+    if gone is None:
+        gone = asyncio.ensure_future(bus.wait_for_disconnect())
+    bus.disconnect()
+    try:
+        await asyncio.wait([gone], timeout=5)
+    finally:
+        if gone.done():
+            if not gone.cancelled():
+                gone.exception()  # retrieved: an EOF here is the disconnect we asked for
+        else:
+            gone.cancel()
+        sock = getattr(bus, "_sock", None)
+        if sock is not None:
+            sock.close()
+
+
+class _JournalFormatter(logging.Formatter):
+    """`<prio>message` when stderr goes to journald (sd-daemon(3) prefixes)."""
+
+    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIO.get(record.levelno, 2)}>{super().format(record)}"
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s portal-agent %(levelname)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="portal agent",
+        description="Per-user agent: desktop notifications and a tray icon for captive portals.",
+    )
+    p.add_argument(
+        "--bus", help="the daemon's bus: system (default), session or an address ($PORTAL_BUS)"
+    )
+    p.add_argument(
+        "--browser",
+        default="",
+        help="command that opens the sign-in page (default: $BROWSER, xdg-open)",
+    )
+    p.add_argument("--log-level", choices=["debug", "info"], default="info")
+    return p
+
+
+async def _main_async(args: argparse.Namespace) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    # systemd stops the unit with SIGTERM: end cleanly, closing our notification bus connection.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await run_agent(bus=args.bus, browser=args.browser)
+    except asyncio.CancelledError:
+        log.info("portal agent stopping")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`portal agent ...`: 0 when stopped by a signal, 1 on a runtime error, 2 on usage."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        asyncio.run(_main_async(args))
+    except PortalError as exc:
+        print(f"portal: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

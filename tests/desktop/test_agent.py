@@ -1,0 +1,385 @@
+"""The agent against a real notification server (dunst under Xvfb) and against a fake one for the
+cases a real server cannot be made to show on demand (no actions; restarts; absence).
+
+The daemon side is a stand-in exporting the documented D-Bus API on a private "system" bus;
+one test runs the real `portal daemon` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dbus_next import Message
+from dbus_next.aio import MessageBus
+from desktop_support import (
+    LIFETIME_S,
+    ONLINE,
+    Bus,
+    Desktop,
+    FakeNotificationServer,
+    StandInDaemon,
+    captive,
+    eventually,
+)
+
+from portal.agent import Agent, close_bus, main, run_agent
+from portal.edges.bus import INTERFACE, OBJECT_PATH
+from tests.helpers import REPO
+
+URL = "http://login.hotel.test/portal?room=12&lang=en"
+ARTIFACTS = (
+    Path(os.environ.get("PORTAL_TEST_ARTIFACTS", ""))
+    if "PORTAL_TEST_ARTIFACTS" in (os.environ)
+    else None
+)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(system: str, session: str, browser: str = "") -> AsyncIterator[Agent]:
+    """The agent in this process and loop, until the block ends."""
+    ready: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_agent(bus=system, session_bus=session, browser=browser, ready=ready.set_result)
+    )
+    try:
+        async with asyncio.timeout(15):
+            await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+            pytest.fail("the agent returned before it was ready")
+        yield ready.result()
+        assert not task.done(), "the agent stopped on its own"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def recorder(directory: Path) -> tuple[str, Path]:
+    """A 'browser' that writes the URL it was asked to open (any user may run it)."""
+    out_dir = directory / "opened"
+    out_dir.mkdir()
+    out_dir.chmod(0o777)
+    record = out_dir / "urls.txt"
+    script = directory / "browser.sh"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$1" >> {record}\n')
+    script.chmod(0o755)
+    return str(script), record
+
+
+def spawn_agent_as_user(
+    system: Bus, session: Bus, browser: str, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """`portal agent` as a user types it, as an unprivileged user (it refuses to open pages as
+    root). The ambient capability only lets that user read an interpreter installed under /root."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PORTAL_BUS", "DISPLAY", "BROWSER")
+    }
+    env.update(
+        DBUS_SESSION_BUS_ADDRESS=session.address, PYTHONPATH=str(REPO), HOME="/tmp", LANG="C.UTF-8"
+    )
+    argv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_read_search",
+        "--ambient-caps=+dac_read_search",
+        "--",
+        "timeout",
+        "--kill-after=5",
+        str(LIFETIME_S),
+        sys.executable,
+        "-m",
+        "portal",
+        "agent",
+        "--bus",
+        system.address,
+        "--browser",
+        browser,
+    ]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd="/")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(timeout=10)
+
+
+async def until(predicate: Any, what: str, timeout_s: float = 10) -> None:
+    await eventually(predicate, timeout_s, what)
+
+
+# ---- the real notification server ----
+
+
+@pytest.mark.desktop
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the agent as another user; needs root")
+async def test_sign_in_in_dunst_opens_the_page_as_the_user(
+    desktop: Desktop,
+    stand_in: StandInDaemon,
+    system_bus: Bus,
+    session_bus: Bus,
+    short_tmp: Path,
+    tmp_path: Path,
+) -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is not installed (apt: util-linux)")
+    browser, record = recorder(short_tmp)
+    log_path = tmp_path / "agent.log"
+    agent = spawn_agent_as_user(system_bus, session_bus, browser, log_path)
+    try:
+        # Subscribed and read the state: online, so nothing to show.
+        await stand_in.wait_for("ListOverrides", timeout_s=20)
+        assert desktop.displayed() == 0
+
+        started = time.perf_counter()
+        stand_in.set_status(captive(URL))
+        await until(lambda: desktop.displayed() == 1, "the notification in dunst")
+        latency_ms = (time.perf_counter() - started) * 1000
+        print(f"\nStateChanged → shown by dunst: {latency_ms:.0f} ms")
+
+        shot = tmp_path / "notification.png"
+        desktop.screenshot(shot)
+        assert shot.stat().st_size > 0
+        if ARTIFACTS is not None:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, ARTIFACTS / "notification.png")
+
+        # The user picks the default action, as a click would.
+        desktop.ctl("action", "0")
+        await until(lambda: record.exists() and record.read_text(), "the browser to be started")
+        assert record.read_text().splitlines() == [URL]
+
+        (note,) = desktop.history()
+        assert note["appname"] == "portal"
+        assert note["summary"] == "Sign in to Hotel Wi-Fi"
+        assert "login.hotel.test" in note["body"]
+        assert "network's own DNS" in note["body"]
+
+        stand_in.set_status(ONLINE)
+        await until(lambda: desktop.displayed() == 1, "Connected in dunst")
+        desktop.ctl("close")
+        assert desktop.history()[0]["summary"] == "Connected to Hotel Wi-Fi"
+    finally:
+        code = stop(agent)
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log
+    assert "opened " + URL in log
+    # The agent ends cleanly on SIGTERM; `timeout` around it then re-raises that signal.
+    assert "portal agent stopping" in log
+    assert code in (0, -signal.SIGTERM), log
+
+
+@pytest.mark.desktop
+async def test_dunst_updates_in_place_instead_of_stacking(
+    desktop: Desktop, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+) -> None:
+    async with running_agent(system_bus.address, session_bus.address):
+        stand_in.set_status(captive(URL))
+        await until(lambda: desktop.displayed() == 1, "the sign-in notification")
+        stand_in.set_status(captive("https://other.hotel.test/login"))
+        stand_in.set_status(ONLINE)
+        await until(
+            lambda: desktop.ctl("count", "waiting") == "0" and desktop.displayed() == 1,
+            "the update",
+        )
+        # One notification on screen, and it is the last word: closing it leaves one entry.
+        await asyncio.sleep(0.2)
+        assert desktop.displayed() == 1
+        desktop.ctl("close")
+        history = desktop.history()
+        assert [n["summary"] for n in history] == ["Connected to Hotel Wi-Fi"]
+
+
+@pytest.mark.desktop
+async def test_agent_refuses_to_open_pages_as_root(
+    desktop: Desktop,
+    stand_in: StandInDaemon,
+    system_bus: Bus,
+    session_bus: Bus,
+    short_tmp: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("checks the root refusal; run as root (CI is)")
+    browser, record = recorder(short_tmp)
+    caplog.set_level(logging.INFO, logger="portal")
+    stand_in.status = captive(URL)
+    async with running_agent(system_bus.address, session_bus.address, browser):
+        await until(lambda: desktop.displayed() == 1, "the notification at start")
+        desktop.ctl("action", "0")
+        await until(lambda: "refusing" in caplog.text, "the refusal in the log")
+    assert "refusing to start a browser as root" in caplog.text
+    assert not record.exists()
+
+
+# ---- a fake server: capabilities, restarts, absence ----
+
+
+async def test_no_actions_capability_puts_the_url_in_the_body(
+    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+) -> None:
+    fake_server.capabilities = ["body"]
+    stand_in.status = captive(URL)
+    async with running_agent(system_bus.address, session_bus.address):
+        note = await fake_server.wait_shown(1)
+    assert note.actions == []
+    assert f"Open {URL} in a browser" in note.body
+    assert note.summary == "Sign in to Hotel Wi-Fi"
+    assert note.hints["desktop-entry"] == "portal-agent"
+    assert note.expire_timeout == 0
+
+
+async def test_started_while_captive_notifies_at_once_with_actions(
+    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+) -> None:
+    stand_in.status = captive(URL)
+    async with running_agent(system_bus.address, session_bus.address):
+        note = await fake_server.wait_shown(1)
+        assert note.actions == ["default", "Open sign-in page", "later", "Not now"]
+        assert URL not in note.body
+        # "Not now": closed, and this portal episode stays quiet.
+        fake_server.signal("ActionInvoked", "us", [note.id, "later"])
+        await until(lambda: fake_server.closed == [note.id], "CloseNotification")
+        stand_in.set_status(captive(URL))
+        stand_in.set_status({**captive(URL), "portal_url": "http://login.hotel.test/2"})
+        await stand_in.wait_for("GetStatus")
+        await asyncio.sleep(0.2)
+        assert len(fake_server.shown) == 1
+        # Online: a transient Connected.
+        stand_in.set_status(ONLINE)
+        connected = await fake_server.wait_shown(2)
+    assert connected.summary == "Connected to Hotel Wi-Fi"
+    assert connected.hints["transient"] is True
+    assert connected.expire_timeout > 0
+
+
+async def test_notification_server_restart(
+    stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+) -> None:
+    first = FakeNotificationServer(session_bus.address)
+    await first.start()
+    stand_in.status = captive(URL)
+    async with running_agent(system_bus.address, session_bus.address) as agent:
+        await first.wait_shown(1)
+        await until(lambda: agent.state.shown_id == 1, "the id to reach the agent")
+        await first.stop()
+        second = FakeNotificationServer(session_bus.address, capabilities=["body"])
+        second.next_id = 40
+        await second.start()
+        try:
+            # The new server knows nothing of the old id: shown afresh, for its capabilities.
+            again = await second.wait_shown(1)
+            assert again.replaces_id == 0 and URL in again.body
+            stand_in.set_status(ONLINE)
+            connected = await second.wait_shown(2)
+            assert connected.replaces_id == 40
+        finally:
+            await second.stop()
+
+
+async def test_no_notification_server_then_one_appears(
+    stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="portal")
+    stand_in.status = captive(URL)
+    async with running_agent(system_bus.address, session_bus.address):
+        assert "no notification server" in caplog.text
+        server = FakeNotificationServer(session_bus.address)
+        await server.start()
+        try:
+            note = await server.wait_shown(1)
+            assert note.summary == "Sign in to Hotel Wi-Fi"
+        finally:
+            await server.stop()
+
+
+async def test_daemon_restart_and_absence(
+    fake_server: FakeNotificationServer,
+    system_bus: Bus,
+    session_bus: Bus,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="portal")
+    async with running_agent(system_bus.address, session_bus.address):
+        assert "daemon is not running" in caplog.text
+        first = StandInDaemon(system_bus.address)
+        await first.start()
+        await first.wait_for("ListOverrides")
+        first.set_status(captive(URL))
+        note = await fake_server.wait_shown(1)
+        await first.stop()
+        await until(lambda: "left the bus" in caplog.text, "the departure in the log")
+        second = StandInDaemon(system_bus.address, status=ONLINE)
+        await second.start()
+        try:
+            # Back with news: the portal cleared while the daemon was away.
+            connected = await fake_server.wait_shown(2)
+            assert connected.replaces_id == note.id
+            assert connected.summary == "Connected to Hotel Wi-Fi"
+        finally:
+            await second.stop()
+
+
+async def test_forged_signals_are_ignored(
+    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+) -> None:
+    async with running_agent(system_bus.address, session_bus.address):
+        await stand_in.wait_for("ListOverrides")
+        forger = await MessageBus(bus_address=system_bus.address).connect()
+        try:
+            from desktop_support import variant_status
+
+            forger.send(
+                Message.new_signal(
+                    OBJECT_PATH,
+                    INTERFACE,
+                    "StateChanged",
+                    "a{sv}",
+                    [variant_status(captive("http://evil.test/"))],
+                )
+            )
+            # A real change after the forgery: once it shows, the forgery had its chance.
+            stand_in.set_status(captive(URL))
+            note = await fake_server.wait_shown(1)
+        finally:
+            await close_bus(forger)
+    assert len(fake_server.shown) == 1
+    assert "evil.test" not in note.body and "login.hotel.test" in note.body
+
+
+# ---- the command line ----
+
+
+def test_main_reports_a_missing_bus(capsys: pytest.CaptureFixture[str], short_tmp: Path) -> None:
+    code = main(["--bus", f"unix:path={short_tmp}/nothing-here"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("portal: error: ") and err.count("\n") == 1
+
+
+def test_main_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--no-such-flag"])
+    assert exc.value.code == 2
