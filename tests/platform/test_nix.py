@@ -415,3 +415,50 @@ def test_mistakes_are_rejected(
     res = _evaluate(nixpkgs_lib, tmp_path, module)
     assert res.returncode != 0, res.stdout
     assert message in res.stderr
+
+
+# --- the package and module agree with the files they install ----------------------------------
+
+
+def _shipped_files() -> list[str]:
+    files = [p for d in ("systemd", "dbus", "polkit") for p in (REPO / d).glob("*") if p.is_file()]
+    return sorted(str(p.relative_to(REPO)) for p in files)
+
+
+def test_package_installs_every_shipped_file() -> None:
+    text = (REPO / "package.nix").read_text()
+    shipped = _shipped_files()
+    assert "systemd/portal.service" in shipped and "systemd/portal.socket" in shipped
+    missing = [f for f in shipped if f not in text]
+    assert missing == [], f"package.nix does not install {missing}"
+
+
+def test_units_name_the_path_the_package_rewrites() -> None:
+    # package.nix replaces /usr/bin/portal with its own bin/portal and fails the build if a
+    # unit still names /usr/bin/portal afterwards; any other path would go unnoticed.
+    for unit in sorted((REPO / "systemd").glob("*.service")):
+        execs = [
+            line.split("=", 1)[1].strip()
+            for line in unit.read_text().splitlines()
+            if line.startswith(("ExecStart=", "ExecStartPre=", "ExecStop=", "ExecReload="))
+        ]
+        assert execs, f"{unit.name} has no ExecStart"
+        for cmd in execs:
+            program = cmd.lstrip("-+!@:").split()[0]
+            assert program == "/usr/bin/portal", f"{unit.name}: {cmd}"
+
+
+def test_socket_lists_what_the_module_resets() -> None:
+    # The module writes ListenDatagram=/ListenStream= with an empty first entry, which only
+    # means something if the packaged socket lists both.
+    lines = (REPO / "systemd" / "portal.socket").read_text().splitlines()
+    assert "ListenDatagram=127.0.0.153:53" in lines
+    assert "ListenStream=127.0.0.153:53" in lines
+
+
+def test_module_rule_names_the_shipped_actions() -> None:
+    policy = (REPO / "polkit" / "org.portalhelper.portal.policy").read_text()
+    module = (REPO / "nixos-module" / "default.nix").read_text()
+    for action in ("org.portalhelper.portal.manage-overrides", "org.portalhelper.portal.check"):
+        assert f'id="{action}"' in policy
+        assert f'"{action}"' in module
