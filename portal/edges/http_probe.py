@@ -44,6 +44,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import httpcore
 import httpx
 
 from portal.core.actions import StartProbe
@@ -293,23 +294,137 @@ async def resolve_via(host: str, servers: Sequence[str], *, timeout_s: float) ->
 # --- HTTP --------------------------------------------------------------------------------------
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """An httpcore stream over asyncio streams on a socket we opened ourselves.
+
+    The `timeout` parameters are httpcore's interface (ruff's ASYNC109 is silenced for them).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass  # the peer went first; closed either way
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:  # ssl.SSLError included; _os_code() finds it in the chain
+            raise httpcore.ConnectError(str(exc)) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> object:
+        if info == "is_readable":
+            return self._reader.at_eof()
+        names = {"client_addr": "sockname", "server_addr": "peername"}
+        return self._writer.get_extra_info(names.get(info, info))
+
+
+class _VenueBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections with the socket options set BEFORE connect().
+
+    httpcore's own backend applies `socket_options` after connecting, when the route is
+    already chosen, so SO_BINDTODEVICE would not keep a probe off a VPN.
+    """
+
+    def __init__(self, options: list[tuple[int, int, bytes]]) -> None:
+        self._options = options
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        family = socket.AF_INET6 if _is_v6(host) else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            for level, option, value in self._options:
+                sock.setsockopt(level, option, value)
+            if local_address:
+                sock.bind((local_address, 0))
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except TimeoutError as exc:
+            sock.close()
+            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            sock.close()
+            raise httpcore.ConnectError(str(exc)) from exc
+        except BaseException:  # cancelled by the probe's deadline: still ours to close
+            sock.close()
+            raise
+        return _Stream(reader, writer)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("probes never use Unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 def _client(
     network: Network,
     address: str,
     *,
     timeout_s: float,
     device: list[tuple[int, int, bytes]],
-    verify: ssl.SSLContext | bool,
+    verify: ssl.SSLContext,
     transport: httpx.AsyncBaseTransport | None,
 ) -> httpx.AsyncClient:
     if transport is None:
-        transport = httpx.AsyncHTTPTransport(
-            verify=verify,
-            trust_env=False,
-            local_address=_source_for(network, address),
-            socket_options=device,
+        real = httpx.AsyncHTTPTransport(verify=verify, trust_env=False, retries=0)
+        # httpx has no parameter for httpcore's network backend: swap in a pool that opens
+        # sockets our way (bound to the interface before connecting, from our own address).
+        real._pool = httpcore.AsyncConnectionPool(
+            ssl_context=verify,
+            max_connections=1,
             retries=0,
+            local_address=_source_for(network, address),
+            network_backend=_VenueBackend(device),
         )
+        transport = real
     return httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(timeout_s),
@@ -343,7 +458,7 @@ async def _fetch(
     *,
     deadline: float,
     device: list[tuple[int, int, bytes]],
-    verify: ssl.SSLContext | bool,
+    verify: ssl.SSLContext,
     accept: str,
     transport: httpx.AsyncBaseTransport | None,
 ) -> tuple[httpx.Response, str]:
