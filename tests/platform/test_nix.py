@@ -133,7 +133,7 @@ def nixpkgs_lib() -> Path:
 HARNESS = r"""
 { libPath, modulePath, userModule }:
 let
-  lib = import libPath;
+  lib = import (/. + libPath);
   inherit (lib) mkOption types;
   fakePkg = name: {
     type = "derivation";
@@ -209,8 +209,14 @@ let
       networking.networkmanager.unmanaged = list types.str;
     };
   };
+  # the arguments arrive as strings (--argstr); modules are best given as paths
   eval = lib.evalModules {
-    modules = [ stubs modulePath { _module.args.pkgs = pkgs; } userModule ];
+    modules = [
+      stubs
+      (/. + modulePath)
+      { _module.args.pkgs = pkgs; }
+      (/. + userModule)
+    ];
   };
   c = eval.config;
   svc = c.systemd.services;
