@@ -270,17 +270,28 @@ async def _resolve_for_request(
         raise (failure if first.code == "dns-nodata" else first) from None
 
 
-async def resolve_via(host: str, servers: Sequence[str], *, timeout_s: float) -> list[str]:
+async def resolve_via(
+    host: str,
+    servers: Sequence[str],
+    *,
+    timeout_s: float,
+    network: Network | None = None,
+) -> list[str]:
     """A and AAAA records of `host` from the given DNS servers, A first; [] when none answer.
 
-    For `portal add DOMAIN` without an address: the daemon passes the network's DNS servers.
+    For `portal add DOMAIN` without an address and for pinning a portal's names: the daemon
+    passes the network's DNS servers, and the network itself so that the queries leave from
+    its address and interface like the probes do. Never raises.
     """
     parsed = _servers(servers)
     deadline = time.monotonic() + timeout_s
 
     async def one(rdtype: dns.rdatatype.RdataType) -> list[str]:
         try:
-            return await _lookup(host, rdtype, parsed, deadline=deadline, network=None, device=[])
+            device = _device_option(network.interface) if network is not None else []
+            return await _lookup(
+                host, rdtype, parsed, deadline=deadline, network=network, device=device
+            )
         except _Failure as failure:
             log.debug(
                 "looking up %s %s failed: %s %s", host, rdtype.name, failure.code, failure.detail
