@@ -214,7 +214,10 @@ async def _lookup(
     if not servers:
         raise _Failure("no-dns", "the network has no DNS servers")
     failure = _Failure("dns-error")
-    query = dns.message.make_query(name, rdtype)
+    try:
+        query = dns.message.make_query(name, rdtype)
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise _Failure("bad-url", f"{name!r} is not a DNS name: {exc}") from exc
     for index, server in enumerate(servers):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -224,7 +227,7 @@ async def _lookup(
         source = _source_for(network, server[0]) if network is not None else None
         try:
             reply = await _udp_query(query, server, timeout_s=share, source=source, device=device)
-        except TimeoutError:
+        except (TimeoutError, dns.exception.Timeout):  # the latter from the TCP retry
             failure = _Failure("dns-timeout", f"{server[0]} did not answer for {name}")
             continue
         except (OSError, dns.exception.DNSException) as exc:

@@ -800,6 +800,7 @@ async def test_resolve_via_returns_a_and_aaaa(dnsmasq: Callable[..., Dnsmasq]) -
     assert await resolve_via("nx.hotel.test", [dns_server.server], timeout_s=5) == []
     assert await resolve_via("dual.hotel.test", ["not-an-ip"], timeout_s=1) == []
     assert await resolve_via("dual.hotel.test", [], timeout_s=1) == []
+    assert await resolve_via("a" * 64 + ".test", [dns_server.server], timeout_s=1) == []
     # Through a network: from its address and interface; a vanished interface finds nothing.
     on_lo = Network(id="n1", interface="lo", addresses=(loopback_ip(),))
     got = await resolve_via("dual.hotel.test", [dns_server.server], timeout_s=5, network=on_lo)
