@@ -26,7 +26,7 @@ from pathlib import Path
 import dns.message
 import dns.rrset
 
-from tests.helpers import BUS_CONFIG, stop_pid, wait_for
+from tests.helpers import BUS_CONFIG, REPO, Daemon, free_port, stop_pid, wait_for
 
 # What a fake upstream does with one query: a list of (delay_s, reply bytes); [] = stay silent.
 Behaviour = Callable[[bytes], list[tuple[float, bytes]]]
@@ -278,3 +278,41 @@ class Users:
             subprocess.run(["userdel", name], check=False, capture_output=True)
         for g in self.groups:
             subprocess.run(["groupdel", g], check=False, capture_output=True)
+
+
+def start_daemon(
+    bus: str,
+    directory: Path,
+    *,
+    upstreams: list[str] | None = None,
+    extra_args: list[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    state_dir: Path | None = None,
+    start: bool = True,
+) -> Daemon:
+    """The real daemon as tests/conftest.py's make_daemon starts it, for fixtures of a wider
+    scope (one daemon shared by a module's many cheap cases). The caller stops it."""
+    port = port or free_port(host)
+    state = state_dir or directory / "state"
+    none = directory / "none.toml"
+    none.touch()
+    args = ["daemon", "--bus", bus, "--listen", f"{host}:{port}", "--state-dir", str(state)]
+    args += ["--log-level", "debug", "--config", str(none)]
+    for u in upstreams or []:
+        args += ["--upstream", u]
+    args += extra_args or []
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("PORTAL_BUS", None)
+    d = Daemon(
+        bus=bus,
+        host=host,
+        port=port,
+        state_dir=state,
+        args=args,
+        log_path=directory / f"daemon-{port}.log",
+        env=env,
+    )
+    if start:
+        d.start()
+    return d
