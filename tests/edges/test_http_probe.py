@@ -120,7 +120,10 @@ def dnsmasq() -> Iterator[Callable[..., Dnsmasq]]:
     def start(records: dict[str, str | list[str]], *, ipv6: bool = False) -> Dnsmasq:
         ip = "::1" if ipv6 else loopback_ip()
         port = free_port(ip)
+        # Bounded even if this test process dies hard: coreutils' timeout ends it after 5
+        # minutes, and passes our SIGTERM on to it meanwhile.
         args = [
+            *(["timeout", "--kill-after=5", "300"] if shutil.which("timeout") else []),
             DNSMASQ,
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -143,8 +146,8 @@ def dnsmasq() -> Iterator[Callable[..., Dnsmasq]]:
         try:
             _wait_dns(ip, port, time.monotonic() + 5)
         except RuntimeError:
-            proc.kill()
-            _, err = proc.communicate(timeout=5)
+            proc.terminate()  # SIGTERM reaches dnsmasq through timeout; SIGKILL would not
+            _, err = proc.communicate(timeout=10)
             raise RuntimeError(err.decode()) from None
         return Dnsmasq(ip, port, proc)
 
