@@ -266,10 +266,12 @@ async def run_agent(
             )
         finally:
             loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
+            # Bounded: a cancellation swallowed somewhere below must not hang the exit.
+            await asyncio.wait([loop_task], timeout=5)
         if loop_task in done:
             loop_task.result()  # re-raise what broke the loop
-        raise PortalError("lost the connection to a D-Bus bus")
+        lost = [name for name, b in (("session", session), (choice, daemon_bus)) if not b.connected]
+        raise PortalError(f"lost the connection to the {' and '.join(lost) or 'D-Bus'} bus")
     finally:
         agent.daemon.stop()
         agent.notifier.stop()

@@ -118,7 +118,10 @@ class NotificationServer:
             body=body,
         )
         try:
-            reply = await asyncio.wait_for(self._bus.call(msg), CALL_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # coincides with the reply, and the agent would then never stop.
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                reply = await self._bus.call(msg)
         except (TimeoutError, OSError, EOFError) as exc:
             raise NotifyFailed(f"{member}: {exc or type(exc).__name__}") from exc
         if reply is None or reply.message_type == MessageType.ERROR:

@@ -270,14 +270,15 @@ def captive(url: str = "http://login.hotel.test/portal?room=12&lang=en") -> dict
 async def flush(bus: MessageBus) -> None:
     """One round trip: messages go out in order, so everything sent before is on the wire
     (a reply handed to dbus-next and the connection closed at once can be lost otherwise)."""
-    await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus.Peer",
-            member="Ping",
+    async with asyncio.timeout(5):
+        await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus.Peer",
+                member="Ping",
+            )
         )
-    )
 
 
 @dataclass

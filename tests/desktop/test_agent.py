@@ -63,8 +63,10 @@ async def running_agent(system: str, session: str, browser: str = "") -> AsyncIt
         assert not task.done(), "the agent stopped on its own"
     finally:
         task.cancel()
+        done, _ = await asyncio.wait([task], timeout=15)
+        assert done, "the agent did not stop when cancelled"
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            task.result()
 
 
 def recorder(directory: Path) -> tuple[str, Path]:
