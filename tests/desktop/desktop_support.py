@@ -24,7 +24,7 @@ import pytest
 from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from portal.agent import close_bus
+from portal.agent import Agent, close_bus, run_agent
 from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH
 
 LIFETIME_S = 300  # hard bound on every helper process
@@ -442,3 +442,27 @@ async def eventually(predicate: Any, timeout_s: float = 10, what: str = "") -> N
                 await asyncio.sleep(0.01)
             return
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+@contextlib.asynccontextmanager
+async def running_agent(system: str, session: str, browser: str = "") -> AsyncIterator[Agent]:
+    """The agent in this process and loop, until the block ends."""
+    ready: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_agent(bus=system, session_bus=session, browser=browser, ready=ready.set_result)
+    )
+    try:
+        async with asyncio.timeout(15):
+            waiters: list[asyncio.Future[Any]] = [task, ready]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+            pytest.fail("the agent returned before it was ready")
+        yield ready.result()
+        assert not task.done(), "the agent stopped on its own"
+    finally:
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=15)
+        assert done, "the agent did not stop when cancelled"
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()

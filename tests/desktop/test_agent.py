@@ -8,7 +8,6 @@ one test runs the real `portal daemon` instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -16,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +30,10 @@ from desktop_support import (
     StandInDaemon,
     captive,
     eventually,
+    running_agent,
 )
 
-from portal.agent import Agent, close_bus, main, run_agent
+from portal.agent import close_bus, main
 from portal.edges.bus import INTERFACE, OBJECT_PATH
 from tests.helpers import REPO
 
@@ -44,29 +43,6 @@ ARTIFACTS = (
     if "PORTAL_TEST_ARTIFACTS" in (os.environ)
     else None
 )
-
-
-@contextlib.asynccontextmanager
-async def running_agent(system: str, session: str, browser: str = "") -> AsyncIterator[Agent]:
-    """The agent in this process and loop, until the block ends."""
-    ready: asyncio.Future[Agent] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        run_agent(bus=system, session_bus=session, browser=browser, ready=ready.set_result)
-    )
-    try:
-        async with asyncio.timeout(15):
-            await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()
-            pytest.fail("the agent returned before it was ready")
-        yield ready.result()
-        assert not task.done(), "the agent stopped on its own"
-    finally:
-        task.cancel()
-        done, _ = await asyncio.wait([task], timeout=15)
-        assert done, "the agent did not stop when cancelled"
-        with contextlib.suppress(asyncio.CancelledError):
-            task.result()
 
 
 def recorder(directory: Path) -> tuple[str, Path]:
