@@ -90,18 +90,22 @@ KNOWN_PUBLIC_PROBE_HOSTS = frozenset(
 # Errors that mean "this machine cannot send at all" rather than "nothing answered".
 OFFLINE_ERRORS = frozenset({"no-route", "no-address", "bind-error"})
 
-_META_TAG = re.compile(r"<meta\b[^>]*>", re.IGNORECASE | re.DOTALL)
-_ATTR = re.compile(r"""([a-zA-Z_:-]+)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
+# Every pattern is bounded (no `.*` across the page): a hostile page must not make the
+# classification, which runs on the daemon's event loop, take quadratic time. URLs in pages
+# hold no quotes, spaces or angle brackets.
+MAX_SCAN_CHARS = 64 * 1024
+_URL_CHARS = r"""[^"'\s<>]{1,2048}"""
+_META_TAG = re.compile(r"<meta\b[^<>]{0,2048}>", re.IGNORECASE)
+_ATTR = re.compile(r"""([a-zA-Z_:-]{1,64})\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
 _REFRESH_URL = re.compile(r"""^\s*\d*(?:\.\d*)?\s*[;,]?\s*url\s*=\s*['"]?([^'"]+)""", re.I)
-_JS_ASSIGN = re.compile(
-    r"""\blocation(?:\.href)?\s*=\s*(["'])(.+?)\1""",
-    re.IGNORECASE | re.DOTALL,
-)
+_JS_ASSIGN = re.compile(r"""\blocation(?:\.href)?\s*=\s*(["'])(""" + _URL_CHARS + r""")\1""", re.I)
 _JS_CALL = re.compile(
-    r"""\blocation\.(?:replace|assign)\(\s*(["'])(.+?)\1\s*\)""",
-    re.IGNORECASE | re.DOTALL,
+    r"""\blocation\.(?:replace|assign)\(\s*(["'])(""" + _URL_CHARS + r""")\1\s*\)""", re.I
 )
-_A_HREF = re.compile(r"""<a\b[^>]*?\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""", re.I)
+_A_HREF = re.compile(
+    r"""<a\b[^<>]{0,512}?\bhref\s*=\s*(?:"([^"]{0,2048})"|'([^']{0,2048})'|([^\s"'>]{1,2048}))""",
+    re.I,
+)
 
 # Second-level labels under which the label to their left is what a venue owns
 # (example.co.uk); without a public-suffix list we stay on the safe side and route no parent
@@ -273,8 +277,9 @@ def find_portal_url(body: str, base: str) -> str:
     """The sign-in URL an HTML answer points to, or "".
 
     Looked for in the order browsers act on them: a `<meta http-equiv="refresh">`, a script
-    assigning `location`, then the first link.
+    assigning `location`, then the first link. Only the first MAX_SCAN_CHARS are read.
     """
+    body = body[:MAX_SCAN_CHARS]
     for tag in _META_TAG.findall(body):
         attrs = _attributes(tag)
         if attrs.get("http-equiv", "").lower() == "refresh":
@@ -455,7 +460,7 @@ def classify_all(
     """
     verdicts = [classify(response, spec) for spec, response in results]
     strong = [is_strong_portal_sign(r, v) for v, (_, r) in zip(verdicts, results, strict=True)]
-    answers = {urlsplit(r.url).hostname or r.url: r.addresses for _, r in results}
+    answers = {_host(r.url) or r.url: r.addresses for _, r in results}
     if all_names_same_address(answers):
         shared = ", ".join(next(iter(a for a in answers.values() if a)))
         for i, (v, (_, r)) in enumerate(zip(verdicts, results, strict=True)):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portal.core.detect import (
     APPLE_SUCCESS_BODY,
@@ -295,6 +298,26 @@ PAGES = [
 @pytest.mark.parametrize(("body", "url"), PAGES)
 def test_find_portal_url(body: str, url: str) -> None:
     assert find_portal_url(body, BASE) == url
+
+
+# A hostile or broken page must not stall the daemon: with unbounded patterns these took from
+# 5 to 40 seconds each (quadratic backtracking); bounded, they take milliseconds. The timeout
+# only catches a hang, it measures nothing.
+HOSTILE_PAGES = [
+    "<a " * 20000,
+    'location.replace("' * 4000,
+    "location='" * 6000,
+    "<meta " * 20000,
+    '<a href="' * 8000,
+    "<meta http-equiv=refresh content='0;url=" + "x" * 70000,
+]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("body", HOSTILE_PAGES, ids=lambda b: b[:12])
+def test_find_portal_url_on_hostile_pages(body: str) -> None:
+    url = find_portal_url(body, BASE)
+    assert url == "" or url.startswith("http://probe.example/")
 
 
 # --- DNS hijack --------------------------------------------------------------------------------
@@ -744,3 +767,69 @@ def test_core_detect_is_pure() -> None:
         )
     }
     assert not imported & {"asyncio", "socket", "httpx", "dns", "logging", "os", "subprocess"}
+
+
+# --- never raises, whatever a venue sends ------------------------------------------------------
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+_api_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "captive": _json_values,
+        "user-portal-url": st.text(max_size=30) | _json_values,
+        "venue-info-url": st.text(max_size=30),
+        "seconds-remaining": _json_values,
+        "bytes-remaining": _json_values,
+        "can-extend-session": _json_values,
+    },
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200), _api_objects.map(json.dumps)))
+def test_parse_captive_api_never_raises(text: str | bytes) -> None:
+    api = parse_captive_api(text)
+    assert api.error or isinstance(api.captive, bool)
+    assert api.seconds_remaining >= -1 and api.bytes_remaining >= -1
+    for url in (api.user_portal_url, api.venue_info_url):
+        assert url == "" or url.lower().startswith("https://")
+
+
+_html_bits = st.sampled_from(
+    ["<meta http-equiv=refresh content='0;url=", "<a href=", "location=", "location.replace(",
+     '"', "'", ">", "<", "http://", "https://", "javascript:", "//", "[", "]", ":99999", "&amp;",
+     "/p", " ", "x.example", "\n"]
+)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_html_bits | st.text(max_size=5), max_size=30).map("".join))
+def test_find_portal_url_never_raises(body: str) -> None:
+    url = find_portal_url(body, BASE)
+    assert url == "" or url.split(":", 1)[0].lower() in ("http", "https")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    status=st.integers(min_value=0, max_value=999),
+    location=st.text(max_size=30),
+    body=st.text(max_size=50),
+    addresses=st.lists(
+        st.sampled_from(["10.0.0.1", "142.250.74.3", "fd00::1", "bogus"]), max_size=2
+    ),
+    url=st.sampled_from([GSTATIC.url, P, "http://[fd00::1/", "http://10.0.0.1/x"]),
+)
+def test_classify_never_raises(
+    status: int, location: str, body: str, addresses: list[str], url: str
+) -> None:
+    response = ProbeResponse(url, status, (("location", location),), body, tuple(addresses))
+    verdict = classify_all([(GSTATIC, response), (NMCHECK, response)])
+    assert verdict.connectivity in set(Connectivity)
+    assert all(h and h == h.lower() for h in verdict.portal_hosts)
