@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dbus_next import Message, MessageType
+from dbus_next import Message, MessageType, NameFlag, RequestNameReply
 from dbus_next.aio import MessageBus
 
 from portal.core.agent_logic import (
@@ -49,6 +49,7 @@ from portal.opener import open_url
 log = logging.getLogger("portal.agent")
 
 STATUS_READ_ATTEMPTS = 3
+AGENT_NAME = "org.portalhelper.PortalAgent1"  # on the session bus: one agent per session
 
 
 class DaemonLink:
@@ -229,7 +230,8 @@ async def run_agent(
     browser: str = "",
     ready: Callable[[Agent], None] | None = None,
 ) -> None:
-    """Run until cancelled or until a bus connection is lost (then raise PortalError).
+    """Run until cancelled or until a bus connection is lost (then raise PortalError); return
+    at once when another agent already runs in the session.
 
     `bus` is where the daemon is (default: $PORTAL_BUS or the system bus); `session_bus` is
     where the notification server and the tray are; `browser` the command that opens pages.
@@ -238,6 +240,13 @@ async def run_agent(
     agent = Agent(browser=browser)
     emit = agent.events.put_nowait
     session = await connect(session_bus)
+    # One agent per session: the user unit and XDG autostart may both start one, and two
+    # would notify twice.
+    owned = await session.request_name(AGENT_NAME, NameFlag.DO_NOT_QUEUE)
+    if owned is not RequestNameReply.PRIMARY_OWNER:
+        log.info("another portal agent runs in this session (%s is taken); exiting", AGENT_NAME)
+        await close_bus(session)
+        return
     try:
         daemon_bus = session if choice == session_bus else await connect(choice)
     except PortalError:

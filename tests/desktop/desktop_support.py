@@ -163,6 +163,15 @@ class Desktop:
         data = json.loads(self.ctl("history"))["data"][0]
         return [{k: v["data"] for k, v in row.items()} for row in data]
 
+    def click(self, x: int, y: int) -> None:
+        """A real left click on the X display, as the user's mouse would."""
+        subprocess.run(
+            ["xdotool", "mousemove", str(x), str(y), "click", "1"],
+            env=self.env,
+            check=True,
+            timeout=10,
+        )
+
     def screenshot(self, path: Path) -> None:
         subprocess.run(
             ["import", "-window", "root", str(path)], env=self.env, check=True, timeout=20

@@ -33,7 +33,7 @@ from desktop_support import (
     running_agent,
 )
 
-from portal.agent import close_bus, main
+from portal.agent import close_bus, main, run_agent
 from portal.edges.bus import INTERFACE, OBJECT_PATH
 from tests.helpers import REPO
 
@@ -121,8 +121,9 @@ async def test_sign_in_in_dunst_opens_the_page_as_the_user(
     short_tmp: Path,
     tmp_path: Path,
 ) -> None:
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv is not installed (apt: util-linux)")
+    for tool in ("setpriv", "xdotool", "import"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt: util-linux xdotool imagemagick)")
     browser, record = recorder(short_tmp)
     log_path = tmp_path / "agent.log"
     agent = spawn_agent_as_user(system_bus, session_bus, browser, log_path)
@@ -144,8 +145,8 @@ async def test_sign_in_in_dunst_opens_the_page_as_the_user(
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             shutil.copy(shot, ARTIFACTS / "notification.png")
 
-        # The user picks the default action, as a click would.
-        desktop.ctl("action", "0")
+        # The user clicks the notification (dunstrc: left click = default action, close).
+        desktop.click(600, 50)
         await until(lambda: record.exists() and record.read_text(), "the browser to be started")
         assert record.read_text().splitlines() == [URL]
 
@@ -345,6 +346,29 @@ async def test_forged_signals_are_ignored(
             await close_bus(forger)
     assert len(fake_server.shown) == 1
     assert "evil.test" not in note.body and "login.hotel.test" in note.body
+
+
+async def test_second_agent_in_a_session_steps_aside(
+    fake_server: FakeNotificationServer,
+    stand_in: StandInDaemon,
+    system_bus: Bus,
+    session_bus: Bus,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="portal")
+    stand_in.status = captive(URL)
+    async with running_agent(system_bus.address, session_bus.address):
+        await fake_server.wait_shown(1)
+        async with asyncio.timeout(15):
+            await run_agent(bus=system_bus.address, session_bus=session_bus.address)
+        assert "another portal agent runs in this session" in caplog.text
+        stand_in.set_status(ONLINE)
+        await fake_server.wait_shown(2)
+        await asyncio.sleep(0.2)
+    assert [n.summary for n in fake_server.shown] == [
+        "Sign in to Hotel Wi-Fi",
+        "Connected to Hotel Wi-Fi",
+    ]
 
 
 # ---- the command line ----
