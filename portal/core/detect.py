@@ -208,7 +208,9 @@ def parse_captive_api(text: str | bytes) -> CaptiveApi:
     """
     try:
         data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:  # "[[[[...": deeper than the parser goes
+        return CaptiveApi(error="not JSON: nested too deeply")
+    except ValueError as exc:  # UnicodeDecodeError included
         return CaptiveApi(error=f"not JSON: {exc}")
     if not isinstance(data, dict):
         return CaptiveApi(error="not a JSON object")

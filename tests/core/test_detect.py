@@ -633,6 +633,7 @@ def test_parse_captive_api(text: str | bytes, expected: CaptiveApi) -> None:
         ("", "not JSON"),
         ("{not json", "not JSON"),
         (b"\xff\xfe{", "not JSON"),
+        ("[" * 60000, "not JSON"),  # nested deeper than the parser's recursion limit
         ("[]", "not a JSON object"),
         ('"captive"', "not a JSON object"),
         ("{}", '"captive" missing'),
