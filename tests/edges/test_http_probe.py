@@ -226,8 +226,10 @@ class PortalServer:
 async def portal_server() -> AsyncIterator[Callable[..., Awaitable[PortalServer]]]:
     servers: list[PortalServer] = []
 
-    async def start(routes: Callable[[str, dict[str, str]], Route], **kw: object) -> PortalServer:
-        ip = loopback_ip()
+    async def start(
+        routes: Callable[[str, dict[str, str]], Route], ip: str = "", **kw: object
+    ) -> PortalServer:
+        ip = ip or loopback_ip()
         srv = PortalServer(ip, 0, routes)
         server = await asyncio.start_server(srv.handle, ip, 0, **kw)  # type: ignore[arg-type]
         srv.server = server
@@ -375,6 +377,20 @@ async def test_ipv6_venue_dns(dnsmasq: Callable[..., Dnsmasq]) -> None:
     assert dns_server.ip == "::1"
     got = await resolve_via("login.hotel.test", [dns_server.server], timeout_s=5)
     assert got == ["10.77.0.1"]
+
+
+@needs_dnsmasq
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 on this machine")
+async def test_ipv6_only_probe_host(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    web = await portal_server(online_routes, ip="::1")
+    dns_server = dnsmasq({"v6only.probe.test": "::1"})
+    net = Network(id="n1", interface="lo", addresses=("::1",), venue_dns=(dns_server.server,))
+    url = f"http://v6only.probe.test:{web.port}/generate_204"
+    got = await probe(net, spec(url), timeout_s=5)
+    assert (got.status, got.error, got.addresses) == (204, "", ("::1",))
+    assert web.seen[0].headers["host"] == f"v6only.probe.test:{web.port}"
 
 
 @needs_dnsmasq
