@@ -36,8 +36,13 @@ from desktop_support import (
 from portal.agent import close_bus, main, run_agent
 from portal.edges.bus import INTERFACE, OBJECT_PATH
 from tests.helpers import REPO
+from tests.lab.marks import LabFactory, requires_lab
+
+# The lab's fixtures (lab_factory), registered by name as the e2e tests do.
+pytest_plugins = ["tests.lab.fixtures"]
 
 URL = "http://login.hotel.test/portal?room=12&lang=en"
+POLICY = REPO / "dbus" / "org.portalhelper.Portal1.conf"
 ARTIFACTS = (
     Path(os.environ.get("PORTAL_TEST_ARTIFACTS", ""))
     if "PORTAL_TEST_ARTIFACTS" in (os.environ)
@@ -58,7 +63,7 @@ def recorder(directory: Path) -> tuple[str, Path]:
 
 
 def spawn_agent_as_user(
-    system: Bus, session: Bus, browser: str, log_path: Path
+    system: str, session: str, browser: str, log_path: Path
 ) -> subprocess.Popen[bytes]:
     """`portal agent` as a user types it, as an unprivileged user (it refuses to open pages as
     root). The ambient capability only lets that user read an interpreter installed under /root."""
@@ -67,9 +72,7 @@ def spawn_agent_as_user(
         for key, value in os.environ.items()
         if key not in ("PORTAL_BUS", "DISPLAY", "BROWSER")
     }
-    env.update(
-        DBUS_SESSION_BUS_ADDRESS=session.address, PYTHONPATH=str(REPO), HOME="/tmp", LANG="C.UTF-8"
-    )
+    env.update(DBUS_SESSION_BUS_ADDRESS=session, PYTHONPATH=str(REPO), HOME="/tmp", LANG="C.UTF-8")
     argv = [
         "setpriv",
         "--reuid=65534",
@@ -86,7 +89,7 @@ def spawn_agent_as_user(
         "portal",
         "agent",
         "--bus",
-        system.address,
+        system,
         "--browser",
         browser,
     ]
@@ -126,7 +129,7 @@ async def test_sign_in_in_dunst_opens_the_page_as_the_user(
             pytest.skip(f"{tool} is not installed (apt: util-linux xdotool imagemagick)")
     browser, record = recorder(short_tmp)
     log_path = tmp_path / "agent.log"
-    agent = spawn_agent_as_user(system_bus, session_bus, browser, log_path)
+    agent = spawn_agent_as_user(system_bus.address, session_bus.address, browser, log_path)
     try:
         # Subscribed and read the state: online, so nothing to show.
         await stand_in.wait_for("ListOverrides", timeout_s=20)
@@ -211,6 +214,65 @@ async def test_agent_refuses_to_open_pages_as_root(
         await until(lambda: "refusing" in caplog.text, "the refusal in the log")
     assert "refusing to start a browser as root" in caplog.text
     assert not record.exists()
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.desktop
+@requires_lab
+async def test_real_daemon_in_the_lab_to_dunst(
+    lab_factory: LabFactory, desktop: Desktop, session_bus: Bus, short_tmp: Path, tmp_path: Path
+) -> None:
+    """All real: NetworkManager joins the hotel network, the daemon on the laptop finds the
+    portal, and the agent (as a user, on the host) tells dunst; the click opens the portal's URL
+    that the daemon found; signing in turns it into "Connected"."""
+    for tool in ("setpriv", "xdotool"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt: util-linux xdotool)")
+    lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY], nm_check_interval_s=3)
+    started = time.perf_counter()
+    daemon = lab.spawn_laptop(
+        [
+            sys.executable, "-m", "portal", "daemon", "--log-level", "debug",
+            "--listen", "127.0.0.153:53", "--state-dir", str(lab.run_dir / "portal-state"),
+            "--config", "/dev/null", "--wiring", "none",
+        ],
+        env={"PYTHONPATH": str(REPO)},
+        name="portal-daemon",
+    )  # fmt: skip
+    browser, record = recorder(short_tmp)
+    log_path = tmp_path / "agent.log"
+    # The laptop's system bus is a filesystem socket: the agent reaches it from the host.
+    agent = spawn_agent_as_user(lab.bus_address, session_bus.address, browser, log_path)
+    try:
+        await until(lambda: desktop.displayed() == 1, "the sign-in notification", 45)
+        print(
+            f"\nlab: daemon start → sign-in notification in {time.perf_counter() - started:.2f} s"
+        )
+        desktop.screenshot(tmp_path / "lab-notification.png")
+        desktop.click(600, 50)
+        await until(lambda: record.exists() and record.read_text(), "the browser", 15)
+        (url,) = record.read_text().splitlines()
+        assert url.startswith("http://login.hotel.test/portal")
+        (note,) = desktop.history()
+        assert note["summary"] == "Sign in to hotel-wifi"
+        assert "login.hotel.test" in note["body"]
+        assert "portal pinned login.hotel.test" in note["body"]
+
+        lab.login()
+        check = lab.run_laptop(
+            [sys.executable, "-m", "portal", "check"], env={"PYTHONPATH": str(REPO)}, timeout_s=30
+        )
+        assert check.returncode == 0, check.stderr
+        await until(lambda: desktop.displayed() == 1, "Connected", 30)
+        desktop.ctl("close")
+        assert desktop.history()[0]["summary"] == "Connected to hotel-wifi"
+    finally:
+        code = stop(agent)
+        daemon.stop()
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log
+    assert code in (0, -signal.SIGTERM), log
 
 
 # ---- a fake server: capabilities, restarts, absence ----
