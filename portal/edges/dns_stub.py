@@ -34,6 +34,9 @@ log = logging.getLogger("portal.dns")
 TCP_IDLE_TIMEOUT_S = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes, for idle clients
 TCP_MAX_CLIENTS = 64
 MAX_PENDING_FORWARDS = 1024  # forwarded UDP queries in flight; beyond that, SERVFAIL at once
+# One client socket's share of them: a burst from one socket (a runaway app, a flood to a dead
+# domain) gets SERVFAIL for its excess instead of taking every slot from everyone else.
+MAX_PENDING_PER_CLIENT = 128
 UDP_RCVBUF = 1 << 20
 UDP_BATCH = 64  # datagrams read per wakeup before yielding to the loop (fairness)
 
@@ -97,6 +100,7 @@ class DnsStub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
+        self._pending: dict[tuple[str, int], int] = {}  # client (host, port) → forwards in flight
         self.answered_local = 0
         self.forwarded = 0
         self.dropped = 0
@@ -169,16 +173,14 @@ class DnsStub:
             self.answered_local += 1
             _sendto(sock, decision, addr)
         elif isinstance(decision, Forward):
-            if len(self._tasks) >= MAX_PENDING_FORWARDS:
-                _sendto(sock, build_error(decision.query, RCODE_SERVFAIL), addr)
-                return
-            self._spawn(self._forward_udp(sock, data, decision.query, addr))
+            self._forward_or_refuse(sock, data, decision.query, addr)
         elif isinstance(decision, Unparsed):
             slow = self._slow_path(data, decision.rcode)
             if isinstance(slow, bytes):
                 _sendto(sock, slow, addr)
             elif isinstance(slow, Query):
-                self._spawn(self._forward_udp(sock, data, slow, addr))
+                # the slow path's forwards count against the same limits as the fast path's
+                self._forward_or_refuse(sock, data, slow, addr)
         else:
             self.dropped += 1
             log.debug("undecodable packet from %s (%d bytes), ignoring", addr[0], len(data))
@@ -188,11 +190,34 @@ class DnsStub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _forward_udp(
+    def _forward_or_refuse(
         self, sock: socket.socket, data: bytes, q: Query, addr: tuple[str, int]
     ) -> None:
-        reply = await self._forward(data, q, tcp=False)
-        _sendto(sock, reply, addr)
+        client = (addr[0], addr[1])
+        mine = self._pending.get(client, 0)
+        if len(self._tasks) >= MAX_PENDING_FORWARDS or mine >= MAX_PENDING_PER_CLIENT:
+            log.debug("too many forwards in flight (%s has %d), answering SERVFAIL", addr[0], mine)
+            _sendto(sock, build_error(q, RCODE_SERVFAIL), addr)
+            return
+        # counted now, not when the task starts: one wakeup reads a whole batch of datagrams
+        self._pending[client] = mine + 1
+        self._spawn(self._forward_udp(sock, data, q, addr, client))
+
+    async def _forward_udp(
+        self,
+        sock: socket.socket,
+        data: bytes,
+        q: Query,
+        addr: tuple[str, int],
+        client: tuple[str, int],
+    ) -> None:
+        try:
+            reply = await self._forward(data, q, tcp=False)
+            _sendto(sock, reply, addr)
+        finally:
+            left = self._pending.pop(client, 1) - 1
+            if left > 0:
+                self._pending[client] = left
 
     async def _forward(self, data: bytes, q: Query, *, tcp: bool) -> bytes:
         self.forwarded += 1
@@ -302,10 +327,22 @@ def _parse_with_dnspython(data: bytes) -> Query | None:
     import dns.rdatatype
 
     try:
-        msg = dns.message.from_wire(data, question_only=True)
+        # The whole message, not question_only: the OPT record decides the answer's EDNS
+        # (RFC 6891 §6.1.1: an OPT in the query means one in the answer; §6.1.3: BADVERS), and
+        # trailing bytes are refused as the fast path refuses them.
+        msg = dns.message.from_wire(data)
     except (dns.exception.DNSException, ValueError, IndexError, struct.error):
         return None
-    if len(msg.question) != 1 or msg.flags & 0x8000:
+    # Only what the fast path accepts, spelled differently (compression in the question): one
+    # question, no answer, authority or other additional records.
+    if (
+        len(msg.question) != 1
+        or msg.flags & 0x8000
+        or msg.answer
+        or msg.authority
+        or msg.additional
+        or msg.tsig is not None
+    ):
         return None
     rrset = msg.question[0]
     name = rrset.name.to_text(omit_final_dot=True).lower()

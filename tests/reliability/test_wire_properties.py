@@ -156,11 +156,6 @@ def test_every_valid_query_is_answered_as_dnspython_expects(
             assert got == sorted(want)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slow path parses the question only: EDNS is dropped from its answers and "
-    "BADVERS is not sent (fix: tests/reliability/patches/slow-path-edns.diff)",
-)
 @settings(max_examples=300, deadline=None)
 @given(queries())
 def test_slow_path_answers_keep_edns(query: dns.message.Message) -> None:
@@ -178,11 +173,6 @@ def test_slow_path_answers_keep_edns(query: dns.message.Message) -> None:
             assert (msg.rcode() == dns.rcode.BADVERS) == (query.edns > 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="slow path ignores ANCOUNT/NSCOUNT and trailing bytes, so it answers packets the "
-    "fast path calls FORMERR (fix: tests/reliability/patches/slow-path-edns.diff)",
-)
 def test_slow_path_is_no_more_lenient_than_the_fast_path() -> None:
     base = dns.message.make_query(OVERRIDE, "A").to_wire()
     with_answer_count = base[:6] + b"\x00\x05" + base[8:]  # ANCOUNT=5, no records follow
