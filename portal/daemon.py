@@ -239,9 +239,11 @@ class Daemon:
                 f"no address given for {norm}, and no network DNS is known to "
                 "look it up: give the address (portal add NAME IP)"
             )
-        from portal.edges.venue_dns import resolve_via
+        from portal.edges.http_probe import resolve_via
 
-        found = await resolve_via(norm, net.venue_dns, timeout_s=3.0)
+        found = await resolve_via(
+            norm, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
+        )
         if not found:
             raise InvalidAddress(
                 f"{norm} does not resolve through the network's DNS "
@@ -319,6 +321,14 @@ class Daemon:
         if self.network is None:
             raise PortalError("no network to check: not connected")
         self.handle(CheckRequested())
+        task = self._probe_task
+        if task is not None:
+            # answer when the probe has spoken, so `portal check` prints the new state
+            try:
+                await asyncio.wait_for(asyncio.shield(task), PROBE_TIMEOUT_S * 3)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+            await asyncio.sleep(0)  # let the pinning/publishing it triggered start
 
     # -- running -----------------------------------------------------------------------------
 
@@ -603,7 +613,7 @@ class Daemon:
         net = self.session.network
         if net is None or net.id != action.network_id or not net.venue_dns:
             return
-        from portal.edges.venue_dns import resolve_via
+        from portal.edges.http_probe import resolve_via
 
         found: dict[str, list[str]] = {}
         for host in action.hosts:
@@ -611,13 +621,15 @@ class Daemon:
                 name = parse_domain(host)
             except PortalError:
                 continue  # an address literal or an odd name: nothing to pin
-            try:
-                addrs = await resolve_via(name, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S)
-            except Exception as exc:
-                log.info("looking up %s at the venue failed: %s, ignoring", name, exc)
-                continue
-            if addrs:
-                found[name] = addrs
+            addrs = await resolve_via(
+                name, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
+            )
+            # Portals often intercept IPv4 only: pin the IPv4 answers when there are any, so
+            # clients never try an IPv6 path the portal black-holes (the stub then answers
+            # AAAA with NODATA).
+            v4 = [a for a in addrs if ":" not in a]
+            if v4 or addrs:
+                found[name] = v4 or addrs
         if not found:
             return
         async with self._lock:
