@@ -18,7 +18,6 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
