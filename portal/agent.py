@@ -22,6 +22,7 @@ from typing import Any
 from dbus_next import Message, MessageType, NameFlag, RequestNameReply
 from dbus_next.aio import MessageBus
 
+from portal import config
 from portal.core.agent_logic import (
     AgentAction,
     AgentEvent,
@@ -43,7 +44,7 @@ from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH, connect, describe
 from portal.edges.client import Client, unwrap
 from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
-from portal.errors import PortalError
+from portal.errors import ConfigError, PortalError
 from portal.opener import open_url
 
 log = logging.getLogger("portal.agent")
@@ -192,6 +193,7 @@ class Agent:
                 if self.notifier is not None:
                     try:
                         nid = await self.notifier.show(note, replaces_id)
+                        log.info("notification %d: %s", nid, note.summary)
                     except NotifyFailed as exc:
                         log.warning("cannot show the %s notification: %s", note.kind, exc)
                 # Fed back at once, before the next event, so the core knows the id.
@@ -345,8 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="command that opens the sign-in page (default: $BROWSER, xdg-open)",
     )
+    p.add_argument(
+        "--config",
+        help="config file for the browser and bus defaults (default: /etc/portal/portal.toml)",
+    )
     p.add_argument("--log-level", choices=["debug", "info"], default="info")
     return p
+
+
+def _defaults(args: argparse.Namespace) -> tuple[str, str]:
+    """The bus and browser: flags, then $PORTAL_BUS (bus), then the shared config file.
+
+    The file is the daemon's; an agent that cannot read or parse it carries on with the
+    built-in defaults (the system bus; $BROWSER or xdg-open), saying so.
+    """
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as exc:
+        if args.config is not None:
+            raise
+        log.warning("%s; using the defaults", exc)
+        cfg = config.Config()
+    bus = args.bus or os.environ.get("PORTAL_BUS") or cfg.bus
+    return bus, args.browser or cfg.browser
 
 
 async def _main_async(args: argparse.Namespace) -> None:
@@ -356,8 +379,9 @@ async def _main_async(args: argparse.Namespace) -> None:
     # systemd stops the unit with SIGTERM: end cleanly, closing our notification bus connection.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
+    bus, browser = _defaults(args)
     try:
-        await run_agent(bus=args.bus, browser=args.browser)
+        await run_agent(bus=bus, browser=browser)
     except asyncio.CancelledError:
         log.info("portal agent stopping")
 
@@ -368,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     try:
         asyncio.run(_main_async(args))
+    except ConfigError as exc:
+        print(f"portal: error: {exc}", file=sys.stderr)
+        return 2
     except PortalError as exc:
         print(f"portal: error: {exc}", file=sys.stderr)
         return 1

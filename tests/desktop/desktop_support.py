@@ -308,7 +308,9 @@ class StandInDaemon:
 
     async def stop(self) -> None:
         if self.bus is not None:
-            await flush(self.bus)
+            if self.bus.connected:  # the bus itself may be gone
+                with contextlib.suppress(Exception):
+                    await flush(self.bus)
             await close_bus(self.bus)
         self.bus = None
 
@@ -386,7 +388,9 @@ class FakeNotificationServer:
 
     async def stop(self) -> None:
         if self.bus is not None:
-            await flush(self.bus)
+            if self.bus.connected:  # the bus itself may be gone
+                with contextlib.suppress(Exception):
+                    await flush(self.bus)
             await close_bus(self.bus)
         self.bus = None
 

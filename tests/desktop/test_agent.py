@@ -36,9 +36,10 @@ from desktop_support import (
     running_agent,
 )
 
-from portal.agent import close_bus, main, run_agent
+from portal.agent import _defaults, build_parser, close_bus, main, run_agent
 from portal.core.agent_logic import Kind
 from portal.edges.bus import INTERFACE, OBJECT_PATH
+from portal.errors import PortalError
 from tests.helpers import REPO
 from tests.lab.marks import LabFactory, requires_lab
 
@@ -507,6 +508,23 @@ async def test_second_agent_in_a_session_steps_aside(
     ]
 
 
+async def test_losing_the_system_bus_ends_the_agent_with_an_error(
+    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+) -> None:
+    """The unit restarts it (Restart=on-failure); carrying on deaf would be worse."""
+    ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_agent(bus=system_bus.address, session_bus=session_bus.address, ready=ready.set_result)
+    )
+    async with asyncio.timeout(15):
+        await ready
+    system_bus.proc.terminate()  # the bus daemon goes away (by its PID)
+    system_bus.proc.wait(timeout=10)
+    async with asyncio.timeout(15):
+        with pytest.raises(PortalError, match="lost the connection"):
+            await task
+
+
 # ---- the command line ----
 
 
@@ -515,6 +533,20 @@ def test_main_reports_a_missing_bus(capsys: pytest.CaptureFixture[str], short_tm
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("portal: error: ") and err.count("\n") == 1
+
+
+def test_config_file_gives_bus_and_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PORTAL_BUS", raising=False)
+    cfg = tmp_path / "portal.toml"
+    cfg.write_text('bus = "unix:path=/run/elsewhere"\nbrowser = "firefox --new-tab %s"\n')
+    args = build_parser().parse_args(["--config", str(cfg)])
+    assert _defaults(args) == ("unix:path=/run/elsewhere", "firefox --new-tab %s")
+    flags = build_parser().parse_args(["--config", str(cfg), "--bus", "session", "--browser", "b"])
+    assert _defaults(flags) == ("session", "b")
+    monkeypatch.setenv("PORTAL_BUS", "system")
+    assert _defaults(args)[0] == "system"
+    cfg.write_text("bus = [\n")
+    assert main(["--config", str(cfg)]) == 2
 
 
 def test_main_usage_error() -> None:

@@ -64,7 +64,9 @@ class Watcher:
 
     async def stop(self) -> None:
         if self.bus is not None:
-            await flush(self.bus)
+            if self.bus.connected:  # the bus itself may be gone
+                with contextlib.suppress(Exception):
+                    await flush(self.bus)
             await close_bus(self.bus)
         self.bus = None
 
