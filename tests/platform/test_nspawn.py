@@ -639,7 +639,9 @@ def test_install_without_systemd_runs_the_daemon_on_a_private_bus(install_work: 
         )
         assert status["Uid"].split() == [c.run("id", "-u", "portal").stdout.strip()] * 4
         # Only what binding port 53 needs.
-        assert int(status["CapEff"], 16) == 1 << 10  # CAP_NET_BIND_SERVICE
+        for cap in ("CapEff", "CapPrm", "CapBnd", "CapAmb"):
+            assert int(status[cap], 16) == 1 << 10, cap  # CAP_NET_BIND_SERVICE
+        assert status["NoNewPrivs"].strip() == "1"
         bus = {"PORTAL_BUS": "unix:path=/run/portal/bus"}
         c.run("/usr/local/bin/portal", "add", NAME, ADDRESS, "--any-network", env=bus)
         assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
