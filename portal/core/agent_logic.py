@@ -115,9 +115,15 @@ class DaemonVanished:
 
 @dataclass(frozen=True, slots=True)
 class ServerChanged:
-    """A notification server appeared (with its capabilities) or left (`capabilities` None)."""
+    """A notification server appeared (with its capabilities) or left (`capabilities` None).
+
+    `server` names it (its unique bus name): the same server reported twice is no restart
+    (a D-Bus activated server is reported once for the call that started it and once more for
+    its arrival on the bus).
+    """
 
     capabilities: frozenset[str] | None
+    server: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +206,7 @@ class AgentState:
     status: AgentStatus | None = None  # None: the daemon is not on the bus
     overrides: tuple[OverrideRow, ...] = ()
     capabilities: frozenset[str] | None = None  # None: no notification server
+    server: str = ""  # which server the ids below belong to
     episode: str | None = None  # network_id of the current portal episode
     dismissed: bool = False  # the user dismissed this episode's notification
     reminded_on: str | None = None  # network_id the low-time reminder was given for
@@ -461,10 +468,12 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
             # still there or not regardless of the daemon.
             state = replace(state, status=None)
             return state, [UpdateTray(tray_view(state))]
-        case ServerChanged(caps):
+        case ServerChanged(caps, server):
+            if caps is not None and server and server == state.server:
+                return replace(state, capabilities=caps), []
             # Ids of a previous server mean nothing to a new one. Without a server, `shown`
             # keeps what should be on screen, so that a server that comes up shows it.
-            state = replace(state, capabilities=caps, shown_id=0)
+            state = replace(state, capabilities=caps, server=server, shown_id=0)
             if caps is None or state.shown is None or state.shown.kind is Kind.CONNECTED:
                 return state, []
             note = state.shown

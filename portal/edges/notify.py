@@ -56,6 +56,7 @@ class NotificationServer:
         self._bus = bus
         self._emit = emit
         self._owner: str | None = None  # unique name of the current server
+        self._reported: str | None = None  # the server last logged
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -156,12 +157,14 @@ class NotificationServer:
         owner = await self._dbus("GetNameOwner", "s", [NAME])
         self._owner = owner.body[0] if owner is not None else reply.sender
         capabilities = frozenset(c for c in caps if isinstance(c, str))
-        log.info(
-            "notification server %s, capabilities: %s",
-            self._owner,
-            ", ".join(sorted(capabilities)) or "none",
-        )
-        self._emit(ServerChanged(capabilities))
+        if self._owner != self._reported:
+            self._reported = self._owner
+            log.info(
+                "notification server %s, capabilities: %s",
+                self._owner,
+                ", ".join(sorted(capabilities)) or "none",
+            )
+        self._emit(ServerChanged(capabilities, self._owner or ""))
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL:

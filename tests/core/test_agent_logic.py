@@ -294,6 +294,18 @@ def test_server_restart_reshows_and_forgets_old_ids() -> None:
     assert step(state, NotificationClosed(99, CLOSED_DISMISSED))[0] == state
 
 
+def test_same_server_reported_twice_is_no_restart() -> None:
+    # D-Bus activation: reported for the call that started it, then for its arrival.
+    state = step(AgentState(), ServerChanged(CAPS, ":1.5"))[0]
+    state, _ = run([CAPTIVE], state)
+    state, actions = step(state, ServerChanged(CAPS | {"body-markup"}, ":1.5"))
+    assert actions == [] and state.shown_id == 1
+    assert state.capabilities is not None and "body-markup" in state.capabilities
+    # Another server is a restart, even without a departure in between.
+    state, actions = step(state, ServerChanged(CAPS, ":1.9"))
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+
+
 def test_server_restart_does_not_repeat_connected() -> None:
     state, _ = run([CAPTIVE, ONLINE], with_server())
     assert run([ServerChanged(None), ServerChanged(CAPS)], state)[1] == []

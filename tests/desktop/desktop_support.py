@@ -42,6 +42,7 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
     <allow eavesdrop="true"/>
     <allow own="*"/>
   </policy>
+  {extra}
 </busconfig>
 """
 
@@ -100,14 +101,14 @@ class Bus:
     proc: subprocess.Popen[str]
 
 
-def start_bus(directory: Path, name: str) -> Bus:
+def start_bus(directory: Path, name: str, extra: str = "") -> Bus:
     if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon is not installed (apt: dbus-daemon)")
     sock_dir = directory / name
     sock_dir.mkdir()
     sock_dir.chmod(0o755)
     conf = directory / f"{name}.conf"
-    conf.write_text(BUS_CONFIG.format(dir=sock_dir))
+    conf.write_text(BUS_CONFIG.format(dir=sock_dir, extra=extra))
     proc = subprocess.Popen(
         _bounded(["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"]),
         stdout=subprocess.PIPE,
@@ -144,7 +145,7 @@ class Desktop:
     display: str
     env: dict[str, str]
     xvfb: subprocess.Popen[bytes]
-    dunst: subprocess.Popen[bytes]
+    dunst: subprocess.Popen[bytes] | None  # None: started by D-Bus activation
 
     def ctl(self, *args: str) -> str:
         out = subprocess.run(
@@ -178,12 +179,8 @@ class Desktop:
         )
 
 
-@pytest.fixture
-def desktop(short_tmp: Path, session_bus: Bus) -> Iterator[Desktop]:
-    """Xvfb and dunst on the private session bus (notes: the steps that worked)."""
-    for tool in ("Xvfb", "dunst", "dunstctl"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt: xvfb dunst)")
+def start_xvfb() -> tuple[str, subprocess.Popen[bytes]]:
+    """A virtual X server; returns its display number and process."""
     read_fd, write_fd = os.pipe()
     # -displayfd picks a free display, so parallel runs cannot clash; no TCP, no /tmp socket.
     xvfb = subprocess.Popen(
@@ -212,6 +209,16 @@ def desktop(short_tmp: Path, session_bus: Bus) -> Iterator[Desktop]:
     if not number:
         _stop(xvfb)
         pytest.fail("Xvfb did not report a display")
+    return number, xvfb
+
+
+@pytest.fixture
+def desktop(short_tmp: Path, session_bus: Bus) -> Iterator[Desktop]:
+    """Xvfb and dunst on the private session bus (notes: the steps that worked)."""
+    for tool in ("Xvfb", "dunst", "dunstctl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt: xvfb dunst)")
+    number, xvfb = start_xvfb()
     env = {
         **os.environ,
         "DISPLAY": f":{number}",

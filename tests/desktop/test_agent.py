@@ -25,15 +25,19 @@ import pytest
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 from desktop_support import (
+    DUNSTRC,
     LIFETIME_S,
     ONLINE,
     Bus,
     Desktop,
     FakeNotificationServer,
     StandInDaemon,
+    _stop,
     captive,
     eventually,
     running_agent,
+    start_bus,
+    start_xvfb,
 )
 
 from portal.agent import _defaults, build_parser, close_bus, main, run_agent
@@ -267,6 +271,89 @@ async def dunst_displayed(bus: MessageBus) -> int:
     assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply
     value: int = reply.body[0].value
     return value
+
+
+async def bus_call(bus: MessageBus, member: str, signature: str, body: list[Any]) -> list[Any]:
+    async with asyncio.timeout(10):
+        reply = await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member=member,
+                signature=signature,
+                body=body,
+            )
+        )
+    assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply.body
+    return list(reply.body)
+
+
+@pytest.mark.desktop
+async def test_activated_dunst_crashes_and_comes_back(
+    stand_in: StandInDaemon, system_bus: Bus, short_tmp: Path
+) -> None:
+    """dunst as desktops often run it: started by D-Bus activation on the first call. One
+    notification, not two, although the server is reported twice (the call that starts it, its
+    arrival); after a crash, the sign-in reappears when another app's notification brings dunst
+    back."""
+    for tool in ("Xvfb", "dunst", "dunstctl", "notify-send"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (apt: xvfb dunst libnotify-bin)")
+    number, xvfb = start_xvfb()
+    services = short_tmp / "services"
+    services.mkdir()
+    rc = short_tmp / "dunstrc"
+    rc.write_text(DUNSTRC)
+    (services / "org.freedesktop.Notifications.service").write_text(
+        "[D-BUS Service]\nName=org.freedesktop.Notifications\n"
+        f"Exec={shutil.which('timeout')} --kill-after=5 {LIFETIME_S} "
+        f"{shutil.which('dunst')} -config {rc}\n"
+    )
+    session = start_bus(short_tmp, "activated", f"<servicedir>{services}</servicedir>")
+    env = {**os.environ, "DISPLAY": f":{number}", "DBUS_SESSION_BUS_ADDRESS": session.address}
+    desk = Desktop(f":{number}", env, xvfb, None)
+
+    async def dunst_pid(bus: MessageBus) -> int:
+        (pid,) = await bus_call(
+            bus, "GetConnectionUnixProcessID", "s", ["org.freedesktop.Notifications"]
+        )
+        return int(pid)
+
+    async def displayed_is(bus: MessageBus, count: int) -> None:
+        async with asyncio.timeout(10):
+            while await dunst_displayed(bus) != count:  # noqa: ASYNC110 (state in dunst)
+                await asyncio.sleep(0.01)
+
+    try:
+        async with host_bus(session.address) as h:
+            # What a session manager does: give activated services the display.
+            await bus_call(h, "UpdateActivationEnvironment", "a{ss}", [{"DISPLAY": f":{number}"}])
+            stand_in.status = captive(URL)
+            async with running_agent(system_bus.address, session.address) as agent:
+                await until(lambda: agent.state.shown_id != 0, "the notification")
+                first_pid = await dunst_pid(h)
+                await stand_in.wait_for("ListOverrides")
+                await asyncio.sleep(0.3)  # room for a duplicate to appear, if there were one
+                await displayed_is(h, 1)
+
+                os.kill(first_pid, signal.SIGKILL)  # by its PID, from the bus
+                await until(lambda: agent.state.capabilities is None, "the crash to be noticed")
+                other = await asyncio.create_subprocess_exec(
+                    "notify-send", "Other app", "hello", env=env
+                )
+                async with asyncio.timeout(10):
+                    assert await other.wait() == 0
+                await displayed_is(h, 2)
+                assert await dunst_pid(h) != first_pid
+            desk.ctl("close-all")
+            summaries = sorted(n["summary"] for n in desk.history())
+            assert summaries == ["Other app", "Sign in to Hotel Wi-Fi"]
+            with contextlib.suppress(AssertionError, TimeoutError):
+                os.kill(await dunst_pid(h), signal.SIGTERM)
+    finally:
+        _stop(session.proc)
+        _stop(xvfb)
 
 
 @pytest.mark.desktop
