@@ -43,6 +43,7 @@ from desktop_support import (
 from portal.agent import _defaults, build_parser, close_bus, main, run_agent
 from portal.core.agent_logic import Kind
 from portal.edges.bus import INTERFACE, OBJECT_PATH
+from portal.edges.notify import DESKTOP_ENTRY
 from portal.errors import PortalError
 from tests.helpers import REPO
 from tests.lab.marks import LabFactory, requires_lab
@@ -640,3 +641,63 @@ def test_main_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--no-such-flag"])
     assert exc.value.code == 2
+
+
+# ---- the files that start it ----
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """`Section.Key` → values, in order (comments and blank lines skipped)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(f"{section}.{key}", []).append(value)
+    return out
+
+
+def test_user_unit_contract() -> None:
+    unit = unit_settings((REPO / "systemd" / "portal-agent.service").read_text())
+    assert unit["Unit.PartOf"] == ["graphical-session.target"]
+    assert unit["Unit.After"] == ["graphical-session.target"]
+    assert unit["Install.WantedBy"] == ["graphical-session.target"]
+    assert unit["Unit.ConditionUser"] == ["!@system"]
+    assert unit["Service.Type"] == ["exec"]
+    assert unit["Service.Restart"] == ["on-failure"]
+    assert unit["Service.ExecStart"] == ["/usr/bin/portal agent"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_user_unit_verifies_silently(tmp_path: Path) -> None:
+    # verify exits 0 even on a misspelt key, so any output on stderr is a failure.
+    text = (REPO / "systemd" / "portal-agent.service").read_text()
+    (tmp_path / "portal-agent.service").write_text(
+        text.replace("ExecStart=/usr/bin/portal ", "ExecStart=/bin/true ", 1)
+    )
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = subprocess.run(
+        ["systemd-analyze", "--user", "verify", "./portal-agent.service"],
+        cwd=tmp_path,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_autostart_entry() -> None:
+    entry = unit_settings((REPO / "xdg" / "portal-agent.desktop").read_text())
+    assert entry["Desktop Entry.Type"] == ["Application"]
+    assert entry["Desktop Entry.Exec"] == ["portal agent"]
+    assert entry["Desktop Entry.NoDisplay"] == ["true"]
+    # The notification's desktop-entry hint names this file.
+    assert (REPO / "xdg" / f"{DESKTOP_ENTRY}.desktop").exists()
