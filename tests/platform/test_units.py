@@ -134,6 +134,9 @@ def test_service_contract() -> None:
     assert values(svc, "Service", "AmbientCapabilities") == [""]
     assert values(svc, "Service", "Restart") == ["on-failure"]
     assert seconds(values(svc, "Service", "WatchdogSec")[0]) == 10
+    # From boot: detection must not wait for a DNS query.
+    assert values(svc, "Install", "WantedBy") == ["multi-user.target"]
+    assert values(svc, "Install", "Also") == ["portal.socket"]
 
 
 def test_start_limit_is_reachable() -> None:
