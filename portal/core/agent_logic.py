@@ -429,7 +429,8 @@ def _on_status(state: AgentState, status: AgentStatus) -> tuple[AgentState, list
         shown.kind is Kind.SIGN_IN or (shown.kind is Kind.REMINDER and state.shown_for != net)
     ):
         # It points at a network we left, or a portal that is gone without a sign-in.
-        state, actions = _close(state)
+        state, closed = _close(state)
+        actions += closed
     state, more = _reminder(state, status, caps)
     return state, actions + more
 

@@ -284,6 +284,21 @@ def test_no_server_then_server_appears_shows_pending() -> None:
     assert URL in actions[0].notification.body  # type: ignore[union-attr]
 
 
+def test_pending_sign_in_is_dropped_when_leaving() -> None:
+    state, _ = run([CAPTIVE])  # no server: pending
+    state, actions = run([st(Connectivity.OFFLINE, net="", name="")], state)
+    assert actions == [] and state.shown is None
+    assert run([ServerChanged(CAPS)], state)[1] == []
+
+
+def test_server_restart_while_the_daemon_is_away_reshows_as_it_was() -> None:
+    state, _ = run([st(Connectivity.ONLINE, url=URL, remaining=100)], with_server())
+    before = state.shown
+    state, _ = run([DaemonVanished(), ServerChanged(None)], state)
+    state, actions = run([ServerChanged(frozenset({"body"}), ":1.7")], state)
+    assert [a.notification for a in actions if isinstance(a, ShowNotification)] == [before]
+
+
 def test_server_restart_reshows_and_forgets_old_ids() -> None:
     state, _ = run([CAPTIVE], with_server())
     state, actions = run([ServerChanged(None)], state)
