@@ -13,12 +13,40 @@ import os
 from dbus_next import BusType
 from dbus_next.aio import MessageBus
 
-from portal.errors import DaemonUnreachable
+from portal.errors import (
+    DaemonUnreachable,
+    InvalidAddress,
+    InvalidDomain,
+    InvalidTTL,
+    NoSuchOverride,
+    NotAuthorized,
+    PortalError,
+    StateError,
+    TooManyOverrides,
+)
 
 BUS_NAME = "org.portalhelper.Portal1"
 OBJECT_PATH = "/org/portalhelper/Portal1"
 INTERFACE = "org.portalhelper.Portal1"
 ERROR_PREFIX = "org.portalhelper.Portal1.Error."
+
+#: D-Bus error names (after ERROR_PREFIX) of the control API, both ways; "Failed" otherwise.
+ERRORS: dict[str, type[PortalError]] = {
+    "InvalidDomain": InvalidDomain,
+    "InvalidAddress": InvalidAddress,
+    "InvalidTTL": InvalidTTL,
+    "TooManyOverrides": TooManyOverrides,
+    "NoSuchOverride": NoSuchOverride,
+    "StateError": StateError,
+    "NotAuthorized": NotAuthorized,
+}
+
+
+def error_name(exc: PortalError) -> str:
+    for name, cls in ERRORS.items():
+        if isinstance(exc, cls):
+            return ERROR_PREFIX + name
+    return ERROR_PREFIX + "Failed"
 
 
 def resolve_bus(choice: str | None) -> str:

@@ -16,33 +16,14 @@ from dbus_next.aio import MessageBus
 from portal.edges.bus import (
     BUS_NAME,
     ERROR_PREFIX,
+    ERRORS,
     INTERFACE,
     OBJECT_PATH,
     close,
     connect,
     describe,
 )
-from portal.errors import (
-    DaemonUnreachable,
-    InvalidAddress,
-    InvalidDomain,
-    InvalidTTL,
-    NoSuchOverride,
-    NotAuthorized,
-    PortalError,
-    StateError,
-    TooManyOverrides,
-)
-
-_BY_NAME: dict[str, type[PortalError]] = {
-    "InvalidDomain": InvalidDomain,
-    "InvalidAddress": InvalidAddress,
-    "InvalidTTL": InvalidTTL,
-    "TooManyOverrides": TooManyOverrides,
-    "NoSuchOverride": NoSuchOverride,
-    "StateError": StateError,
-    "NotAuthorized": NotAuthorized,
-}
+from portal.errors import DaemonUnreachable, NotAuthorized, PortalError
 
 CALL_TIMEOUT_S = 30.0  # polkit may prompt for a password
 
@@ -97,7 +78,7 @@ class Client:
             text = reply.body[0] if reply.body else reply.error_name
             name = reply.error_name or ""
             if name.startswith(ERROR_PREFIX):
-                raise _BY_NAME.get(name[len(ERROR_PREFIX) :], PortalError)(text)
+                raise ERRORS.get(name[len(ERROR_PREFIX) :], PortalError)(text)
             if name in (
                 "org.freedesktop.DBus.Error.ServiceUnknown",
                 "org.freedesktop.DBus.Error.NameHasNoOwner",

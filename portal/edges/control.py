@@ -20,16 +20,13 @@ from dbus_next import Message, MessageFlag, MessageType, NameFlag, RequestNameRe
 from dbus_next.aio import MessageBus
 
 from portal.core.model import Override
-from portal.edges.bus import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH
+from portal.edges.bus import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, error_name
 from portal.errors import (
     DaemonUnreachable,
     InvalidAddress,
     InvalidDomain,
-    InvalidTTL,
-    NoSuchOverride,
     NotAuthorized,
     PortalError,
-    StateError,
     TooManyOverrides,
 )
 
@@ -69,16 +66,6 @@ INTROSPECTION = f"""<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Intr
  </interface>
 </node>
 """
-
-_ERRORS: list[tuple[type[Exception], str]] = [
-    (InvalidDomain, "InvalidDomain"),
-    (InvalidAddress, "InvalidAddress"),
-    (InvalidTTL, "InvalidTTL"),
-    (TooManyOverrides, "TooManyOverrides"),
-    (NoSuchOverride, "NoSuchOverride"),
-    (StateError, "StateError"),
-    (NotAuthorized, "NotAuthorized"),
-]
 
 
 class Service(Protocol):
@@ -216,7 +203,7 @@ class ControlServer:
         try:
             reply = await handler(msg)
         except PortalError as exc:
-            reply = Message.new_error(msg, _error_name(exc), str(exc))
+            reply = Message.new_error(msg, error_name(exc), str(exc))
         except _BadArgs as exc:
             reply = Message.new_error(msg, "org.freedesktop.DBus.Error.InvalidArgs", str(exc))
         except Exception as exc:
@@ -401,10 +388,3 @@ def _ttl(ttl: int) -> float | None:
     if ttl == TTL_DEFAULT:
         return -1.0
     return None if ttl == TTL_FOREVER else float(ttl)
-
-
-def _error_name(exc: PortalError) -> str:
-    for cls, name in _ERRORS:
-        if isinstance(exc, cls):
-            return ERROR_PREFIX + name
-    return ERROR_PREFIX + "Failed"

@@ -189,7 +189,7 @@ def test_prepare_validates_everything_before_changing() -> None:
     with pytest.raises(InvalidAddress):
         t.add("a.example", [], ttl_s=60, now=NOW)
     with pytest.raises(InvalidAddress):
-        t.add("a.example", ["10.0.0.%d" % i for i in range(1, 20)], ttl_s=60, now=NOW)
+        t.add("a.example", [f"10.0.0.{i}" for i in range(1, 20)], ttl_s=60, now=NOW)
     with pytest.raises(InvalidTTL):
         t.add("a.example", ["10.0.0.1"], ttl_s=0, now=NOW)
     with pytest.raises(InvalidDomain):
@@ -235,10 +235,12 @@ def test_state_round_trip() -> None:
         '{"version": 2, "overrides": []}',
         '{"version": 1}',
         '{"version": 1, "overrides": [1]}',
-        '{"version": 1, "overrides": [{"name": "a..b", "addresses": ["10.0.0.1"], "expires_at": null}]}',
+        '{"version": 1, "overrides": [{"name": "a..b", "addresses": ["10.0.0.1"],'
+        ' "expires_at": null}]}',
         '{"version": 1, "overrides": [{"name": "a.b", "addresses": ["x"], "expires_at": null}]}',
         '{"version": 1, "overrides": [{"name": "a.b", "addresses": [], "expires_at": null}]}',
-        '{"version": 1, "overrides": [{"name": "a.b", "addresses": ["10.0.0.1"], "expires_at": "x"}]}',
+        '{"version": 1, "overrides": [{"name": "a.b", "addresses": ["10.0.0.1"],'
+        ' "expires_at": "x"}]}',
         '{"version": 1, "overrides": [{"name": "a.b", "addresses": ["10.0.0.1"]}]}',
         '{"version": 1, "overrides": [{"name": "a.b", "addresses": ["10.0.0.1"], "expires_at": 1,'
         ' "source": "martian"}]}',

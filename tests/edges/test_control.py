@@ -300,7 +300,7 @@ def test_unprivileged_user_can_list_but_not_change(
     assert out.returncode == 0, out.stderr
     names = [i["name"] for i in json.loads(d.cli("list", "--json").stdout)]
     assert names == ["member.example", "root-made.example"]
-    assert f"refused org.portalhelper.portal.manage-overrides" in d.log()
+    assert "refused org.portalhelper.portal.manage-overrides" in d.log()
 
 
 def test_tcp_and_udp_same_answers_with_dnspython(daemon: Daemon) -> None:
