@@ -189,15 +189,15 @@ class Agent:
         """Carry out one action; a failure is logged, never raised (one failed note is no crash)."""
         match action:
             case ShowNotification(note, replaces_id):
-                nid = 0
+                nid, serial = 0, 0
                 if self.notifier is not None:
                     try:
-                        nid = await self.notifier.show(note, replaces_id)
+                        nid, serial = await self.notifier.show(note, replaces_id)
                         log.info("notification %d: %s", nid, note.summary)
                     except NotifyFailed as exc:
                         log.warning("cannot show the %s notification: %s", note.kind, exc)
                 # Fed back at once, before the next event, so the core knows the id.
-                await self.handle(NotificationShown(nid, note.kind))
+                await self.handle(NotificationShown(nid, note.kind, serial))
             case CloseNotification(nid):
                 if self.notifier is not None:
                     try:

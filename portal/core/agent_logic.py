@@ -128,16 +128,29 @@ class ServerChanged:
 
 @dataclass(frozen=True, slots=True)
 class NotificationShown:
-    """The server accepted a notification and gave it this id (0: it failed)."""
+    """The server accepted a notification and gave it this id (0: it failed).
+
+    `serial` is the D-Bus serial of the server's reply (0: unknown); see NotificationClosed.
+    """
 
     notification_id: int
     kind: Kind
+    serial: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class NotificationClosed:
+    """The server closed a notification.
+
+    `serial` is the D-Bus serial of the server's signal (0: unknown). A server numbers its
+    messages in order, so a close sent before its reply to our Notify is about the instance that
+    Notify replaced, even when the server gave the new one the same id (dunst re-uses the id
+    it was asked to replace when that one is already gone).
+    """
+
     notification_id: int
     reason: int
+    serial: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +226,7 @@ class AgentState:
     shown_id: int = 0  # the notification of ours on screen, 0 = none
     shown: Notification | None = None  # what we last sent for `shown_id`
     shown_for: str = ""  # network_id the shown notification is about
+    shown_serial: int = 0  # serial of the server's reply that gave `shown_id`
     page_url: str = ""  # what "Open sign-in page" opens right now
 
 
@@ -484,15 +498,15 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
             elif state.status is not None and note.kind is Kind.REMINDER:
                 note = reminder_notification(state.status, caps)
             return replace(state, shown=note), [ShowNotification(note)]
-        case NotificationShown(nid, kind):
+        case NotificationShown(nid, kind, serial):
             if state.shown is None or state.shown.kind is not kind:
                 return state, []
-            if nid == 0:
-                return replace(state, shown_id=0), []
-            return replace(state, shown_id=nid), []
-        case NotificationClosed(nid, reason):
+            return replace(state, shown_id=nid, shown_serial=serial), []
+        case NotificationClosed(nid, reason, serial):
             if nid == 0 or nid != state.shown_id:
                 return state, []
+            if serial and serial < state.shown_serial:
+                return state, []  # about the instance our last Notify replaced
             closed = state.shown
             state = replace(state, shown_id=0, shown=None)
             if closed is not None and closed.kind is Kind.SIGN_IN and reason != CLOSED_BY_CALL:

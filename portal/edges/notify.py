@@ -75,8 +75,9 @@ class NotificationServer:
         for task in self._tasks:
             task.cancel()
 
-    async def show(self, note: Notification, replaces_id: int = 0) -> int:
-        """Send `note` (in place of `replaces_id` when non-zero); return the server's id."""
+    async def show(self, note: Notification, replaces_id: int = 0) -> tuple[int, int]:
+        """Send `note` (in place of `replaces_id` when non-zero); return the server's id and
+        the serial of its reply (which orders it among the server's signals)."""
         actions: list[str] = []
         for key, label in note.actions:
             actions += [key, label]
@@ -104,7 +105,7 @@ class NotificationServer:
         nid = reply.body[0] if reply.body else 0
         if not isinstance(nid, int) or nid <= 0:
             raise NotifyFailed(f"notification server returned id {nid!r}")
-        return nid
+        return nid, reply.serial
 
     async def close(self, notification_id: int) -> None:
         await self._call("CloseNotification", "u", [notification_id])
@@ -192,4 +193,4 @@ class NotificationServer:
         if msg.member == "ActionInvoked" and msg.signature == "us":
             self._emit(ActionInvoked(msg.body[0], msg.body[1]))
         elif msg.member == "NotificationClosed" and msg.signature == "uu":
-            self._emit(NotificationClosed(msg.body[0], msg.body[1]))
+            self._emit(NotificationClosed(msg.body[0], msg.body[1], msg.serial))

@@ -205,6 +205,19 @@ def test_open_action_opens_the_sign_in_url() -> None:
     assert step(state, ActionInvoked(1, "bogus"))[1] == []
 
 
+def test_close_sent_before_the_replacing_reply_is_about_the_old_instance() -> None:
+    # Connected on screen as id 7; the user closes it just as a new episode replaces it, and
+    # the server re-uses id 7 for the new sign-in: its close signal came before its reply.
+    state, _ = run([CAPTIVE, ONLINE], with_server())
+    state, actions = step(state, st(Connectivity.CAPTIVE, url=URL))
+    assert shows(actions) == [(Kind.SIGN_IN, 1)]
+    state, _ = step(state, NotificationShown(1, Kind.SIGN_IN, serial=40))
+    state, _ = step(state, NotificationClosed(1, CLOSED_DISMISSED, serial=39))
+    assert state.shown_id == 1 and not state.dismissed
+    state, _ = step(state, NotificationClosed(1, CLOSED_DISMISSED, serial=41))
+    assert state.shown_id == 0 and state.dismissed
+
+
 def test_closed_by_our_own_call_is_not_a_dismissal() -> None:
     state, _ = run([CAPTIVE], with_server())
     state, _ = step(state, NotificationClosed(1, CLOSED_BY_CALL))
