@@ -57,13 +57,21 @@ class FakeUpstream:
         return f"{self.host}:{self.port}"
 
     def start(self) -> FakeUpstream:
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self._udp.bind((self.host, 0))
-        self.port = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind((self.host, self.port))
+        for _ in range(50):  # a port free for both UDP and TCP
+            self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self._udp.bind((self.host, 0))
+            self.port = self._udp.getsockname()[1]
+            self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self._tcp.bind((self.host, self.port))
+                break
+            except OSError:
+                self._udp.close()
+                self._tcp.close()
+        else:
+            raise RuntimeError("no port free for both UDP and TCP")
         self._tcp.listen(64)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -235,19 +243,14 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Fill the file system holding `directory` up to the last byte; return the filler file."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
-        chunk = b"\0" * 4096
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
-    # tmpfs may have room for a smaller tail: fill byte-wise until ENOSPC
-    with open(filler, "ab", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while f.write(b"\0"):
-                pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for size in (65536, 4096, 1):  # big writes first, then the last crumbs
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
