@@ -219,12 +219,18 @@ def private_bus(base: Path) -> tuple[str, subprocess.Popen[bytes]]:
 
 
 def portal_cmd() -> list[str]:
-    """The installed console script when it belongs to this interpreter (what users run),
-    else `python -m portal`."""
+    """The installed console script when it belongs to this interpreter (what users run).
+    With --tree, the CLI from that tree, put first on sys.path (`-m` would import from the
+    current directory first)."""
     script = Path(sysconfig.get_path("scripts")) / "portal"
     if script.exists() and not FORCE_MODULE:
         return [sys.executable, str(script)]
-    return [sys.executable, "-m", "portal"]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+        "from portal.cli import main; sys.exit(main())",
+    ]
 
 
 def portal_env() -> dict[str, str]:
