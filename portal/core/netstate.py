@@ -132,10 +132,8 @@ def parse_link_state(text: str) -> LinkState:
             continue
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip()
+    # The URI is passed on as networkd recorded it; core/detect.py judges it (RFC 8910: https).
     uri = values.get("CAPTIVE_PORTAL", "")
-    # RFC 8910 §2: the URI must be HTTPS; anything else is ignored, as the RFC asks.
-    if not uri.lower().startswith("https://") or any(c.isspace() for c in uri):
-        uri = ""
     return LinkState(dns=_servers(values.get("DNS", "").split()), captive_portal=uri)
 
 

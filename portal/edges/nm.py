@@ -187,10 +187,8 @@ def network_from_nm(
     dhcp_dns = [a for w in str(options.get("domain_name_servers") or "").split() if (a := _ip(w))]
     venue = dhcp_dns or nameservers_from_ip_config(ip4, {})
     # dhclient names DHCP option 114 by its RFC 3679 name, default_url (NM's internal client
-    # does not expose it at all in 1.42). RFC 8910 §2: only an https URI is acceptable.
+    # does not expose it at all in 1.42). Reported as given: core/detect.py judges it (https).
     api_uri = str(options.get("default_url") or "").strip()
-    if not api_uri.lower().startswith("https://") or any(c.isspace() for c in api_uri):
-        api_uri = ""
     addresses = _address_data(ip4) + [
         a for a in _address_data(ip6) if not ipaddress.ip_address(a).is_link_local
     ]
@@ -290,6 +288,11 @@ async def _connect(bus: MessageBus | str | None) -> MessageBus:
 
 async def _close(bus: MessageBus) -> None:
     """Disconnect and wait until the socket is really closed (else it leaks until GC)."""
+    # A round trip first flushes dbus-next's write queue: a call cancelled just after it was
+    # queued would otherwise be written to the shut-down socket, failing a future nobody reads.
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1.0):
+            await _call(bus, BUS_NAME, BUS_PATH, "org.freedesktop.DBus.Peer", "Ping")
     bus.disconnect()
     with contextlib.suppress(Exception):
         async with asyncio.timeout(CALL_TIMEOUT_S):

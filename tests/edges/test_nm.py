@@ -31,6 +31,8 @@ from portal.edges.nm import (
     plain,
     upstreams_from_nm,
 )
+from tests.lab.lab import LAPTOP_IF, NM_CHECK_URI, PROFILE_ID, PROFILE_UUID, Lab
+from tests.lab.marks import LabFactory, requires_dhclient, requires_lab
 
 # --- pure translation ---------------------------------------------------------------------------
 
@@ -96,7 +98,7 @@ def test_network_from_nm_blocked_profile_uses_dhcp_dns_not_pinned() -> None:
     )
 
 
-def test_network_from_nm_falls_back_to_ip4_nameservers_and_drops_bad_api_uri() -> None:
+def test_network_from_nm_falls_back_to_ip4_nameservers() -> None:
     network = network_from_nm(
         manager={},
         active={**ACTIVE, "Type": "802-11-wireless"},
@@ -109,7 +111,7 @@ def test_network_from_nm_falls_back_to_ip4_nameservers_and_drops_bad_api_uri() -
     assert network is not None
     assert (network.name, network.kind, network.interface) == ("Hotel Guest", "wifi", "wlan0")
     assert network.venue_dns == ("10.77.0.1",)
-    assert network.api_uri == ""  # RFC 8910: https only
+    assert network.api_uri == "http://login.hotel.test/api"  # as given; the core judges it
     assert network.check_uri == ""
 
 
@@ -218,26 +220,29 @@ class MockNM:
     def __init__(self, address: str, control: MessageBus) -> None:
         self.address = address
         self.control = control
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # Popen rather than asyncio's subprocess: the latter's transport warns when collected
+        # after the loop closed, at a random later point of the session.
+        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.address)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dbusmock", "--system", "--template", "networkmanager"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
 
     async def start(self) -> None:
-        env = dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS=self.address)
-        self.proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "dbusmock", "--system", "--template", "networkmanager"),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-        )
+        self.proc = self._spawn()
         async with asyncio.timeout(WAIT_S):
             while not await nm_available(self.control):
-                assert self.proc.returncode is None, "dbusmock exited"
+                assert self.proc.poll() is None, "dbusmock exited"
                 await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
         if self.proc is not None:
-            if self.proc.returncode is None:
-                self.proc.terminate()
-            async with asyncio.timeout(WAIT_S):
-                await self.proc.wait()
+            self.proc.terminate()
+            self.proc.wait(WAIT_S)
             self.proc = None
 
     async def call(self, path: str, member: str, signature: str, *body: Any) -> Any:
@@ -539,3 +544,111 @@ async def test_run_returns_when_a_shared_bus_closes(bus_env: tuple[str, MessageB
 async def test_nm_available_without_a_bus_is_false(tmp_path: Path) -> None:
     assert not await nm_available(f"unix:path={tmp_path}/no-such-socket")
     gc.collect()
+
+
+# --- the real NetworkManager in the lab (root) --------------------------------------------------
+
+pytest_plugins = ["tests.lab.fixtures"]  # the lab_factory fixture
+
+
+async def first_network(events: Events) -> Network:
+    while (event := await events.until(NetworkChanged)).network is None:
+        pass
+    network: Network = event.network
+    return network
+
+
+async def until_connectivity(events: Events, want: Connectivity) -> None:
+    while (await events.until(ConnectivityReported)).connectivity != want:
+        pass
+
+
+def expected_lab_network(lab: Lab, *, api_uri: str = "") -> Network:
+    ip = lab.laptop_ip()
+    assert ip is not None
+    return Network(
+        id=PROFILE_UUID,
+        name=PROFILE_ID,
+        interface=LAPTOP_IF,
+        kind="ethernet",
+        addresses=(ip,),
+        venue_dns=(lab.hotel_ip,),
+        api_uri=api_uri,
+        check_uri=NM_CHECK_URI,
+    )
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@requires_lab
+async def test_lab_hijack_network_captive_then_online(lab_factory: LabFactory) -> None:
+    lab = lab_factory(dns_mode="hijack")
+    events = Events()
+    async with watching(lab.bus_address, events) as watcher:
+        assert await first_network(events) == expected_lab_network(lab)
+        assert await events.until(UpstreamsChanged) == UpstreamsChanged((Upstream(lab.hotel_ip),))
+        await until_connectivity(events, Connectivity.CAPTIVE)
+        lab.login()
+        # After a login the daemon asks NM to look again, so the desktop's indicator catches up.
+        assert await watcher.check_connectivity() == Connectivity.ONLINE
+        await until_connectivity(events, Connectivity.ONLINE)
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@requires_dhclient
+async def test_lab_dhclient_reports_option_114_as_api_uri(lab_factory: LabFactory) -> None:
+    lab = lab_factory(dhcp_client="dhclient", https=True)
+    events = Events()
+    async with watching(lab.bus_address, events):
+        network = await first_network(events)
+        assert network.api_uri == lab.api_uri
+        assert network.api_uri.startswith("https://")
+        assert network == expected_lab_network(lab, api_uri=lab.api_uri)
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@requires_lab
+async def test_lab_blocked_venue_dns_is_the_dhcp_one_not_the_pinned(
+    lab_factory: LabFactory,
+) -> None:
+    lab = lab_factory(dns_mode="blocked")
+    events = Events()
+    async with watching(lab.bus_address, events):
+        network = await first_network(events)
+        # The profile pins 192.0.2.53 (ignore-auto-dns): that is where the stub forwards, but
+        # the venue's DNS is still the one DHCP offered.
+        assert network.venue_dns == (lab.hotel_ip,)
+        assert await events.until(UpstreamsChanged) == UpstreamsChanged((Upstream(lab.public_dns),))
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@requires_lab
+async def test_lab_nm_restart_mid_way_recovers(lab_factory: LabFactory) -> None:
+    lab = lab_factory(dns_mode="hijack")
+    events = Events()
+    async with watching(lab.bus_address, events) as watcher:
+        before = await first_network(events)
+        await until_connectivity(events, Connectivity.CAPTIVE)
+        # Blocking lab calls on purpose: signals queue on the watcher's socket meanwhile.
+        lab.restart_nm()
+        lab.wait_connectivity("portal")
+        lab.login()
+        # NM's own check, triggered from outside: the change must reach the watcher through
+        # the new NM's signals (the subscription survived the restart).
+        lab.nmcli("networking", "connectivity", "check")
+        await until_connectivity(events, Connectivity.ONLINE)
+        assert await watcher.check_connectivity() == Connectivity.ONLINE
+        # Whatever NM passed through while restarting, the network is the same one again.
+        latest = [e for e in drain(events) if isinstance(e, NetworkChanged)]
+        if latest:
+            assert latest[-1].network is not None and latest[-1].network.id == before.id
+
+
+def drain(events: Events) -> list[object]:
+    out = []
+    while not events.queue.empty():
+        out.append(events.queue.get_nowait())
+    return out
