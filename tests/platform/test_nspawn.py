@@ -127,8 +127,10 @@ def service_dropin(shared: list[Path]) -> str:
     if any(p.is_relative_to(h) for p in shared for h in homes):
         # This Python lives in a home directory, which ProtectHome=yes hides. The tmpfs variant
         # hides homes just the same and lets the interpreter's paths through.
-        dropin += "ProtectHome=tmpfs\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in shared)
-    return dropin
+        dropin += "ProtectHome=tmpfs\n"
+    # Bound again into the service's own namespace: this also shows paths below /tmp, which
+    # PrivateTmp=yes replaces (a checkout in /tmp).
+    return dropin + "".join(f"BindReadOnlyPaths={p}\n" for p in shared)
 
 
 def write_tree(work: Path, shared: list[Path]) -> list[str]:

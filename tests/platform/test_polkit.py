@@ -124,6 +124,7 @@ class Stack:
     member: str  # in netdev
     outsider: str  # in no group that matters
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
+    logs: dict[int, str] = field(default_factory=dict)  # PID -> log file name in tmp
 
     def env(self) -> dict[str, str]:
         return {
@@ -168,7 +169,21 @@ class Stack:
                 text=True,
             )
         self.procs.append(proc)
+        self.logs[proc.pid] = log
         return proc
+
+    def wait_started(self, what: str, check: Callable[[], bool]) -> None:
+        """Wait for the last program started to be ready; fail at once, with its log, if it
+        exits, and with its log if it never gets ready (a loaded machine gets a minute)."""
+        proc = self.procs[-1]
+        log = self.tmp / self.logs[proc.pid]
+        deadline = time.monotonic() + 60
+        while not check():
+            if proc.poll() is not None:
+                pytest.fail(f"{what}: exited with {proc.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
+            time.sleep(0.1)
 
     def has_owner(self, name: str) -> bool:
         reply = self.run(
@@ -275,16 +290,16 @@ def stack() -> Iterator[Stack]:
         address = f"unix:path={tmp}/system_bus_socket"
         s = Stack(tmp, address, holder.pid, free_port(), member, outsider, procs)
         s.start(None, "dbus-daemon", "--nofork", f"--config-file={bus_config(tmp)}", log="bus.log")
-        wait_for("the bus socket", lambda: (tmp / "system_bus_socket").exists())
+        s.wait_started("the bus socket", lambda: (tmp / "system_bus_socket").exists())
         s.start(None, str(POLKITD), "--no-debug", log="polkitd.log")
-        wait_for("polkitd on the bus", lambda: s.has_owner("org.freedesktop.PolicyKit1"))
+        s.wait_started("polkitd on the bus", lambda: s.has_owner("org.freedesktop.PolicyKit1"))
         s.start(
             "portal", sys.executable, "-m", "portal", "daemon", "--bus", address,
             "--listen", f"127.0.0.1:{s.stub_port}", "--state-dir", str(state),
             "--upstream", "127.0.0.1:9", "--network-source", "none", "--wiring", "none",
             log="daemon.log",
         )  # fmt: skip
-        wait_for("the daemon on the bus", lambda: s.has_owner(BUS_NAME))
+        s.wait_started("the daemon on the bus", lambda: s.has_owner(BUS_NAME))
         yield s
     finally:
         # Stop in reverse order, each by its own PID.
