@@ -123,6 +123,7 @@ class Stack:
     stub_port: int
     member: str  # in netdev
     outsider: str  # in no group that matters
+    nixos_member: str  # in networkmanager
     procs: list[subprocess.Popen[str]] = field(default_factory=list)
     logs: dict[int, str] = field(default_factory=dict)  # PID -> log file name in tmp
 
@@ -240,17 +241,20 @@ def stack() -> Iterator[Stack]:
     tmp = Path(tempfile.mkdtemp(prefix="portal-polkit-"))
     tmp.chmod(0o755)
     tag = secrets.token_hex(3)
-    member, outsider = f"ptest-{tag}-a", f"ptest-{tag}-b"
+    member, outsider, nixos = f"ptest-{tag}-a", f"ptest-{tag}-b", f"ptest-{tag}-n"
     made_users: list[str] = []
     made_groups: list[str] = []
     procs: list[subprocess.Popen[str]] = []
     holder: subprocess.Popen[str] | None = None
     try:
-        try:
-            grp.getgrnam("netdev")
-        except KeyError:
-            subprocess.run(["groupadd", "--system", "netdev"], check=True, timeout=30)
-            made_groups.append("netdev")
+        # netdev is Debian's NetworkManager group, networkmanager NixOS's; made for the test
+        # (and removed after) where missing.
+        for group in ("netdev", "networkmanager"):
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                subprocess.run(["groupadd", "--system", group], check=True, timeout=30)
+                made_groups.append(group)
         try:
             pwd.getpwnam("portal")
         except KeyError:
@@ -265,6 +269,8 @@ def stack() -> Iterator[Stack]:
         made_users.append(member)
         add_user(outsider)
         made_users.append(outsider)
+        add_user(nixos, "networkmanager")
+        made_users.append(nixos)
 
         for sub, source in (
             ("actions", ROOT / "polkit/org.portalhelper.portal.policy"),
@@ -288,7 +294,7 @@ def stack() -> Iterator[Stack]:
         assert holder.poll() is None, (tmp / "holder.log").read_text()
 
         address = f"unix:path={tmp}/system_bus_socket"
-        s = Stack(tmp, address, holder.pid, free_port(), member, outsider, procs)
+        s = Stack(tmp, address, holder.pid, free_port(), member, outsider, nixos, procs)
         s.start(None, "dbus-daemon", "--nofork", f"--config-file={bus_config(tmp)}", log="bus.log")
         s.wait_started("the bus socket", lambda: (tmp / "system_bus_socket").exists())
         s.start(None, str(POLKITD), "--no-debug", log="polkitd.log")
@@ -342,12 +348,13 @@ def test_pkaction_sees_the_shipped_actions(stack: Stack) -> None:
         assert "org.freedesktop.policykit.owner -> unix-user:portal" in shown.stdout
 
 
-def test_rule_lets_netdev_in_for_both_actions(stack: Stack) -> None:
+def test_rule_lets_netdev_and_networkmanager_in_for_both_actions(stack: Stack) -> None:
     for action in ("org.portalhelper.portal.manage-overrides", "org.portalhelper.portal.check"):
         # pkcheck asks about its own shell's process, as that user.
         script = f'pkcheck --action-id {action} --process "$$"'
-        member = stack.run(stack.member, "sh", "-c", script)
-        assert member.returncode == 0, member.stdout + member.stderr
+        for user in (stack.member, stack.nixos_member):
+            member = stack.run(user, "sh", "-c", script)
+            assert member.returncode == 0, member.stdout + member.stderr
         outsider = stack.run(stack.outsider, "sh", "-c", script)
         # 2: not authorised (a password would be needed), 1 would be an error.
         assert outsider.returncode == 2, outsider.stdout + outsider.stderr
