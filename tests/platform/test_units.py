@@ -232,3 +232,12 @@ def test_polkit_rule_names_both_groups_and_actions() -> None:
         '"org.portalhelper.portal.check"',
     ):
         assert word in rule
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_install_scripts_pass_shellcheck() -> None:
+    scripts = [str(ROOT / "scripts" / name) for name in ("install", "uninstall")]
+    result = subprocess.run(
+        ["shellcheck", *scripts], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout
