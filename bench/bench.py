@@ -470,7 +470,7 @@ class Bench:
                 if name == "portal":
                     shutil.rmtree(d / "state", ignore_errors=True)
                     shutil.copytree(state, d / "state")
-                    (d / "portal.toml").write_text("")
+                    (d / "portal.toml").write_text(p.PORTAL_CONFIG)
                     cmd = [
                         *p.portal_cmd(),
                         "daemon",

@@ -42,6 +42,10 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 </busconfig>
 """
 
+# The benchmarks measure DNS and the control API: no network watching (it could probe the
+# Internet on a link change) and no resolver wiring on the machine running them.
+PORTAL_CONFIG = 'wiring = "none"\nnetwork_source = "none"\n'
+
 _RUNNING: dict[int, subprocess.Popen[bytes]] = {}
 
 
@@ -255,7 +259,7 @@ def start_portal(
     port = free_port(host)
     state = state_dir or base / "state"
     config = base / "portal.toml"
-    config.write_text("")  # never read the machine's /etc/portal/portal.toml
+    config.write_text(PORTAL_CONFIG)  # never the machine's /etc/portal/portal.toml
     cmd = [
         *portal_cmd(),
         "daemon",
