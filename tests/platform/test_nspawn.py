@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -329,6 +330,10 @@ def test_socket_activation_serves_an_override_without_privileges(c: Container) -
         assert int(status[cap], 16) == 0, (cap, status[cap])
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"
+    # The loaded unit, as systemd itself rates it (the offline gate is in test_units.py).
+    security = c.run("systemd-analyze", "security", "--no-pager", "portal.service").stdout
+    exposure = re.search(r"Overall exposure level for portal\.service: (\d+\.\d)", security)
+    assert exposure and float(exposure[1]) <= 1.5, security[-300:]
     # It owns the bus name under the shipped policy and reports over sd_notify.
     assert c.show("portal.service", "StatusText") != ""
     listed = c.run("/opt/portal/bin/portal", "list", "--json").stdout
