@@ -656,9 +656,11 @@ def test_install_without_systemd_runs_the_daemon_on_a_private_bus(install_work: 
         new_pid = int(c.run("cat", "/run/portal/daemon.pid").stdout)
         assert new_pid != pid and gone(c, pid)
         assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+        bus_pid = int(c.run("cat", "/run/portal/bus.pid").stdout)
 
         uninstall(c, "--purge")
-        assert gone(c, new_pid)
+        assert gone(c, new_pid) and gone(c, bus_pid)
+        assert not exists(c, "/run/portal")
         assert refused(c)
         assert not any(exists(c, path) for path in INSTALLED)
         assert c.run("id", "portal", check=False).returncode != 0
