@@ -23,6 +23,11 @@ from typing import Any
 
 import pytest
 
+from tests.lab.lab import LabProcess
+from tests.lab.marks import LabFactory, requires_static_lab
+
+pytest_plugins = ["tests.lab.fixtures"]  # the lab_factory fixture
+
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 20.0  # bound on any wait; never asserted
 
@@ -187,6 +192,53 @@ def test_only_changes_are_emitted(watched: Watched) -> None:
     event = w.next()
     assert event["type"] == "NetworkChanged"
     assert event["network"]["id"] == "link:nl0:10.99.0.1"
+
+
+class LogEvents:
+    """Events printed by a watcher that runs on the lab's laptop (its log mixes in stderr)."""
+
+    def __init__(self, proc: LabProcess) -> None:
+        self.proc = proc
+        self.seen = 0
+
+    def next(self) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            lines = [ln for ln in self.proc.read_log().splitlines() if ln.startswith("{")]
+            if len(lines) > self.seen:
+                self.seen += 1
+                event: dict[str, Any] = json.loads(lines[self.seen - 1])
+                return event
+            assert self.proc.alive(), f"watcher exited: {self.proc.read_log()}"
+            time.sleep(0.05)
+        raise AssertionError(f"no event from the watcher: {self.proc.read_log()}")
+
+
+@pytest.mark.lab
+@requires_static_lab
+def test_lab_laptop_without_nm(lab_factory: LabFactory) -> None:
+    # The lab's laptop without NetworkManager: static 10.77.0.50/24, default route via the
+    # hotel, /etc/resolv.conf naming the hotel's DNS, as a hand-configured machine would have.
+    lab = lab_factory(nm=False)
+    argv = [sys.executable, __file__, "--watch", "/etc/resolv.conf", "/nonexistent/netif-links"]
+    proc = lab.spawn_laptop(argv, env={"PYTHONPATH": str(ROOT)}, name="netlink-watch")
+    events = LogEvents(proc)
+    while (event := events.next())["type"] != "NetworkChanged" or event["network"] is None:
+        pass
+    assert event["network"] == {
+        "id": f"link:lap0:{lab.hotel_ip}",
+        "name": "lap0",
+        "interface": "lap0",
+        "kind": "veth",
+        "addresses": ["10.77.0.50"],
+        "venue_dns": [lab.hotel_ip],
+        "api_uri": "",
+        "check_uri": "",
+    }
+    lab.run_laptop(["ip", "route", "del", "default"], check=True)
+    while (event := events.next())["type"] != "NetworkChanged":
+        pass
+    assert event["network"] is None
 
 
 def _event_json(event: object) -> str:
