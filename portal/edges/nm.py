@@ -40,6 +40,7 @@ NM_IFACE = "org.freedesktop.NetworkManager"
 DNS_PATH = "/org/freedesktop/NetworkManager/DnsManager"
 DNS_IFACE = "org.freedesktop.NetworkManager.DnsManager"
 ACTIVE_IFACE = "org.freedesktop.NetworkManager.Connection.Active"
+ACTIVE_PREFIX = "/org/freedesktop/NetworkManager/ActiveConnection/"
 DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
 IP4_IFACE = "org.freedesktop.NetworkManager.IP4Config"
 IP6_IFACE = "org.freedesktop.NetworkManager.IP6Config"
@@ -517,6 +518,14 @@ class NetworkManagerWatcher:
         if primary != NO_PATH:
             watched.add(primary)
             active = await _get_all(bus, primary, ACTIVE_IFACE)
+            base = str(active.get("SpecificObject") or NO_PATH)
+            if active.get("Vpn") is True and base.startswith(ACTIVE_PREFIX):
+                # A VPN rides on a base connection (NM makes that base's active connection the
+                # VPN's SpecificObject): the venue, its DHCP and its portal are the base's.
+                # Upstreams still come from DnsManager, which ranks the VPN's servers.
+                primary = base
+                watched.add(primary)
+                active = await _get_all(bus, primary, ACTIVE_IFACE)
             devices = [str(d) for d in active.get("Devices") or []]
             if devices:
                 watched.add(devices[0])

@@ -463,6 +463,27 @@ async def test_reads_current_state_then_follows_changes_once_each(
             assert await watcher.check_connectivity() == Connectivity.LIMITED
             assert events.queue.empty()
 
+            # A VPN comes up and becomes the primary connection: the venue is still the hotel
+            # (no NetworkChanged); the next event is the connectivity change that follows.
+            vpn = "/org/freedesktop/NetworkManager/ActiveConnection/vpn"
+            vpn_props = {
+                "Uuid": Variant("s", str(uuid.uuid4())),
+                "Id": Variant("s", "work-vpn"),
+                "Type": Variant("s", "vpn"),
+                "Vpn": Variant("b", True),
+                "Devices": Variant("ao", ["/org/freedesktop/NetworkManager/Devices/1"]),
+                "SpecificObject": Variant(
+                    "o", "/org/freedesktop/NetworkManager/ActiveConnection/1"
+                ),
+                "Ip4Config": Variant("o", "/"),
+                "Ip6Config": Variant("o", "/"),
+                "Dhcp4Config": Variant("o", "/"),
+            }
+            await mock.add_object(vpn, nm.ACTIVE_IFACE, vpn_props)
+            await mock.set_property(NM_PATH, NM_IFACE, "PrimaryConnection", Variant("o", vpn))
+            await mock.set_property(NM_PATH, NM_IFACE, "Connectivity", Variant("u", 4))
+            assert await events.next() == ConnectivityReported(Connectivity.ONLINE)
+
             # Disconnect: no primary connection.
             await mock.set_property(NM_PATH, NM_IFACE, "PrimaryConnection", Variant("o", "/"))
             assert await events.next() == NetworkChanged(None)
