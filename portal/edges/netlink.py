@@ -18,6 +18,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -70,6 +71,9 @@ RETRY_MAX_S = 30.0
 DEFAULT_RESOLV_CONF = Path("/etc/resolv.conf")
 DEFAULT_NETWORKD_DIR = Path("/run/systemd/netif/links")
 DEFAULT_SYSFS_NET = Path("/sys/class/net")
+# resolv.conf lists the stub first on resolv.conf systems; never forward to it. The daemon
+# should pass its real listen addresses; this default covers the default one.
+DEFAULT_EXCLUDE = (Upstream("127.0.0.153"),)
 
 _UNSET: Any = object()
 
@@ -161,15 +165,15 @@ class NetlinkWatcher:
         self,
         emit: Emit,
         *,
-        resolv_conf: Path | None = DEFAULT_RESOLV_CONF,
-        networkd_dir: Path = DEFAULT_NETWORKD_DIR,
-        sysfs_net: Path = DEFAULT_SYSFS_NET,
-        exclude_upstreams: Iterable[Upstream] = (),
+        resolv_conf: str | os.PathLike[str] | None = DEFAULT_RESOLV_CONF,
+        networkd_dir: str | os.PathLike[str] = DEFAULT_NETWORKD_DIR,
+        sysfs_net: str | os.PathLike[str] = DEFAULT_SYSFS_NET,
+        exclude_upstreams: Iterable[Upstream] = DEFAULT_EXCLUDE,
     ) -> None:
         self._emit = emit
-        self._resolv_conf = resolv_conf
-        self._networkd_dir = networkd_dir
-        self._sysfs_net = sysfs_net
+        self._resolv_conf = Path(resolv_conf) if resolv_conf else None
+        self._networkd_dir = Path(networkd_dir)
+        self._sysfs_net = Path(sysfs_net)
         self._exclude = tuple(exclude_upstreams)
         self._dirty = asyncio.Event()
         self._tables: object = _UNSET
