@@ -688,12 +688,21 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
         lines.append(m.markdown_table(header, rows))
     if "startup" in d:
         lines += ["", "## Start to first answer (1000 names loaded)", ""]
+        cpu = d.get("startup_cpu", {})
         rows = [
-            [n, f"{m.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}", str(len(v))]
+            [
+                n,
+                f"{m.median(v):.1f}",
+                f"{min(v):.1f}",
+                f"{max(v):.1f}",
+                _cpu(cpu.get(n)),
+                str(len(v)),
+            ]
             for n, v in d["startup"].items()
             if v
         ]
-        lines.append(m.markdown_table(["server", "median ms", "min", "max", "starts"], rows))
+        header = ["server", "median ms", "min", "max", "CPU ms (median)", "starts"]
+        lines.append(m.markdown_table(header, rows))
     if "cli" in d:
         lines += ["", "## CLI (daemon with a few overrides, private bus)", ""]
         names = {
@@ -703,11 +712,19 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
             "python_floor": "python3 -c pass (floor)",
             "import_cli": "python3 -c 'import portal.cli'",
         }
+        cpu = d.get("cli_cpu", {})
         rows = [
-            [names.get(k, k), f"{m.median(v):.1f}", f"{min(v):.1f}", f"{max(v):.1f}"]
+            [
+                names.get(k, k),
+                f"{m.median(v):.1f}",
+                f"{min(v):.1f}",
+                f"{max(v):.1f}",
+                _cpu(cpu.get(k)),
+            ]
             for k, v in d["cli"].items()
         ]
-        lines.append(m.markdown_table(["command", "median ms", "min", "max"], rows))
+        header = ["command", "median ms", "min", "max", "CPU ms (median)"]
+        lines.append(m.markdown_table(header, rows))
     if "memory" in d or "idle" in d:
         lines += ["", "## Memory and idle wakeups", ""]
         rows = []
@@ -747,6 +764,10 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
         lines.append(m.markdown_table(["module (cumulative)", "ms"], rows))
         lines.append(f"\nAll imports together: {d['imports']['total_us'] / 1e3:.1f} ms.")
     return "\n".join(lines) + "\n"
+
+
+def _cpu(values: list[float] | None) -> str:
+    return f"{m.median(values):.1f}" if values else "–"
 
 
 def _load(v: Any) -> str:
