@@ -720,7 +720,11 @@ class Daemon:
             log.warning("NetworkManager is not on the bus and netlink is unavailable; no detection")
             return
         log.info("NetworkManager is not on the bus: watching the kernel's links (netlink)")
-        watcher = NetlinkWatcher(self.emit, resolv_conf=self.config.resolv_conf)
+        watcher = NetlinkWatcher(
+            self.emit,
+            resolv_conf=self.config.resolv_conf,
+            exclude_upstreams=[Upstream(a) for a in sorted(self._own_addresses)],
+        )
         await watcher.run()
 
     async def _watch_sleep(self, bus: Any) -> None:
