@@ -7,7 +7,7 @@ survives NM restarting or being absent at start, and only logs NM-side errors ("
 
 Every NetworkManager D-Bus name (the CamelCase strings) lives in this module and nowhere else.
 This module must not decide anything about portals: no probing, no DNS, no timers beyond
-bounding its own D-Bus calls; it reports what NM says and the core decides.
+bounding and retrying its own D-Bus reads; it reports what NM says and the core decides.
 
 It talks to the bus with raw messages (Properties.GetAll, AddMatch) rather than introspected
 proxies: one round trip per object instead of two, no dependence on NM's introspection data,
