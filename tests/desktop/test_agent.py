@@ -40,7 +40,7 @@ from desktop_support import (
     start_xvfb,
 )
 
-from portal.agent import _defaults, build_parser, close_bus, main, run_agent
+from portal.agent import Agent, _defaults, build_parser, close_bus, main, run_agent
 from portal.core.agent_logic import Kind
 from portal.edges.bus import INTERFACE, OBJECT_PATH
 from portal.edges.notify import DESKTOP_ENTRY
@@ -190,22 +190,33 @@ async def test_dunst_updates_in_place_instead_of_stacking(
     async with running_agent(system_bus.address, session_bus.address) as agent:
         stand_in.set_status(captive(URL))
         await until(lambda: desktop.displayed() == 1, "the sign-in notification")
+        before = agent.state.shown_serial
         stand_in.set_status(captive("https://other.hotel.test/login"))
         stand_in.set_status(ONLINE)
         # The agent has had dunst's answer to the last update: every update went in before.
-        await until(
-            lambda: (
-                agent.state.shown is not None
-                and agent.state.shown.kind is Kind.CONNECTED
-                and agent.state.shown_id != 0
-            ),
-            "the last update",
-        )
+        await answered(agent, Kind.CONNECTED, before)
         # One notification on screen, and it is the last word: closing it leaves one entry.
         assert desktop.displayed() == 1
         desktop.ctl("close")
         history = desktop.history()
         assert [n["summary"] for n in history] == ["Connected to Hotel Wi-Fi"]
+
+
+async def answered(agent: Agent, kind: Kind, serial_before: int) -> None:
+    """Wait for the server's answer to the agent's latest notification of `kind`.
+
+    The core records what it asked for at once and the answer's serial when it comes; waiting on
+    the asked-for content alone would let a test act before the server has the notification.
+    """
+    await until(
+        lambda: (
+            agent.state.shown is not None
+            and agent.state.shown.kind is kind
+            and agent.state.shown_serial != serial_before
+            and agent.state.shown_id != 0
+        ),
+        f"the server's answer for the {kind} notification",
+    )
 
 
 @pytest.mark.desktop
@@ -222,6 +233,10 @@ async def test_every_episode_notifies_once_and_latency(
         await stand_in.wait_for("ListOverrides")
         for i in range(10):
             desktop.ctl("close-all")
+            # The agent has heard of the close: the next sign-in is a new notification, not a
+            # replacement of the closed one (dunst would re-use its id, and keep only one of
+            # the two in its history).
+            await until(lambda: agent.state.shown is None, "the close to reach the agent")
             await until(lambda: desktop.displayed() == 0, "an empty screen")
             started = time.perf_counter()
             stand_in.set_status(captive(f"{URL}&try={i}"))
@@ -230,15 +245,9 @@ async def test_every_episode_notifies_once_and_latency(
                 while await dunst_displayed(probe) != 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.001)
             samples_ms.append((time.perf_counter() - started) * 1000)
+            before = agent.state.shown_serial
             stand_in.set_status(ONLINE)
-            await until(
-                lambda: (
-                    agent.state.shown is not None
-                    and agent.state.shown.kind is Kind.CONNECTED
-                    and agent.state.shown_id != 0
-                ),
-                "Connected",
-            )
+            await answered(agent, Kind.CONNECTED, before)
         desktop.ctl("close-all")
     summaries = [n["summary"] for n in desktop.history()]
     # Newest first: each episode left its Connected (the sign-in was replaced in place).
@@ -340,15 +349,11 @@ async def test_activated_dunst_crashes_and_comes_back(
                 first_pid = await dunst_pid(h)
                 await stand_in.wait_for("ListOverrides")
                 # Both reports of the server are in once a status after them is handled.
+                before = agent.state.shown_serial
                 stand_in.set_status({**captive(URL), "network": "Hotel Wi-Fi 2"})
-                await until(
-                    lambda: (
-                        agent.state.shown is not None
-                        and agent.state.shown.summary == "Sign in to Hotel Wi-Fi 2"
-                        and agent.state.shown_id != 0
-                    ),
-                    "the update",
-                )
+                await answered(agent, Kind.SIGN_IN, before)
+                assert agent.state.shown is not None
+                assert agent.state.shown.summary == "Sign in to Hotel Wi-Fi 2"
                 await displayed_is(h, 1)
 
                 os.kill(first_pid, signal.SIGKILL)  # by its PID, from the bus
@@ -435,6 +440,8 @@ async def test_real_daemon_in_the_lab_to_dunst(
         assert "login.hotel.test" in note["body"]
         assert "portal pinned login.hotel.test" in note["body"]
 
+        # The lab asks for the laptop's address, which NetworkManager may be renewing.
+        await until(lambda: lab.laptop_ip() is not None, "the laptop's address", 20)
         lab.login()
         check = lab.run_laptop(
             [sys.executable, "-m", "portal", "check"], env={"PYTHONPATH": str(REPO)}, timeout_s=30
