@@ -725,7 +725,68 @@ class Daemon:
             resolv_conf=self.config.resolv_conf,
             exclude_upstreams=[Upstream(a) for a in sorted(self._own_addresses)],
         )
-        await watcher.run()
+        netlink = asyncio.get_running_loop().create_task(watcher.run())
+        if source == "auto" and await self._nm_appears():
+            # NetworkManager started after us (boot order, or installed later): follow it
+            netlink.cancel()
+            log.info("NetworkManager appeared on the bus: watching it instead of netlink")
+            self.nm = NetworkManagerWatcher(address, self.emit)
+            await self.nm.run()
+        else:
+            await netlink
+
+    async def _nm_appears(self) -> bool:
+        """Wait until NetworkManager takes its name on our bus; False when we cannot watch."""
+        from dbus_next import Message, MessageType
+
+        for _ in range(100):  # the control connection comes up right after start
+            if self.bus is not None:
+                break
+            await asyncio.sleep(0.1)
+        bus = self.bus
+        if bus is None:
+            return False
+        appeared: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        name = "org.freedesktop.NetworkManager"
+
+        def on_message(msg: Any) -> None:
+            if (
+                msg.message_type == MessageType.SIGNAL
+                and msg.member == "NameOwnerChanged"
+                and msg.body
+                and msg.body[0] == name
+                and msg.body[2]
+                and not appeared.done()
+            ):
+                appeared.set_result(True)
+
+        rule = (
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+            f"member='NameOwnerChanged',arg0='{name}'"
+        )
+        bus.add_message_handler(on_message)
+        try:
+            await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="AddMatch",
+                    signature="s",
+                    body=[rule],
+                )
+            )
+            disconnected = asyncio.ensure_future(asyncio.shield(bus.wait_for_disconnect()))
+            done, _ = await asyncio.wait(
+                {appeared, disconnected}, return_when=asyncio.FIRST_COMPLETED
+            )
+            disconnected.cancel()
+            return appeared in done
+        except Exception as exc:
+            log.debug("cannot watch for NetworkManager: %s", exc)
+            return False
+        finally:
+            bus.remove_message_handler(on_message)
 
     async def _watch_sleep(self, bus: Any) -> None:
         """Resume from suspend (logind PrepareForSleep(false)) is a reason to re-probe."""

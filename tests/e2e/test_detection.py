@@ -209,3 +209,17 @@ def test_add_without_address_looks_it_up_at_the_venue(lab_factory: LabFactory) -
     assert out.returncode == 0, out.stderr
     assert "wifi.hotel.test -> 10.77.0.1" in out.stdout
     assert p.dig("wifi.hotel.test") == ["10.77.0.1"]
+
+
+@requires_lab
+def test_networkmanager_starting_after_the_daemon_takes_over(lab_factory: LabFactory) -> None:
+    """At boot NM may come up after portal: the daemon starts on netlink and follows NM once
+    it appears on the bus."""
+    lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY])
+    lab.stop_nm()
+    p = Portal(lab)
+    assert p.wait(lambda s: "watching the kernel's links" in p.log(), 10) is not None
+    lab.start_nm()
+    s = p.wait_state("captive", 30)
+    assert s["upstream_source"] == "NetworkManager" and s["network"] == CONNECTION
+    assert "NetworkManager appeared on the bus: watching it instead of netlink" in p.log()
