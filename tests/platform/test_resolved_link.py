@@ -9,6 +9,10 @@
   another user may not.
 - networkmanager/90-portal.conf: NetworkManager's own parser (`--print-config`) merges it into
   a configuration that already lists unmanaged devices.
+- scripts/install and scripts/uninstall under a real systemd (a booted systemd-nspawn container,
+  as in test_nspawn.py): the files are put in place and enabled, the link unit is skipped
+  without resolved and makes portal0 (in the container's own network) once resolved's runtime
+  directory exists, and uninstalling removes the link and every file.
 
 It must not touch the host's links, units, buses or polkit: links live in a namespace it makes,
 polkitd runs in a private mount namespace, every process is stopped by PID, and the users it
@@ -36,6 +40,14 @@ from typing import Any
 
 import pytest
 
+from tests.platform.test_nspawn import (
+    Container,
+    exists,
+    install,
+    install_binds,
+    launch,
+    uninstall,
+)
 from tests.platform.test_polkit import POLKITD, Stack, add_user, bus_config, holder_script, wait_for
 from tests.platform.test_units import analyze, needs_analyze, unit_copy, values
 
@@ -456,3 +468,83 @@ def sections_of(text: str) -> dict[tuple[str, str], str]:
             key, _, value = line.partition("=")
             result[(section, key.strip())] = value.strip()
     return result
+
+
+# --- installed, under a real systemd ---------------------------------------------------------
+
+INSTALLED = (
+    "/etc/systemd/system/portal-link.service",
+    "/etc/systemd/system/portal.service.d/link.conf",
+    "/etc/polkit-1/rules.d/51-portal-resolved.rules",
+    "/etc/NetworkManager/conf.d/90-portal.conf",
+)
+
+
+def veth_dropin() -> str:
+    """portal-link.service with `type dummy` as a veth pair, for a kernel without dummy links."""
+    starts = [
+        ("-" if c.may_fail else "") + shlex.join(stand_in(c.argv))
+        for c in unit_commands("ExecStart")
+    ]
+    return "[Service]\nExecStart=\n" + "".join(f"ExecStart={line}\n" for line in starts)
+
+
+def container_link(c: Container) -> dict[str, Any] | None:
+    shown = c.net("ip", "-j", "address", "show", "dev", LINK)
+    if shown.returncode != 0:
+        return None
+    links: list[dict[str, Any]] = json.loads(shown.stdout)
+    return links[0]
+
+
+@needs_root
+@needs_ip
+@pytest.mark.skipif(shutil.which("systemd-nspawn") is None, reason="apt: systemd-container")
+@pytest.mark.skipif(not Path("/usr/lib/systemd/systemd").exists(), reason="no systemd to boot")
+def test_installer_sets_up_the_link_under_systemd() -> None:
+    work = Path(tempfile.mkdtemp(prefix="portal-resolved-install-"))
+    work.chmod(0o755)
+    try:
+        binds = install_binds(work, boot=True)
+        if dummy_refusal():
+            print(f"kernel lacks dummy links ({dummy_refusal()}): the unit makes a veth pair")
+            (work / "veth.conf").write_text(veth_dropin())
+            target = "/etc/systemd/system/portal-link.service.d/veth.conf"
+            binds.append(f"--bind-ro={work / 'veth.conf'}:{target}")
+        with launch(work, binds, boot=True) as c:
+            # NetworkManager's configuration directory, as a system with it has.
+            c.run("mkdir", "-p", "/etc/NetworkManager/conf.d")
+            install(c)
+            assert [path for path in INSTALLED if not exists(c, path)] == []
+            enabled = c.run("systemctl", "is-enabled", "portal-link.service", check=False)
+            assert enabled.stdout.strip() == "enabled"
+            assert "portal-link.service" in c.show("portal.service", "Wants").split()
+            assert "portal-link.service" in c.show("portal.service", "After").split()
+            # No systemd-resolved here: the link unit is skipped, the daemon runs regardless.
+            assert c.show("portal-link.service", "ConditionResult") == "no"
+            assert c.show("portal.service", "ActiveState") == "active"
+            assert container_link(c) is None
+
+            # As where resolved runs: its runtime directory exists. Restarting the daemon
+            # starts the link first (the drop-in), under the unit's sandbox.
+            c.run("mkdir", "-p", "/run/systemd/resolve")
+            c.run("systemctl", "restart", "portal.service")
+            assert c.show("portal-link.service", "ActiveState") == "active"
+            assert c.show("portal.service", "ActiveState") == "active"
+            state = container_link(c)
+            assert state is not None, c.run("journalctl", "-u", "portal-link", "--no-pager").stdout
+            assert "UP" in state["flags"]
+            assert [(a["local"], a["prefixlen"]) for a in state["addr_info"]] == [
+                (LINK_ADDRESS, 32)
+            ]
+
+            # An upgrade keeps the link; the daemon's restart left portal-link alone.
+            install(c)
+            assert container_link(c) == state
+
+            uninstall(c)
+            assert container_link(c) is None
+            assert [path for path in INSTALLED if exists(c, path)] == []
+            assert c.run("systemctl", "cat", "portal-link.service", check=False).returncode != 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
