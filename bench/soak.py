@@ -235,6 +235,8 @@ def daemon_args(bus: str, port: int, tmp: Path, upstream: str) -> list[str]:
         *("daemon", "--bus", bus, "--listen", f"127.0.0.1:{port}"),
         *("--state-dir", str(tmp / "state"), "--config", str(tmp / "none.toml")),
         *("--upstream", upstream, "--log-level", "info"),
+        # loopback only: no probing of this machine's network, no resolver changes
+        *("--network-source", "none", "--wiring", "none"),
     ]
 
 

@@ -63,6 +63,13 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             "debug",
             "--config",
             str(tmp_path / "none.toml"),
+            # No detection and no resolver wiring unless a test asks for them (extra_args come
+            # later and win): the test machine's own network must never be probed, nor its
+            # resolver touched.
+            "--network-source",
+            "none",
+            "--wiring",
+            "none",
         ]
         (tmp_path / "none.toml").touch()
         for u in upstreams or []:

@@ -302,6 +302,8 @@ def start_daemon(
     none.touch()
     args = ["daemon", "--bus", bus, "--listen", f"{host}:{port}", "--state-dir", str(state)]
     args += ["--log-level", "debug", "--config", str(none)]
+    # never probe the test machine's network nor touch its resolver (extra_args may override)
+    args += ["--network-source", "none", "--wiring", "none"]
     for u in upstreams or []:
         args += ["--upstream", u]
     args += extra_args or []
