@@ -6,7 +6,9 @@
   resolved needs, a second start is harmless, and stopping removes it.
 - polkit/51-portal-resolved.rules: a private polkitd with systemd-resolved's own action file
   answers pkcheck: user portal may use exactly the four resolve1 actions the daemon calls,
-  another user may not.
+  another user may not. Then the whole chain: portal's ResolverWiring, as user portal, sets
+  and reverts the link through a real systemd-resolved (unpacked from Debian's package, as in
+  tests/edges/test_resolver.py), which asks that polkitd; an outsider is refused.
 - networkmanager/90-portal.conf: NetworkManager's own parser (`--print-config`) merges it into
   a configuration that already lists unmanaged devices.
 - scripts/install and scripts/uninstall under a real systemd (a booted systemd-nspawn container,
@@ -21,6 +23,7 @@ creates are removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -31,7 +34,9 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -315,8 +320,8 @@ def resolve1_actions(policy: Path) -> list[str]:
     return [a.get("id", "") for a in ET.parse(policy).getroot().iter("action")]
 
 
-@pytest.fixture(scope="module")
-def polkit() -> Iterator[Stack]:
+def skip_without_polkit() -> Path:
+    """What a private polkitd needs; returns resolved's action file."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create users and mount namespaces")
     for tool in ("dbus-daemon", "pkcheck", "setpriv", "useradd", "unshare", "nsenter"):
@@ -327,33 +332,65 @@ def polkit() -> Iterator[Stack]:
     policy, why = resolve1_policy()
     if policy is None:
         pytest.skip(f"no systemd-resolved polkit actions: {why}")
+    return policy
 
-    tmp = Path(tempfile.mkdtemp(prefix="portal-resolved-polkit-"))
-    tmp.chmod(0o755)
+
+@contextlib.contextmanager
+def users() -> Iterator[str]:
+    """User portal (made as an installation makes it, if missing) and an outsider's name."""
     outsider = f"ptest-{secrets.token_hex(3)}-r"
-    made_users: list[str] = []
-    procs: list[subprocess.Popen[str]] = []
-    holder: subprocess.Popen[str] | None = None
+    made: list[str] = []
     try:
         try:
             pwd.getpwnam("portal")
         except KeyError:
-            # The same entry an installation creates.
             subprocess.run(
                 ["systemd-sysusers", str(ROOT / "systemd/sysusers-portal.conf")],
-                check=True, timeout=30,
+                check=True, timeout=30, capture_output=True,
             )  # fmt: skip
-            made_users.append("portal")
+            made.append("portal")
         add_user(outsider)
-        made_users.append(outsider)
+        made.append(outsider)
+        yield outsider
+    finally:
+        for user in made:
+            subprocess.run(["userdel", user], check=False, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def private_polkit(
+    policy: Path,
+    outsider: str,
+    *,
+    bus: str = "",
+    shared: list[Path] | None = None,
+    resolved_user: str = "",
+) -> Iterator[Stack]:
+    """polkitd with resolved's actions and the shipped rule, in a private mount namespace.
+
+    On `bus` when given; else on a private bus with Debian's system-bus policy. `shared` are
+    directories user portal must reach there (test_polkit.holder_script opens them).
+    `resolved_user`: the user systemd-resolved runs as, when not systemd-resolve.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="portal-resolved-polkit-"))
+    tmp.chmod(0o755)
+    procs: list[subprocess.Popen[str]] = []
+    holder: subprocess.Popen[str] | None = None
+    try:
         for sub, source in (("actions", policy), ("rules", RULE)):
             (tmp / sub).mkdir(mode=0o755)
             shutil.copy(source, tmp / sub)
-
+        if resolved_user:
+            # polkitd answers resolved's CheckAuthorization for another user's call only when
+            # resolved runs as the actions' owner (systemd-resolve on a real system).
+            copy = tmp / "actions" / policy.name
+            text = copy.read_text()
+            assert "unix-user:systemd-resolve" in text
+            copy.write_text(text.replace("unix-user:systemd-resolve", f"unix-user:{resolved_user}"))
         with (tmp / "holder.log").open("w") as out:
             holder = subprocess.Popen(
                 ["unshare", "--mount", "--propagation=private", "sh", "-c",
-                 holder_script(tmp, [])],
+                 holder_script(tmp, shared or [])],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
         wait_for(
@@ -361,10 +398,12 @@ def polkit() -> Iterator[Stack]:
         )
         assert holder.poll() is None, (tmp / "holder.log").read_text()
 
-        address = f"unix:path={tmp}/system_bus_socket"
+        address = bus or f"unix:path={tmp}/system_bus_socket"
         s = Stack(tmp, address, holder.pid, 0, "portal", outsider, "", procs)
-        s.start(None, "dbus-daemon", "--nofork", f"--config-file={bus_config(tmp)}", log="bus.log")
-        s.wait_started("the bus socket", lambda: (tmp / "system_bus_socket").exists())
+        if not bus:
+            conf = bus_config(tmp)
+            s.start(None, "dbus-daemon", "--nofork", f"--config-file={conf}", log="bus.log")
+            s.wait_started("the bus socket", lambda: (tmp / "system_bus_socket").exists())
         s.start(None, str(POLKITD), "--no-debug", log="polkitd.log")
         s.wait_started("polkitd on the bus", lambda: s.has_owner("org.freedesktop.PolicyKit1"))
         yield s
@@ -379,10 +418,15 @@ def polkit() -> Iterator[Stack]:
         if holder is not None:
             holder.send_signal(signal.SIGKILL)
             holder.wait(timeout=10)
-        for user in made_users:
-            subprocess.run(["userdel", user], check=False, capture_output=True, timeout=30)
         if not os.environ.get("PORTAL_TEST_KEEP_LOGS"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def polkit() -> Iterator[Stack]:
+    policy = skip_without_polkit()
+    with users() as outsider, private_polkit(policy, outsider) as stack:
+        yield stack
 
 
 def pkcheck(stack: Stack, user: str, action: str) -> subprocess.CompletedProcess[str]:
@@ -420,6 +464,108 @@ def test_other_users_may_not_use_the_four_actions(polkit: Stack) -> None:
     for action in DAEMON_ACTIONS:
         refused = pkcheck(polkit, polkit.outsider, action)
         assert refused.returncode == 2, (action, refused.stdout + refused.stderr)
+
+
+WIRING = """
+import asyncio, json, sys
+from portal.edges.resolver import ResolverWiring, WiringError
+
+async def main(args):
+    wiring = ResolverWiring(mode="resolved", bus=args["bus"], port=args["port"],
+                            resolv_conf="/dev/null", nsswitch_conf="/dev/null")
+    out = {}
+    try:
+        if args["op"] == "apply":
+            await wiring.apply(args["names"])
+        else:
+            await wiring.revert()
+    except WiringError as exc:
+        out["error"] = str(exc)
+    out["describe"] = await wiring.describe()
+    await wiring.close()
+    print(json.dumps(out))
+
+asyncio.run(main(json.loads(sys.argv[1])))
+"""
+
+
+@needs_root
+@needs_ip
+def test_resolved_lets_the_daemon_and_nobody_else_set_the_link(netns: str) -> None:
+    # The real chain: portal's ResolverWiring, run as user portal, calls a real
+    # systemd-resolved, which asks the private polkitd, which runs the shipped rule. Without
+    # the rule resolved would refuse portal exactly as it refuses the outsider.
+    from tests.edges.test_resolver import (
+        Processes,
+        _resolved_binary,
+        start_bus,
+        start_resolved,
+    )
+    from tests.platform.test_polkit import python_paths
+
+    policy = skip_without_polkit()
+    binary, why = _resolved_binary()
+    if binary is None:
+        pytest.skip(why)
+    # The link as the unit makes it (a veth pair where the kernel has no dummy driver).
+    run_in(netns, unit_commands("ExecStart"), veth=bool(dummy_refusal()))
+    # resolved's stub listener needs 127.0.0.53.
+    subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True, timeout=30)
+    work = Path(tempfile.mkdtemp(prefix="portal-resolved-e2e-"))
+    work.chmod(0o755)  # resolved runs as nobody and must reach the bus socket here
+    procs = Processes()
+    try:
+        bus = start_bus(procs, work)
+        with (
+            users() as outsider,
+            private_polkit(
+                policy,
+                outsider,
+                bus=bus,
+                shared=python_paths(),
+                # test_resolver.start_resolved runs it as uid 65534.
+                resolved_user=pwd.getpwuid(65534).pw_name,
+            ) as stack,
+        ):
+            _, resolved = start_resolved(netns, procs, work, bus, binary)
+            deadline = time.monotonic() + 30
+            while not stack.has_owner("org.freedesktop.resolve1"):
+                if resolved.poll() is not None or time.monotonic() > deadline:
+                    log = (work / "resolved.log").read_text(errors="replace")
+                    pytest.fail(f"systemd-resolved did not take its bus name:\n{log[-3000:]}")
+                time.sleep(0.05)
+
+            def wiring(user: str, op: str, *, port: int = 53) -> dict[str, str]:
+                args = {"op": op, "bus": bus, "port": port, "names": ["login.hotel.example"]}
+                # In polkitd's mount namespace (where user portal reaches this Python) and in
+                # the link's network namespace.
+                done = subprocess.run(
+                    ["nsenter", "-t", str(stack.holder), "-m", f"--net=/run/netns/{netns}",
+                     "setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--",
+                     sys.executable, "-c", WIRING, json.dumps(args)],
+                    env=stack.env(), capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                result: dict[str, str] = json.loads(done.stdout)
+                return result
+
+            refused = wiring(outsider, "apply")
+            assert "SetLinkDefaultRoute failed" in refused.get("error", ""), refused
+            assert re.search(r"InteractiveAuthorizationRequired|AccessDenied", refused["error"])
+            assert refused["describe"].startswith("not wired: resolved link portal0 does not use")
+
+            # SetLinkDefaultRoute, SetLinkDNS, SetLinkDomains; then SetLinkDNSEx (a stub on
+            # another port); then RevertLink.
+            assert wiring("portal", "apply") == {"describe": "resolved link portal0: 1 domain"}
+            on_port = wiring("portal", "apply", port=5353)
+            assert on_port == {"describe": "resolved link portal0: 1 domain"}
+            reverted = wiring("portal", "revert")
+            assert reverted == {
+                "describe": "not wired: resolved link portal0 does not use 127.0.0.153"
+            }
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # --- NetworkManager --------------------------------------------------------------------------
