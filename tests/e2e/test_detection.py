@@ -106,6 +106,10 @@ def test_hijacking_portal_then_login_then_logout(lab_factory: LabFactory) -> Non
     auto = [o for o in s["overrides"] if o["source"] == "auto"]
     assert [o["name"] for o in auto] == ["login.hotel.test"] and auto[0]["scope"]
     assert p.dig("login.hotel.test") == ["10.77.0.1"]
+    opened = p.cli("open", "--print")
+    assert opened.returncode == 0 and opened.stdout.strip() == s["portal_url"]
+    refused = p.cli("open")  # the CLI runs as root here: it never starts a browser as root
+    assert refused.returncode == 1 and "refusing to start a browser as root" in refused.stderr
     took = activation_to_captive(p)
     print(f"\nhijack: activation -> captive in {took:.2f} s")
 
