@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import REPO
 
-FUZZ_SECONDS = 15
+FUZZ_SECONDS = 10
 
 
 @pytest.mark.skipif(

@@ -30,7 +30,7 @@ NOW = 1_800_000_000.0
 OVERRIDE = "login.hotel.example"
 V4, V6 = pack_addresses(("10.0.0.1", "10.0.0.2", "fd00::1"))
 ENTRIES = {OVERRIDE: LocalEntry(V4, V6, NOW + 600)}
-SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # labels of any bytes (the fast path refuses the odd ones, the slow path must cope)
 any_label = st.binary(min_size=1, max_size=63)
