@@ -124,7 +124,9 @@ def start_daemon(p: Pair, bus: PrivateBus, tmp: Path, listen: str) -> None:
     p.server.popen(
         ["env", f"PYTHONPATH={REPO}", *PORTAL, "daemon", "--bus", bus.address,
          "--listen", listen, "--upstream", "127.0.0.77", "--state-dir", str(tmp / "state"),
-         "--config", "/dev/null", "--log-level", "debug"],
+         "--config", "/dev/null", "--log-level", "debug",
+         # loopback and veth only: no probing, no resolver changes
+         "--network-source", "none", "--wiring", "none"],
         stdout=log, stderr=log,
     )  # fmt: skip
     log.close()
