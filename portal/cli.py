@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ag = sub.add_parser("agent", parents=[common], help="run the per-user desktop agent")
     ag.add_argument("--browser", help="command that opens the sign-in page")
+    ag.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
+    ag.add_argument("--log-level", choices=["debug", "info"])
     return p
 
 
@@ -134,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent_argv = []
             if args.bus:
                 agent_argv += ["--bus", args.bus]
-            if args.browser:
-                agent_argv += ["--browser", args.browser]
+            for flag in ("browser", "config", "log_level"):
+                if getattr(args, flag):
+                    agent_argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
             return int(agent.main(agent_argv))
         request = prepare(args)
         return asyncio.run(run_client(args, request))
