@@ -290,7 +290,8 @@ def write_queries(path: Path, names: Sequence[str]) -> Path:
 
 
 class Bench:
-    def __init__(self, plan: Plan, only: Sequence[str], res: Results) -> None:
+    def __init__(self, plan: Plan, only: Sequence[str], res: Results, label: str) -> None:
+        self.label = label  # prefix of the side files (profiles, import times)
         self.plan = plan
         self.only = set(only)
         self.res = res
@@ -405,7 +406,7 @@ class Bench:
             return
         portal = self.servers["portal"]
         for kind, qfile in (("answers", self.q_over), ("forward", self.q_fwd)):
-            out = RESULTS / f"profile-{kind}.txt"
+            out = RESULTS / f"{self.label}-profile-{kind}.txt"
             cmd = ["taskset", "-c", str(self.cpus.load)] if self.cpus.load is not None else []
             cmd += [
                 spy,
@@ -593,7 +594,7 @@ class Bench:
             cmd, capture_output=True, text=True, env=p.portal_env(), timeout=60, check=False
         )
         costs = m.parse_importtime(out.stderr)
-        (RESULTS / "importtime-list.txt").write_text(out.stderr)
+        (RESULTS / f"{self.label}-importtime-list.txt").write_text(out.stderr)
         top = m.top_imports(costs, depth=1, count=12)
         self.res.put("imports", "list", [(c.module, c.cumulative_us, c.depth) for c in top])
         total = sum(c.self_us for c in costs)
@@ -617,7 +618,7 @@ class Bench:
         log(f"  imports: {total / 1e3:.1f} ms in all; {watched}")
         pyi = _tool("pyinstrument")
         if pyi:
-            prof = RESULTS / "pyinstrument-list.txt"
+            prof = RESULTS / f"{self.label}-pyinstrument-list.txt"
             subprocess.run(
                 [
                     pyi,
@@ -931,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.install_cleanup()
     signal.alarm(TIME_BOUND_S)
     res = Results()
-    bench = Bench(plan, only, res)
+    bench = Bench(plan, only, res, args.label)
     t0 = time.monotonic()
     try:
         bench.run()

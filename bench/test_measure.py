@@ -8,7 +8,7 @@ import pytest
 DNSPERF = """DNS Performance Testing Tool
 Version 2.10.0
 
-[Status] Command line: dnsperf -s 127.0.0.1 -p 15353 -d /tmp/q.txt -l 1 -Q 1000 -v
+[Status] Command line: dnsperf -s 127.0.0.1 -p 15353 -d queries.txt -l 1 -Q 1000 -v
 [Status] Sending queries (to 127.0.0.1:15353)
 > NOERROR bench-1.example A 0.000115
 > NOERROR bench-1.example A 0.000027
