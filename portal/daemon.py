@@ -381,6 +381,7 @@ class Daemon:
         except TimeoutError:
             log.warning("the bus is slow to answer; ready without the control API for now")
         systemd.notify("READY=1")
+        self.stub.warm_up()
         if self.config.network_source != "none":
             self._spawn(self._guard(self._watch_network(), "network watcher"))
         if self.config.wiring != "none":
@@ -442,6 +443,9 @@ class Daemon:
 
     async def _keep_bus(self, first_attempt: asyncio.Event) -> None:
         """Connect to the bus and export the control API; reconnect with backoff if it goes."""
+        # One turn of the loop first: queries that waited in the kernel while we started (socket
+        # activation, a restart) are answered before the D-Bus imports hold the loop.
+        await asyncio.sleep(0)
         from portal.edges.bus import connect, describe, resolve_bus
 
         choice = resolve_bus(self.config.bus)

@@ -100,6 +100,53 @@ def answer_local(q: Query, entry: LocalEntry, remaining_s: float | None) -> byte
     return build_records(q, records, ttl)
 
 
+class AnswerCache:
+    """Local answers already built, keyed by the query's bytes after the ID.
+
+    A local answer depends on the query only through those bytes (the ID is copied), so a
+    repeated query — clients ask for the same few overridden names again and again — is answered
+    by one dict lookup instead of parsing and building (bench/: 3× fewer CPU per answer). Only
+    answers whose TTL cannot change are kept: an override that never expires, or one more than
+    MAX_ANSWER_TTL_S from its end (its TTL is capped at that value until then). The edge makes a
+    new cache whenever the overrides change. Bounded: when full it starts again empty, so a client
+    spraying case variants (0x20) costs only the uncached path.
+    """
+
+    __slots__ = ("_replies", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._replies: dict[bytes, tuple[bytes, float | None]] = {}
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self._replies)
+
+    def decide(self, data: bytes, entries: Mapping[str, LocalEntry], now: float) -> Decision:
+        """Exactly what decide(data, entries, now) returns, from the cache when possible."""
+        hit = self._replies.get(data[2:])
+        if hit is not None:
+            reply, valid_until = hit
+            if valid_until is None or now < valid_until:
+                return data[:2] + reply
+        parsed = parse_query(data)
+        if parsed is None:
+            return None
+        if isinstance(parsed, int):
+            return Unparsed(parsed)
+        decision = decide_query(parsed, entries, now)
+        if isinstance(decision, bytes):
+            entry = entries.get(parsed.name)
+            if entry is not None and (parsed.edns_version == 0 or not parsed.edns):
+                valid_until = (
+                    None if entry.expires_at is None else entry.expires_at - MAX_ANSWER_TTL_S
+                )
+                if valid_until is None or now < valid_until:
+                    if len(self._replies) >= self.limit:
+                        self._replies.clear()
+                    self._replies[data[2:]] = (decision[2:], valid_until)
+        return decision
+
+
 def refuse(data: bytes) -> bytes | None:
     """REFUSED for a client we do not serve (not loopback): header-sized, no amplification."""
     parsed = parse_query(data)

@@ -83,8 +83,13 @@ def parse_address(text: str) -> str:
         raise InvalidAddress(f"invalid address {shown!r}: not an IPv4 or IPv6 address") from exc
     if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
         raise InvalidAddress(f"invalid address {text!r}: zone ids cannot be served over DNS")
-    if addr.is_unspecified or addr.is_multicast:
+    mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+    if addr.is_unspecified or addr.is_multicast or (mapped and mapped.is_unspecified):
         raise InvalidAddress(f"invalid address {text!r}: unspecified or multicast")
+    if mapped is not None:
+        # RFC 5952 §5: IPv4-mapped addresses are written with the IPv4 part in dotted quad,
+        # as dig and dnspython print them
+        return f"::ffff:{mapped}"
     return addr.compressed
 
 

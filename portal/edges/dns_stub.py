@@ -17,7 +17,15 @@ import struct
 import time
 from collections.abc import Iterable, Mapping
 
-from portal.core.answer import Forward, LocalEntry, Unparsed, decide, decide_query, refuse
+from portal.core.answer import (
+    AnswerCache,
+    Forward,
+    LocalEntry,
+    Unparsed,
+    decide,
+    decide_query,
+    refuse,
+)
 from portal.core.model import Upstream
 from portal.core.wire import (
     RCODE_FORMERR,
@@ -42,6 +50,9 @@ UDP_BATCH = 64  # datagrams read per wakeup before yielding to the loop (fairnes
 
 
 def is_loopback(host: str) -> bool:
+    # the common cases without ipaddress, which costs more than answering the query
+    if host.startswith("127.") or host == "::1":
+        return True
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -96,6 +107,7 @@ class DnsStub:
         self.sockets = sockets
         self.forwarder = forwarder
         self.entries: Mapping[str, LocalEntry] = {}
+        self.cache = AnswerCache()
         self.portal_routes: dict[str, tuple[Upstream, ...]] = {}  # domain → venue DNS
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
@@ -106,6 +118,7 @@ class DnsStub:
         self.dropped = 0
 
     def set_entries(self, entries: Mapping[str, LocalEntry]) -> None:
+        self.cache = AnswerCache()  # answers built from the old overrides go with them
         self.entries = entries
 
     def set_portal_routes(self, routes: Mapping[str, tuple[Upstream, ...]]) -> None:
@@ -122,8 +135,6 @@ class DnsStub:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        # load the slow path's parser off the loop, so the first odd packet costs no import
-        self._spawn(asyncio.to_thread(_warm_up))
         for s in self.sockets:
             s.setblocking(False)
             if s.type == socket.SOCK_DGRAM:
@@ -131,6 +142,12 @@ class DnsStub:
             else:
                 server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
                 self._servers.append(server)
+
+    def warm_up(self) -> None:
+        """Load the slow path's parser off the loop, so the first odd packet costs no import.
+        Called once the daemon is ready: the import holds the GIL for a good part of its
+        100-200 ms and would otherwise delay the first answers after a (re)start."""
+        self._spawn(asyncio.to_thread(_warm_up))
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -143,6 +160,7 @@ class DnsStub:
             task.cancel()
         for s in self.sockets:
             s.close()
+        self.forwarder.close()
 
     # -- UDP ---------------------------------------------------------------------------------
 
@@ -168,7 +186,7 @@ class DnsStub:
             if reply is not None:
                 _sendto(sock, reply, addr)
             return
-        decision = decide(data, self.entries, time.time())
+        decision = self.cache.decide(data, self.entries, time.time())
         if isinstance(decision, bytes):
             self.answered_local += 1
             _sendto(sock, decision, addr)

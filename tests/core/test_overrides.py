@@ -75,7 +75,13 @@ def test_domain_errors_are_value_errors() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("10.0.0.1", "10.0.0.1"), (" fd00:0::1 ", "fd00::1"), ("2001:DB8::1", "2001:db8::1")],
+    [
+        ("10.0.0.1", "10.0.0.1"),
+        (" fd00:0::1 ", "fd00::1"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("::ffff:102:304", "::ffff:1.2.3.4"),
+        ("::FFFF:10.0.0.1", "::ffff:10.0.0.1"),
+    ],
 )
 def test_address_is_normalised(text: str, expected: str) -> None:
     assert parse_address(text) == expected
