@@ -473,8 +473,13 @@ class Daemon:
                 "org.portalhelper.Portal1",
                 control.auth_mode,
             )
-            # shielded: cancelling a wait_for_disconnect() would cancel dbus-next's own future
-            await asyncio.shield(bus.wait_for_disconnect())
+            try:
+                # shielded: cancelling a wait_for_disconnect() would cancel dbus-next's own future
+                await asyncio.shield(bus.wait_for_disconnect())
+            except Exception as exc:
+                # dbus-next ends the wait with its reader's error (EOFError when the bus daemon
+                # dies): a lost bus like any other, or this task would end and never reconnect
+                log.debug("bus connection ended: %r", exc)
             self.bus, self.control = None, None
             log.warning("lost %s; reconnecting", describe(choice))
             await asyncio.sleep(1.0)

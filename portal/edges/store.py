@@ -27,6 +27,7 @@ def state_path(state_dir: str | os.PathLike[str]) -> Path:
 def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> OverrideTable:
     limits = limits or Limits()
     path = state_path(state_dir)
+    _sweep_temp_files(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -40,6 +41,18 @@ def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> 
         return parse_state(text, limits=limits)
     except StateError as exc:
         return _move_aside(path, str(exc), limits)
+
+
+def _sweep_temp_files(path: Path) -> None:
+    """Remove temp files of saves that a crash interrupted (SIGKILL between write and rename).
+    Each carries its writer's PID, so a crash loop would leave one more each time. Called at
+    load, before this process saves anything: no save of this process can be in flight."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+            log.info("removed %s, left by an interrupted save", stale)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s, ignoring", stale, exc.strerror or exc)
 
 
 def _move_aside(path: Path, why: str, limits: Limits) -> OverrideTable:

@@ -178,12 +178,6 @@ def test_bad_upstream_gives_servfail_and_overrides_stay_instant(
             assert "internal error" not in d.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dbus-next ends wait_for_disconnect() with EOFError when the bus dies; the daemon's "
-    "bus task dies with it and never reconnects (fix: tests/reliability/patches/"
-    "bus-reconnect.diff)",
-)
 def test_bus_restart(make_daemon: Callable[..., Daemon], upstream: Dnsmasq) -> None:
     """Kill the dbus-daemon, start a new one on the same address: DNS never stops, the daemon
     reconnects by itself, and the CLI works again (with the overrides made before)."""
@@ -353,11 +347,6 @@ def test_sigkill_during_a_stream_of_adds(
         d.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SIGKILL inside a save leaves .overrides.json.PID.tmp behind, one per crash, "
-    "never removed (fix: tests/reliability/patches/stale-temp-files.diff)",
-)
 def test_temp_files_of_a_killed_save_are_swept(
     bus: PrivateBus, make_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
