@@ -2,13 +2,15 @@
 
 The target is the stub's whole per-packet decision without sockets: the byte-level fast path
 (portal.core.wire, portal.core.answer), the dnspython slow path the stub falls back to
-(portal.edges.dns_stub), and the refusal sent to non-loopback clients. It checks, for every
+(portal.edges.dns_stub), the cache of built answers, and the refusal sent to non-loopback
+clients. It checks, for every
 input, that nothing raises and that:
 - a reply is a DNS response with the query's ID, parseable by dnspython, no larger than the
   client may take over UDP;
 - a response (QR=1) or a packet shorter than a header is never answered;
 - a refusal is never larger than the packet it answers (no amplification);
-- a forwarded query carries exactly the question the client sent.
+- a forwarded query carries exactly the question the client sent;
+- the answer cache says exactly what the uncached path says.
 
 Run it for a fixed time (libFuzzer flags pass through):
     python3 bench/fuzz_wire.py -max_total_time=300 [CORPUS_DIR]
@@ -34,7 +36,7 @@ with atheris.instrument_imports(include=["portal", "dns"]):
     import dns.exception
     import dns.message
 
-    from portal.core.answer import Forward, LocalEntry, Unparsed, decide, refuse
+    from portal.core.answer import AnswerCache, Forward, LocalEntry, Unparsed, decide, refuse
     from portal.core.wire import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
     from portal.edges.dns_stub import DnsStub, _parse_with_dnspython
     from portal.edges.upstream import Forwarder
@@ -48,6 +50,7 @@ ENTRIES = {
 }
 STUB = DnsStub([], Forwarder())
 STUB.set_entries(ENTRIES)
+CACHE = AnswerCache(limit=256)  # the stub answers repeated queries from built answers
 
 
 class Violation(AssertionError):
@@ -76,6 +79,8 @@ def test_one_input(data: bytes) -> None:
     if refused is not None and len(refused) > len(data):
         raise Violation("a refusal larger than the query (amplification)")
     decision = decide(data, ENTRIES, NOW)
+    if CACHE.decide(data, ENTRIES, NOW) != decision:
+        raise Violation("the answer cache disagrees with the uncached path")
     is_response = len(data) >= 3 and bool(data[2] & 0x80)
     if len(data) < 12 or is_response:
         if decision is not None or refused is not None:

@@ -21,7 +21,7 @@ import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portal.core.answer import Forward, LocalEntry, Unparsed, decide, refuse
+from portal.core.answer import AnswerCache, Forward, LocalEntry, Unparsed, decide, refuse
 from portal.core.wire import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
 from portal.edges.dns_stub import DnsStub, _parse_with_dnspython
 from portal.edges.upstream import Forwarder
@@ -220,3 +220,30 @@ def test_other_opcodes_and_responses(query: dns.message.Message, opcode: int, qr
         assert result is None  # never answer a response
     elif opcode != 0:
         assert isinstance(result, bytes) and result[3] & 0xF == dns.rcode.NOTIMP
+
+
+@st.composite
+def packet_streams(draw: st.DrawFn) -> list[tuple[bytes, float]]:
+    """Packets as a client sends them: a few distinct ones repeated with new IDs, some junk, at
+    increasing times that cross the override's expiry."""
+    base = draw(st.lists(st.one_of(queries().map(lambda m: m.to_wire()), st.binary(max_size=64)),
+                         min_size=1, max_size=6))  # fmt: skip
+    picks = draw(st.lists(st.tuples(st.integers(0, len(base) - 1), st.integers(0, 65535),
+                                    st.floats(0, 40)), min_size=1, max_size=30))  # fmt: skip
+    now = NOW + 600 - 60  # the override in ENTRIES expires at NOW + 600
+    out = []
+    for index, qid, step in picks:
+        now += step
+        packet = base[index]
+        out.append((struct.pack("!H", qid) + packet[2:] if len(packet) >= 2 else packet, now))
+    return out
+
+
+@SETTINGS
+@given(packet_streams())
+def test_answer_cache_returns_exactly_what_decide_does(stream: list[tuple[bytes, float]]) -> None:
+    """The stub answers repeated queries from a cache of built answers: for any sequence of
+    packets over time (expiry included), it must say exactly what the uncached path says."""
+    cache = AnswerCache(limit=4)  # small, so that it also empties itself under the test
+    for packet, now in stream:
+        assert cache.decide(packet, ENTRIES, now) == decide(packet, ENTRIES, now)
