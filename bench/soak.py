@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         "daemon_alive": alive,
         "rss_kib": rss,
         "open_fds": fds,
+        # one sample in ten, (seconds, KiB): to see whether growth levels off
+        "rss_series": [(round(t), v) for t, v in stats.rss_kib[::10]],
     }
     print(json.dumps(report, indent=2))
     if args.json:
