@@ -8,6 +8,7 @@ and excess connections all observed in the same window so the suite pays it once
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import struct
 import threading
@@ -219,3 +220,39 @@ def test_slow_path_forwards_are_bounded_too(
     print(f"descriptors held by forwards after the burst: {in_flight}")
     assert in_flight <= 1024
     assert addresses(answered(d, "fast.example")) == ["192.0.2.53"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="under systemd's default soft limit of 1024 descriptors, 1024 forwards in flight take "
+    "them all: saving the state fails with 'Too many open files' "
+    "(fix: tests/reliability/patches/descriptor-limit.diff)",
+)
+def test_forwards_never_take_the_last_descriptors(
+    bus: PrivateBus, make_daemon: Callable[..., Daemon], split_upstream: FakeUpstream
+) -> None:
+    """With the descriptor limit a systemd service gets by default (soft 1024), ten client
+    sockets send 120 queries each to a domain whose upstream never answers. While they wait, a
+    `portal add` must still be saved, and the daemon must stay below its limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))  # the daemon inherits it
+    try:
+        d = make_daemon(bus.address, upstreams=[split_upstream.upstream])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert d.proc is not None
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(10)]
+    try:
+        for k, s in enumerate(sockets):
+            for i in range(120):
+                s.sendto(dns.message.make_query(f"slow{k}-{i}.example", "A").to_wire(), d.listen)
+        # within the upstream's 1.5 s wait: every forward still holds its socket
+        time.sleep(0.3)
+        held = len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+        out = d.cli("add", "during.example", "10.0.0.5")
+    finally:
+        for s in sockets:
+            s.close()
+    print(f"descriptors held during the burst: {held}")
+    assert out.returncode == 0, out.stderr
+    assert held < 1024 - 16
