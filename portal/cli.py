@@ -157,9 +157,11 @@ def fail(message: str, code: int) -> int:
 
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Validate input before connecting anywhere."""
+    req: dict[str, Any] = {}
+    if args.command not in ("add", "remove", "import"):
+        return req  # read-only commands: nothing to validate, nothing more to import
     from portal.core import overrides as ov
 
-    req: dict[str, Any] = {}
     if args.command in ("add", "remove"):
         req["domain"] = ov.parse_domain(args.domain)
     if args.command == "add":
@@ -194,6 +196,8 @@ def ttl_arg(text: str | None, until_removed: bool) -> int:
 
 
 async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
+    # portal never uses GLib: keep dbus-next from importing it on desktops with PyGObject
+    sys.modules.setdefault("gi", None)  # type: ignore[arg-type]
     from portal.edges.bus import resolve_bus
     from portal.edges.client import Client
 
@@ -245,7 +249,7 @@ def override_json(o: dict[str, Any]) -> dict[str, Any]:
 def expiry_text(expires_at: int, now: float | None = None) -> str:
     if not expires_at:
         return "until removed"
-    from portal.core.overrides import format_duration
+    from portal.core.timefmt import format_duration
 
     left = expires_at - (now if now is not None else time.time())
     return "expired" if left <= 0 else f"expires in {format_duration(left)}"
@@ -300,7 +304,7 @@ def format_status(s: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
     if s.get("portal_url"):
         lines.append(f"sign-in:    {s['portal_url']}")
     if int(s.get("seconds_remaining", -1)) >= 0:
-        from portal.core.overrides import format_duration
+        from portal.core.timefmt import format_duration
 
         lines.append(f"session:    {format_duration(int(s['seconds_remaining']))} left")
     lines += [

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from portal.core.model import Override, Source
+from portal.core.timefmt import format_duration as format_duration  # re-exported
 from portal.errors import (
     InvalidAddress,
     InvalidDomain,
@@ -129,18 +130,6 @@ def check_ttl(seconds: float, *, shown: str | None = None) -> float:
     if seconds > MAX_TTL_S:
         raise InvalidTTL(f"invalid ttl {shown!r}: at most {MAX_TTL_S // 86400} days")
     return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Compact human duration: 45s, 12m, 3h05m, 2d04h."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
 @dataclass(frozen=True, slots=True)
