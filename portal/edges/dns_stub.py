@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import resource
 import socket
 import struct
 import time
@@ -42,6 +43,7 @@ log = logging.getLogger("portal.dns")
 TCP_IDLE_TIMEOUT_S = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes, for idle clients
 TCP_MAX_CLIENTS = 64
 MAX_PENDING_FORWARDS = 1024  # forwarded UDP queries in flight; beyond that, SERVFAIL at once
+FD_RESERVE = 128  # descriptors kept for everything else: TCP clients, the bus, saving the state
 # One client socket's share of them: a burst from one socket (a runaway app, a flood to a dead
 # domain) gets SERVFAIL for its excess instead of taking every slot from everyone else.
 MAX_PENDING_PER_CLIENT = 128
@@ -113,6 +115,7 @@ class DnsStub:
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
         self._pending: dict[tuple[str, int], int] = {}  # client (host, port) → forwards in flight
+        self.max_pending = forward_limit()
         self.answered_local = 0
         self.forwarded = 0
         self.dropped = 0
@@ -213,7 +216,7 @@ class DnsStub:
     ) -> None:
         client = (addr[0], addr[1])
         mine = self._pending.get(client, 0)
-        if len(self._tasks) >= MAX_PENDING_FORWARDS or mine >= MAX_PENDING_PER_CLIENT:
+        if len(self._tasks) >= self.max_pending or mine >= MAX_PENDING_PER_CLIENT:
             log.debug("too many forwards in flight (%s has %d), answering SERVFAIL", addr[0], mine)
             _sendto(sock, build_error(q, RCODE_SERVFAIL), addr)
             return
@@ -314,6 +317,17 @@ class DnsStub:
                 return await self._forward(data, reply, tcp=True)
             return reply
         return None
+
+
+def forward_limit() -> int:
+    """How many UDP forwards may be in flight. Each holds a socket until its answer or timeout,
+    and systemd's default soft limit is 1024 descriptors: at MAX_PENDING_FORWARDS a burst to a
+    dead domain would take every descriptor, and saving the state ("Too many open files") or
+    accepting a TCP client would fail. So stay within half of what is left after a reserve."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_PENDING_FORWARDS
+    return max(MAX_PENDING_PER_CLIENT, min(MAX_PENDING_FORWARDS, (soft - FD_RESERVE) // 2))
 
 
 def _sendto(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:

@@ -222,12 +222,6 @@ def test_slow_path_forwards_are_bounded_too(
     assert addresses(answered(d, "fast.example")) == ["192.0.2.53"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="under systemd's default soft limit of 1024 descriptors, 1024 forwards in flight take "
-    "them all: saving the state fails with 'Too many open files' "
-    "(fix: tests/reliability/patches/descriptor-limit.diff)",
-)
 def test_forwards_never_take_the_last_descriptors(
     bus: PrivateBus, make_daemon: Callable[..., Daemon], split_upstream: FakeUpstream
 ) -> None:
