@@ -419,4 +419,10 @@ class Netns:
     def close(self) -> None:
         for proc in reversed(self.procs):
             stop_pid(proc)
+        # `unshare --fork` waits for its child: end the child first, or the holder sits out
+        # the whole SIGTERM grace period
+        pid = getattr(self, "pid", None)
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         stop_pid(self.holder)

@@ -20,7 +20,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -222,10 +221,10 @@ def holder_script(tmp: Path, shared: list[Path]) -> str:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free for both UDP and TCP (the stub binds both)."""
+    from tests.helpers import free_port as both_free
+
+    return both_free("127.0.0.1")
 
 
 def add_user(name: str, *groups: str) -> None:
