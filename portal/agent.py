@@ -40,7 +40,16 @@ from portal.core.agent_logic import (
     parse_status,
     step,
 )
-from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH, connect, describe, resolve_bus
+from portal.edges.bus import (
+    BUS_NAME,
+    INTERFACE,
+    OBJECT_PATH,
+    call_bus_daemon,
+    close,
+    connect,
+    describe,
+    resolve_bus,
+)
 from portal.edges.client import Client, unwrap
 from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
@@ -121,19 +130,7 @@ class DaemonLink:
         self._emit(OverridesListed(parse_overrides(rows if isinstance(rows, list) else [])))
 
     async def _dbus(self, member: str, signature: str, body: list[Any]) -> Message | None:
-        reply = await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-                signature=signature,
-                body=body,
-            )
-        )
-        if reply is None or reply.message_type == MessageType.ERROR:
-            return None
-        return reply
+        return await call_bus_daemon(self._bus, member, signature, body)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -247,12 +244,12 @@ async def run_agent(
     owned = await session.request_name(AGENT_NAME, NameFlag.DO_NOT_QUEUE)
     if owned is not RequestNameReply.PRIMARY_OWNER:
         log.info("another portal agent runs in this session (%s is taken); exiting", AGENT_NAME)
-        await close_bus(session)
+        await close(session)
         return
     try:
         daemon_bus = session if choice == session_bus else await connect(choice)
     except PortalError:
-        await close_bus(session)
+        await close(session)
         raise
     buses = {id(session): session, id(daemon_bus): daemon_bus}
     gone = {key: asyncio.ensure_future(b.wait_for_disconnect()) for key, b in buses.items()}
@@ -289,27 +286,7 @@ async def run_agent(
         if agent.tray is not None:
             agent.tray.stop()
         for key, b in buses.items():
-            await close_bus(b, gone[key])
-
-
-async def close_bus(bus: MessageBus, gone: asyncio.Future[None] | None = None) -> None:
-    """Disconnect and close the socket: dbus-next 0.2.3 only shuts it down, leaking the fd
-    (a ResourceWarning in every embedding that outlives the bus). `gone` is a pending
-    `wait_for_disconnect()` of this bus, if one was started."""
-    if gone is None:
-        gone = asyncio.ensure_future(bus.wait_for_disconnect())
-    bus.disconnect()
-    try:
-        await asyncio.wait([gone], timeout=5)
-    finally:
-        if gone.done():
-            if not gone.cancelled():
-                gone.exception()  # retrieved: an EOF here is the disconnect we asked for
-        else:
-            gone.cancel()
-        sock = getattr(bus, "_sock", None)
-        if sock is not None:
-            sock.close()
+            await close(b, gone[key])
 
 
 class _JournalFormatter(logging.Formatter):

@@ -746,7 +746,9 @@ class Daemon:
 
     async def _nm_appears(self) -> bool:
         """Wait until NetworkManager takes its name on our bus; False when we cannot watch."""
-        from dbus_next import Message, MessageType
+        from dbus_next import MessageType
+
+        from portal.edges.bus import call_bus_daemon
 
         for _ in range(100):  # the control connection comes up right after start
             if self.bus is not None:
@@ -775,16 +777,7 @@ class Daemon:
         )
         bus.add_message_handler(on_message)
         try:
-            await bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="AddMatch",
-                    signature="s",
-                    body=[rule],
-                )
-            )
+            await call_bus_daemon(bus, "AddMatch", "s", [rule])
             disconnected = asyncio.ensure_future(asyncio.shield(bus.wait_for_disconnect()))
             done, _ = await asyncio.wait(
                 {appeared, disconnected}, return_when=asyncio.FIRST_COMPLETED
@@ -799,20 +792,13 @@ class Daemon:
 
     async def _watch_sleep(self, bus: Any) -> None:
         """Resume from suspend (logind PrepareForSleep(false)) is a reason to re-probe."""
-        from dbus_next import Message, MessageType
+        from dbus_next import MessageType
+
+        from portal.edges.bus import call_bus_daemon
 
         rule = "type='signal',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'"
         try:
-            await bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="AddMatch",
-                    signature="s",
-                    body=[rule],
-                )
-            )
+            await call_bus_daemon(bus, "AddMatch", "s", [rule])
         except Exception as exc:
             log.debug("cannot watch for resume: %s, ignoring", exc)
             return

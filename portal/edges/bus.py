@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import os
 
-from dbus_next import BusType
+from dbus_next import BusType, Message, MessageType
 from dbus_next.aio import MessageBus
 
 from portal.errors import (
@@ -94,10 +94,58 @@ def close_socket(bus: MessageBus) -> None:
             getattr(bus, attr).close()
 
 
-async def close(bus: MessageBus, timeout_s: float = 2.0) -> None:
-    """Disconnect and wait until the connection is really closed."""
+async def call_bus_daemon(
+    bus: MessageBus, member: str, signature: str = "", body: list[object] | None = None
+) -> Message | None:
+    """Call a method of the bus itself (org.freedesktop.DBus: AddMatch, GetNameOwner,
+    NameHasOwner, GetConnectionCredentials...); the reply, or None when it is an error."""
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    if reply is None or reply.message_type == MessageType.ERROR:
+        return None
+    return reply
+
+
+async def close(
+    bus: MessageBus, gone: asyncio.Future[None] | None = None, timeout_s: float = 2.0
+) -> None:
+    """Disconnect and wait until the connection is really closed, then close the socket.
+
+    A round trip first flushes dbus-next's write queue: a call cancelled just after it was
+    queued would otherwise be written to the shut-down socket, failing a future nobody reads.
+    `gone` is a pending `wait_for_disconnect()` of this bus, if the caller started one; its
+    outcome (an EOF is the disconnect we asked for) is retrieved here.
+    """
+    if bus.connected:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                bus.call(
+                    Message(
+                        destination="org.freedesktop.DBus",
+                        path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus.Peer",
+                        member="Ping",
+                    )
+                ),
+                1.0,
+            )
     with contextlib.suppress(Exception):
         bus.disconnect()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.wait_for(asyncio.shield(bus.wait_for_disconnect()), timeout_s)
+    if gone is None:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(bus.wait_for_disconnect()), timeout_s)
+    else:
+        await asyncio.wait([gone], timeout=timeout_s)
+        if not gone.done():
+            gone.cancel()
+        elif not gone.cancelled():
+            gone.exception()
     close_socket(bus)

@@ -19,6 +19,7 @@ from portal.edges.bus import (
     ERRORS,
     INTERFACE,
     OBJECT_PATH,
+    call_bus_daemon,
     close,
     connect,
     describe,
@@ -98,16 +99,7 @@ class Client:
     async def watch(self, on_signal: Callable[[str, list[Any]], None]) -> None:
         """Call on_signal(member, body) for every signal of the daemon until disconnected."""
         rule = f"type='signal',interface='{INTERFACE}',path='{OBJECT_PATH}'"
-        await self.bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
-        )
+        await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
 
         def handler(msg: Message) -> None:
             if (

@@ -20,7 +20,14 @@ from dbus_next import Message, MessageFlag, MessageType, NameFlag, RequestNameRe
 from dbus_next.aio import MessageBus
 
 from portal.core.model import Override
-from portal.edges.bus import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, error_name
+from portal.edges.bus import (
+    BUS_NAME,
+    ERROR_PREFIX,
+    INTERFACE,
+    OBJECT_PATH,
+    call_bus_daemon,
+    error_name,
+)
 from portal.errors import (
     DaemonUnreachable,
     InvalidAddress,
@@ -270,38 +277,17 @@ class ControlServer:
         return reply
 
     async def _credentials(self, sender: str) -> dict[str, Any]:
-        reply = await self._call(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="GetConnectionCredentials",
-            signature="s",
-            body=[sender],
-        )
-        if reply.message_type == MessageType.ERROR:
-            raise NotAuthorized(
-                f"cannot identify the caller: {reply.body[0] if reply.body else ''}"
-            )
+        reply = await call_bus_daemon(self.bus, "GetConnectionCredentials", "s", [sender])
+        if reply is None:
+            raise NotAuthorized("cannot identify the caller")
         return {k: v.value for k, v in reply.body[0].items()}
 
     async def _polkit_available(self) -> bool:
-        reply = await self._call(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="NameHasOwner",
-            signature="s",
-            body=[POLKIT_NAME],
-        )
-        if reply.message_type != MessageType.ERROR and reply.body[0]:
+        reply = await call_bus_daemon(self.bus, "NameHasOwner", "s", [POLKIT_NAME])
+        if reply is not None and reply.body[0]:
             return True
-        reply = await self._call(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="ListActivatableNames",
-        )
-        return reply.message_type != MessageType.ERROR and POLKIT_NAME in reply.body[0]
+        reply = await call_bus_daemon(self.bus, "ListActivatableNames")
+        return reply is not None and POLKIT_NAME in reply.body[0]
 
     async def authorize(self, msg: Message, action: str) -> str:
         """Return a description of the caller ('uid 1000') or raise NotAuthorized."""

@@ -17,7 +17,6 @@ and signal handlers cannot trip over dbus-next's exact-arity rule.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -31,6 +30,7 @@ from dbus_next.aio import MessageBus
 from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
 from portal.core.model import Connectivity, Network, Upstream
 from portal.core.netstate import parse_server
+from portal.edges.bus import close, close_socket
 
 log = logging.getLogger(__name__)
 
@@ -283,30 +283,8 @@ async def _connect(bus: MessageBus | str | None) -> MessageBus:
     try:
         return await conn.connect()
     except BaseException:
-        _close_socket(conn)
+        close_socket(conn)
         raise
-
-
-async def _close(bus: MessageBus) -> None:
-    """Disconnect and wait until the socket is really closed (else it leaks until GC)."""
-    # A round trip first flushes dbus-next's write queue: a call cancelled just after it was
-    # queued would otherwise be written to the shut-down socket, failing a future nobody reads.
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1.0):
-            await _call(bus, BUS_NAME, BUS_PATH, "org.freedesktop.DBus.Peer", "Ping")
-    bus.disconnect()
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(CALL_TIMEOUT_S):
-            await bus.wait_for_disconnect()
-    _close_socket(bus)
-
-
-def _close_socket(bus: MessageBus) -> None:
-    # dbus-next 0.2.3 only shuts the socket down and never closes it or its file object, not
-    # even when connecting fails.
-    for attr in ("_stream", "_sock"):
-        with contextlib.suppress(Exception):
-            getattr(bus, attr).close()
 
 
 async def nm_available(bus: MessageBus | str | None) -> bool:
@@ -327,7 +305,7 @@ async def nm_available(bus: MessageBus | str | None) -> bool:
         return False
     finally:
         if own:
-            await _close(conn)
+            await close(conn)
 
 
 _UNSET: Any = object()
@@ -381,7 +359,7 @@ class NetworkManagerWatcher:
                     self._retry = None
                 bus.remove_message_handler(self._on_message)
                 if bus is not self._bus_arg:
-                    await _close(bus)
+                    await close(bus)
             if isinstance(self._bus_arg, MessageBus) and not self._bus_arg.connected:
                 log.error("the D-Bus connection closed; no longer watching NetworkManager")
                 return

@@ -26,6 +26,7 @@ from portal.core.agent_logic import (
     NotificationClosed,
     ServerChanged,
 )
+from portal.edges.bus import call_bus_daemon
 from portal.errors import PortalError
 
 log = logging.getLogger(__name__)
@@ -131,19 +132,7 @@ class NotificationServer:
         return reply
 
     async def _dbus(self, member: str, signature: str, body: list[object]) -> Message | None:
-        reply = await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-                signature=signature,
-                body=body,
-            )
-        )
-        if reply is None or reply.message_type == MessageType.ERROR:
-            return None
-        return reply
+        return await call_bus_daemon(self._bus, member, signature, body)
 
     async def _refresh(self) -> None:
         """Ask for the capabilities (which may activate a server) and report the result."""

@@ -24,8 +24,9 @@ import pytest
 from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from portal.agent import Agent, close_bus, run_agent
+from portal.agent import Agent, run_agent
 from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH
+from portal.edges.bus import close as close_bus
 
 LIFETIME_S = 300  # hard bound on every helper process
 

@@ -40,9 +40,10 @@ from desktop_support import (
     start_xvfb,
 )
 
-from portal.agent import Agent, _defaults, build_parser, close_bus, main, run_agent
+from portal.agent import Agent, _defaults, build_parser, main, run_agent
 from portal.core.agent_logic import Kind
 from portal.edges.bus import INTERFACE, OBJECT_PATH
+from portal.edges.bus import close as close_bus
 from portal.edges.notify import DESKTOP_ENTRY
 from portal.errors import PortalError
 from tests.helpers import REPO

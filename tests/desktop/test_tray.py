@@ -24,7 +24,7 @@ from desktop_support import (
     running_agent,
 )
 
-from portal.agent import close_bus
+from portal.edges.bus import close as close_bus
 
 WATCHER = "org.kde.StatusNotifierWatcher"
 ITEM = "org.kde.StatusNotifierItem"

@@ -23,6 +23,7 @@ from dbus_next.aio import MessageBus
 from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
 from portal.core.model import Connectivity, Network, Upstream
 from portal.edges import nm
+from portal.edges.bus import close
 from portal.edges.nm import (
     NetworkManagerWatcher,
     connectivity_from_nm,
@@ -381,7 +382,7 @@ async def bus_env(tmp_path: Path) -> AsyncIterator[tuple[str, MessageBus]]:
 
 
 async def close_bus(bus: MessageBus) -> None:
-    await nm._close(bus)
+    await close(bus)
 
 
 @contextlib.asynccontextmanager
