@@ -28,7 +28,7 @@ from portal.core.events import (
     Resumed,
     UpstreamsChanged,
 )
-from portal.core.model import Network, Override, PortalStatus, Source, Upstream
+from portal.core.model import Network, Override, PortalStatus, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
 from portal.edges import store, systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets, parse_listen
@@ -633,38 +633,21 @@ class Daemon:
             addrs = await resolve_via(
                 name, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
             )
-            # Portals often intercept IPv4 only: pin the IPv4 answers when there are any, so
-            # clients never try an IPv6 path the portal black-holes (the stub then answers
-            # AAAA with NODATA).
-            v4 = [a for a in addrs if ":" not in a]
-            if v4 or addrs:
-                found[name] = v4 or addrs
+            if addrs:
+                found[name] = addrs
         if not found:
             return
         async with self._lock:
             new = self._copy()
-            now = time.time()
-            made = []
-            for name, addrs in found.items():
-                existing = new.get(name)
-                if existing is not None and existing.source is Source.USER:
-                    continue  # never replace what a person made
-                try:
-                    o = new.prepare(
-                        name,
-                        addrs,
-                        ttl_s=self.config.default_ttl_s,
-                        now=now,
-                        scope=net.id,
-                        scope_name=net.name,
-                        source=Source.AUTO,
-                        created_by="portal detection",
-                    )
-                except PortalError as exc:
-                    log.info("cannot pin %s: %s, ignoring", name, exc)
-                    continue
-                new.put(o)
-                made.append(o)
+            made, refused = new.pin_auto(
+                found,
+                network_id=net.id,
+                network_name=net.name,
+                ttl_s=self.config.default_ttl_s,
+                now=time.time(),
+            )
+            for name, why in refused:
+                log.info("cannot pin %s: %s, ignoring", name, why)
             if not made:
                 return
             try:

@@ -215,6 +215,47 @@ class OverrideTable:
         for o in overrides:
             self._by_name[o.name] = o
 
+    def pin_auto(
+        self,
+        found: dict[str, list[str]],
+        *,
+        network_id: str,
+        network_name: str,
+        ttl_s: float | None,
+        now: float,
+    ) -> tuple[list[Override], list[tuple[str, str]]]:
+        """Pin a portal's names as AUTO overrides scoped to its network.
+
+        Portals often intercept IPv4 only: the IPv4 answers are pinned when there are any, so
+        clients never try an IPv6 path the portal black-holes (the stub then answers AAAA with
+        NODATA). A name a person overrode is never replaced. Returns what was pinned and, for
+        names that could not be, (name, reason).
+        """
+        made: list[Override] = []
+        refused: list[tuple[str, str]] = []
+        for name, addrs in found.items():
+            existing = self._by_name.get(name)
+            if existing is not None and existing.source is Source.USER:
+                continue
+            v4 = [a for a in addrs if ":" not in a]
+            try:
+                o = self.prepare(
+                    name,
+                    v4 or addrs,
+                    ttl_s=ttl_s,
+                    now=now,
+                    scope=network_id,
+                    scope_name=network_name,
+                    source=Source.AUTO,
+                    created_by="portal detection",
+                )
+                self.put(o)
+            except (InvalidDomain, InvalidAddress, InvalidTTL, TooManyOverrides) as exc:
+                refused.append((name, str(exc)))
+                continue
+            made.append(o)
+        return made, refused
+
     def remove(self, name: str) -> Override:
         try:
             norm = parse_domain(name)

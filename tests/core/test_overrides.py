@@ -291,3 +291,28 @@ def test_hosts_lines() -> None:
 def test_bad_hosts_line_is_named(text: str, error: type[Exception], line: str) -> None:
     with pytest.raises(error, match=line):
         parse_hosts(text)
+
+
+def test_pin_auto_prefers_ipv4_and_never_replaces_a_persons_override() -> None:
+    t = table()
+    t.add("mine.hotel.example", ["10.9.9.9"], ttl_s=60, now=NOW)
+    made, refused = t.pin_auto(
+        {
+            "login.hotel.example": ["10.0.0.1", "fd00::1"],
+            "v6only.hotel.example": ["fd00::2"],
+            "mine.hotel.example": ["10.0.0.3"],
+            "bad..example": ["10.0.0.4"],
+        },
+        network_id="uuid-hotel",
+        network_name="Hotel",
+        ttl_s=3600,
+        now=NOW,
+    )
+    assert [(o.name, o.addresses) for o in made] == [
+        ("login.hotel.example", ("10.0.0.1",)),
+        ("v6only.hotel.example", ("fd00::2",)),
+    ]
+    assert all(o.source is Source.AUTO and o.scope == "uuid-hotel" for o in made)
+    assert [name for name, _ in refused] == ["bad..example"]
+    assert t.get("mine.hotel.example").addresses == ("10.9.9.9",)  # type: ignore[union-attr]
+    assert t.get("mine.hotel.example").source is Source.USER  # type: ignore[union-attr]
