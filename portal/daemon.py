@@ -127,23 +127,22 @@ class Daemon:
 
     def _refresh(self, *, changed: bool = True) -> None:
         """Swap the stub's view, reschedule expiry, tell listeners."""
-        now = time.time()
+        active = self.table.active(network_id=self.network_id, now=time.time())
         if self.stub is not None:
-            self.stub.set_entries(
-                local_entries(self.table.active(network_id=self.network_id, now=now))
-            )
+            self.stub.set_entries(local_entries(active))
         self._schedule_expiry()
-        systemd.notify(f"STATUS={self._status_line()}")
+        systemd.notify(f"STATUS={self._status_line(len(active))}")
         if changed and self.control is not None:
             self.control.emit_overrides_changed()
         if self.wiring is not None:
-            names = sorted(self.table.active(network_id=self.network_id, now=now))
+            names = sorted(active)
             if names != self._wired:
                 self._wired = names
                 self._spawn(self._rewire(names))
 
-    def _status_line(self) -> str:
-        active = len(self.table.active(network_id=self.network_id, now=time.time()))
+    def _status_line(self, active: int | None = None) -> str:
+        if active is None:
+            active = len(self.table.active(network_id=self.network_id, now=time.time()))
         return f"serving {active} override(s), {len(self.forwarder.upstreams)} upstream(s)"
 
     def _schedule_expiry(self) -> None:
