@@ -9,7 +9,7 @@ mode forwarded AAAA for such names and cost 15 s a lookup).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from portal.core.model import Override
 from portal.core.wire import (
@@ -28,6 +28,7 @@ from portal.core.wire import (
     parse_query,
 )
 
+TCP_MAX_MESSAGE = 65535  # a TCP message's 2-byte length prefix is the only limit
 MAX_ANSWER_TTL_S = 30  # short, so a removed override leaves client caches within half a minute
 
 
@@ -66,12 +67,17 @@ class Unparsed:
 Decision = bytes | Forward | Unparsed | None  # bytes: reply now; None: drop silently
 
 
-def decide(data: bytes, entries: Mapping[str, LocalEntry], now: float) -> Decision:
+def decide(
+    data: bytes, entries: Mapping[str, LocalEntry], now: float, *, tcp: bool = False
+) -> Decision:
+    """`tcp`: the answer goes over TCP, where no size limit applies (RFC 7766 §8)."""
     parsed = parse_query(data)
     if parsed is None:
         return None
     if isinstance(parsed, int):
         return Unparsed(parsed)
+    if tcp:
+        parsed = replace(parsed, udp_payload=TCP_MAX_MESSAGE)
     return decide_query(parsed, entries, now)
 
 

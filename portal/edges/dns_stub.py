@@ -305,10 +305,10 @@ class DnsStub:
             writer.close()
 
     async def _answer_tcp(self, data: bytes) -> bytes | None:
-        decision = decide(data, self.entries, time.time())
+        decision = decide(data, self.entries, time.time(), tcp=True)
         if isinstance(decision, bytes):
             self.answered_local += 1
-            return _untruncate_tcp(decision)
+            return decision
         if isinstance(decision, Forward):
             return await self._forward(data, decision.query, tcp=True)
         if isinstance(decision, Unparsed):
@@ -341,12 +341,6 @@ def _truncate(answer: bytes, q: Query) -> bytes:
     header = struct.unpack_from("!HHHHHH", answer, 0)
     flags = header[1] | 0x0200
     return struct.pack("!HHHHHH", header[0], flags, 1, 0, 0, 0) + q.question
-
-
-def _untruncate_tcp(reply: bytes) -> bytes:
-    # Local answers are sized for UDP; over TCP there is no limit, but our answers are small
-    # (≤ 16 addresses) so they never truncate in practice. Kept as is.
-    return reply
 
 
 def _warm_up() -> None:

@@ -317,3 +317,19 @@ def test_many_concurrent_queries(daemon: Daemon, n: int) -> None:
 
     replies = asyncio.run(burst())
     assert all(r.rcode() == dns.rcode.NOERROR and r.answer for r in replies)
+
+
+def test_a_big_local_answer_is_whole_over_tcp(daemon: Daemon) -> None:
+    """16 AAAA records for a long name exceed 512 bytes: UDP truncates (TC), TCP never does."""
+    name = ".".join(["abcdefghijklmnopqrstuvwxyz0123456789"] * 6)
+    addrs = [f"2001:db8::{i:x}" for i in range(1, 17)]
+    add(daemon, name, *addrs)
+    udp = query(daemon, name, "AAAA")
+    assert udp.flags & dns.flags.TC
+    tcp = query(daemon, name, "AAAA", tcp=True)
+    assert not tcp.flags & dns.flags.TC
+    assert sorted(addrs_of(tcp)) == sorted(addrs)
+
+
+def addrs_of(msg: dns.message.Message) -> list[str]:
+    return [r.to_text() for rrset in msg.answer for r in rrset]
