@@ -216,44 +216,40 @@ class DnsStub:
     ) -> None:
         client = (addr[0], addr[1])
         mine = self._pending.get(client, 0)
-        if len(self._tasks) >= self.max_pending or mine >= MAX_PENDING_PER_CLIENT:
+        if self.forwarder.in_flight >= self.max_pending or mine >= MAX_PENDING_PER_CLIENT:
             log.debug("too many forwards in flight (%s has %d), answering SERVFAIL", addr[0], mine)
             _sendto(sock, build_error(q, RCODE_SERVFAIL), addr)
             return
-        # counted now, not when the task starts: one wakeup reads a whole batch of datagrams
         self._pending[client] = mine + 1
-        self._spawn(self._forward_udp(sock, data, q, addr, client))
+        self.forwarded += 1
+        self.forwarder.start(
+            data, q.question, self._forwarded, (sock, q, addr), upstreams=self._route(q.name)
+        )
 
-    async def _forward_udp(
-        self,
-        sock: socket.socket,
-        data: bytes,
-        q: Query,
-        addr: tuple[str, int],
-        client: tuple[str, int],
+    def _forwarded(
+        self, context: tuple[socket.socket, Query, tuple[str, int]], answer: bytes | None
     ) -> None:
-        try:
-            reply = await self._forward(data, q, tcp=False)
-            _sendto(sock, reply, addr)
-        finally:
-            left = self._pending.pop(client, 1) - 1
-            if left > 0:
-                self._pending[client] = left
+        sock, q, addr = context
+        client = (addr[0], addr[1])
+        left = self._pending.pop(client, 1) - 1
+        if left > 0:
+            self._pending[client] = left
+        if answer is None:
+            answer = build_error(q, RCODE_SERVFAIL)
+        elif len(answer) > q.udp_payload:
+            # Never send more than the client can take: header + question, TC set (RFC 1035 §4.2.1)
+            answer = _truncate(answer, q)
+        _sendto(sock, answer, addr)
 
-    async def _forward(self, data: bytes, q: Query, *, tcp: bool) -> bytes:
+    async def _forward_tcp(self, data: bytes, q: Query) -> bytes:
         self.forwarded += 1
         upstreams = self._route(q.name)
         try:
-            answer = await self.forwarder.forward(data, q.question, upstreams=upstreams, tcp=tcp)
+            answer = await self.forwarder.forward(data, q.question, upstreams=upstreams, tcp=True)
         except Exception:
             log.exception("forwarding %s failed, answering SERVFAIL", q.name)
             answer = None
-        if answer is None:
-            return build_error(q, RCODE_SERVFAIL)
-        if not tcp and len(answer) > q.udp_payload:
-            # Never send more than the client can take: header + question, TC set (RFC 1035 §4.2.1)
-            return _truncate(answer, q)
-        return answer
+        return build_error(q, RCODE_SERVFAIL) if answer is None else answer
 
     def _route(self, name: str) -> tuple[Upstream, ...] | None:
         if not self.portal_routes:
@@ -310,20 +306,21 @@ class DnsStub:
             self.answered_local += 1
             return decision
         if isinstance(decision, Forward):
-            return await self._forward(data, decision.query, tcp=True)
+            return await self._forward_tcp(data, decision.query)
         if isinstance(decision, Unparsed):
             reply = self._slow_path(data, decision.rcode)
             if isinstance(reply, Query):
-                return await self._forward(data, reply, tcp=True)
+                return await self._forward_tcp(data, reply)
             return reply
         return None
 
 
 def forward_limit() -> int:
-    """How many UDP forwards may be in flight. Each holds a socket until its answer or timeout,
-    and systemd's default soft limit is 1024 descriptors: at MAX_PENDING_FORWARDS a burst to a
-    dead domain would take every descriptor, and saving the state ("Too many open files") or
-    accepting a TCP client would fail. So stay within half of what is left after a reserve."""
+    """How many UDP forwards may be in flight. Queries share the forwarder's sockets, but a
+    socket taken out of use stays open until its last query is answered or expires, and
+    systemd's default soft limit is 1024 descriptors: a burst to a dead domain must never take
+    every descriptor, or saving the state ("Too many open files") or accepting a TCP client
+    would fail. So stay within half of what is left after a reserve."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return MAX_PENDING_FORWARDS

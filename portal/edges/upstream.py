@@ -1,20 +1,25 @@
 """Forwarding queries to upstream resolvers, with spoofing resistance.
 
-Each forwarded query gets a fresh random 16-bit ID and leaves from a UDP socket that carries no
-other query at the same time, bound to a random source port picked by the kernel; an answer is
-accepted only from the upstream it was sent to, with that ID and the same question (RFC 5452).
-The networks portal serves are untrusted, so a fixed port or ID would invite spoofed answers.
+Every forwarded query gets a fresh random 16-bit ID and leaves from one of a few UDP sockets per
+upstream, each connected to that upstream (the kernel drops datagrams from other sources) and
+bound to a random port the kernel picks. The socket is chosen at random for each query, and it
+is replaced by a new one (a new random port) after SOCKET_MAX_USES queries or SOCKET_MAX_AGE_S
+seconds. An answer is accepted only on the socket its query left from, with that query's ID and
+the same question (RFC 5452 §9.1).
 
-Opening, connecting, registering and closing a socket for every query cost more than the rest
-of the forward (bench/: 3× dnsmasq's CPU per forwarded query). So a socket that brought back a
-matching answer goes back to a small per-upstream pool and is reused, one query at a time, by a
-later query picked at random among the idle ones; after SOCKET_MAX_USES queries or
-SOCKET_MAX_AGE_S seconds it is closed and a new one (a new random port) takes its place. A socket
-whose query timed out or failed is closed at once (a late answer must not meet the next query).
-Like dnsmasq's pool of random ports, this keeps port + ID entropy for every query in flight.
+What a spoofer has to hit is the same as with one socket per query: a blind answer succeeds only
+if its (port, ID) pair belongs to a query in flight, and there is exactly one such pair per
+query in flight either way; the ports are random and change over time, the IDs are random and
+unique per socket. Sharing a socket between queries in flight (as dnsmasq does with its pool of
+random sockets) lets one wakeup read many answers, where a socket per query costs an epoll event,
+a registration and a close each (bench/: that was the forwarding path's largest cost).
 
-A truncated answer is retried over TCP. When no upstream answers within the bound, the caller
-gets None and replies SERVFAIL.
+There are no tasks, futures or timers per query: a query is a small `_Flight`, answers arrive in
+the sockets' read callbacks, and one timer per forwarder expires the attempts that get no
+answer, in the order they were sent. A truncated answer is retried over TCP (the only part that
+runs as a task, and a rare one). An upstream that answers SERVFAIL or REFUSED, or none at all
+within UDP_TIMEOUT_S, passes the query to the next upstream; when none answers within
+TOTAL_TIMEOUT_S, the caller gets None and replies SERVFAIL.
 
 Decides nothing about which names are forwarded: that is portal.core.answer.
 """
@@ -22,12 +27,16 @@ Decides nothing about which names are forwarded: that is portal.core.answer.
 from __future__ import annotations
 
 import asyncio
+import errno
+import heapq
 import logging
 import secrets
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from portal.core.model import Upstream
 from portal.core.wire import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
@@ -37,9 +46,14 @@ log = logging.getLogger("portal.upstream")
 UDP_TIMEOUT_S = 1.5  # per upstream attempt
 TCP_TIMEOUT_S = 3.0
 TOTAL_TIMEOUT_S = 4.0  # the whole forward, all upstreams included: then SERVFAIL
-POOL_MAX_IDLE = 256  # idle sockets kept per upstream: enough for a burst of queries in flight
-SOCKET_MAX_USES = 100  # queries one socket carries, one at a time, before its port changes
+POOL_SOCKETS = 16  # sockets per upstream, each carrying any number of queries at once
+SOCKET_MAX_USES = 100  # queries one socket carries before its port changes
 SOCKET_MAX_AGE_S = 10.0  # ... or seconds since it was opened
+TIMER_SLACK_S = 0.05  # attempts expiring this close together are expired in one wakeup
+READ_BATCH = 64  # answers read per wakeup and socket before yielding to the loop (fairness)
+
+# done(context, answer): answer carries the client's ID, or is None (the caller's SERVFAIL)
+Done = Callable[[Any, "bytes | None"], None]
 
 
 class Forwarder:
@@ -47,7 +61,16 @@ class Forwarder:
         self.upstreams: tuple[Upstream, ...] = tuple(upstreams)
         self.sent = 0
         self.failed = 0
+        self.in_flight = 0
         self._pools: dict[Upstream, _UdpPool] = {}
+        # (expiry, attempt, flight): attempts of the full UDP_TIMEOUT_S, so in expiry order
+        self._queue: deque[tuple[float, int, _Flight]] = deque()
+        # attempts cut short by the total bound (rare): a heap
+        self._short: list[tuple[float, int, _Flight]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._attempts = 0  # a serial per attempt: queue entries of earlier attempts are stale
 
     def set_upstreams(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
@@ -56,15 +79,44 @@ class Forwarder:
             self._pools.pop(server).close()
 
     def close(self) -> None:
+        """Close every socket; queries still in flight get None."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in self._tasks:
+            task.cancel()
+        pending = [f for _, n, f in [*self._queue, *self._short] if f.attempt == n and f.sock]
+        self._queue.clear()
+        self._short.clear()
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
+        for flight in pending:
+            sock, flight.sock = flight.sock, None
+            if sock is not None:
+                sock.done_with(flight.qid)  # the last one closes its socket
+            self._finish(flight, None)
 
-    def _pool(self, server: Upstream) -> _UdpPool:
-        pool = self._pools.get(server)
-        if pool is None:
-            pool = self._pools[server] = _UdpPool(server)
-        return pool
+    # -- the callback API (the stub's UDP path) ---------------------------------------------
+
+    def start(
+        self,
+        data: bytes,
+        question: bytes,
+        done: Done,
+        context: Any = None,
+        *,
+        upstreams: Sequence[Upstream] | None = None,
+    ) -> None:
+        """Forward the client's query over UDP; `done(context, answer)` is called exactly once:
+        later from the event loop, or at once when no upstream can be sent to."""
+        servers = tuple(upstreams) if upstreams is not None else self.upstreams
+        loop = asyncio.get_running_loop()
+        flight = _Flight(data, question, servers, done, context, loop.time() + TOTAL_TIMEOUT_S)
+        self.in_flight += 1
+        self._attempt(loop, flight)
+
+    # -- the awaitable API (TCP clients, tests) ---------------------------------------------
 
     async def forward(
         self,
@@ -75,10 +127,16 @@ class Forwarder:
         tcp: bool = False,
     ) -> bytes | None:
         """Forward the client's query; return the answer with the client's ID, or None."""
-        servers = tuple(upstreams) if upstreams is not None else self.upstreams
-        if not servers:
-            return None
-        client_id = struct.unpack_from("!H", data, 0)[0]
+        if tcp:
+            servers = tuple(upstreams) if upstreams is not None else self.upstreams
+            return await self._forward_tcp(data, question, servers)
+        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self.start(data, question, _resolve, fut, upstreams=upstreams)
+        return await fut
+
+    async def _forward_tcp(
+        self, data: bytes, question: bytes, servers: tuple[Upstream, ...]
+    ) -> bytes | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TOTAL_TIMEOUT_S
         fallback: bytes | None = None
@@ -88,168 +146,325 @@ class Forwarder:
                 break
             self.sent += 1
             qid = secrets.randbits(16)
-            query = with_id(data, qid)
-            try:
-                if tcp:
-                    answer = await _tcp_exchange(
-                        server, query, qid, question, min(TCP_TIMEOUT_S, left)
-                    )
-                else:
-                    answer = await self._pool(server).exchange(
-                        query, qid, question, min(UDP_TIMEOUT_S, left)
-                    )
-                    if answer is not None and answer[2] & 0x02:  # TC: retry over TCP (RFC 7766)
-                        left = deadline - loop.time()
-                        if left > 0:
-                            answer = (
-                                await _tcp_exchange(
-                                    server, query, qid, question, min(TCP_TIMEOUT_S, left)
-                                )
-                                or answer
-                            )
-            except OSError as exc:
-                log.debug("upstream %s: %s, trying the next", server, exc)
-                answer = None
+            answer = await _tcp_exchange(
+                server, with_id(data, qid), qid, question, min(TCP_TIMEOUT_S, left)
+            )
             if answer is None:
                 continue
             if rcode_of(answer) in (RCODE_SERVFAIL, RCODE_REFUSED):
                 fallback = fallback or answer  # another upstream may do better
                 continue
-            return with_id(answer, client_id)
+            return with_id(answer, _id_of(data))
         if fallback is not None:
-            return with_id(fallback, client_id)
+            return with_id(fallback, _id_of(data))
         self.failed += 1
         return None
 
+    # -- one query's way through the upstreams ----------------------------------------------
 
-def _expire(fut: asyncio.Future[bytes]) -> None:
+    def _attempt(self, loop: asyncio.AbstractEventLoop, flight: _Flight) -> None:
+        """Send to the next upstream that is left, or finish with the best answer so far."""
+        now = loop.time()
+        while flight.index < len(flight.servers):
+            left = flight.deadline - now
+            if left <= 0.001:
+                break
+            server = flight.servers[flight.index]
+            pool = self._pools.get(server)
+            if pool is None:
+                pool = self._pools[server] = _UdpPool(server, self)
+            try:
+                sock = pool.pick(loop)
+                qid = sock.new_id()
+                sock.sock.send(with_id(flight.data, qid))
+            except OSError as exc:
+                log.debug("upstream %s: %s, trying the next", server, exc)
+                flight.index += 1
+                continue
+            self.sent += 1
+            sock.flights[qid] = flight
+            flight.sock, flight.qid = sock, qid
+            self._attempts += 1
+            flight.attempt = n = self._attempts
+            if left >= UDP_TIMEOUT_S:
+                expiry = now + UDP_TIMEOUT_S
+                self._queue.append((expiry, n, flight))
+            else:
+                expiry = now + left
+                heapq.heappush(self._short, (expiry, n, flight))
+            if self._timer is None or expiry < self._timer_at:
+                self._arm(loop, expiry)
+            return
+        self._finish(flight, flight.fallback)
+
+    def _answered(self, sock: _Sock, flight: _Flight, packet: bytes) -> None:
+        flight.sock = None
+        sock.done_with(flight.qid)
+        if packet[2] & 0x02:  # TC: retry over TCP (RFC 7766)
+            task = asyncio.get_running_loop().create_task(self._retry_tcp(flight, packet))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._result(flight, packet)
+
+    def _result(self, flight: _Flight, answer: bytes) -> None:
+        if rcode_of(answer) in (RCODE_SERVFAIL, RCODE_REFUSED):
+            flight.fallback = flight.fallback or answer  # another upstream may do better
+            self._next(flight)
+            return
+        self._finish(flight, answer)
+
+    def _next(self, flight: _Flight) -> None:
+        flight.index += 1
+        self._attempt(asyncio.get_running_loop(), flight)
+
+    async def _retry_tcp(self, flight: _Flight, truncated: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        left = flight.deadline - loop.time()
+        answer = None
+        if left > 0:
+            server = flight.servers[flight.index]
+            qid = secrets.randbits(16)
+            answer = await _tcp_exchange(
+                server, with_id(flight.data, qid), qid, flight.question, min(TCP_TIMEOUT_S, left)
+            )
+        self._result(flight, answer or truncated)
+
+    def _finish(self, flight: _Flight, answer: bytes | None) -> None:
+        self.in_flight -= 1
+        if answer is None:
+            self.failed += 1
+        else:
+            answer = with_id(answer, _id_of(flight.data))
+        done, context = flight.done, flight.context
+        flight.data = flight.question = b""  # the queue may hold the shell a while longer
+        flight.context = flight.fallback = None
+        try:
+            done(context, answer)
+        except Exception:  # one query's callback never breaks the others
+            log.exception("internal error delivering a forwarded answer, ignoring")
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop finished or moved-on attempts from the queue's head, so that with an upstream
+        that answers, the queue holds about what is in flight, not everything of the last
+        UDP_TIMEOUT_S."""
+        q = self._queue
+        while q:
+            _, n, flight = q[0]
+            if flight.attempt == n and flight.sock is not None:
+                return
+            q.popleft()
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        limit = loop.time() + TIMER_SLACK_S
+        expired: list[_Flight] = []
+        q, short = self._queue, self._short
+        while q and q[0][0] <= limit:
+            _, n, flight = q.popleft()
+            if flight.attempt == n and flight.sock is not None:
+                expired.append(flight)
+        while short and short[0][0] <= limit:
+            _, n, flight = heapq.heappop(short)
+            if flight.attempt == n and flight.sock is not None:
+                expired.append(flight)
+        for flight in expired:
+            sock, flight.sock = flight.sock, None
+            assert sock is not None
+            log.debug("upstream %s: no answer in time", sock.pool.server)
+            sock.done_with(flight.qid)
+            self._next(flight)
+        self._prune()
+        if self._timer is None and (q or short):
+            head = min(q[0][0] if q else short[0][0], short[0][0] if short else q[0][0])
+            self._arm(loop, max(head, limit))
+
+    def _failed(self, sock: _Sock, exc: OSError) -> None:
+        """The socket's upstream refused (ICMP port unreachable) or the route went away: every
+        query on it moves on to the next upstream."""
+        log.debug("upstream %s: %s, trying the next", sock.pool.server, exc)
+        sock.pool.retire(sock)
+        for qid, flight in list(sock.flights.items()):
+            flight.sock = None
+            sock.done_with(qid)
+            self._next(flight)
+
+
+def _resolve(fut: asyncio.Future[bytes | None], answer: bytes | None) -> None:
     if not fut.done():
-        fut.set_result(b"")
+        fut.set_result(answer)
+
+
+def _id_of(data: bytes) -> int:
+    return (data[0] << 8) | data[1]
 
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-class _Conn:
-    """One pooled UDP socket, connected to its upstream (the kernel drops other sources)."""
+class _Flight:
+    """One forwarded query, from the client's datagram to its answer."""
 
-    __slots__ = ("sock", "fd", "uses", "opened_at", "waiter", "qid", "question")
+    __slots__ = (
+        "data",
+        "question",
+        "servers",
+        "index",
+        "done",
+        "context",
+        "deadline",
+        "sock",
+        "qid",
+        "attempt",
+        "fallback",
+    )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        question: bytes,
+        servers: tuple[Upstream, ...],
+        done: Done,
+        context: Any,
+        deadline: float,
+    ) -> None:
+        self.data = data
+        self.question = question
+        self.servers = servers
+        self.index = 0
+        self.done = done
+        self.context = context
+        self.deadline = deadline
+        self.sock: _Sock | None = None  # the socket the current attempt waits on
+        self.qid = -1
+        self.attempt = 0
+        self.fallback: bytes | None = None
+
+
+class _Sock:
+    """One UDP socket connected to its upstream, with the queries in flight on it by ID."""
+
+    __slots__ = ("pool", "sock", "fd", "uses", "opened_at", "flights", "retired")
+
+    def __init__(self, pool: _UdpPool, sock: socket.socket) -> None:
+        self.pool = pool
         self.sock = sock
         self.fd = sock.fileno()
         self.uses = 0
         self.opened_at = time.monotonic()
-        self.waiter: asyncio.Future[bytes] | None = None
-        self.qid = -1
-        self.question = b""
+        self.flights: dict[int, _Flight] = {}
+        self.retired = False
+
+    def new_id(self) -> int:
+        flights = self.flights
+        while True:
+            qid = secrets.randbits(16)
+            if qid not in flights:
+                return qid
+
+    def done_with(self, qid: int) -> None:
+        self.flights.pop(qid, None)
+        if self.retired and not self.flights:
+            self.pool.close_socket(self)
 
 
 class _UdpPool:
-    """Idle connected sockets for one upstream; each carries one query at a time."""
+    """The sockets for one upstream."""
 
-    def __init__(self, server: Upstream) -> None:
+    def __init__(self, server: Upstream, forwarder: Forwarder) -> None:
         self.server = server
-        self.idle: list[_Conn] = []
+        self.forwarder = forwarder
+        self.slots: list[_Sock | None] = [None] * POOL_SOCKETS
         self.open = 0
         self.closed = False
 
-    async def exchange(
-        self, query: bytes, qid: int, question: bytes, timeout_s: float
-    ) -> bytes | None:
-        loop = asyncio.get_running_loop()
-        conn = self._take(loop)
-        fut: asyncio.Future[bytes] = loop.create_future()
-        conn.waiter, conn.qid, conn.question = fut, qid, question
-        conn.uses += 1
-        ok = False
-        try:
-            conn.sock.send(query)
-            handle = loop.call_later(timeout_s, _expire, fut)
-            try:
-                answer = await fut
-            finally:
-                handle.cancel()
-            ok = bool(answer)
-        finally:
-            conn.waiter = None
-            if ok:
-                self._give_back(loop, conn)
-            else:  # timeout, error or cancellation: a late answer must never meet a new query
-                self._close(loop, conn)
-        return answer or None
+    def pick(self, loop: asyncio.AbstractEventLoop) -> _Sock:
+        # a random socket: which port the next query uses is not predictable
+        i = secrets.randbelow(POOL_SOCKETS)
+        sock = self.slots[i]
+        if (
+            sock is None
+            or sock.uses >= SOCKET_MAX_USES
+            or time.monotonic() - sock.opened_at >= SOCKET_MAX_AGE_S
+        ):
+            if sock is not None:
+                self.retire(sock)
+            sock = self.slots[i] = self._open(loop)
+        sock.uses += 1
+        return sock
 
-    def _take(self, loop: asyncio.AbstractEventLoop) -> _Conn:
-        now = time.monotonic()
-        while self.idle:
-            # a random idle socket: which port the next query uses is not predictable
-            i = secrets.randbelow(len(self.idle))
-            conn = self.idle[i]
-            self.idle[i] = self.idle[-1]
-            self.idle.pop()
-            if conn.uses < SOCKET_MAX_USES and now - conn.opened_at < SOCKET_MAX_AGE_S:
-                return conn
-            self._close(loop, conn)
-        sock = socket.socket(_family(self.server.host), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    def _open(self, loop: asyncio.AbstractEventLoop) -> _Sock:
+        raw = socket.socket(_family(self.server.host), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             # connect(): the kernel picks a random ephemeral port and drops datagrams from others
-            sock.connect((self.server.host, self.server.port))
-            conn = _Conn(sock)
-            loop.add_reader(conn.fd, self._readable, conn)
+            raw.connect((self.server.host, self.server.port))
+            sock = _Sock(self, raw)
+            loop.add_reader(sock.fd, self._readable, sock)
         except BaseException:
-            sock.close()
+            raw.close()
             raise
         self.open += 1
-        return conn
+        return sock
 
-    def _give_back(self, loop: asyncio.AbstractEventLoop, conn: _Conn) -> None:
-        if not self.closed and len(self.idle) < POOL_MAX_IDLE and conn.uses < SOCKET_MAX_USES:
-            self.idle.append(conn)
-        else:
-            self._close(loop, conn)
+    def retire(self, sock: _Sock) -> None:
+        """No new queries on this socket; it closes once its last query is answered or
+        expired (a late answer must never meet a later query on a reused port)."""
+        if not sock.retired:
+            sock.retired = True
+            for i, s in enumerate(self.slots):
+                if s is sock:
+                    self.slots[i] = None
+        if not sock.flights:
+            self.close_socket(sock)
 
-    def _close(self, loop: asyncio.AbstractEventLoop | None, conn: _Conn) -> None:
-        if conn.fd < 0:
+    def close_socket(self, sock: _Sock) -> None:
+        if sock.fd < 0:
             return
-        if loop is not None:
-            loop.remove_reader(conn.fd)
-        conn.sock.close()
-        conn.fd = -1
+        try:
+            asyncio.get_running_loop().remove_reader(sock.fd)
+        except RuntimeError:  # no loop any more (closing at exit)
+            pass
+        sock.sock.close()
+        sock.fd = -1
         self.open -= 1
 
     def close(self) -> None:
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        self.closed = True  # sockets still carrying a query are closed when it ends
-        for conn in self.idle:
-            self._close(loop, conn)
-        self.idle.clear()
+        self.closed = True
+        for sock in [s for s in self.slots if s is not None]:
+            self.retire(sock)
 
-    def _readable(self, conn: _Conn) -> None:
-        while True:
+    def _readable(self, sock: _Sock) -> None:
+        flights = sock.flights
+        for _ in range(READ_BATCH):
             try:
-                packet = conn.sock.recv(65535)
+                packet = sock.sock.recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. ECONNREFUSED from an ICMP port unreachable
-                if conn.waiter is not None and not conn.waiter.done():
-                    conn.waiter.set_exception(exc)
+                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    self.forwarder._failed(sock, exc)
+                else:
+                    log.debug("upstream %s: %s, ignoring", self.server, exc)
                 return
-            fut = conn.waiter
-            if fut is None:  # an idle socket: nobody asked, drop it
-                log.debug(
-                    "upstream %s: unexpected datagram on an idle socket, ignoring", self.server
-                )
+            flight = flights.get(_id_of(packet)) if len(packet) >= 12 else None
+            # connect() already restricts the source; check the ID's query and question too
+            if flight is None or not response_matches(packet, flight.qid, flight.question):
+                log.debug("upstream %s: unexpected or mismatched answer, ignoring", self.server)
                 continue
-            # connect() already restricts the source; check ID and question too
-            if response_matches(packet, conn.qid, conn.question):
-                if not fut.done():
-                    fut.set_result(packet)
+            self.forwarder._answered(sock, flight, packet)
+            if sock.fd < 0:  # the last query of a retired socket: it is closed now
                 return
-            log.debug("upstream %s: mismatched answer, ignoring", self.server)
 
 
 async def _tcp_exchange(
