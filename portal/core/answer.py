@@ -9,7 +9,8 @@ mode forwarded AAAA for such names and cost 15 s a lookup).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from portal.core.model import Override
 from portal.core.wire import (
@@ -50,15 +51,13 @@ def local_entries(overrides: Mapping[str, Override]) -> dict[str, LocalEntry]:
     return {name: LocalEntry.from_override(o) for name, o in overrides.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """Send the query upstream (the edge keeps the original bytes)."""
 
     query: Query
 
 
-@dataclass(frozen=True, slots=True)
-class Unparsed:
+class Unparsed(NamedTuple):
     """The fast path could not read the question; the edge may try the slow path."""
 
     rcode: int
@@ -77,7 +76,7 @@ def decide(
     if isinstance(parsed, int):
         return Unparsed(parsed)
     if tcp:
-        parsed = replace(parsed, udp_payload=TCP_MAX_MESSAGE)
+        parsed = parsed._replace(udp_payload=TCP_MAX_MESSAGE)
     return decide_query(parsed, entries, now)
 
 

@@ -355,3 +355,13 @@ async def test_dropping_an_upstream_closes_its_sockets(fake: Callable[..., FakeU
         assert b.ports and len(a.ports) == 1
     finally:
         fwd.close()
+
+
+def test_ids_and_picks_are_random_across_buffer_refills() -> None:
+    """The buffered CSPRNG: 16-bit values over several 4 KiB refills, no repeats of a run."""
+    r = up._Random()
+    values = [r.u16() for _ in range(6000)]  # about three refills
+    assert all(0 <= v < 65536 for v in values)
+    assert len(set(values)) > 5500  # 6000 draws from 65536: ~270 repeats expected
+    assert values[:100] != values[2048:2148]  # a refill reads new bytes
+    assert {r.below(16) for _ in range(2000)} == set(range(16))
