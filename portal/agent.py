@@ -54,6 +54,7 @@ from portal.edges.client import Client, unwrap
 from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
 from portal.errors import ConfigError, PortalError
+from portal.logsetup import setup_logging
 from portal.opener import open_url
 
 log = logging.getLogger("portal.agent")
@@ -289,28 +290,6 @@ async def run_agent(
             await close(b, gone[key])
 
 
-class _JournalFormatter(logging.Formatter):
-    """`<prio>message` when stderr goes to journald (sd-daemon(3) prefixes)."""
-
-    PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIO.get(record.levelno, 2)}>{super().format(record)}"
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s portal-agent %(levelname)s: %(message)s")
-        )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="portal agent",
@@ -366,7 +345,7 @@ async def _main_async(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`portal agent ...`: 0 when stopped by a signal, 1 on a runtime error, 2 on usage."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, "portal-agent")
     try:
         asyncio.run(_main_async(args))
     except ConfigError as exc:

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from portal.edges import store, systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets, parse_listen
 from portal.edges.upstream import Forwarder
 from portal.errors import InvalidAddress, PortalError
+from portal.logsetup import setup_logging
 
 if TYPE_CHECKING:
     from dbus_next.aio import MessageBus
@@ -45,35 +45,6 @@ log = logging.getLogger("portal")
 BUS_RETRY_MAX_S = 60.0
 PROBE_TIMEOUT_S = 5.0
 VENUE_LOOKUP_TIMEOUT_S = 3.0
-
-
-class _JournalFormatter(logging.Formatter):
-    """`<prio>message` when stderr goes to journald (sd-daemon(3) prefixes)."""
-
-    PRIO = {
-        logging.DEBUG: 7,
-        logging.INFO: 6,
-        logging.WARNING: 4,
-        logging.ERROR: 3,
-        logging.CRITICAL: 2,
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"<{self.PRIO.get(record.levelno, 6)}>{super().format(record)}"
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s portal %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if level == "debug" else logging.INFO)
-    # httpx/httpcore narrate every request at INFO/DEBUG; portal logs what matters itself
-    for noisy in ("httpx", "httpcore", "hpack"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def resolv_conf_upstreams(path: str, exclude: set[str]) -> tuple[Upstream, ...]:
@@ -238,7 +209,7 @@ class Daemon:
                 f"no address given for {norm}, and no network DNS is known to "
                 "look it up: give the address (portal add NAME IP)"
             )
-        from portal.edges.http_probe import resolve_via
+        from portal.edges.probe_child import resolve_via
 
         found = await resolve_via(
             norm, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
@@ -380,7 +351,6 @@ class Daemon:
         except TimeoutError:
             log.warning("the bus is slow to answer; ready without the control API for now")
         systemd.notify("READY=1")
-        self.stub.warm_up()
         if self.config.network_source != "none":
             self._spawn(self._guard(self._watch_network(), "network watcher"))
         if self.config.wiring != "none":
@@ -595,7 +565,7 @@ class Daemon:
         try:
             if action.delay_s > 0:
                 await asyncio.sleep(action.delay_s)
-            from portal.edges.http_probe import probe_network
+            from portal.edges.probe_child import probe_network
 
             network = action.network
             if not network.api_uri and self.config.portal_api_uri:
@@ -621,7 +591,7 @@ class Daemon:
         net = self.session.network
         if net is None or net.id != action.network_id or not net.venue_dns:
             return
-        from portal.edges.http_probe import resolve_via
+        from portal.edges.probe_child import resolve_via
 
         found: dict[str, list[str]] = {}
         for host in action.hosts:
@@ -798,7 +768,7 @@ class Daemon:
 
 
 def run(config: Config) -> int:
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, "portal")
     daemon = Daemon(config)
     try:
         return asyncio.run(daemon.run())

@@ -17,6 +17,7 @@ import socket
 import struct
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from portal.core.answer import (
     AnswerCache,
@@ -114,7 +115,7 @@ class DnsStub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
-        self._pending: dict[tuple[str, int], int] = {}  # client (host, port) → forwards in flight
+        self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
         self.max_pending = forward_limit()
         self.answered_local = 0
         self.forwarded = 0
@@ -145,12 +146,6 @@ class DnsStub:
             else:
                 server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
                 self._servers.append(server)
-
-    def warm_up(self) -> None:
-        """Load the slow path's parser off the loop, so the first odd packet costs no import.
-        Called once the daemon is ready: the import holds the GIL for a good part of its
-        100-200 ms and would otherwise delay the first answers after a (re)start."""
-        self._spawn(asyncio.to_thread(_warm_up))
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -214,13 +209,12 @@ class DnsStub:
     def _forward_or_refuse(
         self, sock: socket.socket, data: bytes, q: Query, addr: tuple[str, int]
     ) -> None:
-        client = (addr[0], addr[1])
-        mine = self._pending.get(client, 0)
+        mine = self._pending.get(addr, 0)  # addr: the client socket's address tuple
         if self.forwarder.in_flight >= self.max_pending or mine >= MAX_PENDING_PER_CLIENT:
             log.debug("too many forwards in flight (%s has %d), answering SERVFAIL", addr[0], mine)
             _sendto(sock, build_error(q, RCODE_SERVFAIL), addr)
             return
-        self._pending[client] = mine + 1
+        self._pending[addr] = mine + 1
         self.forwarded += 1
         self.forwarder.start(
             data, q.question, self._forwarded, (sock, q, addr), upstreams=self._route(q.name)
@@ -230,10 +224,9 @@ class DnsStub:
         self, context: tuple[socket.socket, Query, tuple[str, int]], answer: bytes | None
     ) -> None:
         sock, q, addr = context
-        client = (addr[0], addr[1])
-        left = self._pending.pop(client, 1) - 1
+        left = self._pending.pop(addr, 1) - 1
         if left > 0:
-            self._pending[client] = left
+            self._pending[addr] = left
         if answer is None:
             answer = build_error(q, RCODE_SERVFAIL)
         elif len(answer) > q.udp_payload:
@@ -338,10 +331,6 @@ def _truncate(answer: bytes, q: Query) -> bytes:
     header = struct.unpack_from("!HHHHHH", answer, 0)
     flags = header[1] | 0x0200
     return struct.pack("!HHHHHH", header[0], flags, 1, 0, 0, 0) + q.question
-
-
-def _warm_up() -> None:
-    import dns.message  # noqa: F401
 
 
 def _parse_with_dnspython(data: bytes) -> Query | None:

@@ -31,7 +31,6 @@ import errno
 import heapq
 import logging
 import os
-import secrets
 import socket
 import struct
 import time
@@ -113,9 +112,10 @@ class Forwarder:
         later from the event loop, or at once when no upstream can be sent to."""
         servers = tuple(upstreams) if upstreams is not None else self.upstreams
         loop = asyncio.get_running_loop()
-        flight = _Flight(data, question, servers, done, context, loop.time() + TOTAL_TIMEOUT_S)
+        now = loop.time()
+        flight = _Flight(data, question, servers, done, context, now + TOTAL_TIMEOUT_S)
         self.in_flight += 1
-        self._attempt(loop, flight)
+        self._attempt(loop, flight, now)
 
     # -- the awaitable API (TCP clients, tests) ---------------------------------------------
 
@@ -146,7 +146,7 @@ class Forwarder:
             if left <= 0:
                 break
             self.sent += 1
-            qid = secrets.randbits(16)
+            qid = _random.u16()
             answer = await _tcp_exchange(
                 server, with_id(data, qid), qid, question, min(TCP_TIMEOUT_S, left)
             )
@@ -163,9 +163,12 @@ class Forwarder:
 
     # -- one query's way through the upstreams ----------------------------------------------
 
-    def _attempt(self, loop: asyncio.AbstractEventLoop, flight: _Flight) -> None:
+    def _attempt(
+        self, loop: asyncio.AbstractEventLoop, flight: _Flight, now: float | None = None
+    ) -> None:
         """Send to the next upstream that is left, or finish with the best answer so far."""
-        now = loop.time()
+        if now is None:
+            now = loop.time()
         while flight.index < len(flight.servers):
             left = flight.deadline - now
             if left <= 0.001:
@@ -225,7 +228,7 @@ class Forwarder:
         answer = None
         if left > 0:
             server = flight.servers[flight.index]
-            qid = secrets.randbits(16)
+            qid = _random.u16()
             answer = await _tcp_exchange(
                 server, with_id(flight.data, qid), qid, flight.question, min(TCP_TIMEOUT_S, left)
             )
@@ -303,8 +306,9 @@ class Forwarder:
 
 class _Random:
     """Cryptographically random 16-bit numbers from os.urandom, read 4 KiB at a time: the
-    random module's SystemRandom makes a getrandom() system call for every number, and a
-    forwarded query needs two (bench/: 4 % of the forwarding path)."""
+    `secrets` module makes a getrandom() system call for every number, and a forwarded query
+    needs two (bench/: 4 % of the forwarding path); importing it also loads OpenSSL's libcrypto
+    through hashlib (3.8 MiB resident in the daemon)."""
 
     __slots__ = ("_buf", "_pos")
 
@@ -491,7 +495,9 @@ class _UdpPool:
                 log.debug("upstream %s: unexpected or mismatched answer, ignoring", self.server)
                 continue
             self.forwarder._answered(sock, flight, packet)
-            if sock.fd < 0:  # the last query of a retired socket: it is closed now
+            if not flights:
+                # nothing more is expected here: skip the read that would only say EAGAIN (an
+                # exception, a microsecond); a stray datagram still wakes the loop again
                 return
 
 

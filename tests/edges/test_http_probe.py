@@ -946,3 +946,90 @@ async def test_lab_portal_sign_in_episode(
     assert 0 < s.seconds_remaining <= 3600  # from the API once signed in
     assert RemoveAutoOverrides("uuid-hotel") in actions
     assert not any(isinstance(a, StartProbe) for a in actions)
+
+
+# --- the same in a child process (what the daemon runs) ----------------------------------------
+
+
+@needs_dnsmasq
+@needs_openssl
+async def test_a_probe_round_in_a_child_process_equals_the_in_process_one(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]], pki: Pki
+) -> None:
+    """probe_child carries the request and the whole result (responses with headers and body,
+    the TLS-fetched RFC 8908 answer) across a real child process without changing them."""
+    from portal.edges import probe_child
+
+    def api_routes(target: str, headers: dict[str, str]) -> Route:
+        payload = b'{"captive": true, "user-portal-url": "https://api.hotel.test/portal"}'
+        return 200, {"Content-Type": "application/captive+json"}, payload
+
+    web = await portal_server(captive_routes)
+    api = await portal_server(api_routes, ssl=_tls_server_context(pki))
+    dns_server = dnsmasq(
+        {
+            "connectivitycheck.gstatic.com": web.ip,
+            "detectportal.firefox.com": web.ip,
+            "api.hotel.test": api.ip,
+            "nx.example": "",
+        }
+    )
+    specs = [
+        ProbeSpec(s.url.replace(".com/", f".com:{web.port}/"), s.expected_status, s.expected_body)
+        for s in DEFAULT_PROBE_SPECS
+    ] + [ProbeSpec("http://nx.example/")]
+    me = loopback_ip()
+    net = Network(
+        id="uuid-7",
+        interface="lo",
+        addresses=(me,),
+        venue_dns=(dns_server.server,),
+        api_uri=f"https://api.hotel.test:{api.port}/captive-portal/api",
+    )
+    here = await probe_network(net, specs, probe_id=3, timeout_s=5, ca_file=str(pki.ca))
+    there = await probe_child.probe_network(
+        net, specs, probe_id=3, timeout_s=5, ca_file=str(pki.ca)
+    )
+    assert there == here
+    assert there.api is not None and there.api.captive is True
+    assert {r.error for _, r in there.results} >= {"", "dns-nxdomain"}
+    assert any(r.headers for _, r in there.results)
+    peers = {seen.peer for seen in web.seen}
+    assert peers == {me}  # the child bound to the network's address too
+    assert await probe_child.resolve_via(
+        "api.hotel.test", [dns_server.server], timeout_s=5, network=net
+    ) == [api.ip]
+
+
+async def test_a_failing_child_is_a_clear_error_and_never_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from portal.edges import probe_child
+
+    net = Network(id="n1")
+
+    def fake_python(body: str) -> None:
+        script = tmp_path / "python"
+        script.write_text("#!/bin/sh\n" + body + "\n")
+        script.chmod(0o755)
+        monkeypatch.setattr(probe_child, "PYTHON", str(script))
+
+    fake_python("exit 3")
+    with pytest.raises(probe_child.ChildFailed, match="exited with status 3"):
+        await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
+    fake_python("echo '{not json'")
+    with pytest.raises(probe_child.ChildFailed, match="unreadable"):
+        await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
+    fake_python('echo \'{"results": [[{"url": 5, "bogus": 1}]]}\'')
+    with pytest.raises(probe_child.ChildFailed, match="unreadable"):
+        await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
+    assert await probe_child.resolve_via("x.test", ["127.0.0.1"], timeout_s=1) == []
+    # A child that hangs is killed at the bound; its PID is gone afterwards.
+    fake_python(f"echo $$ > {tmp_path}/pid; exec sleep 60")
+    monkeypatch.setattr(probe_child, "START_ALLOWANCE_S", 0.5)
+    t0 = time.monotonic()
+    with pytest.raises(probe_child.ChildFailed, match="did not finish"):
+        await probe_child.probe_network(net, [], probe_id=1, timeout_s=0.5)
+    assert time.monotonic() - t0 < 5
+    pid = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists()

@@ -1,0 +1,213 @@
+"""Probes and venue-DNS lookups in a short-lived child process.
+
+The daemon lives for weeks and probes for a second now and then. httpx, its TLS stack and
+dnspython's query code take about 12 MiB once imported, and an interpreter never gives imported
+modules back; so the daemon starts `python3 -m portal.edges.probe_child` for each probe round
+or lookup, sends it one JSON request on stdin, reads one JSON answer from stdout, and the memory
+goes with the child. The child costs about a fifth of a second to start, which is inside every
+detection target (see docs/benchmarks.md).
+
+The child does exactly what portal.edges.http_probe does in-process; this module only carries
+the request and the result across, with the core's dataclasses encoded as JSON objects. It
+inherits the daemon's sandbox, user and capabilities (to bind to the venue's interface), and
+its log lines go to the daemon's stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from portal.core.model import Network
+from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
+
+log = logging.getLogger("portal.probe")
+
+START_ALLOWANCE_S = 10.0  # on top of the probe's own timeout: interpreter start and imports
+MAX_ANSWER = 4 << 20  # bytes read from the child at most (bodies are capped far below)
+PYTHON = sys.executable
+
+
+class ChildFailed(Exception):
+    """The child died, timed out or answered something unreadable."""
+
+
+# --- the daemon's side --------------------------------------------------------------------------
+
+
+async def probe_network(
+    network: Network,
+    specs: Sequence[ProbeSpec],
+    *,
+    probe_id: int,
+    timeout_s: float,
+    ca_file: str | None = None,
+) -> ProbeFinished:
+    """http_probe.probe_network(), run in a child process."""
+    answer = await _run(
+        {
+            "op": "probe",
+            "network": _encode(network),
+            "specs": [_encode(s) for s in specs],
+            "probe_id": probe_id,
+            "timeout_s": timeout_s,
+            "ca_file": ca_file,
+        },
+        timeout_s,
+    )
+    return _finished(answer)
+
+
+async def resolve_via(
+    host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None = None
+) -> list[str]:
+    """http_probe.resolve_via(), run in a child process; [] when it fails."""
+    try:
+        answer = await _run(
+            {
+                "op": "resolve",
+                "host": host,
+                "servers": list(servers),
+                "timeout_s": timeout_s,
+                "network": _encode(network) if network is not None else None,
+            },
+            timeout_s,
+        )
+    except ChildFailed as exc:
+        log.warning("looking up %s failed: %s", host, exc)
+        return []
+    if not isinstance(answer, list) or not all(isinstance(a, str) for a in answer):
+        log.warning("looking up %s: unreadable answer from the probe process", host)
+        return []
+    return answer
+
+
+async def _run(request: dict[str, Any], timeout_s: float) -> Any:
+    env = dict(os.environ)
+    # the daemon's import path as it is (a Nix wrapper sets it up inside the script, not in env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    debug = logging.getLogger("portal").isEnabledFor(logging.DEBUG)
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "portal.edges.probe_child",
+        "debug" if debug else "info",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, _ = await asyncio.wait_for(
+            proc.communicate(json.dumps(request).encode()), timeout_s + START_ALLOWANCE_S
+        )
+    except TimeoutError:
+        raise ChildFailed("the probe process did not finish in time") from None
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: never leave it behind
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise ChildFailed(f"the probe process exited with status {proc.returncode}")
+    if len(out) > MAX_ANSWER:
+        raise ChildFailed("the probe process answered too much")
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise ChildFailed("the probe process answered something unreadable") from None
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+def _encode(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _encode(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_encode(x) for x in obj]
+    return obj
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the dataclasses hold (nested: header pairs)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _make(cls: Any, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ChildFailed(f"unreadable {cls.__name__} from the probe process")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: _tuples(v) for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ChildFailed(f"unreadable {cls.__name__} from the probe process: {exc}") from None
+
+
+def _finished(data: Any) -> ProbeFinished:
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise ChildFailed("unreadable probe result from the probe process")
+    results = []
+    for pair in data["results"]:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ChildFailed("unreadable probe result from the probe process")
+        results.append((_make(ProbeSpec, pair[0]), _make(ProbeResponse, pair[1])))
+    api = data.get("api")
+    return ProbeFinished(
+        network_id=str(data.get("network_id", "")),
+        probe_id=int(data.get("probe_id", -1)),
+        results=tuple(results),
+        api=_make(CaptiveApi, api) if api is not None else None,
+        api_uri=str(data.get("api_uri", "")),
+    )
+
+
+# --- the child's side ---------------------------------------------------------------------------
+
+
+async def _serve(request: dict[str, Any]) -> Any:
+    from portal.edges import http_probe
+
+    network = _make(Network, request["network"]) if request.get("network") else None
+    if request["op"] == "probe":
+        assert network is not None
+        result = await http_probe.probe_network(
+            network,
+            [_make(ProbeSpec, s) for s in request["specs"]],
+            probe_id=int(request["probe_id"]),
+            timeout_s=float(request["timeout_s"]),
+            ca_file=request.get("ca_file"),
+        )
+        return _encode(result)
+    if request["op"] == "resolve":
+        return await http_probe.resolve_via(
+            str(request["host"]),
+            [str(s) for s in request["servers"]],
+            timeout_s=float(request["timeout_s"]),
+            network=network,
+        )
+    raise ValueError(f"unknown request {request['op']!r}")
+
+
+def main(argv: Sequence[str]) -> int:
+    from portal.logsetup import setup_logging
+
+    setup_logging(argv[0] if argv else "info", "portal")
+    try:
+        request = json.loads(sys.stdin.buffer.read(MAX_ANSWER))
+        answer = asyncio.run(_serve(request))
+    except Exception as exc:
+        print(f"portal probe process: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
