@@ -209,7 +209,7 @@ class Daemon:
                 f"no address given for {norm}, and no network DNS is known to "
                 "look it up: give the address (portal add NAME IP)"
             )
-        from portal.edges.probe_child import resolve_via
+        from portal.edges.venue_dns import resolve_via
 
         found = await resolve_via(
             norm, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
@@ -591,7 +591,7 @@ class Daemon:
         net = self.session.network
         if net is None or net.id != action.network_id or not net.venue_dns:
             return
-        from portal.edges.probe_child import resolve_via
+        from portal.edges.venue_dns import resolve_via
 
         found: dict[str, list[str]] = {}
         for host in action.hosts:

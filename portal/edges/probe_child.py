@@ -1,11 +1,12 @@
-"""Probes and venue-DNS lookups in a short-lived child process.
+"""Probe rounds in a short-lived child process.
 
-The daemon lives for weeks and probes for a second now and then. httpx, its TLS stack and
-dnspython's query code take about 12 MiB once imported, and an interpreter never gives imported
-modules back; so the daemon starts `python3 -m portal.edges.probe_child` for each probe round
-or lookup, sends it one JSON request on stdin, reads one JSON answer from stdout, and the memory
-goes with the child. The child costs about a fifth of a second to start, which is inside every
-detection target (see docs/benchmarks.md).
+The daemon lives for weeks and probes for a second now and then. httpx and its TLS stack take
+about 10 MiB once imported, and an interpreter never gives imported modules back; so the daemon
+starts `python3 -m portal.edges.probe_child` for each probe round, sends it one JSON request on
+stdin, reads one JSON answer from stdout, and the memory goes with the child. The child costs
+about a fifth of a second to start, which is inside every detection target (see
+docs/benchmarks.md). Lookups through the venue's DNS (pinning a portal's names, `portal add
+NAME`) need no HTTP and stay in the daemon: portal.edges.venue_dns.
 
 The child does exactly what portal.edges.http_probe does in-process; this module only carries
 the request and the result across, with the core's dataclasses encoded as JSON objects. It
@@ -62,30 +63,6 @@ async def probe_network(
         timeout_s,
     )
     return _finished(answer)
-
-
-async def resolve_via(
-    host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None = None
-) -> list[str]:
-    """http_probe.resolve_via(), run in a child process; [] when it fails."""
-    try:
-        answer = await _run(
-            {
-                "op": "resolve",
-                "host": host,
-                "servers": list(servers),
-                "timeout_s": timeout_s,
-                "network": _encode(network) if network is not None else None,
-            },
-            timeout_s,
-        )
-    except ChildFailed as exc:
-        log.warning("looking up %s failed: %s", host, exc)
-        return []
-    if not isinstance(answer, list) or not all(isinstance(a, str) for a in answer):
-        log.warning("looking up %s: unreadable answer from the probe process", host)
-        return []
-    return answer
 
 
 async def _run(request: dict[str, Any], timeout_s: float) -> Any:
@@ -185,13 +162,6 @@ async def _serve(request: dict[str, Any]) -> Any:
             ca_file=request.get("ca_file"),
         )
         return _encode(result)
-    if request["op"] == "resolve":
-        return await http_probe.resolve_via(
-            str(request["host"]),
-            [str(s) for s in request["servers"]],
-            timeout_s=float(request["timeout_s"]),
-            network=network,
-        )
     raise ValueError(f"unknown request {request['op']!r}")
 
 

@@ -845,7 +845,9 @@ async def test_resolve_via_matches_dnspython_view(dnsmasq: Callable[..., Dnsmasq
 
 def test_module_never_uses_the_system_resolver() -> None:
     # getaddrinfo would ask the user's (maybe encrypted) resolver instead of the venue's.
-    source = Path(http_probe.__file__).read_text()
+    from portal.edges import venue_dns
+
+    source = Path(http_probe.__file__).read_text() + Path(venue_dns.__file__).read_text()
     for forbidden in ("getaddrinfo", "gethostbyname", "dns.resolver"):
         assert forbidden not in source
 
@@ -996,9 +998,6 @@ async def test_a_probe_round_in_a_child_process_equals_the_in_process_one(
     assert any(r.headers for _, r in there.results)
     peers = {seen.peer for seen in web.seen}
     assert peers == {me}  # the child bound to the network's address too
-    assert await probe_child.resolve_via(
-        "api.hotel.test", [dns_server.server], timeout_s=5, network=net
-    ) == [api.ip]
 
 
 async def test_a_failing_child_is_a_clear_error_and_never_left_running(
@@ -1023,7 +1022,6 @@ async def test_a_failing_child_is_a_clear_error_and_never_left_running(
     fake_python('echo \'{"results": [[{"url": 5, "bogus": 1}]]}\'')
     with pytest.raises(probe_child.ChildFailed, match="unreadable"):
         await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
-    assert await probe_child.resolve_via("x.test", ["127.0.0.1"], timeout_s=1) == []
     # A child that hangs is killed at the bound; its PID is gone afterwards.
     fake_python(f"echo $$ > {tmp_path}/pid; exec sleep 60")
     monkeypatch.setattr(probe_child, "START_ALLOWANCE_S", 0.5)
