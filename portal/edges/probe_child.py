@@ -28,8 +28,6 @@ from typing import Any
 from portal.core.model import Network
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
 
-log = logging.getLogger("portal.probe")
-
 START_ALLOWANCE_S = 10.0  # on top of the probe's own timeout: interpreter start and imports
 MAX_ANSWER = 4 << 20  # bytes read from the child at most (bodies are capped far below)
 PYTHON = sys.executable

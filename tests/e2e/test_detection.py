@@ -85,6 +85,13 @@ class Portal:
         return self.proc.read_log()
 
 
+def resident(pid: int) -> str:
+    """VmRSS of a process and its name (for the benchmark notes; nothing asserted on it)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return f"{int(fields['VmRSS'].split()[0]) / 1024:.1f} MiB ({fields['Name'].strip()})"
+
+
 def activation_to_captive(p: Portal) -> float:
     """Take the connection down and up again; seconds from `nmcli up` to the daemon's captive."""
     p.lab.nmcli("connection", "down", CONNECTION)
@@ -118,6 +125,7 @@ def test_hijacking_portal_then_login_then_logout(lab_factory: LabFactory) -> Non
     s = p.wait_state("online")
     assert s["portal_url"] == "" and all(o["source"] != "auto" for o in s["overrides"])
     assert "removed 1 automatic override(s): login.hotel.test" in p.log()
+    print(f"\nhijack: daemon resident after detection and sign-in: {resident(p.proc.pid)}")
 
     lab.logout()  # NM's periodic check sees the portal again; the daemon follows
     s = p.wait_state("captive", 30)
