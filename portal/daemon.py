@@ -77,6 +77,7 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._expiry: asyncio.TimerHandle | None = None
         self._stop = asyncio.Event()
+        self._exit_code = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.upstream_source = "config" if config.upstreams else "none"
         self.session = sess.Session()
@@ -332,9 +333,9 @@ class Daemon:
         self.table.expire(time.time())
         self._own_addresses = {parse_listen(a)[0] for a in self.config.listen}
         self._load_upstreams()
-        self.stub = DnsStub(self._take_sockets(), self.forwarder)
+        self.stub = DnsStub(self._take_sockets(), self.forwarder, threaded=True)
         self._own_addresses |= {a.rsplit(":", 1)[0].strip("[]") for a in self.stub.addresses()}
-        await self.stub.start()
+        await self.stub.start(on_fatal=self._dns_failed)
         self._refresh(changed=False)
         log.info(
             "portal %s serving DNS on %s with %d override(s); upstreams: %s",
@@ -377,7 +378,14 @@ class Daemon:
             from portal.edges.bus import close
 
             await close(self.bus)
-        return 0
+        return self._exit_code
+
+    def _dns_failed(self, exc: BaseException) -> None:
+        """The UDP thread died (a bug): exit with an error so that systemd restarts us; the
+        socket stays open in the socket unit meanwhile."""
+        log.critical("the DNS stub stopped (%s), exiting", exc)
+        self._exit_code = 1
+        self._stop.set()
 
     async def _guard(self, coro: Any, what: str) -> None:
         try:

@@ -5,11 +5,18 @@ buffer per read), asks portal.core.answer what to do, and replies or forwards. N
 or disk: the overrides arrive as a ready mapping through `set_entries()`. Loopback clients only.
 Hostile input is logged at debug level and dropped or answered FORMERR; nothing here raises out
 of a read callback.
+
+In the daemon (`threaded=True`) the UDP side — the listening sockets, the forwarder's sockets and
+its timer — runs in a thread of its own (portal.edges.reactor.ThreadReactor), which answers a
+query straight from a blocking read; TCP clients stay on the asyncio loop. The two threads share
+only what is swapped whole: the overrides with their answer cache (one tuple) and the portal
+routes (one dict).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import resource
@@ -37,6 +44,7 @@ from portal.core.wire import (
     build_header_error,
     parse_query,
 )
+from portal.edges.reactor import ThreadReactor
 from portal.edges.upstream import Forwarder
 
 log = logging.getLogger("portal.dns")
@@ -106,11 +114,16 @@ def bind_sockets(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:
 
 
 class DnsStub:
-    def __init__(self, sockets: list[socket.socket], forwarder: Forwarder) -> None:
+    def __init__(
+        self, sockets: list[socket.socket], forwarder: Forwarder, *, threaded: bool = False
+    ) -> None:
         self.sockets = sockets
         self.forwarder = forwarder
-        self.entries: Mapping[str, LocalEntry] = {}
-        self.cache = AnswerCache()
+        self.threaded = threaded
+        # the overrides and the answers built from them, swapped as one (another thread reads)
+        self._table: tuple[Mapping[str, LocalEntry], AnswerCache] = ({}, AnswerCache())
+        self.reactor: ThreadReactor | None = None
+        self._waker: Any = None  # the reactor's wake-up datagrams come from this address
         self.portal_routes: dict[str, tuple[Upstream, ...]] = {}  # domain → venue DNS
         self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
@@ -121,9 +134,13 @@ class DnsStub:
         self.forwarded = 0
         self.dropped = 0
 
+    @property
+    def entries(self) -> Mapping[str, LocalEntry]:
+        return self._table[0]
+
     def set_entries(self, entries: Mapping[str, LocalEntry]) -> None:
-        self.cache = AnswerCache()  # answers built from the old overrides go with them
-        self.entries = entries
+        # answers built from the old overrides go with them, in the same swap
+        self._table = (entries, AnswerCache())
 
     def set_portal_routes(self, routes: Mapping[str, tuple[Upstream, ...]]) -> None:
         """While a portal is up, names under these domains go to the venue's DNS."""
@@ -137,44 +154,75 @@ class DnsStub:
                 out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return out
 
-    async def start(self) -> None:
+    async def start(self, on_fatal: Any = None) -> None:
+        """Serve. `on_fatal(exc)` is called on the loop if the UDP thread ever dies."""
         loop = asyncio.get_running_loop()
+        udp = [s for s in self.sockets if s.type == socket.SOCK_DGRAM]
         for s in self.sockets:
-            s.setblocking(False)
-            if s.type == socket.SOCK_DGRAM:
-                loop.add_reader(s.fileno(), self._on_udp, s)
-            else:
+            if s.type != socket.SOCK_DGRAM:
+                s.setblocking(False)
                 server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
                 self._servers.append(server)
+        if not self.threaded or not udp:
+            for s in udp:
+                s.setblocking(False)
+                loop.add_reader(s.fileno(), self._on_udp, s)
+            return
+        first = udp[0]
+        r = ThreadReactor(loop, first.getsockname(), first.family)
+        self.reactor, self._waker = r, r.waker_address
+        for s in udp:
+            # blocking, for the thread's plain recvfrom(); every other read says MSG_DONTWAIT
+            s.setblocking(True)
+            r.add_reader(s.fileno(), self._on_udp, s)
+        if len(udp) == 1:
+            r.solo = first
+            r.on_solo = functools.partial(self._on_datagram, first)
+        forwarder = self.forwarder
+        r.busy = lambda: forwarder.in_flight > 0
+        r.on_fatal = on_fatal
+        forwarder.reactor = r
+        r.start()
+        forwarder.reactor_thread = r._thread
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
-        for s in self.sockets:
-            if s.type == socket.SOCK_DGRAM:
-                loop.remove_reader(s.fileno())
         for server in self._servers:
             server.close()
         for task in list(self._tasks):
             task.cancel()
+        if self.reactor is not None:
+            # forwards in flight get their SERVFAIL from the thread, then it stops
+            self.reactor.call_soon_threadsafe(self.forwarder.close)
+            await asyncio.to_thread(self.reactor.stop)
+        else:
+            for s in self.sockets:
+                if s.type == socket.SOCK_DGRAM:
+                    loop.remove_reader(s.fileno())
+            self.forwarder.close()
         for s in self.sockets:
             s.close()
-        self.forwarder.close()
 
     # -- UDP ---------------------------------------------------------------------------------
 
     def _on_udp(self, sock: socket.socket) -> None:
         for _ in range(UDP_BATCH):
             try:
-                data, addr = sock.recvfrom(65535)
+                data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 log.debug("udp receive failed: %s, ignoring", exc)
                 return
-            try:
-                self._handle_udp(sock, data, addr)
-            except Exception:  # the stub never dies of one packet
-                log.exception("internal error on a packet from %s, ignoring", addr[0])
+            self._on_datagram(sock, data, addr)
+
+    def _on_datagram(self, sock: socket.socket, data: bytes, addr: Any) -> None:
+        if addr == self._waker:
+            return  # the UDP thread's wake-up: its reactor runs what it was woken for
+        try:
+            self._handle_udp(sock, data, addr)
+        except Exception:  # the stub never dies of one packet
+            log.exception("internal error on a packet from %s, ignoring", addr[0])
 
     def _handle_udp(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
         if not is_loopback(addr[0]):
@@ -184,7 +232,8 @@ class DnsStub:
             if reply is not None:
                 _sendto(sock, reply, addr)
             return
-        decision = self.cache.decide(data, self.entries, time.time())
+        entries, cache = self._table
+        decision = cache.decide(data, entries, time.time())
         if isinstance(decision, bytes):
             self.answered_local += 1
             _sendto(sock, decision, addr)
@@ -322,7 +371,7 @@ def forward_limit() -> int:
 
 def _sendto(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
     try:
-        sock.sendto(data, addr)
+        sock.sendto(data, socket.MSG_DONTWAIT, addr)
     except OSError as exc:  # e.g. a full socket buffer under a flood: the client retries
         log.debug("reply to %s failed: %s, ignoring", addr[0], exc)
 

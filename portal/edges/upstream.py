@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import heapq
 import logging
 import os
 import socket
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -40,6 +42,7 @@ from typing import Any
 
 from portal.core.model import Upstream
 from portal.core.wire import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
+from portal.edges.reactor import AsyncioReactor, Reactor, Timer
 
 log = logging.getLogger("portal.upstream")
 
@@ -67,24 +70,43 @@ class Forwarder:
         self._queue: deque[tuple[float, int, _Flight]] = deque()
         # attempts cut short by the total bound (rare): a heap
         self._short: list[tuple[float, int, _Flight]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._attempts = 0  # a serial per attempt: queue entries of earlier attempts are stale
+        # where the UDP side runs: set by the stub (a ThreadReactor), else the running loop
+        self.reactor: Reactor | None = None
+        self.reactor_thread: threading.Thread | None = None  # the thread that owns the sockets
+
+    def _r(self) -> Reactor:
+        r = self.reactor
+        if r is None:
+            r = self.reactor = AsyncioReactor()
+        return r
+
+    def _elsewhere(self) -> bool:
+        """True when called from another thread than the one the UDP side runs in."""
+        owner = self.reactor_thread
+        return owner is not None and owner is not threading.current_thread()
 
     def set_upstreams(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
+        if self._elsewhere():
+            self._r().call_soon_threadsafe(self._drop_unused_pools)
+        else:
+            self._drop_unused_pools()
+
+    def _drop_unused_pools(self) -> None:
         # sockets of upstreams we no longer use are closed; queries in flight keep theirs
         for server in [s for s in self._pools if s not in self.upstreams]:
             self._pools.pop(server).close()
 
     def close(self) -> None:
-        """Close every socket; queries still in flight get None."""
+        """Close every socket; queries still in flight get None. In the UDP side's thread."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for task in self._tasks:
-            task.cancel()
+        if isinstance(self.reactor, AsyncioReactor):
+            self.reactor.close()  # TCP retries in flight
         pending = [f for _, n, f in [*self._queue, *self._short] if f.attempt == n and f.sock]
         self._queue.clear()
         self._short.clear()
@@ -111,11 +133,10 @@ class Forwarder:
         """Forward the client's query over UDP; `done(context, answer)` is called exactly once:
         later from the event loop, or at once when no upstream can be sent to."""
         servers = tuple(upstreams) if upstreams is not None else self.upstreams
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._r().time()
         flight = _Flight(data, question, servers, done, context, now + TOTAL_TIMEOUT_S)
         self.in_flight += 1
-        self._attempt(loop, flight, now)
+        self._attempt(flight, now)
 
     # -- the awaitable API (TCP clients, tests) ---------------------------------------------
 
@@ -131,8 +152,15 @@ class Forwarder:
         if tcp:
             servers = tuple(upstreams) if upstreams is not None else self.upstreams
             return await self._forward_tcp(data, question, servers)
-        fut: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self.start(data, question, _resolve, fut, upstreams=upstreams)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes | None] = loop.create_future()
+
+        def done(_: object, answer: bytes | None) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, answer)
+
+        # in the UDP side's thread, wherever that is
+        start = functools.partial(self.start, data, question, done, None, upstreams=upstreams)
+        self._r().call_soon_threadsafe(start)
         return await fut
 
     async def _forward_tcp(
@@ -163,12 +191,11 @@ class Forwarder:
 
     # -- one query's way through the upstreams ----------------------------------------------
 
-    def _attempt(
-        self, loop: asyncio.AbstractEventLoop, flight: _Flight, now: float | None = None
-    ) -> None:
+    def _attempt(self, flight: _Flight, now: float | None = None) -> None:
         """Send to the next upstream that is left, or finish with the best answer so far."""
+        r = self._r()
         if now is None:
-            now = loop.time()
+            now = r.time()
         while flight.index < len(flight.servers):
             left = flight.deadline - now
             if left <= 0.001:
@@ -178,7 +205,7 @@ class Forwarder:
             if pool is None:
                 pool = self._pools[server] = _UdpPool(server, self)
             try:
-                sock = pool.pick(loop)
+                sock = pool.pick(r)
                 qid = sock.new_id()
                 sock.sock.send(with_id(flight.data, qid))
             except OSError as exc:
@@ -197,17 +224,21 @@ class Forwarder:
                 expiry = now + left
                 heapq.heappush(self._short, (expiry, n, flight))
             if self._timer is None or expiry < self._timer_at:
-                self._arm(loop, expiry)
+                self._arm(expiry)
             return
         self._finish(flight, flight.fallback)
 
     def _answered(self, sock: _Sock, flight: _Flight, packet: bytes) -> None:
         flight.sock = None
         sock.done_with(flight.qid)
-        if packet[2] & 0x02:  # TC: retry over TCP (RFC 7766)
-            task = asyncio.get_running_loop().create_task(self._retry_tcp(flight, packet))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if packet[2] & 0x02:  # TC: retry over TCP (RFC 7766), on the asyncio loop
+            left = flight.deadline - self._r().time()
+            server = flight.servers[flight.index]
+            qid = _random.u16()
+            retry = _tcp_exchange(
+                server, with_id(flight.data, qid), qid, flight.question, min(TCP_TIMEOUT_S, left)
+            )
+            self._r().run_coroutine(retry, lambda answer: self._result(flight, answer or packet))
             return
         self._result(flight, packet)
 
@@ -220,19 +251,7 @@ class Forwarder:
 
     def _next(self, flight: _Flight) -> None:
         flight.index += 1
-        self._attempt(asyncio.get_running_loop(), flight)
-
-    async def _retry_tcp(self, flight: _Flight, truncated: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        left = flight.deadline - loop.time()
-        answer = None
-        if left > 0:
-            server = flight.servers[flight.index]
-            qid = _random.u16()
-            answer = await _tcp_exchange(
-                server, with_id(flight.data, qid), qid, flight.question, min(TCP_TIMEOUT_S, left)
-            )
-        self._result(flight, answer or truncated)
+        self._attempt(flight)
 
     def _finish(self, flight: _Flight, answer: bytes | None) -> None:
         self.in_flight -= 1
@@ -262,16 +281,15 @@ class Forwarder:
 
     # -- expiry ----------------------------------------------------------------------------
 
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+    def _arm(self, when: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = loop.call_at(when, self._expire)
+        self._timer = self._r().call_at(when, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        loop = asyncio.get_running_loop()
-        limit = loop.time() + TIMER_SLACK_S
+        limit = self._r().time() + TIMER_SLACK_S
         expired: list[_Flight] = []
         q, short = self._queue, self._short
         while q and q[0][0] <= limit:
@@ -291,7 +309,7 @@ class Forwarder:
         self._prune()
         if self._timer is None and (q or short):
             head = min(q[0][0] if q else short[0][0], short[0][0] if short else q[0][0])
-            self._arm(loop, max(head, limit))
+            self._arm(max(head, limit))
 
     def _failed(self, sock: _Sock, exc: OSError) -> None:
         """The socket's upstream refused (ICMP port unreachable) or the route went away: every
@@ -421,7 +439,7 @@ class _UdpPool:
         self.open = 0
         self.closed = False
 
-    def pick(self, loop: asyncio.AbstractEventLoop) -> _Sock:
+    def pick(self, reactor: Reactor) -> _Sock:
         # a random socket: which port the next query uses is not predictable
         i = _random.below(POOL_SOCKETS)
         sock = self.slots[i]
@@ -432,17 +450,17 @@ class _UdpPool:
         ):
             if sock is not None:
                 self.retire(sock)
-            sock = self.slots[i] = self._open(loop)
+            sock = self.slots[i] = self._open(reactor)
         sock.uses += 1
         return sock
 
-    def _open(self, loop: asyncio.AbstractEventLoop) -> _Sock:
+    def _open(self, reactor: Reactor) -> _Sock:
         raw = socket.socket(_family(self.server.host), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             # connect(): the kernel picks a random ephemeral port and drops datagrams from others
             raw.connect((self.server.host, self.server.port))
             sock = _Sock(self, raw)
-            loop.add_reader(sock.fd, self._readable, sock)
+            reactor.add_reader(sock.fd, self._readable, sock)
         except BaseException:
             raw.close()
             raise
@@ -463,10 +481,7 @@ class _UdpPool:
     def close_socket(self, sock: _Sock) -> None:
         if sock.fd < 0:
             return
-        try:
-            asyncio.get_running_loop().remove_reader(sock.fd)
-        except RuntimeError:  # no loop any more (closing at exit)
-            pass
+        self.forwarder._r().remove_reader(sock.fd)
         sock.sock.close()
         sock.fd = -1
         self.open -= 1
