@@ -211,22 +211,27 @@ class ThreadReactor:
                 self.main_loop.call_soon_threadsafe(self.on_fatal, exc)
 
     def _loop(self) -> None:
-        readers = self._readers
+        readers, calls = self._readers, self._calls
+        solo, on_solo, busy = self.solo, self.on_solo, self.busy
+        recvfrom = solo.recvfrom if solo is not None and on_solo is not None else None
         while not self._stopping:
-            self._run_calls()
-            if self._stopping:
-                return
-            solo, on_solo = self.solo, self.on_solo
-            if solo is not None and on_solo is not None and not self.busy() and not self._calls:
+            if calls:
+                self._run_calls()
+                continue
+            if recvfrom is not None and not busy():
+                # the hot loop of a stub that answers locally: one blocking read per query
                 try:
-                    data, addr = solo.recvfrom(65535)  # blocking: nothing else to wait for
+                    data, addr = recvfrom(65535)
                 except OSError as exc:
                     log.debug("udp receive failed: %s, ignoring", exc)
                     continue
-                on_solo(data, addr)
+                try:
+                    on_solo(data, addr)  # type: ignore[misc]
+                except Exception:
+                    log.exception("internal error on a datagram, continuing")
                 continue
             timeout = self._run_timers()
-            if self._calls:
+            if calls:
                 continue
             try:
                 events = self._epoll.poll(timeout)
@@ -235,7 +240,10 @@ class ThreadReactor:
             for fd, _ in events:
                 entry = readers.get(fd)
                 if entry is not None:
-                    entry[0](*entry[1])
+                    try:
+                        entry[0](*entry[1])
+                    except Exception:  # as asyncio does: log, and serve the rest
+                        log.exception("internal error in a DNS thread reader, continuing")
             self._run_timers()
 
     def _run_calls(self) -> None:

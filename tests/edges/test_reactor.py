@@ -1,0 +1,143 @@
+"""The DNS thread's reactor (edges/reactor.py) with real sockets on loopback.
+
+What must hold: datagrams on the one socket are handled in the thread, from a blocking read;
+work handed over from another thread runs in the thread and wakes it from that read (the wake-up
+datagram is recognisable); with something in flight it waits in epoll, runs readers and timers
+on time; a failing callback is logged and the thread serves on; stop() ends and joins it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from portal.edges.reactor import ThreadReactor
+
+
+@pytest.fixture
+def udp() -> Iterator[tuple[socket.socket, socket.socket]]:
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(3)
+    yield server, client
+    server.close()
+    client.close()
+
+
+def wait_for(ok: Any, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ok():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+async def test_solo_reads_wake_ups_timers_and_stop(
+    udp: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = udp
+    r = ThreadReactor(asyncio.get_running_loop(), server.getsockname(), server.family)
+    seen: list[tuple[bytes, str]] = []
+    wakes: list[Any] = []
+
+    def on_datagram(data: bytes, addr: Any) -> None:
+        if r.wake_datagram(addr):
+            wakes.append(addr)
+            return
+        seen.append((data, threading.current_thread().name))
+        server.sendto(data.upper(), addr)
+
+    in_flight = [0]
+    r.solo, r.on_solo, r.busy = server, on_datagram, lambda: in_flight[0] > 0
+    r.add_reader(server.fileno(), lambda: on_datagram(*server.recvfrom(512, socket.MSG_DONTWAIT)))
+    r.start()
+    try:
+        client.sendto(b"ping", server.getsockname())
+        assert client.recv(512) == b"PING"
+        assert seen == [(b"ping", "portal-dns")]
+        # work from this thread, while the thread sleeps in recvfrom(): it wakes and runs it
+        ran: list[str] = []
+        r.call_soon_threadsafe(lambda: ran.append(threading.current_thread().name))
+        assert wait_for(lambda: ran == ["portal-dns"])
+        assert wakes and all(w == r.waker_address for w in wakes)
+        # something in flight: epoll, with a timer due in 0.2 s
+        fired: list[float] = []
+        t0 = time.monotonic()
+
+        def arm() -> None:
+            in_flight[0] = 1
+            r.call_at(r.time() + 0.2, lambda: fired.append(time.monotonic() - t0))
+
+        r.call_soon_threadsafe(arm)
+        client.sendto(b"during", server.getsockname())  # the reader serves it in epoll mode
+        assert client.recv(512) == b"DURING"
+        assert wait_for(lambda: bool(fired))
+        assert 0.15 < fired[0] < 1.0
+        cancelled: list[int] = []
+        r.call_soon_threadsafe(
+            lambda: r.call_at(r.time() + 0.05, lambda: cancelled.append(1)).cancel()
+        )
+        time.sleep(0.2)
+        assert not cancelled
+        in_flight[0] = 0
+    finally:
+        await asyncio.to_thread(r.stop)
+    assert not r.alive()
+
+
+async def test_a_failing_callback_is_logged_and_the_thread_serves_on(
+    udp: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    server, client = udp
+    r = ThreadReactor(asyncio.get_running_loop(), server.getsockname(), server.family)
+
+    def on_datagram(data: bytes, addr: Any) -> None:
+        if r.wake_datagram(addr):
+            return
+        if data == b"boom":
+            raise RuntimeError("a bug")
+        server.sendto(b"ok", addr)
+
+    r.solo, r.on_solo = server, on_datagram
+    r.start()
+    try:
+        client.sendto(b"boom", server.getsockname())
+        r.call_soon_threadsafe(lambda: 1 / 0)
+        client.sendto(b"fine", server.getsockname())
+        assert client.recv(512) == b"ok"
+        assert r.alive()
+    finally:
+        await asyncio.to_thread(r.stop)
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert "internal error on a datagram, continuing" in messages
+    assert "internal error in the DNS thread, continuing" in messages
+
+
+async def test_a_dead_thread_tells_the_daemon(udp: tuple[socket.socket, socket.socket]) -> None:
+    """Only what escapes every guard (BaseException) ends the thread; on_fatal is told."""
+    server, client = udp
+    loop = asyncio.get_running_loop()
+    r = ThreadReactor(loop, server.getsockname(), server.family)
+    told: asyncio.Future[BaseException] = loop.create_future()
+    r.on_fatal = told.set_result
+
+    def on_datagram(data: bytes, addr: Any) -> None:
+        if not r.wake_datagram(addr):
+            raise SystemExit("unexpected")
+
+    r.solo, r.on_solo = server, on_datagram
+    r.start()
+    client.sendto(b"x", server.getsockname())
+    exc = await asyncio.wait_for(told, 3)
+    assert isinstance(exc, SystemExit)
+    await asyncio.to_thread(r.stop)
+    assert not r.alive()
