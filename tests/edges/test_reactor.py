@@ -86,7 +86,7 @@ async def test_solo_reads_wake_ups_timers_and_stop(
         r.call_soon_threadsafe(
             lambda: r.call_at(r.time() + 0.05, lambda: cancelled.append(1)).cancel()
         )
-        time.sleep(0.2)
+        await asyncio.sleep(0.2)
         assert not cancelled
         in_flight[0] = 0
     finally:
