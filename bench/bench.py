@@ -40,7 +40,10 @@ SCENARIOS = ("answers", "forward", "profile", "idle", "startup", "cli", "imports
 class Plan:
     reps: int = 3
     qps_s: int = 5  # dnsperf at full speed
-    latency_s: int = 3  # dnsperf at a fixed rate, every latency recorded
+    latency_s: int = 2  # dnsperf at a fixed rate, every latency recorded
+    # latency-only rounds after the `reps` full ones, interleaved across servers: a p50 on a
+    # shared machine moves by 10-20 % between runs seconds apart, so take more of them
+    extra_latency_reps: int = 4
     rate_qps: int = 2000  # "moderate": far below every server's limit
     idle_s: int = 60
     start_reps: int = 7
@@ -48,7 +51,16 @@ class Plan:
     profile_s: int = 5
 
 
-QUICK = Plan(reps=1, qps_s=2, latency_s=1, idle_s=10, start_reps=3, cli_reps=3, profile_s=2)
+QUICK = Plan(
+    reps=1,
+    qps_s=2,
+    latency_s=1,
+    extra_latency_reps=0,
+    idle_s=10,
+    start_reps=3,
+    cli_reps=3,
+    profile_s=2,
+)
 
 
 @dataclass
@@ -252,29 +264,29 @@ def load_run(
     qfile: Path,
     plan: Plan,
     cpus: Cpus,
+    *,
+    full: bool = True,
 ) -> None:
-    """One full-speed run (QPS, CPU per query) and one fixed-rate run (latencies)."""
-    before = ticks(pid) if pid else 0
-    fast = dnsperf(target, qfile, seconds=plan.qps_s, cpu=cpus.load)
-    cpu_us = (ticks(pid) - before) / CLK_TCK * 1e6 / max(fast.completed, 1) if pid else float("nan")
+    """One full-speed run (QPS, CPU per query) and one fixed-rate run (latencies); with
+    `full=False` the fixed-rate run only."""
+    run: dict[str, float] = {}
+    if full:
+        before = ticks(pid) if pid else 0
+        fast = dnsperf(target, qfile, seconds=plan.qps_s, cpu=cpus.load)
+        run["cpu_us_per_query"] = (
+            (ticks(pid) - before) / CLK_TCK * 1e6 / max(fast.completed, 1) if pid else float("nan")
+        )
+        run["qps"], run["lost"] = fast.qps, fast.lost
     slow = dnsperf(target, qfile, seconds=plan.latency_s, cpu=cpus.load, rate=plan.rate_qps)
     lat = slow.latencies_s or (slow.avg_latency_s,)
+    run["p50_ms"] = m.percentile(lat, 50) * 1e3
+    run["p99_ms"] = m.percentile(lat, 99) * 1e3
+    run["lost_at_rate"] = slow.lost
     runs = res.get(section, label, [])
-    runs.append(
-        {
-            "qps": fast.qps,
-            "lost": fast.lost,
-            "cpu_us_per_query": cpu_us,
-            "p50_ms": m.percentile(lat, 50) * 1e3,
-            "p99_ms": m.percentile(lat, 99) * 1e3,
-            "lost_at_rate": slow.lost,
-        }
-    )
+    runs.append(run)
     res.put(section, label, runs)
-    log(
-        f"  {section}/{label}: {fast.qps:,.0f} qps, {cpu_us:.1f} µs CPU/query, "
-        f"p50 {runs[-1]['p50_ms']:.3f} ms, p99 {runs[-1]['p99_ms']:.3f} ms"
-    )
+    speed = f"{run['qps']:,.0f} qps, {run['cpu_us_per_query']:.1f} µs CPU/query, " if full else ""
+    log(f"  {section}/{label}: {speed}p50 {run['p50_ms']:.3f} ms, p99 {run['p99_ms']:.3f} ms")
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -386,18 +398,28 @@ class Bench:
 
     def answers(self) -> None:
         log(f"override answers: {NAMES} names, {self.plan.reps} rounds")
-        for _ in range(self.plan.reps):
+        for i in range(self.plan.reps + self.plan.extra_latency_reps):
             for name, s in self.servers.items():
-                load_run(self.res, "answers", name, s, s.pid, self.q_over, self.plan, self.cpus)
+                load_run(
+                    self.res, "answers", name, s, s.pid, self.q_over, self.plan, self.cpus,
+                    full=i < self.plan.reps,
+                )  # fmt: skip
 
     def forward(self) -> None:
         log(f"forwarding: {NAMES} names to one upstream, {self.plan.reps} rounds")
         up = self.upstream
-        for _ in range(self.plan.reps):
+        for i in range(self.plan.reps + self.plan.extra_latency_reps):
+            full = i < self.plan.reps
             for name in ("portal", "dnsmasq"):
                 s = self.servers[name]
-                load_run(self.res, "forward", name, s, s.pid, self.q_fwd, self.plan, self.cpus)
-            load_run(self.res, "forward", "direct", up, None, self.q_fwd, self.plan, self.cpus)
+                load_run(
+                    self.res, "forward", name, s, s.pid, self.q_fwd, self.plan, self.cpus,
+                    full=full,
+                )  # fmt: skip
+            load_run(
+                self.res, "forward", "direct", up, None, self.q_fwd, self.plan, self.cpus,
+                full=full,
+            )  # fmt: skip
 
     def profile(self) -> None:
         spy = _tool("py-spy")
@@ -642,7 +664,9 @@ class Bench:
 
 
 def med(runs: list[dict[str, float]] | None, key: str) -> float:
-    return m.median(r[key] for r in runs) if runs else float("nan")
+    """The median of `key` over the runs that measured it (latency-only rounds have no QPS)."""
+    values = [r[key] for r in runs or () if key in r]
+    return m.median(values) if values else float("nan")
 
 
 def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
@@ -655,8 +679,9 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
         f"{vers['dnsperf'].removeprefix('Version ')}. {res.get('machine', 'cpus')}. "
         f"Load average at start {_load(res.get('machine', 'loadavg_start'))}, "
         f"at end {_load(res.get('machine', 'loadavg_end'))}. Median of {plan.reps} "
-        f"round(s); full speed for {plan.qps_s} s, latency at {plan.rate_qps} qps for "
-        f"{plan.latency_s} s."
+        f"round(s) at full speed for {plan.qps_s} s; latency: median of "
+        f"{plan.reps + plan.extra_latency_reps} round(s) at {plan.rate_qps} qps for "
+        f"{plan.latency_s} s, servers in turn."
     )
     lines += ["", "## Targets", ""]
     lines.append(targets_table(res))
