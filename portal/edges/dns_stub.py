@@ -177,7 +177,7 @@ class DnsStub:
             r.add_reader(s.fileno(), self._on_udp, s)
         if len(udp) == 1:
             r.solo = first
-            r.on_solo = functools.partial(self._on_datagram, first)
+            r.on_solo = functools.partial(self._on_solo, first)
         forwarder = self.forwarder
         r.busy = lambda: forwarder.in_flight > 0
         r.on_fatal = on_fatal
@@ -215,6 +215,12 @@ class DnsStub:
                 log.debug("udp receive failed: %s, ignoring", exc)
                 return
             self._on_datagram(sock, data, addr)
+
+    def _on_solo(self, sock: socket.socket, data: bytes, addr: Any) -> None:
+        """The thread's blocking read returned a datagram: answer it, then read what else has
+        queued up without blocking (under load one wakeup serves many, as in _on_udp)."""
+        self._on_datagram(sock, data, addr)
+        self._on_udp(sock)
 
     def _on_datagram(self, sock: socket.socket, data: bytes, addr: Any) -> None:
         if addr == self._waker:
