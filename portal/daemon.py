@@ -335,8 +335,9 @@ class Daemon:
         self._load_upstreams()
         self.stub = DnsStub(self._take_sockets(), self.forwarder, threaded=True)
         self._own_addresses |= {a.rsplit(":", 1)[0].strip("[]") for a in self.stub.addresses()}
-        await self.stub.start(on_fatal=self._dns_failed)
+        # the overrides first: the DNS thread answers what queued in the kernel at once
         self._refresh(changed=False)
+        await self.stub.start(on_fatal=self._dns_failed)
         log.info(
             "portal %s serving DNS on %s with %d override(s); upstreams: %s",
             __version__,

@@ -747,6 +747,23 @@ async def test_captive_api_over_verified_tls(
     assert bad.error.startswith("not JSON")
 
 
+def hotel_names(web: PortalServer, api: PortalServer) -> dict[str, str]:
+    """The default probe hosts on the web server, the RFC 8908 API host on the TLS one."""
+    return {
+        "connectivitycheck.gstatic.com": web.ip,
+        "detectportal.firefox.com": web.ip,
+        "api.hotel.test": api.ip,
+    }
+
+
+def default_specs_on(port: int) -> list[ProbeSpec]:
+    """The default probes, sent to `port` instead of 80."""
+    return [
+        ProbeSpec(s.url.replace(".com/", f".com:{port}/"), s.expected_status, s.expected_body)
+        for s in DEFAULT_PROBE_SPECS
+    ]
+
+
 @needs_dnsmasq
 @needs_openssl
 async def test_probe_round_drives_the_session_to_captive_and_online(
@@ -768,17 +785,8 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
 
     web = await portal_server(web_routes)
     api = await portal_server(api_routes, ssl=_tls_server_context(pki))
-    dns_server = dnsmasq(
-        {
-            "connectivitycheck.gstatic.com": web.ip,
-            "detectportal.firefox.com": web.ip,
-            "api.hotel.test": api.ip,
-        }
-    )
-    specs = [
-        ProbeSpec(s.url.replace(".com/", f".com:{web.port}/"), s.expected_status, s.expected_body)
-        for s in DEFAULT_PROBE_SPECS
-    ]
+    dns_server = dnsmasq(hotel_names(web, api))
+    specs = default_specs_on(web.port)
     net = Network(
         id="uuid-1",
         venue_dns=(dns_server.server,),
@@ -968,18 +976,8 @@ async def test_a_probe_round_in_a_child_process_equals_the_in_process_one(
 
     web = await portal_server(captive_routes)
     api = await portal_server(api_routes, ssl=_tls_server_context(pki))
-    dns_server = dnsmasq(
-        {
-            "connectivitycheck.gstatic.com": web.ip,
-            "detectportal.firefox.com": web.ip,
-            "api.hotel.test": api.ip,
-            "nx.example": "",
-        }
-    )
-    specs = [
-        ProbeSpec(s.url.replace(".com/", f".com:{web.port}/"), s.expected_status, s.expected_body)
-        for s in DEFAULT_PROBE_SPECS
-    ] + [ProbeSpec("http://nx.example/")]
+    dns_server = dnsmasq({**hotel_names(web, api), "nx.example": ""})
+    specs = [*default_specs_on(web.port), ProbeSpec("http://nx.example/")]
     me = loopback_ip()
     net = Network(
         id="uuid-7",
