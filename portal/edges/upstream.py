@@ -21,6 +21,11 @@ runs as a task, and a rare one). An upstream that answers SERVFAIL or REFUSED, o
 within UDP_TIMEOUT_S, passes the query to the next upstream; when none answers within
 TOTAL_TIMEOUT_S, the caller gets None and replies SERVFAIL.
 
+It runs wherever its `reactor` says (portal.edges.reactor): in the daemon, the stub's DNS
+thread, which owns every UDP socket and the timer; otherwise the running asyncio loop. The
+awaitable `forward()` may be called from the asyncio loop either way; TCP forwarding always runs
+there.
+
 Decides nothing about which names are forwarded: that is portal.core.answer.
 """
 
