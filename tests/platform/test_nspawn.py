@@ -429,6 +429,44 @@ def test_watchdog_restarts_a_hung_daemon(c: Container) -> None:
     assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
 
 
+def test_a_probe_round_runs_in_its_child_under_the_units_sandbox(c: Container) -> None:
+    """Probes run in a child process (python3 -m portal.edges.probe_child) started by the
+    sandboxed daemon: no capabilities, a system-call filter, NoNewPrivileges. A network appears
+    in the container (a veth pair and a default route, nothing behind it); the daemon sees it
+    over netlink and probes it. The probe fails for want of an internet, but through the child:
+    a child that could not start or answer would be logged as "the probe process ..."."""
+    fresh_start(c)
+    for cmd in (
+        ["ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv1"],
+        ["ip", "addr", "add", "10.99.0.2/24", "dev", "pv0"],
+        ["ip", "addr", "add", "10.99.0.1/24", "dev", "pv1"],
+        ["ip", "link", "set", "pv0", "up"],
+        ["ip", "link", "set", "pv1", "up"],
+        ["ip", "route", "add", "default", "via", "10.99.0.1", "dev", "pv0"],
+    ):
+        done = c.net(*cmd)
+        assert done.returncode == 0, (cmd, done.stderr)
+    try:
+
+        def probed() -> bool:
+            out = c.run("/opt/portal/bin/portal", "status", "--json", check=False).stdout
+            try:
+                status = json.loads(out)
+            except ValueError:
+                return False
+            state = status.get("state")
+            return status.get("interface") == "pv0" and state not in ("", "unknown", "probing")
+
+        wait_for("a probe round on pv0", probed, timeout_s=60)
+        journal = c.run("journalctl", "-u", "portal.service", "--no-pager", "-o", "cat").stdout
+        assert "watching the kernel's links (netlink)" in journal
+        assert "network: pv0 on pv0" in journal
+        assert "probe process" not in journal, journal[-2000:]
+        assert "Traceback" not in journal, journal[-2000:]
+    finally:
+        c.net("ip", "link", "del", "pv0")
+
+
 REFUSED = textwrap.dedent("""\
     import socket, sys
     results = []
