@@ -29,7 +29,6 @@ from portal.core.events import (
 )
 from portal.core.model import Network, Override, PortalStatus, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
-from portal.core.probe_model import ProbeFinished, ProbeResponse
 from portal.edges import store, systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets, parse_listen
 from portal.edges.upstream import Forwarder
@@ -575,27 +574,20 @@ class Daemon:
         try:
             if action.delay_s > 0:
                 await asyncio.sleep(action.delay_s)
-            from portal.edges.probe_child import ChildFailed, probe_network
+            from portal.edges.probe_child import probe_network
 
             network = action.network
             if not network.api_uri and self.config.portal_api_uri:
                 from dataclasses import replace
 
                 network = replace(network, api_uri=self.config.portal_api_uri)
-            specs = self._probe_specs(network)
-            try:
-                result = await probe_network(
-                    network,
-                    specs,
-                    probe_id=action.probe_id,
-                    timeout_s=PROBE_TIMEOUT_S,
-                    ca_file=self.config.ca_file or None,
-                )
-            except ChildFailed as exc:
-                # a failed round is data like any other: the session retries as it would
-                log.warning("probe of %s failed: %s", network.id, exc)
-                failed = tuple((s, ProbeResponse(s.url, error="probe-failed")) for s in specs)
-                result = ProbeFinished(network.id, action.probe_id, failed)
+            result = await probe_network(
+                network,
+                self._probe_specs(network),
+                probe_id=action.probe_id,
+                timeout_s=PROBE_TIMEOUT_S,
+                ca_file=self.config.ca_file or None,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:

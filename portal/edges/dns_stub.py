@@ -125,7 +125,6 @@ class DnsStub:
         self.reactor: ThreadReactor | None = None
         self._waker: Any = None  # the reactor's wake-up datagrams come from this address
         self.portal_routes: dict[str, tuple[Upstream, ...]] = {}  # domain → venue DNS
-        self._tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
         self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
@@ -183,14 +182,11 @@ class DnsStub:
         r.on_fatal = on_fatal
         forwarder.reactor = r
         r.start()
-        forwarder.reactor_thread = r._thread
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         for server in self._servers:
             server.close()
-        for task in list(self._tasks):
-            task.cancel()
         if self.reactor is not None:
             # forwards in flight get their SERVFAIL from the thread, then it stops
             self.reactor.call_soon_threadsafe(self.forwarder.close)
@@ -255,11 +251,6 @@ class DnsStub:
         else:
             self.dropped += 1
             log.debug("undecodable packet from %s (%d bytes), ignoring", addr[0], len(data))
-
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _forward_or_refuse(
         self, sock: socket.socket, data: bytes, q: Query, addr: tuple[str, int]

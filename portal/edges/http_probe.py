@@ -318,7 +318,7 @@ def _failure_code(exc: BaseException) -> tuple[str, str]:
         return exc.code, exc.detail
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
         return "timeout", str(exc)
-    code = _os_code(exc)
+    code = _os_code(exc, ssl.SSLError)
     if code is not None:
         return code, str(exc)
     if isinstance(exc, httpx.ConnectError):

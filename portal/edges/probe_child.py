@@ -22,11 +22,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import fields, is_dataclass
+from dataclasses import asdict, fields
 from typing import Any
 
 from portal.core.model import Network
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
+
+log = logging.getLogger("portal.probe")
 
 START_ALLOWANCE_S = 10.0  # on top of the probe's own timeout: interpreter start and imports
 MAX_ANSWER = 4 << 20  # bytes read from the child at most (bodies are capped far below)
@@ -48,12 +50,32 @@ async def probe_network(
     timeout_s: float,
     ca_file: str | None = None,
 ) -> ProbeFinished:
-    """http_probe.probe_network(), run in a child process."""
+    """http_probe.probe_network(), run in a child process. Never raises for the child's sake:
+    a child that fails is a probe round whose every probe failed ("probe-failed"), like any
+    failure of a probe, and the session retries as it would."""
+    try:
+        return await _probe_in_child(
+            network, specs, probe_id=probe_id, timeout_s=timeout_s, ca_file=ca_file
+        )
+    except ChildFailed as exc:
+        log.warning("probe of %s failed: %s", network.id, exc)
+        failed = tuple((s, ProbeResponse(s.url, error="probe-failed")) for s in specs)
+        return ProbeFinished(network.id, probe_id, failed)
+
+
+async def _probe_in_child(
+    network: Network,
+    specs: Sequence[ProbeSpec],
+    *,
+    probe_id: int,
+    timeout_s: float,
+    ca_file: str | None,
+) -> ProbeFinished:
     answer = await _run(
         {
             "op": "probe",
-            "network": _encode(network),
-            "specs": [_encode(s) for s in specs],
+            "network": asdict(network),
+            "specs": [asdict(s) for s in specs],
             "probe_id": probe_id,
             "timeout_s": timeout_s,
             "ca_file": ca_file,
@@ -98,14 +120,6 @@ async def _run(request: dict[str, Any], timeout_s: float) -> Any:
 
 
 # --- encoding -----------------------------------------------------------------------------------
-
-
-def _encode(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _encode(getattr(obj, f.name)) for f in fields(obj)}
-    if isinstance(obj, tuple | list):
-        return [_encode(x) for x in obj]
-    return obj
 
 
 def _tuples(value: Any) -> Any:
@@ -159,7 +173,7 @@ async def _serve(request: dict[str, Any]) -> Any:
             timeout_s=float(request["timeout_s"]),
             ca_file=request.get("ca_file"),
         )
-        return _encode(result)
+        return asdict(result)
     raise ValueError(f"unknown request {request['op']!r}")
 
 

@@ -13,7 +13,7 @@ but the stub's UDP side, so that a query is read as soon as the kernel has it:
 - Otherwise it waits in epoll on every registered socket, with the next timer as timeout.
 - Another thread hands it work with `call_soon_threadsafe()`: a queue plus one datagram from a
   private loopback socket to the stub's socket, which wakes either kind of wait. The stub's read
-  callback gives such datagrams to `wake_datagram()` instead of answering them.
+  callback drops datagrams from `waker_address` instead of answering them.
 
 The daemon's own loop stays free for D-Bus, detection and TCP clients; when it is idle it holds
 no lock the thread needs (the interpreter lock is released in its epoll wait).
@@ -49,6 +49,7 @@ class Reactor(Protocol):
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer: ...
     def call_soon_threadsafe(self, callback: Callable[..., None], *args: Any) -> None: ...
     def run_coroutine(self, coro: Coroutine[Any, Any, Any], done: Done) -> None: ...
+    def in_thread(self) -> bool: ...
 
 
 class AsyncioReactor:
@@ -73,6 +74,13 @@ class AsyncioReactor:
 
     def call_soon_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
         self.loop.call_soon_threadsafe(callback, *args)
+
+    def in_thread(self) -> bool:
+        """Whether the caller may use this reactor directly: on the loop's own thread."""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any], done: Done) -> None:
         task = self.loop.create_task(coro)
@@ -178,9 +186,9 @@ class ThreadReactor:
         except OSError as exc:  # a full buffer: the thread is awake and busy anyway
             log.debug("waking the DNS thread: %s", exc)
 
-    def wake_datagram(self, addr: Any) -> bool:
-        """True when a datagram from `addr` is our own wake-up (the stub then drops it)."""
-        return bool(addr == self.waker_address)
+    def in_thread(self) -> bool:
+        """Whether the caller runs in the reactor's thread (before start: whoever sets it up)."""
+        return self._thread is None or self._thread is threading.current_thread()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="portal-dns", daemon=True)

@@ -39,7 +39,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -80,7 +79,6 @@ class Forwarder:
         self._attempts = 0  # a serial per attempt: queue entries of earlier attempts are stale
         # where the UDP side runs: set by the stub (a ThreadReactor), else the running loop
         self.reactor: Reactor | None = None
-        self.reactor_thread: threading.Thread | None = None  # the thread that owns the sockets
 
     def _r(self) -> Reactor:
         r = self.reactor
@@ -88,14 +86,9 @@ class Forwarder:
             r = self.reactor = AsyncioReactor()
         return r
 
-    def _elsewhere(self) -> bool:
-        """True when called from another thread than the one the UDP side runs in."""
-        owner = self.reactor_thread
-        return owner is not None and owner is not threading.current_thread()
-
     def set_upstreams(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
-        if self._elsewhere():
+        if self.reactor is not None and not self.reactor.in_thread():
             self._r().call_soon_threadsafe(self._drop_unused_pools)
         else:
             self._drop_unused_pools()

@@ -120,11 +120,12 @@ def _device_option(interface: str) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, SO_BINDTODEVICE, name)]
 
 
-def _os_code(exc: BaseException) -> str | None:
-    """The error code for an OSError anywhere in the exception's cause chain."""
+def _os_code(exc: BaseException, tls_error: type[BaseException] | None = None) -> str | None:
+    """The error code for an OSError anywhere in the exception's cause chain. `tls_error`:
+    ssl.SSLError, from callers that speak TLS (this module does not, and never imports ssl)."""
     seen: BaseException | None = exc
     while seen is not None:
-        if type(seen).__name__.startswith("SSL"):  # ssl.SSLError and kin, without importing ssl
+        if tls_error is not None and isinstance(seen, tls_error):
             return "tls-error"
         if isinstance(seen, ConnectionRefusedError):
             return "connect-refused"

@@ -998,12 +998,15 @@ async def test_a_probe_round_in_a_child_process_equals_the_in_process_one(
     assert peers == {me}  # the child bound to the network's address too
 
 
-async def test_a_failing_child_is_a_clear_error_and_never_left_running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_failing_child_is_a_failed_round_with_one_clear_line_and_never_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Whatever goes wrong with the child, the daemon gets a probe round whose every probe
+    failed ("probe-failed": the session retries as after any failed round) and one warning."""
     from portal.edges import probe_child
 
     net = Network(id="n1")
+    specs = [ProbeSpec("http://a.test/"), ProbeSpec("http://b.test/")]
 
     def fake_python(body: str) -> None:
         script = tmp_path / "python"
@@ -1011,21 +1014,27 @@ async def test_a_failing_child_is_a_clear_error_and_never_left_running(
         script.chmod(0o755)
         monkeypatch.setattr(probe_child, "PYTHON", str(script))
 
+    async def failed_round(timeout_s: float, match: str) -> None:
+        caplog.clear()
+        got = await probe_child.probe_network(net, specs, probe_id=7, timeout_s=timeout_s)
+        assert (got.network_id, got.probe_id, got.api) == ("n1", 7, None)
+        assert [(s, r.url, r.status, r.error) for s, r in got.results] == [
+            (s, s.url, 0, "probe-failed") for s in specs
+        ]
+        [line] = [r.getMessage() for r in caplog.records if r.name == "portal.probe"]
+        assert line.startswith("probe of n1 failed: ") and match in line, line
+
     fake_python("exit 3")
-    with pytest.raises(probe_child.ChildFailed, match="exited with status 3"):
-        await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
+    await failed_round(1, "exited with status 3")
     fake_python("echo '{not json'")
-    with pytest.raises(probe_child.ChildFailed, match="unreadable"):
-        await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
+    await failed_round(1, "unreadable")
     fake_python('echo \'{"results": [[{"url": 5, "bogus": 1}]]}\'')
-    with pytest.raises(probe_child.ChildFailed, match="unreadable"):
-        await probe_child.probe_network(net, [], probe_id=1, timeout_s=1)
+    await failed_round(1, "unreadable")
     # A child that hangs is killed at the bound; its PID is gone afterwards.
     fake_python(f"echo $$ > {tmp_path}/pid; exec sleep 60")
     monkeypatch.setattr(probe_child, "START_ALLOWANCE_S", 0.5)
     t0 = time.monotonic()
-    with pytest.raises(probe_child.ChildFailed, match="did not finish"):
-        await probe_child.probe_network(net, [], probe_id=1, timeout_s=0.5)
+    await failed_round(0.5, "did not finish")
     assert time.monotonic() - t0 < 5
     pid = int((tmp_path / "pid").read_text())  # noqa: ASYNC240 (a few bytes, written already)
     with pytest.raises(ProcessLookupError):
