@@ -156,27 +156,15 @@ def versions() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "dnsmasq": first_line(["dnsmasq", "--version"]),
-        "unbound": next(
-            (
-                line
-                for line in subprocess.run(
-                    ["unbound", "-V"], capture_output=True, text=True, timeout=10, check=False
-                ).stdout.splitlines()
-                if line.startswith("Version")
-            ),
-            "?",
-        ),
-        "dnsperf": next(
-            (
-                line
-                for line in subprocess.run(
-                    ["dnsperf", "-H"], capture_output=True, text=True, timeout=10, check=False
-                ).stdout.splitlines()
-                if line.startswith("Version")
-            ),
-            "?",
-        ),
+        "unbound": line_starting(["unbound", "-V"], "Version"),
+        "dnsperf": line_starting(["dnsperf", "-H"], "Version"),
     }
+
+
+def line_starting(cmd: list[str], prefix: str) -> str:
+    """The first line of `cmd`'s output that starts with `prefix`, or "?"."""
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+    return next((line for line in out.splitlines() if line.startswith(prefix)), "?")
 
 
 # -- /proc ---------------------------------------------------------------------------------------

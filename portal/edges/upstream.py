@@ -66,7 +66,6 @@ Done = Callable[[Any, "bytes | None"], None]
 class Forwarder:
     def __init__(self, upstreams: Sequence[Upstream] = ()) -> None:
         self.upstreams: tuple[Upstream, ...] = tuple(upstreams)
-        self.sent = 0
         self.failed = 0
         self.in_flight = 0
         self._pools: dict[Upstream, _UdpPool] = {}
@@ -171,7 +170,6 @@ class Forwarder:
             left = deadline - loop.time()
             if left <= 0:
                 break
-            self.sent += 1
             qid = _random.u16()
             answer = await _tcp_exchange(
                 server, with_id(data, qid), qid, question, min(TCP_TIMEOUT_S, left)
@@ -210,7 +208,6 @@ class Forwarder:
                 log.debug("upstream %s: %s, trying the next", server, exc)
                 flight.index += 1
                 continue
-            self.sent += 1
             sock.flights[qid] = flight
             flight.sock, flight.qid = sock, qid
             self._attempts += 1
