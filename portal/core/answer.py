@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from portal.core.model import Override
-from portal.core.wire import (
+from portal.core.packet import (
     CLASS_ANY,
     CLASS_IN,
     RCODE_BADVERS,

@@ -27,7 +27,7 @@ MAX_SERVERS = 8
 
 
 @dataclass(frozen=True, slots=True)
-class LinkState:
+class NetworkdLink:
     """What systemd-networkd recorded about one link."""
 
     dns: tuple[Upstream, ...] = ()
@@ -124,7 +124,7 @@ def parse_resolv_conf(text: str) -> tuple[Upstream, ...]:
     return _servers(words)
 
 
-def parse_link_state(text: str) -> LinkState:
+def parse_link_state(text: str) -> NetworkdLink:
     """The DNS servers and captive-portal URI from a networkd link state file."""
     values: dict[str, str] = {}
     for line in text[:MAX_TEXT_CHARS].splitlines():
@@ -134,7 +134,7 @@ def parse_link_state(text: str) -> LinkState:
         values[key.strip()] = value.strip()
     # The URI is passed on as networkd recorded it; core/detect.py judges it (RFC 8910: https).
     uri = values.get("CAPTIVE_PORTAL", "")
-    return LinkState(dns=_servers(values.get("DNS", "").split()), captive_portal=uri)
+    return NetworkdLink(dns=_servers(values.get("DNS", "").split()), captive_portal=uri)
 
 
 def is_loopback(server: Upstream) -> bool:
@@ -161,7 +161,7 @@ def network_from_tables(
     addresses: Iterable[Address],
     routes: Iterable[Route],
     *,
-    link_states: Mapping[int, LinkState],
+    link_states: Mapping[int, NetworkdLink],
     resolv_conf: tuple[Upstream, ...] = (),
 ) -> Network | None:
     """The primary network as seen from kernel tables plus networkd's or resolv.conf's DNS.
@@ -173,7 +173,7 @@ def network_from_tables(
     if route is None:
         return None
     link = links[route.index]
-    state = link_states.get(route.index, LinkState())
+    state = link_states.get(route.index, NetworkdLink())
     own = tuple(a.address for a in addresses if a.index == route.index and not a.link_local)
     venue = state.dns or tuple(s for s in resolv_conf if not is_loopback(s))
     return Network(
@@ -191,7 +191,7 @@ def upstreams_from_tables(
     links: Mapping[int, Link],
     routes: Iterable[Route],
     *,
-    link_states: Mapping[int, LinkState],
+    link_states: Mapping[int, NetworkdLink],
     resolv_conf: tuple[Upstream, ...] = (),
     exclude: Iterable[Upstream] = (),
 ) -> tuple[Upstream, ...]:

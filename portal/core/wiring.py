@@ -64,7 +64,7 @@ class LinkPlan:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkState:
+class ResolvedLink:
     """What systemd-resolved reports for the dedicated link (read back by the edge)."""
 
     name: str
@@ -258,7 +258,7 @@ def describe_resolv_conf(conf: ResolvConf | None, *, stub: str, port: int = 53) 
     return f"resolv.conf: stub is server {where + 1} (overrides answer only when the first fails)"
 
 
-def describe_resolved_link(state: LinkState, *, stub: str, port: int = 53) -> str:
+def describe_resolved_link(state: ResolvedLink, *, stub: str, port: int = 53) -> str:
     """The health line for resolved mode, e.g. "resolved link portal0: 3 domains"."""
     if not state.exists:
         return f"not wired: no link {state.name}"

@@ -36,7 +36,7 @@ from portal.core.answer import (
     refuse,
 )
 from portal.core.model import Upstream
-from portal.core.wire import (
+from portal.core.packet import (
     RCODE_FORMERR,
     RCODE_SERVFAIL,
     Query,

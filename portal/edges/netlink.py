@@ -31,7 +31,7 @@ from portal.core.model import Network, Upstream
 from portal.core.netstate import (
     Address,
     Link,
-    LinkState,
+    NetworkdLink,
     Route,
     network_from_tables,
     parse_link_state,
@@ -261,7 +261,7 @@ class NetlinkWatcher:
         if tables != self._tables:
             self._tables = tables
             self._schedule_rechecks()
-        states: dict[int, LinkState] = {}
+        states: dict[int, NetworkdLink] = {}
         for index, link in links.items():
             if link.up and not link.loopback:
                 text = _read_text(self._networkd_dir / str(index))

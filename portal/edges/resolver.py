@@ -26,8 +26,8 @@ from portal.core.wiring import (
     AF_INET,
     DEFAULT_LINK,
     LinkPlan,
-    LinkState,
     ResolvConf,
+    ResolvedLink,
     WiringMode,
     choose_mode,
     describe_none,
@@ -289,11 +289,11 @@ class ResolverWiring:
         text = describe_resolv_conf(conf, stub=self.stub, port=self.port)
         return text + " (openresolv)" if mode is WiringMode.RESOLVCONF and conf else text
 
-    async def _link_state(self) -> LinkState:
+    async def _link_state(self) -> ResolvedLink:
         try:
             ifindex = self._ifindex()
         except WiringError:
-            return LinkState(name=self.link, exists=False)
+            return ResolvedLink(name=self.link, exists=False)
         (path,) = await self._call("GetLink", "i", [ifindex])
         (props,) = await self._call(
             "GetAll", "s", [LINK], path=path, interface="org.freedesktop.DBus.Properties"
@@ -304,7 +304,7 @@ class ResolverWiring:
                 socket.AF_INET if family == AF_INET else socket.AF_INET6, packed
             )
             servers.append(format_server(host, port or 53))
-        return LinkState(
+        return ResolvedLink(
             name=self.link,
             exists=True,
             dns=tuple(servers),

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from portal.core.model import Upstream
-from portal.core.wire import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
+from portal.core.packet import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
 from portal.edges.reactor import AsyncioReactor, Reactor, Timer
 
 log = logging.getLogger("portal.upstream")

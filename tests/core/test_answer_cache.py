@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portal.core.answer import MAX_ANSWER_TTL_S, AnswerCache, Forward, LocalEntry, decide
-from portal.core.wire import pack_addresses
+from portal.core.packet import pack_addresses
 
 NOW = 1_700_000_000.0
 V4, V6 = pack_addresses(("192.0.2.1", "192.0.2.2", "2001:db8::1"))

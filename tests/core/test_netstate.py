@@ -9,7 +9,7 @@ from portal.core.netstate import (
     MAX_SERVERS,
     Address,
     Link,
-    LinkState,
+    NetworkdLink,
     Route,
     is_loopback,
     network_from_tables,
@@ -90,7 +90,7 @@ def test_parse_link_state_networkd_file() -> None:
         "DOMAINS=hotel.test\n"
         "CAPTIVE_PORTAL=https://login.hotel.test/captive-portal/api\n"
     )
-    assert parse_link_state(text) == LinkState(
+    assert parse_link_state(text) == NetworkdLink(
         dns=(Upstream("10.77.0.1"), Upstream("10.77.0.2"), Upstream("1.1.1.1")),
         captive_portal="https://login.hotel.test/captive-portal/api",
     )
@@ -103,8 +103,8 @@ def test_parse_link_state_passes_the_portal_uri_on_as_recorded() -> None:
 
 
 def test_parse_link_state_empty() -> None:
-    assert parse_link_state("") == LinkState()
-    assert parse_link_state("garbage without equals\n") == LinkState()
+    assert parse_link_state("") == NetworkdLink()
+    assert parse_link_state("garbage without equals\n") == NetworkdLink()
 
 
 def test_is_loopback() -> None:
@@ -145,7 +145,7 @@ def test_primary_route_prefers_ipv4_then_metric_and_skips_down_links() -> None:
 
 
 def test_network_from_tables_with_networkd_state() -> None:
-    states = {2: LinkState(dns=(Upstream("10.77.0.1"),), captive_portal="https://p.test/api")}
+    states = {2: NetworkdLink(dns=(Upstream("10.77.0.1"),), captive_portal="https://p.test/api")}
     network = network_from_tables(
         LINKS,
         ADDRS,
@@ -190,10 +190,10 @@ def test_network_id_for_device_route_without_gateway() -> None:
 
 def test_upstreams_primary_link_first_then_others_without_duplicates_or_self() -> None:
     states = {
-        3: LinkState(dns=(Upstream("192.168.1.1"), Upstream("10.77.0.1"))),
-        2: LinkState(dns=(Upstream("10.77.0.1"),)),
-        4: LinkState(dns=(Upstream("10.9.9.9"),)),  # link down: ignored
-        7: LinkState(dns=(Upstream("10.7.7.7"),)),  # link gone: ignored
+        3: NetworkdLink(dns=(Upstream("192.168.1.1"), Upstream("10.77.0.1"))),
+        2: NetworkdLink(dns=(Upstream("10.77.0.1"),)),
+        4: NetworkdLink(dns=(Upstream("10.9.9.9"),)),  # link down: ignored
+        7: NetworkdLink(dns=(Upstream("10.7.7.7"),)),  # link gone: ignored
     }
     got = upstreams_from_tables(
         LINKS,

@@ -9,8 +9,8 @@ from portal.core.wiring import (
     AF_INET6,
     GLIBC_MAXNS,
     RESOLVED_MAX_LINK_DOMAINS,
-    LinkState,
     ResolvConf,
+    ResolvedLink,
     WiringMode,
     choose_mode,
     describe_none,
@@ -254,40 +254,40 @@ def test_describe_resolv_conf(conf: ResolvConf | None, port: int, expected: str)
 @pytest.mark.parametrize(
     ("state", "port", "expected"),
     [
-        (LinkState("portal0", exists=False), 53, "not wired: no link portal0"),
+        (ResolvedLink("portal0", exists=False), 53, "not wired: no link portal0"),
         (
-            LinkState("portal0", True, dns=(STUB,), domains=(("a.test", True),) * 3),
+            ResolvedLink("portal0", True, dns=(STUB,), domains=(("a.test", True),) * 3),
             53,
             "resolved link portal0: 3 domains",
         ),
         (
-            LinkState("portal0", True, dns=(STUB,), domains=(("a.test", True),)),
+            ResolvedLink("portal0", True, dns=(STUB,), domains=(("a.test", True),)),
             53,
             "resolved link portal0: 1 domain",
         ),
         (
-            LinkState("portal0", True, dns=(STUB,), domains=(("a.test", False),)),
+            ResolvedLink("portal0", True, dns=(STUB,), domains=(("a.test", False),)),
             53,
             "resolved link portal0: 0 domains",
         ),
         (
-            LinkState("portal0", True, dns=("127.0.0.153:5353",)),
+            ResolvedLink("portal0", True, dns=("127.0.0.153:5353",)),
             5353,
             "resolved link portal0: 0 domains",
         ),
         (
-            LinkState("portal0", True, dns=()),
+            ResolvedLink("portal0", True, dns=()),
             53,
             "not wired: resolved link portal0 does not use 127.0.0.153",
         ),
         (
-            LinkState("portal0", True, dns=(STUB,), default_route=True),
+            ResolvedLink("portal0", True, dns=(STUB,), default_route=True),
             53,
             "resolved link portal0: default route on (stopped stub would lose DNS)",
         ),
     ],
 )
-def test_describe_resolved_link(state: LinkState, port: int, expected: str) -> None:
+def test_describe_resolved_link(state: ResolvedLink, port: int, expected: str) -> None:
     assert describe_resolved_link(state, stub=STUB, port=port) == expected
 
 

@@ -21,7 +21,7 @@ import dns.rdatatype
 import pytest
 
 from portal.core.answer import LocalEntry
-from portal.core.wire import pack_addresses
+from portal.core.packet import pack_addresses
 from portal.edges.dns_stub import DnsStub
 from portal.edges.upstream import POOL_SOCKETS, Forwarder
 from tests.conftest import need

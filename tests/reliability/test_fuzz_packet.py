@@ -1,4 +1,4 @@
-"""The atheris fuzz target (bench/fuzz_wire.py) runs for a fixed, short time in CI and finds
+"""The atheris fuzz target (bench/fuzz_packet.py) runs for a fixed, short time in CI and finds
 nothing. Longer runs are for bench/ (`-max_total_time=600`); figures in docs/reliability.md."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def test_fuzz_target_runs_clean_for_a_fixed_time(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     out = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fuzz_wire.py"),
+        [sys.executable, str(REPO / "bench" / "fuzz_packet.py"),
          f"-max_total_time={FUZZ_SECONDS}", "-seed=20261126", "-print_final_stats=1",
          f"-artifact_prefix={tmp_path}/", str(corpus)],
         capture_output=True, text=True, timeout=FUZZ_SECONDS + 60, cwd=tmp_path,

@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris/libFuzzer) of what the DNS stub does with one packet.
 
 The target is the stub's whole per-packet decision without sockets: the byte-level fast path
-(portal.core.wire, portal.core.answer), the dnspython slow path the stub falls back to
+(portal.core.packet, portal.core.answer), the dnspython slow path the stub falls back to
 (portal.edges.dns_stub), the cache of built answers, and the refusal sent to non-loopback
 clients. It checks, for every
 input, that nothing raises and that:
@@ -13,7 +13,7 @@ input, that nothing raises and that:
 - the answer cache says exactly what the uncached path says.
 
 Run it for a fixed time (libFuzzer flags pass through):
-    python3 bench/fuzz_wire.py -max_total_time=300 [CORPUS_DIR]
+    python3 bench/fuzz_packet.py -max_total_time=300 [CORPUS_DIR]
 Without a corpus directory it starts from a few real queries in a temporary one. It prints
 libFuzzer's figures (`Done N runs in T second(s)`) and exits non-zero with the crashing input
 saved on the first failure. It must not open sockets or touch anything but its corpus.
@@ -37,7 +37,7 @@ with atheris.instrument_imports(include=["portal", "dns"]):
     import dns.message
 
     from portal.core.answer import AnswerCache, Forward, LocalEntry, Unparsed, decide, refuse
-    from portal.core.wire import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
+    from portal.core.packet import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
     from portal.edges.dns_stub import DnsStub, _parse_with_dnspython
     from portal.edges.upstream import Forwarder
 
@@ -106,7 +106,7 @@ def test_one_input(data: bytes) -> None:
 
 
 def _fast_query(data: bytes) -> Query | None:
-    from portal.core.wire import parse_query
+    from portal.core.packet import parse_query
 
     parsed = parse_query(data)
     return parsed if isinstance(parsed, Query) else None

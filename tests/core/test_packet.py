@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portal.core.answer import Forward, LocalEntry, Unparsed, decide, refuse
-from portal.core.wire import (
+from portal.core.packet import (
     RCODE_FORMERR,
     RCODE_NOTIMP,
     RCODE_SERVFAIL,

@@ -1,8 +1,8 @@
 """Hostile input, property-based: the whole decision for one packet — the byte-level fast path
-(portal.core.wire, portal.core.answer) plus the stub's dnspython slow path — never raises, never
+(portal.core.packet, portal.core.answer) plus the stub's dnspython slow path — never raises, never
 answers a response, never amplifies a refusal, and agrees with dnspython on every valid query.
 
-tests/core/test_wire.py covers the fast path on LDH names and random bytes; these go further:
+tests/core/test_packet.py covers the fast path on LDH names and random bytes; these go further:
 names made of any bytes, every type, class, flag and EDNS shape, compressed questions (which
 only the slow path reads), and the replies checked with dnspython's own `is_response`.
 """
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portal.core.answer import AnswerCache, Forward, LocalEntry, Unparsed, decide, refuse
-from portal.core.wire import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
+from portal.core.packet import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
 from portal.edges.dns_stub import DnsStub, _parse_with_dnspython
 from portal.edges.upstream import Forwarder
 
