@@ -1,0 +1,57 @@
+# fish completion for portal(1): commands, their flags and values, and for `portal remove` the
+# names of the current overrides (asked from the daemon with `portal list --json`).
+#
+# Installed as /usr/local/share/fish/vendor_completions.d/portal.fish (scripts/install) or
+# share/fish/vendor_completions.d/portal.fish (package.nix).
+
+set -l commands add remove list status check open import daemon agent
+
+# The names of the overrides the daemon holds; nothing when it cannot be reached.
+function __portal_overrides
+    set -l bus
+    set -l words (commandline -opc)
+    if set -l at (contains -i -- --bus $words); and test (count $words) -gt $at
+        set bus --bus $words[(math $at + 1)]
+    end
+    portal list --json $bus 2>/dev/null | string match -r -g '"name": *"([^"]*)"'
+end
+
+complete -c portal -f
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -s h -l help -d 'show help and exit'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -l version -d 'show the version and exit'
+
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a add -d 'answer DOMAIN with IP (or its venue address)'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a remove -d 'remove the override for DOMAIN'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a list -d 'list overrides'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a status -d 'network, portal state, DNS, overrides'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a check -d 'probe the current network now'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a open -d 'open the sign-in page in a browser'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a import -d 'add overrides from hosts-file lines'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a daemon -d 'run the daemon (system service)'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a agent -d 'run the per-user desktop agent'
+
+# Every command: help and the bus.
+complete -c portal -n "__fish_seen_subcommand_from $commands" -s h -l help -d 'show help and exit'
+complete -c portal -n "__fish_seen_subcommand_from $commands" -l bus -x -a 'system session' -d 'D-Bus to use (default: system, or $PORTAL_BUS)'
+
+complete -c portal -n '__fish_seen_subcommand_from add import' -l ttl -x -a '90s 30m 1h 12h 1d 1w never' -d 'lifetime (default: 12h)'
+complete -c portal -n '__fish_seen_subcommand_from add import' -l any-network -d 'answer on every network, not only the current one'
+complete -c portal -n '__fish_seen_subcommand_from add' -l until-removed -d 'never expire'
+
+complete -c portal -n '__fish_seen_subcommand_from remove' -a '(__portal_overrides)' -d override
+
+complete -c portal -n '__fish_seen_subcommand_from list status' -l json -d 'machine-readable output'
+complete -c portal -n '__fish_seen_subcommand_from status' -l watch -d 'keep printing changes'
+complete -c portal -n '__fish_seen_subcommand_from open' -l print -d 'only print the sign-in URL'
+complete -c portal -n '__fish_seen_subcommand_from import' -F -d 'hosts file (- for stdin)'
+
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l listen -x -d 'DNS listen address ADDR[:PORT]'
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l upstream -x -d 'static upstream DNS server ADDR[:PORT]'
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l state-dir -x -a '(__fish_complete_directories)' -d 'where overrides are kept'
+complete -c portal -n '__fish_seen_subcommand_from daemon agent' -l config -r -F -d 'config file'
+complete -c portal -n '__fish_seen_subcommand_from daemon agent' -l log-level -x -a 'debug info' -d 'log level'
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l network-source -x -a 'auto nm netlink none' -d 'where network changes come from'
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l wiring -x -a 'auto resolvconf resolved none' -d 'how the stub is wired into name resolution'
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l resolv-conf -r -F -d 'resolv.conf to read upstreams from without NetworkManager'
+complete -c portal -n '__fish_seen_subcommand_from daemon' -l ca-file -r -F -d "extra CA bundle for the portal's RFC 8908 API"
+complete -c portal -n '__fish_seen_subcommand_from agent' -l browser -x -a '(__fish_complete_command)' -d 'command that opens the sign-in page'
