@@ -36,7 +36,7 @@ STATE_VERSION = 1
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_FOREVER = {"never", "forever", "permanent", "until-removed", "0"}
+_FOREVER = {"never", "forever", "permanent", "until-removed"}
 
 
 def parse_domain(text: str) -> str:
@@ -125,6 +125,13 @@ def parse_duration(text: str) -> float | None:
 
 def check_ttl(seconds: float, *, shown: str | None = None) -> float:
     shown = shown if shown is not None else f"{seconds:g}s"
+    if seconds == 0:
+        # Not a synonym of "forever": a zero lifetime is a slip, and a forgotten override would
+        # redirect the name for good.
+        raise InvalidTTL(
+            f"invalid ttl {shown!r}: 0 is not a lifetime (--until-removed or --ttl never "
+            "mean no expiry)"
+        )
     if not seconds >= 1:  # also rejects NaN
         raise InvalidTTL(f"invalid ttl {shown!r}: must be at least 1 second")
     if seconds > MAX_TTL_S:
