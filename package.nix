@@ -1,5 +1,6 @@
 # portal, built from this source tree: the Python application plus the files the system needs
-# to run it (systemd units, D-Bus bus policy, polkit actions).
+# to run it (systemd units, D-Bus bus policy and activation, polkit actions), its shell
+# completions and its manual page.
 #
 #   nix-build -E 'with import <nixpkgs> { }; callPackage ./package.nix { }'
 #
@@ -7,6 +8,7 @@
 {
   lib,
   python3Packages,
+  installShellFiles,
 }:
 
 let
@@ -22,6 +24,8 @@ let
     "systemd"
     "dbus"
     "polkit"
+    "completions"
+    "man"
   ];
   root = toString ./.;
   src = lib.cleanSourceWith {
@@ -43,6 +47,7 @@ python3Packages.buildPythonApplication {
   inherit src;
 
   build-system = [ python3Packages.setuptools ];
+  nativeBuildInputs = [ installShellFiles ];
 
   dependencies = with python3Packages; [
     dbus-next
@@ -79,6 +84,16 @@ python3Packages.buildPythonApplication {
 
     # Only user "portal" may own org.portalhelper.Portal1 (services.dbus.packages reads this).
     install -Dm0644 dbus/org.portalhelper.Portal1.conf -t $out/share/dbus-1/system.d
+    # D-Bus activation: a call to the control API starts portal.service (Exec= is never run
+    # where systemd activates services, as in systemd's own bus service files).
+    install -Dm0644 dbus/org.portalhelper.Portal1.service -t $out/share/dbus-1/system-services
+
+    # Shell completions and the manual page.
+    installShellCompletion --cmd portal \
+      --bash completions/portal.bash \
+      --zsh completions/_portal \
+      --fish completions/portal.fish
+    installManPage man/portal.1
     # polkit actions (NixOS links share/polkit-1 of environment.systemPackages).
     install -Dm0644 polkit/org.portalhelper.portal.policy -t $out/share/polkit-1/actions
     # The distribution rule names both netdev and networkmanager; the NixOS module writes its

@@ -84,9 +84,18 @@ class Client:
                 "org.freedesktop.DBus.Error.ServiceUnknown",
                 "org.freedesktop.DBus.Error.NameHasNoOwner",
             ):
+                # Where portal is installed the bus starts the daemon itself (D-Bus
+                # activation of portal.service): this bus cannot.
                 raise DaemonUnreachable(
                     f"the portal daemon is not running on {describe(self.choice)}; start it "
-                    "(systemctl start portal.socket) or pass --bus to reach another bus"
+                    "(systemctl enable --now portal.service) or pass --bus to reach another bus"
+                )
+            if name.startswith(
+                ("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")
+            ):
+                raise DaemonUnreachable(
+                    f"the bus could not start the portal daemon: {text} "
+                    "(see: journalctl -u portal.service)"
                 )
             if name in (
                 "org.freedesktop.DBus.Error.AccessDenied",

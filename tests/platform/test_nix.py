@@ -427,7 +427,8 @@ def test_mistakes_are_rejected(
 
 
 def _shipped_files() -> list[str]:
-    files = [p for d in ("systemd", "dbus", "polkit") for p in (REPO / d).glob("*") if p.is_file()]
+    dirs = ("systemd", "dbus", "polkit", "completions", "man")
+    files = [p for d in dirs for p in (REPO / d).glob("*") if p.is_file()]
     return sorted(str(p.relative_to(REPO)) for p in files)
 
 
@@ -444,6 +445,7 @@ def test_package_installs_every_shipped_file() -> None:
     text = (REPO / "package.nix").read_text()
     shipped = _shipped_files()
     assert "systemd/portal.service" in shipped and "systemd/portal.socket" in shipped
+    assert "man/portal.1" in shipped and "completions/portal.bash" in shipped
     missing = [f for f in shipped if f not in text and f not in NOT_FOR_NIXOS]
     assert missing == [], f"package.nix does not install {missing}"
 

@@ -531,6 +531,11 @@ def c(container: Container) -> Container:
 # --- scripts/install and scripts/uninstall ---------------------------------------------------
 
 INSTALLED = (
+    "/usr/share/dbus-1/system-services/org.portalhelper.Portal1.service",
+    "/usr/local/share/bash-completion/completions/portal",
+    "/usr/local/share/zsh/site-functions/_portal",
+    "/usr/local/share/fish/vendor_completions.d/portal.fish",
+    "/usr/local/share/man/man1/portal.1",
     "/etc/systemd/system/portal.socket",
     "/etc/systemd/system/portal.service",
     "/etc/sysusers.d/portal.conf",
@@ -550,15 +555,45 @@ def install_work() -> Iterator[Path]:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def base_python() -> tuple[str, list[str]]:
+    """The interpreter to give the installer, and binds that let it see the test's packages.
+
+    In a virtual environment (scripts/test makes one), the installer gets the environment's base
+    interpreter, and the environment's packages are bound over that interpreter's first
+    site-packages directory inside the container: `--offline` makes a venv with
+    --system-site-packages, which then finds them there, as it would find the distribution's.
+    """
+    if sys.prefix == sys.base_prefix:
+        return sys.executable, []
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    site_dir = subprocess.run(
+        [base, "-I", "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+    import sysconfig
+
+    packages = sysconfig.get_paths()["purelib"]
+    return base, [f"--bind-ro={packages}:{site_dir}"]
+
+
 def install_binds(work: Path, *, boot: bool) -> list[str]:
     """Only the checkout and the Python: the installer puts everything else in place."""
     shared = python_paths()
-    binds = [f"--bind-ro={p}" for p in shared]
+    binds = [f"--bind-ro={p}" for p in shared] + base_python()[1]
     binds.append(f"--bind-ro={work}")  # the wheel shim, if any
     # /usr is the host's, read-only; give the installer the two places it writes there.
-    for target in ("/usr/local/bin", "/usr/share/polkit-1/actions"):
+    for target in (
+        "/usr/local/bin",
+        "/usr/local/share",
+        "/usr/share/polkit-1/actions",
+        "/usr/share/dbus-1/system-services",
+    ):
         writable = work / target.strip("/").replace("/", "-")
         writable.mkdir()
+        if target == "/usr/share/dbus-1/system-services":
+            # The bus still activates the system's own services (polkitd among them).
+            for service in Path(target).glob("*.service"):
+                shutil.copy(service, writable)
         binds.append(f"--bind={writable}:{target}")
     if boot:
         for name, text, target in (
@@ -600,7 +635,7 @@ def wheel_shim(work: Path) -> dict[str, str]:
 def install(c: Container, *args: str) -> str:
     """Run scripts/install with the test's Python, offline (the container has no network)."""
     result = c.run(
-        str(ROOT / "scripts/install"), "--offline", f"--python={sys.executable}", *args,
+        str(ROOT / "scripts/install"), "--offline", f"--python={base_python()[0]}", *args,
         check=False, timeout_s=300, env=wheel_shim(c.workdir),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -640,6 +675,13 @@ def test_install_upgrade_uninstall_with_systemd(install_work: Path) -> None:
         # The installed CLI reaches the daemon on the system bus.
         c.run("/usr/local/bin/portal", "add", NAME, ADDRESS, "--any-network")
         assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
+
+        # D-Bus activation: with the daemon stopped (the socket stays), any CLI call starts it.
+        c.run("systemctl", "stop", "portal.service")
+        assert c.show("portal.service", "ActiveState") == "inactive"
+        listed = c.run("/usr/local/bin/portal", "list", "--json", timeout_s=60)
+        assert NAME in listed.stdout, listed.stdout + listed.stderr
+        assert c.show("portal.service", "ActiveState") == "active"
         pid = c.main_pid()
 
         # Again, as an upgrade: the running daemon is replaced, the override stays.
