@@ -174,9 +174,7 @@ def test_bash_completes_remove_with_the_daemons_override_names(
     ]
     # --bus on the command line wins over the environment.
     del env["PORTAL_BUS"]
-    assert bash_complete("portal", "remove", "--bus", daemon.bus, "o", env=env) == [
-        "other.example"
-    ]
+    assert bash_complete("portal", "remove", "--bus", daemon.bus, "o", env=env) == ["other.example"]
     # One name only: nothing after it.
     assert bash_complete("portal", "remove", "other.example", "", env=env) == []
 

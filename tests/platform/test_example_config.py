@@ -39,4 +39,3 @@ def test_every_key_has_a_comment_above_it() -> None:
 
 def test_the_example_shows_the_defaults() -> None:
     assert parse(EXAMPLE.read_text()) == Config()
-
