@@ -90,9 +90,7 @@ class Client:
                     f"the portal daemon is not running on {describe(self.choice)}; start it "
                     "(systemctl enable --now portal.service) or pass --bus to reach another bus"
                 )
-            if name.startswith(
-                ("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")
-            ):
+            if name.startswith(("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")):
                 raise DaemonUnreachable(
                     f"the bus could not start the portal daemon: {text} "
                     "(see: journalctl -u portal.service)"
