@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -161,25 +162,26 @@ def xvfb_missing() -> str | None:
     if shutil.which("Xvfb") is None:
         return "Xvfb is not installed (apt: xvfb)"
     read_fd, write_fd = os.pipe()
-    xvfb = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-nolisten", "tcp", "-screen", "0", "64x64x24"],
-        pass_fds=(write_fd,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    os.close(write_fd)
-    try:
-        with os.fdopen(read_fd) as f:
-            started = bool(f.readline().strip())  # EOF when Xvfb exits first
+    with tempfile.TemporaryFile("w+") as errors:
+        xvfb = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-nolisten", "tcp", "-screen", "0", "64x64x24"],
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        os.close(write_fd)
+        try:
+            with os.fdopen(read_fd) as f:
+                started = bool(f.readline().strip())  # EOF when Xvfb exits first
+        finally:
+            if xvfb.poll() is None:
+                xvfb.terminate()
+            xvfb.wait(10)
         if started:
             return None
-        detail = (xvfb.communicate(timeout=10)[1].strip().splitlines() or ["no reason"])[-1]
+        errors.seek(0)
+        detail = (errors.read().strip().splitlines() or ["no reason given"])[-1]
         return f"Xvfb does not start here: {detail}"
-    finally:
-        if xvfb.poll() is None:
-            xvfb.terminate()
-            xvfb.wait(10)
 
 
 NEEDS_NSPAWN = {"tests/platform/test_nspawn.py", "tests/platform/test_fresh_debian.py"}

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import nspawn_missing
+
 ROOT = Path(__file__).resolve().parents[2]
 STUB = "127.0.0.153"
 NAME = "web.portal.test"
@@ -220,7 +222,11 @@ def find_leader(nspawn: subprocess.Popen[bytes], comm: str) -> int:
 @contextlib.contextmanager
 def launch(work: Path, binds: list[str], *, boot: bool) -> Iterator[Container]:
     """A container of this machine's /usr: booted (systemd as PID 1) or not (`sleep` as PID 1,
-    like a container without an init system)."""
+    like a container without an init system). Skips where nspawn cannot run (nested in a
+    container)."""
+    reason = nspawn_missing()
+    if reason is not None:
+        pytest.skip(reason)
     machine = f"portal-test-{secrets.token_hex(4)}"
     # A fresh /etc would make systemd-firstboot prompt on a console nobody reads.
     init = ["--boot", "--", "systemd.firstboot=off"] if boot else ["--", "sleep", "600"]
