@@ -249,3 +249,21 @@ def test_scripts_pass_shellcheck() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout
+
+
+def test_dbus_activation_names_the_service_unit() -> None:
+    # A call to the bus name starts portal.service through systemd; the real thing runs in
+    # test_nspawn.py and test_fresh_debian.py.
+    path = ROOT / "dbus/org.portalhelper.Portal1.service"
+    lines = [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines[0] == "[D-BUS Service]"
+    keys = dict(line.split("=", 1) for line in lines[1:])
+    assert keys == {
+        "Name": "org.portalhelper.Portal1",
+        "Exec": "/bin/false",
+        "User": "portal",
+        "SystemdService": "portal.service",
+    }
+    policy = (ROOT / "dbus/org.portalhelper.Portal1.conf").read_text()
+    assert f'own="{keys["Name"]}"' in policy
+    assert (SYSTEMD / keys["SystemdService"]).exists()
