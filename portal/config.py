@@ -7,7 +7,7 @@ See portal.toml.example for every key with a comment.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ class Config:
         "auto"  # auto (NetworkManager if on the bus, else netlink) | nm | netlink | none
     )
     log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_upstream(text: str) -> Upstream:
@@ -120,7 +119,7 @@ def apply(base: Config, data: dict[str, Any]) -> Config:
             if value not in ("auto", "resolvconf", "resolved", "none"):
                 raise ConfigError("invalid wiring: auto, resolvconf, resolved or none")
             changes[key] = value
-        elif key in known and key not in ("extra", "default_ttl_s"):
+        elif key in known and key != "default_ttl_s":
             if not isinstance(value, str):
                 raise ConfigError(f"invalid {key}: expected text")
             changes[key] = value

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from portal.core.model import Override, Source
 from portal.core.timefmt import format_duration as format_duration  # re-exported
@@ -369,10 +369,6 @@ def parse_state(text: str, *, limits: Limits = Limits()) -> OverrideTable:
             raise StateError(f"state file entry {i} is invalid: {exc}") from exc
         out.append(o)
     return OverrideTable(out, limits=limits)
-
-
-def with_scope(o: Override, scope: str | None, scope_name: str = "") -> Override:
-    return replace(o, scope=scope, scope_name=scope_name if scope else "")
 
 
 def parse_hosts(text: str) -> list[tuple[str, list[str]]]:

@@ -20,18 +20,8 @@ Rules worth knowing:
 
 Pure: time comes in as `now` (monotonic seconds). No I/O, no logging, no asyncio.
 
-Wiring in the daemon is a few lines (ProbeFinished lives in core/probe_model.py):
-
-    session, actions = step(session, event, now=time.monotonic())
-    for action in actions:
-        match action:
-            case StartProbe(network=network):   # one probe task at a time: cancel the old one
-                specs = detect.default_probe_specs(network.check_uri, configured_specs)
-                probe_task = spawn(emit(await http_probe.run_probe(action, specs, timeout_s=5)))
-            case CancelProbe(): probe_task.cancel()
-            case ResolveAndPinPortalHosts(): http_probe.resolve_via(host, network.venue_dns, ...)
-                                              then AUTO overrides scoped to network_id
-            ...                                 (see core/actions.py for the rest)
+The daemon feeds every event to `step()` and carries out the actions it returns
+(core/actions.py says what each one asks for); ProbeFinished lives in core/probe_model.py.
 """
 
 from __future__ import annotations

@@ -129,9 +129,6 @@ class DnsStub:
         self._tcp_clients = 0
         self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
         self.max_pending = forward_limit()
-        self.answered_local = 0
-        self.forwarded = 0
-        self.dropped = 0
 
     @property
     def entries(self) -> Mapping[str, LocalEntry]:
@@ -228,7 +225,6 @@ class DnsStub:
 
     def _handle_udp(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
         if not is_loopback(addr[0]):
-            self.dropped += 1
             log.debug("query from non-loopback %s, refusing", addr[0])
             reply = refuse(data)
             if reply is not None:
@@ -237,7 +233,6 @@ class DnsStub:
         entries, cache = self._table
         decision = cache.decide(data, entries, time.time())
         if isinstance(decision, bytes):
-            self.answered_local += 1
             _sendto(sock, decision, addr)
         elif isinstance(decision, Forward):
             self._forward_or_refuse(sock, data, decision.query, addr)
@@ -249,7 +244,6 @@ class DnsStub:
                 # the slow path's forwards count against the same limits as the fast path's
                 self._forward_or_refuse(sock, data, slow, addr)
         else:
-            self.dropped += 1
             log.debug("undecodable packet from %s (%d bytes), ignoring", addr[0], len(data))
 
     def _forward_or_refuse(
@@ -261,7 +255,6 @@ class DnsStub:
             _sendto(sock, build_error(q, RCODE_SERVFAIL), addr)
             return
         self._pending[addr] = mine + 1
-        self.forwarded += 1
         self.forwarder.start(
             data, q.question, self._forwarded, (sock, q, addr), upstreams=self._route(q.name)
         )
@@ -281,7 +274,6 @@ class DnsStub:
         _sendto(sock, answer, addr)
 
     async def _forward_tcp(self, data: bytes, q: Query) -> bytes:
-        self.forwarded += 1
         upstreams = self._route(q.name)
         try:
             answer = await self.forwarder.forward(data, q.question, upstreams=upstreams, tcp=True)
@@ -342,7 +334,6 @@ class DnsStub:
     async def _answer_tcp(self, data: bytes) -> bytes | None:
         decision = decide(data, self.entries, time.time(), tcp=True)
         if isinstance(decision, bytes):
-            self.answered_local += 1
             return decision
         if isinstance(decision, Forward):
             return await self._forward_tcp(data, decision.query)

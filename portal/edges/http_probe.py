@@ -4,7 +4,6 @@
     fetch_captive_api(uri, network, *, timeout_s, ca_file=None) -> CaptiveApi
     resolve_via(host, servers, *, timeout_s) -> list[str]          A and AAAA
     probe_network(network, specs, *, probe_id, timeout_s, ca_file=None) -> ProbeFinished
-    run_probe(start, specs, *, timeout_s, ca_file=None) -> ProbeFinished   a StartProbe action
 
 Every name is resolved through the network's own DNS servers (`network.venue_dns`, queried
 directly with dnspython, never the system resolver, which may be a DoT/DoH resolver that
@@ -46,7 +45,6 @@ import dns.rdatatype
 import httpcore
 import httpx
 
-from portal.core.actions import StartProbe
 from portal.core.detect import api_uri_to_fetch, parse_captive_api
 from portal.core.model import Network
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
@@ -68,7 +66,6 @@ __all__ = [
     "probe",
     "probe_network",
     "resolve_via",
-    "run_probe",
 ]
 
 log = logging.getLogger("portal.http_probe")
@@ -470,22 +467,4 @@ async def probe_network(
         results,
         api_task.result() if api_task is not None else None,
         api_uri if api_task is not None else "",
-    )
-
-
-async def run_probe(
-    start: StartProbe,
-    specs: Sequence[ProbeSpec],
-    *,
-    timeout_s: float,
-    ca_file: str | None = None,
-) -> ProbeFinished:
-    """Carry out a StartProbe action: wait its delay, then probe_network().
-
-    The daemon runs this as one task, cancels it on CancelProbe or a newer StartProbe, and
-    feeds the result back to the session as an event.
-    """
-    await asyncio.sleep(start.delay_s)
-    return await probe_network(
-        start.network, specs, probe_id=start.probe_id, timeout_s=timeout_s, ca_file=ca_file
     )

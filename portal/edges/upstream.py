@@ -431,8 +431,7 @@ class _UdpPool:
         self.server = server
         self.forwarder = forwarder
         self.slots: list[_Sock | None] = [None] * POOL_SOCKETS
-        self.open = 0
-        self.closed = False
+        self.open = 0  # sockets open, retired ones included
 
     def pick(self, reactor: Reactor) -> _Sock:
         # a random socket: which port the next query uses is not predictable
@@ -482,7 +481,6 @@ class _UdpPool:
         self.open -= 1
 
     def close(self) -> None:
-        self.closed = True
         for sock in [s for s in self.slots if s is not None]:
             self.retire(sock)
 

@@ -22,6 +22,7 @@ import pytest
 
 from portal.core.answer import LocalEntry
 from portal.core.packet import pack_addresses
+from portal.edges import dns_stub
 from portal.edges.dns_stub import DnsStub
 from portal.edges.upstream import POOL_SOCKETS, Forwarder
 from tests.conftest import need
@@ -281,9 +282,17 @@ def test_compressed_question_takes_the_slow_path(daemon: Daemon) -> None:
     assert addrs(msg) == ["10.0.0.1"]
 
 
-async def test_non_loopback_clients_are_refused() -> None:
+async def test_non_loopback_clients_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stub refuses non-loopback sources even if bound wider by mistake."""
     loop = asyncio.get_running_loop()
+    sent: list[tuple[bytes, tuple[str, int]]] = []
+    real_sendto = dns_stub._sendto  # noqa: SLF001
+
+    def recording_sendto(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        sent.append((data, addr))
+        real_sendto(sock, data, addr)
+
+    monkeypatch.setattr(dns_stub, "_sendto", recording_sendto)
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -295,7 +304,11 @@ async def test_non_loopback_clients_are_refused() -> None:
         wire = dns.message.make_query("a.example", "A").to_wire()
         # the same code path as a datagram from 192.0.2.1, with the reply sent to our client
         stub._handle_udp(server, wire, ("192.0.2.1", client.getsockname()[1]))  # noqa: SLF001
-        assert stub.dropped == 1 and stub.answered_local == 0
+        # refused, header and question only: no local answer reaches a non-loopback client
+        [(refused, to)] = sent
+        assert to[0] == "192.0.2.1"
+        msg = dns.message.from_wire(refused)
+        assert msg.rcode() == dns.rcode.REFUSED and not msg.answer
         stub._handle_udp(server, wire, client.getsockname())  # noqa: SLF001
         client.settimeout(2)
         reply = await loop.run_in_executor(None, client.recv, 4096)

@@ -47,7 +47,6 @@ from portal.edges.http_probe import (
     probe,
     probe_network,
     resolve_via,
-    run_probe,
 )
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -794,7 +793,10 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
     )
     s, actions = session_mod.step(session_mod.Session(), NetworkChanged(net), now=0.0)
     [start] = [a for a in actions if isinstance(a, StartProbe)]
-    finished = await run_probe(start, specs, timeout_s=5, ca_file=str(pki.ca))
+    assert start.delay_s == 0.0
+    finished = await probe_network(
+        start.network, specs, probe_id=start.probe_id, timeout_s=5, ca_file=str(pki.ca)
+    )
     assert finished.network_id == net.id and finished.probe_id == start.probe_id
     assert finished.api_uri == net.api_uri
     assert finished.api is not None and finished.api.captive is True

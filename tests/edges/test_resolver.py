@@ -569,17 +569,10 @@ def test_follow_restores_the_link_after_resolved_restarts(
     assert described["describe"] == "resolved link portal0: 1 domain"
 
 
-# The daemon calls ResolverWiring once it is wired in; until then this test has nothing to test.
-DAEMON_WIRES_RESOLVERS = "ResolverWiring" in (REPO / "portal" / "daemon.py").read_text()
-
-
 @needs_root
 @needs_tools
 @pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
-@pytest.mark.skipif(
-    not DAEMON_WIRES_RESOLVERS, reason="portal/daemon.py does not use ResolverWiring yet"
-)
 def test_daemon_routes_its_overrides_through_resolved(
     netns: str, procs: Processes, short_tmp: Path
 ) -> None:
