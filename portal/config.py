@@ -1,6 +1,7 @@
 """The daemon's configuration: a TOML file, overridden by flags.
 
 `parse(text)` is pure; `load(path)` is the only read. Every key is also a `portal daemon` flag.
+It imports no edge: values are checked with the core's parsers.
 See portal.toml.example for every key with a comment.
 """
 
@@ -11,9 +12,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from portal.core.inet import parse_host_port
 from portal.core.model import Upstream
 from portal.core.overrides import DEFAULT_TTL_S, MAX_OVERRIDES, parse_duration
-from portal.errors import ConfigError, PortalError
+from portal.errors import ConfigError, InvalidAddress, PortalError
 
 DEFAULT_CONFIG_PATH = "/etc/portal/portal.toml"
 DEFAULT_LISTEN = ("127.0.0.153:53",)
@@ -44,40 +46,17 @@ class Config:
 
 
 def parse_upstream(text: str) -> Upstream:
-    from portal.core.overrides import parse_address
-
-    value = str(text).strip()
-    host, port = value, 53
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        if rest.startswith(":"):
-            port = _port(rest[1:], text)
-    elif value.count(":") == 1:
-        host, _, p = value.partition(":")
-        port = _port(p, text)
     try:
-        host = parse_address(host)
-    except PortalError as exc:
-        raise ConfigError(f"invalid upstream {text!r}: {exc}") from exc
+        host, port = parse_host_port(text)
+    except InvalidAddress as exc:
+        raise ConfigError(f"invalid upstream {text!r}: {exc}") from None
     return Upstream(host, port)
 
 
-def _port(text: str, whole: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise ConfigError(f"invalid port in {whole!r}") from None
-    if not 0 < port < 65536:
-        raise ConfigError(f"invalid port in {whole!r}")
-    return port
-
-
 def check_listen(text: str) -> str:
-    from portal.edges.dns_stub import parse_listen
-
     try:
-        parse_listen(text)
-    except ValueError as exc:
+        parse_host_port(text)
+    except InvalidAddress as exc:
         raise ConfigError(f"invalid listen address {text!r}: {exc}") from None
     return text
 

@@ -27,10 +27,12 @@ from portal.core.events import (
     Resumed,
     UpstreamsChanged,
 )
+from portal.core.inet import parse_host_port
 from portal.core.model import Network, Override, PortalStatus, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
+from portal.core.resolvconf import parse_resolv_conf
 from portal.edges import store, systemd
-from portal.edges.dns_stub import DnsStub, bind_sockets, parse_listen
+from portal.edges.dns_stub import DnsStub, bind_sockets
 from portal.edges.upstream import Forwarder
 from portal.errors import InvalidAddress, PortalError
 from portal.logsetup import setup_logging
@@ -53,12 +55,7 @@ def resolv_conf_upstreams(path: str, exclude: set[str]) -> tuple[Upstream, ...]:
         text = open(path, encoding="utf-8").read()
     except OSError:
         return ()
-    out = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0] == "nameserver" and parts[1] not in exclude:
-            out.append(Upstream(parts[1].split("%")[0]))
-    return tuple(out)
+    return tuple(u for u in parse_resolv_conf(text).upstreams if u.host not in exclude)
 
 
 class Daemon:
@@ -309,7 +306,7 @@ class Daemon:
             log.info("using %d socket(s) from systemd", len(socks))
             return socks
         try:
-            return bind_sockets([parse_listen(a) for a in self.config.listen])
+            return bind_sockets([parse_host_port(a) for a in self.config.listen])
         except OSError as exc:
             raise PortalError(
                 f"cannot listen on {', '.join(self.config.listen)}: {exc.strerror or exc}"
@@ -318,7 +315,7 @@ class Daemon:
     def _load_upstreams(self) -> None:
         if self.config.upstreams:
             return
-        own = {parse_listen(a)[0] for a in self.config.listen}
+        own = {parse_host_port(a)[0] for a in self.config.listen}
         found = resolv_conf_upstreams(self.config.resolv_conf, own)
         if found:
             self.forwarder.set_upstreams(found)
@@ -330,7 +327,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         self.table = store.load(self.config.state_dir, limits=self.limits)
         self.table.expire(time.time())
-        self._own_addresses = {parse_listen(a)[0] for a in self.config.listen}
+        self._own_addresses = {parse_host_port(a)[0] for a in self.config.listen}
         self._load_upstreams()
         self.stub = DnsStub(self._take_sockets(), self.forwarder, threaded=True)
         self._own_addresses |= {a.rsplit(":", 1)[0].strip("[]") for a in self.stub.addresses()}
@@ -399,7 +396,7 @@ class Daemon:
         from portal.edges.bus import resolve_bus
         from portal.edges.resolver import ResolverWiring
 
-        host, port = parse_listen(self.config.listen[0])
+        host, port = parse_host_port(self.config.listen[0])
         if self.stub is not None and self.stub.addresses():
             host, _, p = self.stub.addresses()[0].rpartition(":")
             host, port = host.strip("[]"), int(p)

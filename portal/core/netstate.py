@@ -1,10 +1,10 @@
-"""Network state without NetworkManager: parse resolver files and pick the primary network.
+"""Network state without NetworkManager: networkd's link files and the primary network.
 
 Pure: text and plain data in, model values out. The netlink edge reads the kernel tables and the
 files and hands them here; nothing in this module touches a socket, a file or the clock.
 
 Sources understood:
-- resolv.conf(5) `nameserver` lines;
+- resolv.conf(5) `nameserver` lines, read by core/resolvconf.py and passed in as upstreams;
 - systemd-networkd's per-link state file (/run/systemd/netif/links/<ifindex>), whose `DNS=` line
   lists the link's servers and whose `CAPTIVE_PORTAL=` line carries the RFC 8910 API URI that
   networkd received by DHCP option 114 or an IPv6 RA;
@@ -14,16 +14,14 @@ Sources understood:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from portal.core.inet import MAX_SERVERS, is_loopback, parse_servers
 from portal.core.model import Network, Upstream
 
-# A resolv.conf or a state file larger than this is not a real one; parse only its start.
+# A state file larger than this is not a real one; parse only its start.
 MAX_TEXT_CHARS = 64 * 1024
-# glibc reads three nameservers; keep a few more for the stub's forwarding, but bounded.
-MAX_SERVERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,66 +62,6 @@ class Route:
     family: int = 4  # 4 or 6
 
 
-def parse_server(text: str) -> Upstream | None:
-    """Parse one DNS server as networkd or resolv.conf write it; None when it is not one.
-
-    Accepts `1.2.3.4`, `1.2.3.4:5353`, `fe80::1%eth0`, `[2001:db8::1]:53` and networkd's
-    `ADDR#server-name` form (the name is for DNS-over-TLS, which the stub does not speak).
-    """
-    text = text.strip().split("#", 1)[0]
-    if not text:
-        return None
-    port = 53
-    host = text
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            return None
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":") or not rest[1:].isdigit():
-                return None
-            port = int(rest[1:])
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        if not port_text.isdigit():
-            return None
-        port = int(port_text)
-    if not 0 < port < 65536:
-        return None
-    bare, _, scope = host.partition("%")
-    try:
-        addr = ipaddress.ip_address(bare)
-    except ValueError:
-        return None
-    if scope and (addr.version != 6 or not scope.replace("-", "").replace("_", "").isalnum()):
-        return None
-    canonical = str(addr) + (f"%{scope}" if scope else "")
-    return Upstream(canonical, port)
-
-
-def _servers(words: Iterable[str]) -> tuple[Upstream, ...]:
-    seen: list[Upstream] = []
-    for word in words:
-        server = parse_server(word)
-        if server is not None and server not in seen:
-            seen.append(server)
-        if len(seen) >= MAX_SERVERS:
-            break
-    return tuple(seen)
-
-
-def parse_resolv_conf(text: str) -> tuple[Upstream, ...]:
-    """The `nameserver` entries of a resolv.conf, in order, without duplicates."""
-    words = []
-    for line in text[:MAX_TEXT_CHARS].splitlines():
-        fields = line.split()
-        # resolv.conf(5): a comment starts with ';' or '#' in the first column.
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            words.append(fields[1])
-    return _servers(words)
-
-
 def parse_link_state(text: str) -> NetworkdLink:
     """The DNS servers and captive-portal URI from a networkd link state file."""
     values: dict[str, str] = {}
@@ -134,12 +72,7 @@ def parse_link_state(text: str) -> NetworkdLink:
         values[key.strip()] = value.strip()
     # The URI is passed on as networkd recorded it; core/detect.py judges it (RFC 8910: https).
     uri = values.get("CAPTIVE_PORTAL", "")
-    return NetworkdLink(dns=_servers(values.get("DNS", "").split()), captive_portal=uri)
-
-
-def is_loopback(server: Upstream) -> bool:
-    """True for 127.0.0.0/8 and ::1 — a local resolver, never a venue's own DNS."""
-    return ipaddress.ip_address(server.host.partition("%")[0]).is_loopback
+    return NetworkdLink(dns=parse_servers(values.get("DNS", "").split()), captive_portal=uri)
 
 
 def primary_route(routes: Iterable[Route], links: Mapping[int, Link]) -> Route | None:
@@ -175,7 +108,7 @@ def network_from_tables(
     link = links[route.index]
     state = link_states.get(route.index, NetworkdLink())
     own = tuple(a.address for a in addresses if a.index == route.index and not a.link_local)
-    venue = state.dns or tuple(s for s in resolv_conf if not is_loopback(s))
+    venue = state.dns or tuple(s for s in resolv_conf if not is_loopback(s.host))
     return Network(
         id=f"link:{link.name}:{route.gateway}",
         name=link.name,

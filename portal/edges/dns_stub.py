@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import resource
 import socket
@@ -35,6 +34,7 @@ from portal.core.answer import (
     decide_query,
     refuse,
 )
+from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
 from portal.core.packet import (
     RCODE_FORMERR,
@@ -58,36 +58,6 @@ FD_RESERVE = 128  # descriptors kept for everything else: TCP clients, the bus, 
 MAX_PENDING_PER_CLIENT = 128
 UDP_RCVBUF = 1 << 20
 UDP_BATCH = 64  # datagrams read per wakeup before yielding to the loop (fairness)
-
-
-def is_loopback(host: str) -> bool:
-    # the common cases without ipaddress, which costs more than answering the query
-    if host.startswith("127.") or host == "::1":
-        return True
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.is_loopback
-
-
-def parse_listen(text: str, default_port: int = 53) -> tuple[str, int]:
-    """'127.0.0.153', '127.0.0.153:5353', '[::1]:53' → (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
-    elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = int(p)
-    else:
-        host, port = text, default_port
-    ipaddress.ip_address(host)
-    if not 0 < port < 65536:
-        raise ValueError(f"port out of range: {port}")
-    return host, port
 
 
 def bind_sockets(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:
@@ -147,7 +117,7 @@ class DnsStub:
         for s in self.sockets:
             if s.type == socket.SOCK_DGRAM:
                 host, port = s.getsockname()[:2]
-                out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+                out.append(format_host_port(host, port))
         return out
 
     async def start(self, on_fatal: Any = None) -> None:

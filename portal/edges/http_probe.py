@@ -13,7 +13,8 @@ kernel permits, are bound to its interface (SO_BINDTODEVICE), so a VPN's routes 
 them. Redirects are never followed: a redirect is the portal's answer. No proxy from the
 environment is used.
 
-A server entry is "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" (ports other than 53 are for tests).
+A server entry is "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" (portal.core.inet; ports other than 53
+are for tests).
 
 Failures are data, never exceptions: a ProbeResponse or CaptiveApi with `error` set
 ("timeout", "dns-timeout", "dns-nxdomain", "dns-nodata", "dns-error", "no-dns",
@@ -56,13 +57,11 @@ from portal.edges.venue_dns import (
     _os_code,
     _servers,
     _source_for,
-    parse_server,
     resolve_via,
 )
 
 __all__ = [
     "fetch_captive_api",
-    "parse_server",
     "probe",
     "probe_network",
     "resolve_via",

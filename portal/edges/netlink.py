@@ -35,9 +35,9 @@ from portal.core.netstate import (
     Route,
     network_from_tables,
     parse_link_state,
-    parse_resolv_conf,
     upstreams_from_tables,
 )
+from portal.core.resolvconf import parse_resolv_conf
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,9 @@ class NetlinkWatcher:
                 text = _read_text(self._networkd_dir / str(index))
                 if text:
                     states[index] = parse_link_state(text)
-        resolv = parse_resolv_conf(_read_text(self._resolv_conf)) if self._resolv_conf else ()
+        resolv = (
+            parse_resolv_conf(_read_text(self._resolv_conf)).upstreams if self._resolv_conf else ()
+        )
         network = network_from_tables(
             links, addresses, routes, link_states=states, resolv_conf=resolv
         )

@@ -28,8 +28,8 @@ from dbus_next import BusType, DBusError, Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
+from portal.core.inet import parse_server
 from portal.core.model import Connectivity, Network, Upstream
-from portal.core.netstate import parse_server
 from portal.edges.bus import close, close_socket
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,8 @@ the kernel permits, are bound to its interface (SO_BINDTODEVICE), so a VPN's rou
 carry them. Used in the daemon itself for pinning a portal's names (loaded at the first
 lookup; no HTTP or TLS here) and by portal.edges.http_probe for its probes.
 
-A server entry is "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" (ports other than 53 are for tests).
+A server entry is "ADDR", "ADDR:PORT" or "[V6ADDR]:PORT" (portal.core.inet; ports other than 53
+are for tests).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
+from portal.core.inet import parse_host_port
 from portal.core.model import Network
+from portal.errors import InvalidAddress
 
 log = logging.getLogger("portal.http_probe")
 
@@ -50,33 +53,12 @@ class _Failure(Exception):
 # --- addresses and sockets ---------------------------------------------------------------------
 
 
-def parse_server(text: str) -> tuple[str, int]:
-    """Parse a DNS server entry ("ADDR", "ADDR:PORT", "[V6ADDR]:PORT"). Raise ValueError."""
-    text = text.strip()
-    port = 53
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError(f"bad DNS server {text!r}")
-        if rest:
-            port = int(rest.removeprefix(":"))
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-        port = int(port_text)
-    else:
-        host = text
-    ipaddress.ip_address(host.split("%", 1)[0])
-    if not 0 < port < 65536:
-        raise ValueError(f"bad DNS server port in {text!r}")
-    return host, port
-
-
 def _servers(texts: Iterable[str]) -> list[tuple[str, int]]:
     servers = []
     for text in texts:
         try:
-            servers.append(parse_server(text))
-        except ValueError:
+            servers.append(parse_host_port(text))
+        except InvalidAddress:
             log.info("DNS server %r is not an address, ignoring", text)
     return servers
 

@@ -72,3 +72,29 @@ def test_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
     f = tmp_path / "p.toml"
     f.write_text('bus = "session"\n')
     assert load(str(f)).bus == "session"
+
+
+def test_config_imports_no_edge() -> None:
+    # The config is read by the CLI, the agent and the daemon alike: checking a value must never
+    # load an edge (sockets, D-Bus), so every check uses portal.core's parsers.
+    import ast
+    from pathlib import Path
+
+    import portal.config
+
+    tree = ast.parse(Path(portal.config.__file__).read_text())
+    imported = [
+        (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    ]
+    assert imported and not [m for m in imported if m.startswith("portal.edges")]
+
+
+def test_listen_and_upstreams_share_one_address_parser() -> None:
+    c = parse('listen = ["[fe80::1%lo]:5353"]\nupstreams = ["[FE80::53%lo]", "10.0.0.1:5300"]')
+    assert c.listen == ("[fe80::1%lo]:5353",)
+    assert c.upstreams == (Upstream("fe80::53%lo"), Upstream("10.0.0.1", 5300))
+    with pytest.raises(ConfigError, match="invalid listen address '10.0.0.1%lo'"):
+        parse('listen = ["10.0.0.1%lo"]')

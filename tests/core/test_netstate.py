@@ -1,82 +1,18 @@
-"""Tests for portal.core.netstate: resolver-file parsing and primary-network choice."""
+"""Tests for portal.core.netstate: networkd link files and primary-network choice."""
 
 from __future__ import annotations
 
-import pytest
-
 from portal.core.model import Network, Upstream
 from portal.core.netstate import (
-    MAX_SERVERS,
     Address,
     Link,
     NetworkdLink,
     Route,
-    is_loopback,
     network_from_tables,
     parse_link_state,
-    parse_resolv_conf,
-    parse_server,
     primary_route,
     upstreams_from_tables,
 )
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("10.77.0.1", Upstream("10.77.0.1")),
-        (" 10.77.0.1 ", Upstream("10.77.0.1")),
-        ("10.77.0.1:5353", Upstream("10.77.0.1", 5353)),
-        ("1.1.1.1#cloudflare-dns.com", Upstream("1.1.1.1")),
-        ("1.1.1.1:853#cloudflare-dns.com", Upstream("1.1.1.1", 853)),
-        ("2001:DB8::1", Upstream("2001:db8::1")),
-        ("[2001:db8::1]:5353", Upstream("2001:db8::1", 5353)),
-        ("[2001:db8::1]", Upstream("2001:db8::1")),
-        ("fe80::1%wlan0", Upstream("fe80::1%wlan0")),
-        ("", None),
-        ("#only-a-name", None),
-        ("dns.example", None),
-        ("10.77.0.1:dns", None),
-        ("10.77.0.1:0", None),
-        ("10.77.0.1:65536", None),
-        ("[2001:db8::1", None),
-        ("[2001:db8::1]53", None),
-        ("[2001:db8::1]:x", None),
-        ("10.0.0.1%eth0", None),
-        ("fe80::1%eth/0", None),
-        ("300.1.1.1", None),
-    ],
-)
-def test_parse_server(text: str, expected: Upstream | None) -> None:
-    assert parse_server(text) == expected
-
-
-def test_parse_resolv_conf_keeps_order_drops_junk_and_duplicates() -> None:
-    text = (
-        "# generated\n"
-        "search hotel.test\n"
-        "nameserver 127.0.0.153\n"
-        "nameserver 10.77.0.1\n"
-        ";nameserver 10.9.9.9\n"
-        "nameserver\n"
-        "nameserver not-an-address\n"
-        "nameserver 10.77.0.1\n"
-        "  nameserver   2001:db8::53  \n"
-        "options timeout:1\n"
-    )
-    assert parse_resolv_conf(text) == (
-        Upstream("127.0.0.153"),
-        Upstream("10.77.0.1"),
-        Upstream("2001:db8::53"),
-    )
-
-
-def test_parse_resolv_conf_is_bounded() -> None:
-    text = "".join(f"nameserver 10.0.0.{i}\n" for i in range(1, 50))
-    assert len(parse_resolv_conf(text)) == MAX_SERVERS
-    assert parse_resolv_conf("nameserver 10.0.0.1\n" + "#" * 70_000 + "\nnameserver 10.0.0.2") == (
-        Upstream("10.0.0.1"),
-    )
 
 
 def test_parse_link_state_networkd_file() -> None:
@@ -105,13 +41,6 @@ def test_parse_link_state_passes_the_portal_uri_on_as_recorded() -> None:
 def test_parse_link_state_empty() -> None:
     assert parse_link_state("") == NetworkdLink()
     assert parse_link_state("garbage without equals\n") == NetworkdLink()
-
-
-def test_is_loopback() -> None:
-    assert is_loopback(Upstream("127.0.0.153"))
-    assert is_loopback(Upstream("::1"))
-    assert not is_loopback(Upstream("10.77.0.1"))
-    assert not is_loopback(Upstream("fe80::1%lap0"))
 
 
 LINKS = {

@@ -43,7 +43,6 @@ from portal.edges import http_probe
 from portal.edges.http_probe import (
     MAX_BODY_BYTES,
     fetch_captive_api,
-    parse_server,
     probe,
     probe_network,
     resolve_via,
@@ -264,30 +263,6 @@ def captive_routes(target: str, headers: dict[str, str]) -> Route:
 
 def spec(url: str, status: int = 204, body: str = "") -> ProbeSpec:
     return ProbeSpec(url, status, body)
-
-
-# --- parse_server ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("10.0.0.1", ("10.0.0.1", 53)),
-        ("10.0.0.1:5353", ("10.0.0.1", 5353)),
-        ("fe80::1", ("fe80::1", 53)),
-        ("[fd00::1]:5300", ("fd00::1", 5300)),
-        ("[fd00::1]", ("fd00::1", 53)),
-        (" 10.0.0.1 ", ("10.0.0.1", 53)),
-    ],
-)
-def test_parse_server(text: str, expected: tuple[str, int]) -> None:
-    assert parse_server(text) == expected
-
-
-@pytest.mark.parametrize("text", ["dns.example", "10.0.0.1:0", "[fd00::1", "10.0.0.1:99999", ""])
-def test_parse_server_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
-        parse_server(text)
 
 
 # --- real probes -------------------------------------------------------------------------------
