@@ -44,13 +44,17 @@ from portal.edges.bus import (
     BUS_NAME,
     INTERFACE,
     OBJECT_PATH,
-    call_bus_daemon,
+    add_match,
     close,
     connect,
     describe,
+    name_owner,
+    name_owner_changed,
+    name_owner_rule,
     resolve_bus,
+    unwrap,
 )
-from portal.edges.client import Client, unwrap
+from portal.edges.client import Client
 from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
 from portal.errors import ConfigError, PortalError
@@ -84,18 +88,16 @@ class DaemonLink:
         self._bus.add_message_handler(self._on_message)
         for rule in (
             f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',path='{OBJECT_PATH}'",
-            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-            f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
+            name_owner_rule(BUS_NAME),
         ):
-            await self._dbus("AddMatch", "s", [rule])
-        reply = await self._dbus("GetNameOwner", "s", [BUS_NAME])
-        if reply is None:
+            await add_match(self._bus, rule)
+        self._owner = await name_owner(self._bus, BUS_NAME)
+        if self._owner is None:
             log.warning(
                 "the portal daemon is not running on %s; waiting for it", describe(self._choice)
             )
             self._emit(DaemonVanished())
             return
-        self._owner = reply.body[0]
         await self.refresh()
 
     def stop(self) -> None:
@@ -130,9 +132,6 @@ class DaemonLink:
             return
         self._emit(OverridesListed(parse_overrides(rows if isinstance(rows, list) else [])))
 
-    async def _dbus(self, member: str, signature: str, body: list[Any]) -> Message | None:
-        return await call_bus_daemon(self._bus, member, signature, body)
-
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -141,10 +140,8 @@ class DaemonLink:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL:
             return
-        if msg.interface == "org.freedesktop.DBus" and msg.member == "NameOwnerChanged":
-            if len(msg.body) != 3 or msg.body[0] != BUS_NAME:
-                return
-            new_owner = msg.body[2]
+        new_owner = name_owner_changed(msg, BUS_NAME)
+        if new_owner is not None:
             if not new_owner:
                 log.info("the portal daemon left the bus; waiting for it to come back")
                 self._owner = None

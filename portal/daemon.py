@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from typing import TYPE_CHECKING, Any
@@ -668,12 +667,7 @@ class Daemon:
         from portal.edges.bus import resolve_bus
         from portal.edges.nm import NetworkManagerWatcher, nm_available
 
-        choice = resolve_bus(self.config.bus)
-        address = (
-            None
-            if choice == "system"
-            else (os.environ.get("DBUS_SESSION_BUS_ADDRESS") if choice == "session" else choice)
-        )
+        address = resolve_bus(self.config.bus)
         source = self.config.network_source
         use_nm = source == "nm" or (source == "auto" and await nm_available(address))
         if use_nm:

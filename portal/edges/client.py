@@ -6,7 +6,6 @@ one call. D-Bus errors are translated into portal's own exceptions here.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -19,25 +18,17 @@ from portal.edges.bus import (
     ERRORS,
     INTERFACE,
     OBJECT_PATH,
-    call_bus_daemon,
+    CallFailed,
+    add_match,
+    call,
     close,
     connect,
     describe,
+    unwrap,
 )
 from portal.errors import DaemonUnreachable, NotAuthorized, PortalError
 
 CALL_TIMEOUT_S = 30.0  # polkit may prompt for a password
-
-
-def unwrap(value: Any) -> Any:
-    """Variants (possibly nested) → plain Python values."""
-    if hasattr(value, "signature") and hasattr(value, "value"):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
 
 
 class Client:
@@ -49,9 +40,6 @@ class Client:
     async def open(cls, choice: str) -> Client:
         return cls(await connect(choice), choice)
 
-    def close(self) -> None:
-        self.bus.disconnect()
-
     async def aclose(self) -> None:
         """Disconnect and wait until the socket is really closed."""
         await close(self.bus)
@@ -59,54 +47,56 @@ class Client:
     async def call(
         self, member: str, signature: str = "", body: list[Any] | None = None
     ) -> list[Any]:
-        msg = Message(
-            destination=BUS_NAME,
-            path=OBJECT_PATH,
-            interface=INTERFACE,
-            member=member,
-            signature=signature,
-            body=body or [],
-            flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION,
-        )
         try:
-            reply = await asyncio.wait_for(self.bus.call(msg), CALL_TIMEOUT_S)
+            reply = await call(
+                self.bus,
+                BUS_NAME,
+                OBJECT_PATH,
+                INTERFACE,
+                member,
+                signature,
+                body,
+                flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION,
+                timeout_s=CALL_TIMEOUT_S,
+            )
         except TimeoutError:
             raise DaemonUnreachable(
                 f"the daemon did not answer {member} within {CALL_TIMEOUT_S:.0f} s"
             ) from None
-        assert reply is not None
-        if reply.message_type == MessageType.ERROR:
-            text = reply.body[0] if reply.body else reply.error_name
-            name = reply.error_name or ""
-            if name.startswith(ERROR_PREFIX):
-                raise ERRORS.get(name[len(ERROR_PREFIX) :], PortalError)(text)
-            if name in (
-                "org.freedesktop.DBus.Error.ServiceUnknown",
-                "org.freedesktop.DBus.Error.NameHasNoOwner",
-            ):
-                # Where portal is installed the bus starts the daemon itself (D-Bus
-                # activation of portal.service): this bus cannot.
-                raise DaemonUnreachable(
-                    f"the portal daemon is not running on {describe(self.choice)}; start it "
-                    "(systemctl enable --now portal.service) or pass --bus to reach another bus"
-                )
-            if name.startswith(("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")):
-                raise DaemonUnreachable(
-                    f"the bus could not start the portal daemon: {text} "
-                    "(see: journalctl -u portal.service)"
-                )
-            if name in (
-                "org.freedesktop.DBus.Error.AccessDenied",
-                "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-            ):
-                raise NotAuthorized(f"not authorised: {text}")
-            raise PortalError(f"{member} failed: {text}")
+        except CallFailed as exc:
+            raise self._translate(member, exc) from None
         return [unwrap(v) for v in reply.body]
+
+    def _translate(self, member: str, exc: CallFailed) -> PortalError:
+        """A D-Bus error → portal's own exception, with the daemon's one-line message."""
+        text = exc.text or exc.name
+        if exc.name.startswith(ERROR_PREFIX):
+            return ERRORS.get(exc.name[len(ERROR_PREFIX) :], PortalError)(text)
+        if exc.name in (
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "org.freedesktop.DBus.Error.NameHasNoOwner",
+        ):
+            # Where portal is installed the bus starts the daemon itself (D-Bus activation of
+            # portal.service): this bus cannot.
+            return DaemonUnreachable(
+                f"the portal daemon is not running on {describe(self.choice)}; start it "
+                "(systemctl enable --now portal.service) or pass --bus to reach another bus"
+            )
+        if exc.name.startswith(("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")):
+            return DaemonUnreachable(
+                f"the bus could not start the portal daemon: {text} "
+                "(see: journalctl -u portal.service)"
+            )
+        if exc.name in (
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+        ):
+            return NotAuthorized(f"not authorised: {text}")
+        return PortalError(f"{member} failed: {text}")
 
     async def watch(self, on_signal: Callable[[str, list[Any]], None]) -> None:
         """Call on_signal(member, body) for every signal of the daemon until disconnected."""
-        rule = f"type='signal',interface='{INTERFACE}',path='{OBJECT_PATH}'"
-        await call_bus_daemon(self.bus, "AddMatch", "s", [rule])
+        await add_match(self.bus, f"type='signal',interface='{INTERFACE}',path='{OBJECT_PATH}'")
 
         def handler(msg: Message) -> None:
             if (

@@ -25,6 +25,8 @@ from portal.edges.bus import (
     ERROR_PREFIX,
     INTERFACE,
     OBJECT_PATH,
+    CallFailed,
+    call,
     call_bus_daemon,
     error_name,
 )
@@ -271,23 +273,22 @@ class ControlServer:
 
     # -- authorisation -----------------------------------------------------------------------
 
-    async def _call(self, **kwargs: Any) -> Message:
-        reply = await self.bus.call(Message(**kwargs))
-        assert reply is not None
-        return reply
-
     async def _credentials(self, sender: str) -> dict[str, Any]:
-        reply = await call_bus_daemon(self.bus, "GetConnectionCredentials", "s", [sender])
-        if reply is None:
-            raise NotAuthorized("cannot identify the caller")
+        try:
+            reply = await call_bus_daemon(self.bus, "GetConnectionCredentials", "s", [sender])
+        except CallFailed:
+            raise NotAuthorized("cannot identify the caller") from None
         return {k: v.value for k, v in reply.body[0].items()}
 
     async def _polkit_available(self) -> bool:
-        reply = await call_bus_daemon(self.bus, "NameHasOwner", "s", [POLKIT_NAME])
-        if reply is not None and reply.body[0]:
-            return True
-        reply = await call_bus_daemon(self.bus, "ListActivatableNames")
-        return reply is not None and POLKIT_NAME in reply.body[0]
+        try:
+            reply = await call_bus_daemon(self.bus, "NameHasOwner", "s", [POLKIT_NAME])
+            if reply.body[0]:
+                return True
+            reply = await call_bus_daemon(self.bus, "ListActivatableNames")
+        except CallFailed:
+            return False
+        return POLKIT_NAME in reply.body[0]
 
     async def authorize(self, msg: Message, action: str) -> str:
         """Return a description of the caller ('uid 1000') or raise NotAuthorized."""
@@ -299,21 +300,23 @@ class ControlServer:
             self.auth_mode = "polkit"
             interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
             subject = ["system-bus-name", {"name": Variant("s", msg.sender)}]
-            reply = await self._call(
-                destination=POLKIT_NAME,
-                path="/org/freedesktop/PolicyKit1/Authority",
-                interface="org.freedesktop.PolicyKit1.Authority",
-                member="CheckAuthorization",
-                signature="(sa{sv})sa{ss}us",
-                body=[subject, action, {}, 1 if interactive else 0, ""],
-                flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
-                if interactive
-                else MessageFlag.NONE,
-            )
-            if reply.message_type == MessageType.ERROR:
-                detail = reply.body[0] if reply.body else reply.error_name
+            try:
+                reply = await call(
+                    self.bus,
+                    POLKIT_NAME,
+                    "/org/freedesktop/PolicyKit1/Authority",
+                    "org.freedesktop.PolicyKit1.Authority",
+                    "CheckAuthorization",
+                    "(sa{sv})sa{ss}us",
+                    [subject, action, {}, 1 if interactive else 0, ""],
+                    flags=MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
+                    if interactive
+                    else MessageFlag.NONE,
+                )
+            except CallFailed as exc:
+                detail = exc.text or exc.name
                 log.warning("polkit check for %s failed: %s", caller, detail)
-                raise NotAuthorized(f"not authorised: polkit check failed ({detail})")
+                raise NotAuthorized(f"not authorised: polkit check failed ({detail})") from None
             authorized, challenge, _details = reply.body[0]
             if not authorized:
                 log.info("refused %s for %s (polkit)", action, caller)

@@ -9,9 +9,9 @@ Every NetworkManager D-Bus name (the CamelCase strings) lives in this module and
 This module must not decide anything about portals: no probing, no DNS, no timers beyond
 bounding and retrying its own D-Bus reads; it reports what NM says and the core decides.
 
-It talks to the bus with raw messages (Properties.GetAll, AddMatch) rather than introspected
-proxies: one round trip per object instead of two, no dependence on NM's introspection data,
-and signal handlers cannot trip over dbus-next's exact-arity rule.
+It talks to the bus through portal/edges/bus.py with raw messages (Properties.GetAll, AddMatch)
+rather than introspected proxies: one round trip per object instead of two, no dependence on
+NM's introspection data, and signal handlers cannot trip over dbus-next's exact-arity rule.
 """
 
 from __future__ import annotations
@@ -24,13 +24,27 @@ import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dbus_next import BusType, DBusError, Message, MessageType, Variant
+from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
 from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
 from portal.core.inet import parse_server
 from portal.core.model import Connectivity, Network, Upstream
-from portal.edges.bus import close, close_socket
+from portal.edges.bus import (
+    PROPERTIES,
+    CallFailed,
+    add_match,
+    call,
+    call_bus_daemon,
+    close,
+    connect,
+    disconnected,
+    name_owner,
+    name_owner_changed,
+    name_owner_rule,
+    unwrap,
+)
+from portal.errors import DaemonUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +60,6 @@ IP4_IFACE = "org.freedesktop.NetworkManager.IP4Config"
 IP6_IFACE = "org.freedesktop.NetworkManager.IP6Config"
 DHCP4_IFACE = "org.freedesktop.NetworkManager.DHCP4Config"
 AP_IFACE = "org.freedesktop.NetworkManager.AccessPoint"
-
-BUS_NAME = "org.freedesktop.DBus"
-BUS_PATH = "/org/freedesktop/DBus"
-PROPERTIES_IFACE = "org.freedesktop.DBus.Properties"
 
 NO_PATH = "/"
 
@@ -80,9 +90,8 @@ KINDS: Mapping[str, str] = {
 # filtered in `_on_message`. dbus-daemon matches a well-known `sender` against the name's owner
 # at delivery time, so the rule keeps working across NM restarts.
 MATCH_RULES = (
-    f"type='signal',sender='{NM_NAME}',interface='{PROPERTIES_IFACE}',member='PropertiesChanged'",
-    f"type='signal',sender='{BUS_NAME}',interface='{BUS_NAME}',member='NameOwnerChanged',"
-    f"arg0='{NM_NAME}'",
+    f"type='signal',sender='{NM_NAME}',interface='{PROPERTIES}',member='PropertiesChanged'",
+    name_owner_rule(NM_NAME),
 )
 
 CALL_TIMEOUT_S = 10.0  # bound on one read of NM's whole state
@@ -94,17 +103,6 @@ Emit = Callable[[object], None]
 
 
 # --- pure translation: NM property dictionaries → portal model -------------------------------
-
-
-def plain(value: Any) -> Any:
-    """Strip dbus-next Variants recursively (`aa{sv}` arrives as lists of dicts of Variant)."""
-    if isinstance(value, Variant):
-        return plain(value.value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 def connectivity_from_nm(value: object) -> Connectivity:
@@ -243,68 +241,33 @@ def upstreams_from_nm(
 # --- D-Bus plumbing ----------------------------------------------------------------------------
 
 
-async def _call(
-    bus: MessageBus,
-    destination: str,
-    path: str,
-    interface: str,
-    member: str,
-    signature: str = "",
-    body: list[Any] | None = None,
-) -> list[Any]:
-    reply = await bus.call(
-        Message(
-            destination=destination,
-            path=path,
-            interface=interface,
-            member=member,
-            signature=signature,
-            body=body or [],
-        )
-    )
-    if reply is None:
-        return []
-    if reply.message_type == MessageType.ERROR:
-        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-        raise DBusError(reply.error_name or "org.freedesktop.DBus.Error.Failed", text, reply=reply)
-    return list(reply.body)
-
-
 async def _get_all(bus: MessageBus, path: str, interface: str) -> dict[str, Any]:
-    body = await _call(bus, NM_NAME, path, PROPERTIES_IFACE, "GetAll", "s", [interface])
-    props = plain(body[0]) if body else {}
+    reply = await call(bus, NM_NAME, path, PROPERTIES, "GetAll", "s", [interface])
+    props = unwrap(reply.body[0]) if reply.body else {}
     return props if isinstance(props, dict) else {}
 
 
-async def _connect(bus: MessageBus | str | None) -> MessageBus:
-    if isinstance(bus, MessageBus):
-        return bus
-    conn = MessageBus(bus_type=BusType.SYSTEM) if bus is None else MessageBus(bus_address=bus)
-    try:
-        return await conn.connect()
-    except BaseException:
-        close_socket(conn)
-        raise
+async def _connect(bus: MessageBus | str) -> MessageBus:
+    return bus if isinstance(bus, MessageBus) else await connect(bus)
 
 
-async def nm_available(bus: MessageBus | str | None) -> bool:
-    """True when NetworkManager owns its name on `bus` (a connection, an address, or None for
-    the system bus). Never raises: a missing bus means no NM."""
-    own = not isinstance(bus, MessageBus)
+async def nm_available(bus: MessageBus | str) -> bool:
+    """True when NetworkManager owns its name on `bus` (a connection, or a bus to connect to:
+    'system', 'session' or an address). Never raises: a missing bus means no NM."""
     try:
         conn = await _connect(bus)
-    except (OSError, ValueError, DBusError) as exc:
+    except DaemonUnreachable as exc:
         log.debug("no D-Bus connection to look for NetworkManager: %s", exc)
         return False
     try:
         async with asyncio.timeout(CALL_TIMEOUT_S):
-            body = await _call(conn, BUS_NAME, BUS_PATH, BUS_NAME, "NameHasOwner", "s", [NM_NAME])
-        return bool(body and body[0])
-    except (DBusError, OSError, TimeoutError) as exc:
+            reply = await call_bus_daemon(conn, "NameHasOwner", "s", [NM_NAME])
+        return bool(reply.body and reply.body[0])
+    except (CallFailed, OSError, EOFError, TimeoutError) as exc:
         log.debug("cannot ask the bus for NetworkManager: %s", exc)
         return False
     finally:
-        if own:
+        if conn is not bus:
             await close(conn)
 
 
@@ -314,12 +277,12 @@ _UNSET: Any = object()
 class NetworkManagerWatcher:
     """Watches NetworkManager and emits NetworkChanged, UpstreamsChanged, ConnectivityReported.
 
-    `bus` is a connected MessageBus (shared with the rest of the daemon), a bus address, or None
-    for the system bus. With an address or None the watcher owns its connection and reconnects
-    when the bus goes away; with a MessageBus it stops when that connection closes.
+    `bus` is a connected MessageBus (shared with the rest of the daemon), or a bus to connect to
+    ('system', 'session' or an address). With the latter the watcher owns its connection and
+    reconnects when the bus goes away; with a MessageBus it stops when that connection closes.
     """
 
-    def __init__(self, bus: MessageBus | str | None, emit: Emit) -> None:
+    def __init__(self, bus: MessageBus | str, emit: Emit) -> None:
         self._bus_arg = bus
         self._emit = emit
         self._bus: MessageBus | None = None
@@ -341,7 +304,7 @@ class NetworkManagerWatcher:
         while True:
             try:
                 bus = await _connect(self._bus_arg)
-            except (OSError, ValueError, DBusError) as exc:
+            except DaemonUnreachable as exc:
                 log.warning("cannot connect to D-Bus to watch NetworkManager: %s; retrying", exc)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, RECONNECT_MAX_S)
@@ -349,7 +312,7 @@ class NetworkManagerWatcher:
             try:
                 await self._watch(bus)
                 delay_s = 0.5
-            except (DBusError, OSError, EOFError) as exc:
+            except (CallFailed, OSError, EOFError) as exc:
                 log.warning("watching NetworkManager failed: %s, ignoring", exc)
             finally:
                 self._bus = None
@@ -376,12 +339,12 @@ class NetworkManagerWatcher:
             return Connectivity.UNKNOWN
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
-                body = await _call(bus, NM_NAME, NM_PATH, NM_IFACE, "CheckConnectivity")
-        except (DBusError, OSError, TimeoutError) as exc:
+                reply = await call(bus, NM_NAME, NM_PATH, NM_IFACE, "CheckConnectivity")
+        except (CallFailed, OSError, EOFError, TimeoutError) as exc:
             # Needs NM's network-control permission; a system user may not have it.
             log.warning("NetworkManager CheckConnectivity failed: %s, ignoring", exc)
             return Connectivity.UNKNOWN
-        verdict = connectivity_from_nm(body[0] if body else None)
+        verdict = connectivity_from_nm(reply.body[0] if reply.body else None)
         self._publish_connectivity(verdict)
         return verdict
 
@@ -391,21 +354,15 @@ class NetworkManagerWatcher:
         bus.add_message_handler(self._on_message)
         # Subscribe first, read after: a change between the two then triggers another read.
         for rule in MATCH_RULES:
-            await _call(bus, BUS_NAME, BUS_PATH, BUS_NAME, "AddMatch", "s", [rule])
-        try:
-            body = await _call(bus, BUS_NAME, BUS_PATH, BUS_NAME, "GetNameOwner", "s", [NM_NAME])
-            self._owner = str(body[0]) if body else None
-        except DBusError:
-            self._owner = None  # NameHasNoOwner
+            await add_match(bus, rule)
+        self._owner = await name_owner(bus, NM_NAME)
         self._bus = bus
         if self._owner is None:
             log.info("NetworkManager is not on the bus; waiting for it")
             self._publish_network(None)
         else:
             self._dirty.set()
-        # Not `wait_for_disconnect()` in a task: cancelling that task would cancel dbus-next's
-        # own disconnect future and break the bus for its other users.
-        disconnect_future: asyncio.Future[None] = bus._disconnect_future
+        disconnect_future = disconnected(bus)
         disconnect_future.add_done_callback(self._on_disconnect)
         try:
             while not disconnect_future.done():
@@ -425,14 +382,8 @@ class NetworkManagerWatcher:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL:
             return
-        if (
-            msg.member == "NameOwnerChanged"
-            and msg.interface == BUS_NAME
-            and msg.sender == BUS_NAME
-            and msg.body
-            and msg.body[0] == NM_NAME
-        ):
-            new_owner = str(msg.body[2]) if len(msg.body) > 2 else ""
+        new_owner = name_owner_changed(msg, NM_NAME)
+        if new_owner is not None:
             if new_owner:
                 log.info("NetworkManager is on the bus (%s); reading its state", new_owner)
                 self._owner = new_owner
@@ -444,7 +395,7 @@ class NetworkManagerWatcher:
                 log.info("NetworkManager left the bus; keeping the last state until it returns")
                 self._owner = None
             return
-        if msg.member != "PropertiesChanged" or msg.interface != PROPERTIES_IFACE:
+        if msg.member != "PropertiesChanged" or msg.interface != PROPERTIES:
             return
         if self._owner is None or msg.sender != self._owner or msg.path not in self._watched:
             return
@@ -543,7 +494,7 @@ class NetworkManagerWatcher:
         """Read an object NM may lack (DnsManager before 1.12; an access point that vanished)."""
         try:
             return await _get_all(bus, path, interface)
-        except DBusError as exc:
+        except CallFailed as exc:
             log.debug("NetworkManager %s %s: %s, ignoring", path, interface, exc)
             return {}
 

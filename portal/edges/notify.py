@@ -26,7 +26,14 @@ from portal.core.agent_logic import (
     NotificationClosed,
     ServerChanged,
 )
-from portal.edges.bus import call_bus_daemon
+from portal.edges.bus import (
+    CallFailed,
+    add_match,
+    call,
+    name_owner,
+    name_owner_changed,
+    name_owner_rule,
+)
 from portal.errors import PortalError
 
 log = logging.getLogger(__name__)
@@ -43,13 +50,6 @@ class NotifyFailed(PortalError):
     """The notification server refused a call or is not there."""
 
 
-def _error_text(reply: Message | None) -> str:
-    if reply is None:
-        return "no reply"
-    detail = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
-    return f"{reply.error_name}: {detail}" if detail else str(reply.error_name)
-
-
 class NotificationServer:
     """The notification server on one session bus, as the agent sees it."""
 
@@ -63,12 +63,8 @@ class NotificationServer:
     async def start(self) -> None:
         """Subscribe to the server's signals and its arrivals, then report what is there now."""
         self._bus.add_message_handler(self._on_message)
-        for rule in (
-            f"type='signal',interface='{INTERFACE}',path='{PATH}'",
-            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-            f"member='NameOwnerChanged',arg0='{NAME}'",
-        ):
-            await self._dbus("AddMatch", "s", [rule])
+        for rule in (f"type='signal',interface='{INTERFACE}',path='{PATH}'", name_owner_rule(NAME)):
+            await add_match(self._bus, rule)
         await self._refresh()
 
     def stop(self) -> None:
@@ -112,27 +108,12 @@ class NotificationServer:
         await self._call("CloseNotification", "u", [notification_id])
 
     async def _call(self, member: str, signature: str, body: list[object]) -> Message:
-        msg = Message(
-            destination=NAME,
-            path=PATH,
-            interface=INTERFACE,
-            member=member,
-            signature=signature,
-            body=body,
-        )
         try:
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-            # coincides with the reply, and the agent would then never stop.
-            async with asyncio.timeout(CALL_TIMEOUT_S):
-                reply = await self._bus.call(msg)
-        except (TimeoutError, OSError, EOFError) as exc:
+            return await call(
+                self._bus, NAME, PATH, INTERFACE, member, signature, body, timeout_s=CALL_TIMEOUT_S
+            )
+        except (CallFailed, TimeoutError, OSError, EOFError) as exc:
             raise NotifyFailed(f"{member}: {exc or type(exc).__name__}") from exc
-        if reply is None or reply.message_type == MessageType.ERROR:
-            raise NotifyFailed(f"{member}: {_error_text(reply)}")
-        return reply
-
-    async def _dbus(self, member: str, signature: str, body: list[object]) -> Message | None:
-        return await call_bus_daemon(self._bus, member, signature, body)
 
     async def _refresh(self) -> None:
         """Ask for the capabilities (which may activate a server) and report the result."""
@@ -144,8 +125,7 @@ class NotificationServer:
             self._emit(ServerChanged(None))
             return
         caps = reply.body[0] if reply.body else []
-        owner = await self._dbus("GetNameOwner", "s", [NAME])
-        self._owner = owner.body[0] if owner is not None else reply.sender
+        self._owner = await name_owner(self._bus, NAME) or reply.sender
         capabilities = frozenset(c for c in caps if isinstance(c, str))
         if self._owner != self._reported:
             self._reported = self._owner
@@ -159,10 +139,8 @@ class NotificationServer:
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL:
             return
-        if msg.interface == "org.freedesktop.DBus" and msg.member == "NameOwnerChanged":
-            if len(msg.body) != 3 or msg.body[0] != NAME:
-                return
-            new_owner = msg.body[2]
+        new_owner = name_owner_changed(msg, NAME)
+        if new_owner is not None:
             if not new_owner:
                 log.info("notification server left the session bus")
                 self._owner = None

@@ -19,7 +19,6 @@ import socket
 from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
-from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 
 from portal.core.wiring import (
@@ -38,7 +37,18 @@ from portal.core.wiring import (
     parse_resolv_conf,
     plan_resolved_link,
 )
-from portal.errors import PortalError
+from portal.edges.bus import (
+    BUS_DAEMON,
+    BUS_DAEMON_PATH,
+    CallFailed,
+    add_match,
+    call,
+    close,
+    connect,
+    name_owner_changed,
+    name_owner_rule,
+)
+from portal.errors import DaemonUnreachable, PortalError
 
 log = logging.getLogger("portal")
 
@@ -58,23 +68,6 @@ def _read(path: str) -> str | None:
             return f.read()
     except OSError:
         return None
-
-
-def _close_half_made_bus(exc: BaseException) -> None:
-    """Close the socket dbus-next 0.2.3 leaves open when its connect() fails.
-
-    `BaseMessageBus._setup_socket` keeps the failed socket on `self` and raises from inside
-    `__init__`, so the caller never gets the object to close; the socket is only freed by the
-    garbage collector (a ResourceWarning). The frame that raised still holds `self`.
-    """
-    tb = exc.__traceback__
-    while tb is not None:
-        obj = tb.tb_frame.f_locals.get("self")
-        for attr in ("_stream", "_sock"):
-            closer = getattr(getattr(obj, attr, None), "close", None)
-            if callable(closer):
-                closer()
-        tb = tb.tb_next
 
 
 class ResolverWiring:
@@ -115,13 +108,8 @@ class ResolverWiring:
     async def _connect(self) -> MessageBus:
         if self._bus is None or not self._bus.connected:
             try:
-                if self._bus_choice == "system":
-                    bus = MessageBus(bus_type=BusType.SYSTEM)
-                else:
-                    bus = MessageBus(bus_address=self._bus_choice)
-                self._bus = await bus.connect()
-            except Exception as exc:  # dbus_next raises OSError, ValueError, its own errors
-                _close_half_made_bus(exc)
+                self._bus = await connect(self._bus_choice)
+            except DaemonUnreachable as exc:
                 raise WiringError(
                     f"cannot reach the system bus for systemd-resolved: {exc}"
                 ) from exc
@@ -138,20 +126,12 @@ class ResolverWiring:
         interface: str = MANAGER,
     ) -> list[Any]:
         bus = await self._connect()
-        reply = await bus.call(
-            Message(
-                destination=destination,
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
-        )
-        if reply is None or reply.message_type == MessageType.ERROR:
-            detail = reply.body[0] if reply is not None and reply.body else ""
-            name = reply.error_name if reply is not None else "no reply"
-            raise WiringError(f"{interface.rsplit('.', 1)[-1]}.{member} failed: {name} {detail}")
+        try:
+            reply = await call(bus, destination, path, interface, member, signature, body)
+        except CallFailed as exc:
+            raise WiringError(
+                f"{interface.rsplit('.', 1)[-1]}.{member} failed: {exc.name} {exc.text}"
+            ) from None
         return list(reply.body)
 
     async def _resolved_running(self) -> bool:
@@ -160,9 +140,9 @@ class ResolverWiring:
                 "NameHasOwner",
                 "s",
                 [RESOLVE1],
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
+                destination=BUS_DAEMON,
+                path=BUS_DAEMON_PATH,
+                interface=BUS_DAEMON,
             )
         except WiringError:
             return False  # no bus at all: certainly no resolved to wire
@@ -324,26 +304,14 @@ class ResolverWiring:
         `ready` is set once the subscription is in place.
         """
         bus = await self._connect()
-        await self._call(
-            "AddMatch",
-            "s",
-            [
-                "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-                f"member='NameOwnerChanged',arg0='{RESOLVE1}'"
-            ],
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-        )
+        try:
+            await add_match(bus, name_owner_rule(RESOLVE1))
+        except CallFailed as exc:
+            raise WiringError(f"DBus.AddMatch failed: {exc.name} {exc.text}") from None
         appeared = asyncio.Event()
 
         def on_message(msg: Message) -> None:
-            if (
-                msg.message_type == MessageType.SIGNAL
-                and msg.member == "NameOwnerChanged"
-                and msg.body[:1] == [RESOLVE1]
-                and msg.body[2]  # a new owner, not a departure
-            ):
+            if name_owner_changed(msg, RESOLVE1):  # a new owner, not a departure
                 appeared.set()
 
         bus.add_message_handler(on_message)
@@ -373,5 +341,5 @@ class ResolverWiring:
     async def close(self) -> None:
         await self._stop_following()
         if self._bus is not None:
-            self._bus.disconnect()
-            self._bus = None
+            bus, self._bus = self._bus, None
+            await close(bus)

@@ -32,6 +32,14 @@ from portal.core.agent_logic import (
     TrayStatus,
     TrayView,
 )
+from portal.edges.bus import (
+    PROPERTIES,
+    CallFailed,
+    add_match,
+    call,
+    name_owner_changed,
+    name_owner_rule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,6 @@ ITEM_PATH = "/StatusNotifierItem"
 ITEM_INTERFACE = "org.kde.StatusNotifierItem"
 MENU_PATH = "/MenuBar"
 MENU_INTERFACE = "com.canonical.dbusmenu"
-PROPERTIES = "org.freedesktop.DBus.Properties"
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 
 _ITEM_XML = """ <interface name="org.kde.StatusNotifierItem">
@@ -221,20 +228,7 @@ class Tray:
     async def start(self) -> None:
         self._bus.add_message_handler(self._on_message)
         await self._bus.request_name(self.name)
-        rule = (
-            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-            f"member='NameOwnerChanged',arg0='{WATCHER_NAME}'"
-        )
-        await self._bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member="AddMatch",
-                signature="s",
-                body=[rule],
-            )
-        )
+        await add_match(self._bus, name_owner_rule(WATCHER_NAME))
         await self._register()
 
     def stop(self) -> None:
@@ -270,34 +264,27 @@ class Tray:
             self._bus.send(Message.new_signal(path, interface, member, signature, body or []))
 
     async def _register(self) -> None:
-        reply = await self._bus.call(
-            Message(
-                destination=WATCHER_NAME,
-                path=WATCHER_PATH,
-                interface=WATCHER_NAME,
-                member="RegisterStatusNotifierItem",
-                signature="s",
-                body=[self.name],
+        try:
+            await call(
+                self._bus,
+                WATCHER_NAME,
+                WATCHER_PATH,
+                WATCHER_NAME,
+                "RegisterStatusNotifierItem",
+                "s",
+                [self.name],
                 # No auto-start: a tray is the desktop's to provide, not ours to launch.
                 flags=MessageFlag.NO_AUTOSTART,
             )
-        )
-        if reply is None or reply.message_type == MessageType.ERROR:
-            reason = (reply.error_name if reply is not None else None) or "no reply"
-            log.debug("no StatusNotifierWatcher (%s); no tray icon until one appears", reason)
+        except CallFailed as exc:
+            log.debug("no StatusNotifierWatcher (%s); no tray icon until one appears", exc.name)
             return
         self.registered = True
         log.info("tray icon registered as %s", self.name)
 
     def _on_message(self, msg: Message) -> Message | bool | None:
         if msg.message_type == MessageType.SIGNAL:
-            if (
-                msg.member == "NameOwnerChanged"
-                and msg.interface == "org.freedesktop.DBus"
-                and len(msg.body) == 3
-                and msg.body[0] == WATCHER_NAME
-                and msg.body[2]
-            ):
+            if name_owner_changed(msg, WATCHER_NAME):
                 # A (new) watcher: register again, it knows nothing of us.
                 task = asyncio.get_running_loop().create_task(self._register())
                 self._tasks.add(task)
