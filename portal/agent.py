@@ -36,10 +36,9 @@ from portal.core.agent_logic import (
     ShowNotification,
     StatusChanged,
     UpdateTray,
-    parse_overrides,
-    parse_status,
     step,
 )
+from portal.core.report import StatusReport
 from portal.edges.bus import (
     BUS_NAME,
     INTERFACE,
@@ -48,11 +47,11 @@ from portal.edges.bus import (
     close,
     connect,
     describe,
+    from_variants,
     name_owner,
     name_owner_changed,
     name_owner_rule,
     resolve_bus,
-    unwrap,
 )
 from portal.edges.client import Client
 from portal.edges.notify import NotificationServer, NotifyFailed
@@ -116,9 +115,9 @@ class DaemonLink:
         try:
             for _ in range(STATUS_READ_ATTEMPTS):
                 seen = self._signals_seen
-                (raw,) = await self._client.call("GetStatus")
+                status = await self._client.status()
                 if self._signals_seen == seen:
-                    self._emit(StatusChanged(parse_status(raw)))
+                    self._emit(StatusChanged(status))
                     break
             await self.refresh_overrides()
         except PortalError as exc:
@@ -126,11 +125,11 @@ class DaemonLink:
 
     async def refresh_overrides(self) -> None:
         try:
-            (rows,) = await self._client.call("ListOverrides")
+            rows = await self._client.overrides()
         except PortalError as exc:
             log.warning("cannot list overrides: %s", exc)
             return
-        self._emit(OverridesListed(parse_overrides(rows if isinstance(rows, list) else [])))
+        self._emit(OverridesListed(tuple(rows)))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -158,7 +157,7 @@ class DaemonLink:
             return
         if msg.member == "StateChanged" and msg.signature == "a{sv}":
             self._signals_seen += 1
-            self._emit(StatusChanged(parse_status(unwrap(msg.body[0]))))
+            self._emit(StatusChanged(from_variants(StatusReport, msg.body[0])))
         elif msg.member == "OverridesChanged":
             self._spawn(self.refresh_overrides())
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from portal import __version__
+from portal.core.report import TTL_DEFAULT, TTL_FOREVER, OverrideView, StatusReport, to_plain
 from portal.errors import (
     ConfigError,
     InvalidAddress,
@@ -40,7 +41,6 @@ from portal.errors import (
 )
 
 USAGE_ERRORS = (InvalidDomain, InvalidAddress, InvalidTTL, ConfigError)
-TTL_FOREVER = 0xFFFFFFFFFFFFFFFF
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +201,7 @@ def ttl_arg(text: str | None, until_removed: bool) -> int:
     if until_removed:
         return TTL_FOREVER
     if text is None:
-        return 0  # the daemon's default
+        return TTL_DEFAULT
     seconds = parse_duration(text)
     return TTL_FOREVER if seconds is None else int(round(seconds))
 
@@ -220,11 +220,9 @@ async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
 
 
 async def cmd_add(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    (o,) = await client.call(
-        "AddOverride", "sastb", [req["domain"], req["ips"], req["ttl"], args.any_network]
-    )
-    where = f"on {o['scope_name'] or 'this network'}" if o["scope"] else "on any network"
-    print(f"{o['name']} -> {', '.join(o['addresses'])} ({expiry_text(o['expires_at'])}, {where})")
+    o = await client.add(req["domain"], req["ips"], req["ttl"], any_network=args.any_network)
+    where = f"on {o.scope_name or 'this network'}" if o.scope else "on any network"
+    print(f"{o.name} -> {', '.join(o.addresses)} ({expiry_text(o.expires_at)}, {where})")
     return 0
 
 
@@ -244,17 +242,12 @@ async def cmd_import(client: Any, args: argparse.Namespace, req: dict[str, Any])
     return 0
 
 
-def override_json(o: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": o["name"],
-        "addresses": o["addresses"],
-        "expires_at": o["expires_at"] or None,
-        "scope": o["scope"] or None,
-        "scope_name": o["scope_name"],
-        "source": o["source"],
-        "active": o["active"],
-        "created_by": o["created_by"],
-    }
+def override_json(o: OverrideView) -> dict[str, Any]:
+    """The JSON of one override: `expires_at` and `scope` are null when unset."""
+    out = to_plain(o)
+    out["expires_at"] = o.expires_at or None
+    out["scope"] = o.scope or None
+    return out
 
 
 def expiry_text(expires_at: int, now: float | None = None) -> str:
@@ -273,26 +266,26 @@ def format_table(rows: list[list[str]]) -> str:
     )
 
 
-def format_overrides(items: list[dict[str, Any]]) -> str:
+def format_overrides(items: list[OverrideView]) -> str:
     if not items:
         return "no overrides"
     rows = [["NAME", "ADDRESSES", "EXPIRES", "NETWORK", "SOURCE", "ACTIVE"]]
     for o in items:
         rows.append(
             [
-                o["name"],
-                ",".join(o["addresses"]),
-                expiry_text(o["expires_at"]).replace("expires in ", "in "),
-                (o["scope_name"] or o["scope"]) if o["scope"] else "any",
-                o["source"],
-                "yes" if o["active"] else "no",
+                o.name,
+                ",".join(o.addresses),
+                expiry_text(o.expires_at).replace("expires in ", "in "),
+                (o.scope_name or o.scope) if o.scope else "any",
+                o.source,
+                "yes" if o.active else "no",
             ]
         )
     return format_table(rows)
 
 
 async def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    (items,) = await client.call("ListOverrides")
+    items = await client.overrides()
     if args.json:
         print(json.dumps([override_json(o) for o in items], indent=2))
     else:
@@ -300,30 +293,30 @@ async def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -
     return 0
 
 
-def status_json(s: dict[str, Any], overrides: list[dict[str, Any]]) -> dict[str, Any]:
-    out = dict(s)
+def status_json(s: StatusReport, overrides: list[OverrideView]) -> dict[str, Any]:
+    """The status with the overrides themselves in place of their count."""
+    out = to_plain(s)
     out["overrides"] = [override_json(o) for o in overrides]
     return out
 
 
-def format_status(s: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
+def format_status(s: StatusReport, overrides: list[OverrideView]) -> str:
     lines = [
-        f"network:    {s.get('network') or '(none)'}"
-        + (f" on {s['interface']}" if s.get("interface") else ""),
-        f"state:      {s.get('state', 'unknown')}",
+        f"network:    {s.network or '(none)'}" + (f" on {s.interface}" if s.interface else ""),
+        f"state:      {s.state.value}",
     ]
-    if s.get("portal_url"):
-        lines.append(f"sign-in:    {s['portal_url']}")
-    if int(s.get("seconds_remaining", -1)) >= 0:
+    if s.portal_url:
+        lines.append(f"sign-in:    {s.portal_url}")
+    if s.seconds_remaining >= 0:
         from portal.core.timefmt import format_duration
 
-        lines.append(f"session:    {format_duration(int(s['seconds_remaining']))} left")
+        lines.append(f"session:    {format_duration(s.seconds_remaining)} left")
     lines += [
-        f"venue DNS:  {', '.join(s.get('venue_dns') or []) or '(unknown)'}",
-        f"DNS stub:   {', '.join(s.get('listen') or [])}",
-        f"upstreams:  {', '.join(s.get('upstreams') or []) or '(none)'}",
-        f"wiring:     {s.get('wiring', 'none')}",
-        f"overrides:  {s.get('overrides', 0)} active",
+        f"venue DNS:  {', '.join(s.venue_dns) or '(unknown)'}",
+        f"DNS stub:   {', '.join(s.listen)}",
+        f"upstreams:  {', '.join(s.upstreams) or '(none)'}",
+        f"wiring:     {s.wiring or 'none'}",
+        f"overrides:  {s.overrides} active",
     ]
     if overrides:
         lines += ["", format_overrides(overrides)]
@@ -332,8 +325,8 @@ def format_status(s: dict[str, Any], overrides: list[dict[str, Any]]) -> str:
 
 async def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
     async def show() -> None:
-        (status,) = await client.call("GetStatus")
-        (items,) = await client.call("ListOverrides")
+        status = await client.status()
+        items = await client.overrides()
         if args.json:
             print(
                 json.dumps(status_json(status, items), indent=None if args.watch else 2), flush=True
@@ -358,20 +351,20 @@ async def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any])
 
 async def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
     await client.call("Check")
-    (status,) = await client.call("GetStatus")
+    status = await client.status()
     print(
-        f"state: {status.get('state')}"
-        + (f", sign in at {status['portal_url']}" if status.get("portal_url") else "")
+        f"state: {status.state.value}"
+        + (f", sign in at {status.portal_url}" if status.portal_url else "")
     )
     return 0
 
 
 async def cmd_open(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    (status,) = await client.call("GetStatus")
-    url = status.get("portal_url") or ""
+    status = await client.status()
+    url = status.portal_url
     if not url:
         raise PortalError(
-            f"no sign-in page known (state: {status.get('state', 'unknown')}); try 'portal check'"
+            f"no sign-in page known (state: {status.state.value}); try 'portal check'"
         )
     if args.print:
         print(url)

@@ -29,6 +29,7 @@ from portal.core.events import (
 from portal.core.inet import parse_host_port
 from portal.core.model import Network, Override, PortalStatus, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
+from portal.core.report import OverrideView, StatusReport
 from portal.core.resolvconf import parse_resolv_conf
 from portal.edges import store, systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets
@@ -167,7 +168,7 @@ class Daemon:
 
     async def add(
         self, name: str, addresses: list[str], ttl_s: float | None, any_network: bool, caller: str
-    ) -> Override:
+    ) -> OverrideView:
         if not addresses:
             addresses = await self._resolve_at_venue(name)
         scope, scope_name = self._scope(any_network)
@@ -196,7 +197,9 @@ class Daemon:
             life,
             where,
         )
-        return o
+        return OverrideView.of(
+            o, active=o.applies_to(self.network_id) and not o.is_expired(time.time())
+        )
 
     async def _resolve_at_venue(self, name: str) -> list[str]:
         norm = parse_domain(name)
@@ -257,31 +260,31 @@ class Daemon:
         log.info("%d override(s) imported by %s", len(made), caller)
         return len(made)
 
-    def overrides(self) -> list[tuple[Override, bool]]:
+    def overrides(self) -> list[OverrideView]:
         now = time.time()
         return [
-            (o, not o.is_expired(now) and o.applies_to(self.network_id))
+            OverrideView.of(o, active=not o.is_expired(now) and o.applies_to(self.network_id))
             for o in self.table.entries()
         ]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusReport:
         net = self.network
-        return {
-            "version": __version__,
-            "listen": self.stub.addresses() if self.stub else [],
-            "upstreams": [str(u) for u in self.forwarder.upstreams],
-            "upstream_source": self.upstream_source,
-            "network": net.name if net else "",
-            "network_id": net.id if net else "",
-            "interface": net.interface if net else "",
-            "state": self.portal.state.value,
-            "portal_url": self.portal.portal_url,
-            "venue_dns": list(net.venue_dns) if net else [],
-            "seconds_remaining": self.portal.seconds_remaining,
-            "overrides": len(self.table.active(network_id=self.network_id, now=time.time())),
-            "wiring": self.wiring_text,
-            "portal_hosts": list(self.portal.portal_hosts),
-        }
+        return StatusReport(
+            version=__version__,
+            listen=tuple(self.stub.addresses()) if self.stub else (),
+            upstreams=tuple(str(u) for u in self.forwarder.upstreams),
+            upstream_source=self.upstream_source,
+            network=net.name if net else "",
+            network_id=net.id if net else "",
+            interface=net.interface if net else "",
+            state=self.portal.state,
+            portal_url=self.portal.portal_url,
+            venue_dns=net.venue_dns if net else (),
+            seconds_remaining=self.portal.seconds_remaining,
+            overrides=len(self.table.active(network_id=self.network_id, now=time.time())),
+            wiring=self.wiring_text,
+            portal_hosts=self.portal.portal_hosts,
+        )
 
     async def check(self, caller: str) -> None:
         log.info("check requested by %s", caller)

@@ -1,8 +1,9 @@
 """What the per-user agent shows: notifications for portal episodes, and the tray's view.
 
-Pure: plain data in (the daemon's status dictionary, override rows, what the notification server
-reported), plain data out (show / close a notification, open a page). No D-Bus, no asyncio, no
-logging, no processes; `portal/agent.py` and `portal/edges/` carry the actions out.
+Pure: plain data in (the daemon's StatusReport and OverrideView rows, portal/core/report.py; what
+the notification server reported), plain data out (show / close a notification, open a page). No
+D-Bus, no asyncio, no logging, no processes; `portal/agent.py` and `portal/edges/` carry the
+actions out.
 
 The rules, one place:
 - One sign-in notification per portal episode. An episode starts when the network turns captive
@@ -20,11 +21,12 @@ The rules, one place:
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from portal.core.model import Connectivity
+from portal.core.report import OverrideView, StatusReport
 
 REMINDER_THRESHOLD_S = 300  # five minutes: time enough to find the sign-in page and pay
 CONNECTED_TIMEOUT_MS = 8000  # the "Connected" note is feedback, not something to act on
@@ -50,34 +52,6 @@ class Kind(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class AgentStatus:
-    """The part of the daemon's `GetStatus()` / `StateChanged` dictionary the agent uses."""
-
-    network: str = ""
-    network_id: str = ""
-    state: Connectivity = Connectivity.UNKNOWN
-    portal_url: str = ""
-    venue_dns: tuple[str, ...] = ()
-    portal_hosts: tuple[str, ...] = ()  # names the stub sends to the venue's DNS
-    seconds_remaining: int = -1
-
-    @property
-    def portal_host(self) -> str:
-        return url_host(self.portal_url)
-
-
-@dataclass(frozen=True, slots=True)
-class OverrideRow:
-    """One row of `ListOverrides()`, as the agent shows it."""
-
-    name: str
-    addresses: tuple[str, ...] = ()
-    active: bool = False
-    scope_name: str = ""
-    source: str = "user"
-
-
-@dataclass(frozen=True, slots=True)
 class Notification:
     """The content of one desktop notification, independent of any server."""
 
@@ -98,14 +72,14 @@ class Notification:
 class StatusChanged:
     """The daemon published a status (StateChanged, or GetStatus at start / after a restart)."""
 
-    status: AgentStatus
+    status: StatusReport
 
 
 @dataclass(frozen=True, slots=True)
 class OverridesListed:
     """The daemon's override list was (re-)read."""
 
-    overrides: tuple[OverrideRow, ...]
+    overrides: tuple[OverrideView, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +190,8 @@ AgentAction = ShowNotification | CloseNotification | OpenPage | RequestCheck | U
 class AgentState:
     """Everything the agent remembers between events."""
 
-    status: AgentStatus | None = None  # None: the daemon is not on the bus
-    overrides: tuple[OverrideRow, ...] = ()
+    status: StatusReport | None = None  # None: the daemon is not on the bus
+    overrides: tuple[OverrideView, ...] = ()
     capabilities: frozenset[str] | None = None  # None: no notification server
     server: str = ""  # which server the ids below belong to
     episode: str | None = None  # network_id of the current portal episode
@@ -228,64 +202,6 @@ class AgentState:
     shown_for: str = ""  # network_id the shown notification is about
     shown_serial: int = 0  # serial of the server's reply that gave `shown_id`
     page_url: str = ""  # what "Open sign-in page" opens right now
-
-
-# ---- parsing the daemon's dictionaries (values already unwrapped from variants) ----
-
-
-def _text(raw: Mapping[str, object], key: str) -> str:
-    value = raw.get(key, "")
-    return value if isinstance(value, str) else ""
-
-
-def _texts(raw: Mapping[str, object], key: str) -> tuple[str, ...]:
-    value = raw.get(key, ())
-    if isinstance(value, list | tuple):
-        return tuple(v for v in value if isinstance(v, str))
-    return ()
-
-
-def parse_status(raw: Mapping[str, object]) -> AgentStatus:
-    """Read a status dictionary; missing or mistyped keys fall back to "unknown" values.
-
-    Tolerant on purpose: an older or newer daemon must not stop the agent.
-    """
-    try:
-        state = Connectivity(_text(raw, "state"))
-    except ValueError:
-        state = Connectivity.UNKNOWN
-    remaining = raw.get("seconds_remaining", -1)
-    if not isinstance(remaining, int) or isinstance(remaining, bool):
-        remaining = -1
-    return AgentStatus(
-        network=_text(raw, "network"),
-        network_id=_text(raw, "network_id"),
-        state=state,
-        portal_url=_text(raw, "portal_url"),
-        venue_dns=_texts(raw, "venue_dns"),
-        portal_hosts=_texts(raw, "portal_hosts"),
-        seconds_remaining=remaining,
-    )
-
-
-def parse_overrides(rows: Sequence[Mapping[str, object]]) -> tuple[OverrideRow, ...]:
-    """Read `ListOverrides()` rows, skipping any without a name."""
-    parsed = []
-    for raw in rows:
-        name = _text(raw, "name")
-        if not name:
-            continue
-        active = raw.get("active", False)
-        parsed.append(
-            OverrideRow(
-                name=name,
-                addresses=_texts(raw, "addresses"),
-                active=active is True,
-                scope_name=_text(raw, "scope_name"),
-                source=_text(raw, "source") or "user",
-            )
-        )
-    return tuple(parsed)
 
 
 # ---- formatting ----
@@ -311,15 +227,15 @@ def escape_markup(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _network_label(status: AgentStatus) -> str:
+def _network_label(status: StatusReport) -> str:
     return status.network or "this network"
 
 
 def sign_in_notification(
-    status: AgentStatus, overrides: Sequence[OverrideRow], capabilities: frozenset[str]
+    status: StatusReport, overrides: Sequence[OverrideView], capabilities: frozenset[str]
 ) -> Notification:
     """The "Sign in to <network>" notification for a captive status."""
-    host = status.portal_host
+    host = url_host(status.portal_url)
     lines = []
     if host:
         lines.append(f"{_network_label(status)} asks you to sign in at {host}.")
@@ -350,7 +266,7 @@ def sign_in_notification(
     )
 
 
-def reminder_notification(status: AgentStatus, capabilities: frozenset[str]) -> Notification:
+def reminder_notification(status: StatusReport, capabilities: frozenset[str]) -> Notification:
     """One note that the paid or timed session is about to end."""
     minutes = max(1, (status.seconds_remaining + 59) // 60)
     unit = "minute" if minutes == 1 else "minutes"
@@ -374,7 +290,7 @@ def reminder_notification(status: AgentStatus, capabilities: frozenset[str]) -> 
     )
 
 
-def connected_notification(status: AgentStatus) -> Notification:
+def connected_notification(status: StatusReport) -> Notification:
     return Notification(
         kind=Kind.CONNECTED,
         summary=f"Connected to {status.network}" if status.network else "Connected",
@@ -411,7 +327,7 @@ def _close(state: AgentState) -> tuple[AgentState, list[AgentAction]]:
     return replace(state, shown_id=0, shown=None, shown_for="", page_url=""), actions
 
 
-def _on_status(state: AgentState, status: AgentStatus) -> tuple[AgentState, list[AgentAction]]:
+def _on_status(state: AgentState, status: StatusReport) -> tuple[AgentState, list[AgentAction]]:
     caps = state.capabilities or frozenset()
     state = replace(state, status=status)
     net = status.network_id
@@ -450,7 +366,7 @@ def _on_status(state: AgentState, status: AgentStatus) -> tuple[AgentState, list
 
 
 def _reminder(
-    state: AgentState, status: AgentStatus, caps: frozenset[str]
+    state: AgentState, status: StatusReport, caps: frozenset[str]
 ) -> tuple[AgentState, list[AgentAction]]:
     if status.state is not Connectivity.ONLINE or status.seconds_remaining < 0:
         return state, []
@@ -471,7 +387,8 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
             state, actions = _on_status(state, status)
             return state, [*actions, UpdateTray(tray_view(state))]
         case OverridesListed(rows):
-            state = replace(state, overrides=rows)
+            # a row without a name (a daemon from another version) has nothing to show
+            state = replace(state, overrides=tuple(row for row in rows if row.name))
             actions = []
             if state.status is not None and state.episode is not None and not state.dismissed:
                 # A new pin changes the body ("portal pinned ..."); _show skips equal content.
@@ -576,7 +493,7 @@ class TrayView:
     menu: MenuItem = field(default_factory=lambda: MenuItem(MENU_ROOT))
 
 
-def _describe(status: AgentStatus | None) -> tuple[TrayStatus, str, str]:
+def _describe(status: StatusReport | None) -> tuple[TrayStatus, str, str]:
     if status is None:
         return TrayStatus.PASSIVE, "network-offline", "portal daemon not running"
     where = f" on {status.network}" if status.network else ""
@@ -593,7 +510,7 @@ def _describe(status: AgentStatus | None) -> tuple[TrayStatus, str, str]:
             return TrayStatus.PASSIVE, "network-offline", "Offline"
 
 
-def _override_label(row: OverrideRow) -> str:
+def _override_label(row: OverrideView) -> str:
     addresses = ", ".join(row.addresses) or "venue DNS"
     where = f" ({row.scope_name})" if row.scope_name else ""
     inactive = "" if row.active else " [inactive]"

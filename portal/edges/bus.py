@@ -7,6 +7,7 @@
     add_match(bus, rule), name_owner(bus, name), name_owner_rule(name)
     name_owner_changed(msg, name)          a NameOwnerChanged signal about `name`, read
     unwrap(value)                          Variants (nested) to plain values
+    to_variants(report), from_variants(cls, a{sv})   portal's API reports on the wire
 
 and the names of portal's own control API (BUS_NAME, OBJECT_PATH, INTERFACE, its errors).
 Every edge that speaks D-Bus (control, client, nm, notify, tray, resolver, logind, the agent)
@@ -23,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from dbus_next import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
+from portal.core.report import from_plain, to_plain
 from portal.errors import (
     DaemonUnreachable,
     InvalidAddress,
@@ -275,3 +278,28 @@ def unwrap(value: Any) -> Any:
     if isinstance(value, list):
         return [unwrap(v) for v in value]
     return value
+
+
+T = TypeVar("T")
+
+
+def to_variants(report: object) -> dict[str, Variant]:
+    """A report of portal's API (portal/core/report.py) → a{sv}: text 's', a truth value 'b',
+    a number 'x', a list of text 'as'. The one way onto the wire."""
+    out: dict[str, Variant] = {}
+    for key, value in to_plain(report).items():
+        if isinstance(value, bool):
+            out[key] = Variant("b", value)
+        elif isinstance(value, int):
+            out[key] = Variant("x", value)
+        elif isinstance(value, list):
+            out[key] = Variant("as", [str(v) for v in value])
+        else:
+            out[key] = Variant("s", str(value))
+    return out
+
+
+def from_variants(cls: type[T], raw: Mapping[str, Any]) -> T:
+    """a{sv} (or its unwrapped dictionary) → a report of portal's API; the one way off the
+    wire. Tolerant: a missing or mistyped key takes the field's default."""
+    return from_plain(cls, unwrap(dict(raw)))

@@ -12,6 +12,7 @@ from typing import Any
 from dbus_next import Message, MessageFlag, MessageType
 from dbus_next.aio import MessageBus
 
+from portal.core.report import OverrideView, StatusReport
 from portal.edges.bus import (
     BUS_NAME,
     ERROR_PREFIX,
@@ -24,6 +25,7 @@ from portal.edges.bus import (
     close,
     connect,
     describe,
+    from_variants,
     unwrap,
 )
 from portal.errors import DaemonUnreachable, NotAuthorized, PortalError
@@ -93,6 +95,20 @@ class Client:
         ):
             return NotAuthorized(f"not authorised: {text}")
         return PortalError(f"{member} failed: {text}")
+
+    async def status(self) -> StatusReport:
+        (raw,) = await self.call("GetStatus")
+        return from_variants(StatusReport, raw)
+
+    async def overrides(self) -> list[OverrideView]:
+        (rows,) = await self.call("ListOverrides")
+        return [from_variants(OverrideView, row) for row in rows]
+
+    async def add(
+        self, name: str, addresses: list[str], ttl_s: int, *, any_network: bool
+    ) -> OverrideView:
+        (raw,) = await self.call("AddOverride", "sastb", [name, addresses, ttl_s, any_network])
+        return from_variants(OverrideView, raw)
 
     async def watch(self, on_signal: Callable[[str, list[Any]], None]) -> None:
         """Call on_signal(member, body) for every signal of the daemon until disconnected."""

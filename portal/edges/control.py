@@ -14,12 +14,13 @@ import grp
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from dbus_next import Message, MessageFlag, MessageType, NameFlag, RequestNameReply, Variant
 from dbus_next.aio import MessageBus
 
-from portal.core.model import Override
+from portal.core.report import TTL_DEFAULT, TTL_FOREVER, OverrideView, StatusReport
 from portal.edges.bus import (
     BUS_NAME,
     ERROR_PREFIX,
@@ -29,6 +30,7 @@ from portal.edges.bus import (
     call,
     call_bus_daemon,
     error_name,
+    to_variants,
 )
 from portal.errors import (
     DaemonUnreachable,
@@ -82,7 +84,7 @@ class Service(Protocol):
 
     async def add(
         self, name: str, addresses: list[str], ttl_s: float | None, any_network: bool, caller: str
-    ) -> Override: ...
+    ) -> OverrideView: ...
     async def remove(self, name: str, caller: str) -> None: ...
     async def import_entries(
         self,
@@ -91,37 +93,9 @@ class Service(Protocol):
         any_network: bool,
         caller: str,
     ) -> int: ...
-    def overrides(self) -> list[tuple[Override, bool]]: ...
-    def status(self) -> dict[str, Any]: ...
+    def overrides(self) -> list[OverrideView]: ...
+    def status(self) -> StatusReport: ...
     async def check(self, caller: str) -> None: ...
-
-
-def override_to_dbus(o: Override, active: bool) -> dict[str, Variant]:
-    return {
-        "name": Variant("s", o.name),
-        "addresses": Variant("as", list(o.addresses)),
-        "expires_at": Variant("x", 0 if o.expires_at is None else int(o.expires_at)),
-        "scope": Variant("s", o.scope or ""),
-        "scope_name": Variant("s", o.scope_name),
-        "source": Variant("s", o.source.value),
-        "active": Variant("b", active),
-        "created_by": Variant("s", o.created_by),
-    }
-
-
-def to_variants(data: dict[str, Any]) -> dict[str, Variant]:
-    """Status dictionary → a{sv}: str 's', bool 'b', int 'x', list of str 'as'."""
-    out: dict[str, Variant] = {}
-    for key, value in data.items():
-        if isinstance(value, bool):
-            out[key] = Variant("b", value)
-        elif isinstance(value, int):
-            out[key] = Variant("x", value)
-        elif isinstance(value, list | tuple):
-            out[key] = Variant("as", [str(v) for v in value])
-        else:
-            out[key] = Variant("s", str(value))
-    return out
 
 
 class ControlServer:
@@ -153,12 +127,15 @@ class ControlServer:
     def emit_overrides_changed(self) -> None:
         self._send(Message.new_signal(OBJECT_PATH, INTERFACE, "OverridesChanged"))
 
-    def emit_state_changed(self, status: dict[str, Any]) -> None:
+    def emit_state_changed(self, status: StatusReport) -> None:
         self._send(
             Message.new_signal(
-                OBJECT_PATH, INTERFACE, "StateChanged", "a{sv}", [to_variants(status)]
+                OBJECT_PATH, INTERFACE, "StateChanged", "a{sv}", [self._status_variants(status)]
             )
         )
+
+    def _status_variants(self, status: StatusReport) -> dict[str, Variant]:
+        return to_variants(replace(status, auth=self.auth_mode))
 
     def _send(self, msg: Message) -> None:
         try:
@@ -228,9 +205,8 @@ class ControlServer:
         if len(addresses) > 64:
             raise InvalidAddress("too many addresses")
         caller = await self.authorize(msg, ACTION_MANAGE)
-        o = await self.service.add(name, list(addresses), _ttl(ttl), bool(any_network), caller)
-        active = any(x.name == o.name and a for x, a in self.service.overrides())
-        return Message.new_method_return(msg, "a{sv}", [override_to_dbus(o, active)])
+        view = await self.service.add(name, list(addresses), _ttl(ttl), bool(any_network), caller)
+        return Message.new_method_return(msg, "a{sv}", [to_variants(view)])
 
     async def _remove(self, msg: Message) -> Message:
         _expect(msg, "s")
@@ -256,14 +232,13 @@ class ControlServer:
 
     async def _list(self, msg: Message) -> Message:
         _expect(msg, "")
-        items = [override_to_dbus(o, active) for o, active in self.service.overrides()]
+        items = [to_variants(view) for view in self.service.overrides()]
         return Message.new_method_return(msg, "aa{sv}", [items])
 
     async def _status(self, msg: Message) -> Message:
         _expect(msg, "")
-        status = dict(self.service.status())
-        status["auth"] = self.auth_mode
-        return Message.new_method_return(msg, "a{sv}", [to_variants(status)])
+        status = self._status_variants(self.service.status())
+        return Message.new_method_return(msg, "a{sv}", [status])
 
     async def _check(self, msg: Message) -> Message:
         _expect(msg, "")
@@ -366,10 +341,6 @@ def _check_strings(values: list[Any]) -> None:
     for v in values:
         if len(v) > MAX_STRING:
             raise InvalidDomain(f"argument too long ({len(v)} characters)")
-
-
-TTL_DEFAULT = 0
-TTL_FOREVER = 0xFFFFFFFFFFFFFFFF
 
 
 def _ttl(ttl: int) -> float | None:

@@ -20,7 +20,6 @@ from portal.core.agent_logic import (
     AgentAction,
     AgentEvent,
     AgentState,
-    AgentStatus,
     CloseNotification,
     DaemonVanished,
     Kind,
@@ -28,7 +27,6 @@ from portal.core.agent_logic import (
     NotificationClosed,
     NotificationShown,
     OpenPage,
-    OverrideRow,
     OverridesListed,
     RequestCheck,
     ServerChanged,
@@ -38,14 +36,13 @@ from portal.core.agent_logic import (
     UpdateTray,
     escape_markup,
     is_openable,
-    parse_overrides,
-    parse_status,
     sign_in_notification,
     step,
     tray_view,
     url_host,
 )
 from portal.core.model import Connectivity
+from portal.core.report import OverrideView, StatusReport, from_plain
 
 CAPS = frozenset({"actions", "body"})
 URL = "http://login.hotel.test/portal?a=1&b=2"
@@ -61,7 +58,7 @@ def st(
     venue_dns: tuple[str, ...] = (),
 ) -> StatusChanged:
     return StatusChanged(
-        AgentStatus(
+        StatusReport(
             network=name,
             network_id=net,
             state=state,
@@ -266,8 +263,8 @@ def test_body_markup_is_escaped() -> None:
 
 def test_body_says_pinned_or_routed() -> None:
     status = CAPTIVE.status
-    pinned = (OverrideRow("login.hotel.test", ("10.0.0.1",), active=True),)
-    inactive = (OverrideRow("login.hotel.test", ("10.0.0.1",), active=False),)
+    pinned = (OverrideView("login.hotel.test", ("10.0.0.1",), active=True),)
+    inactive = (OverrideView("login.hotel.test", ("10.0.0.1",), active=False),)
     assert "pinned login.hotel.test" in sign_in_notification(status, pinned, CAPS).body
     assert "pinned" not in sign_in_notification(status, inactive, CAPS).body
     routed = st(Connectivity.CAPTIVE, url=URL, venue_dns=("10.0.0.1",)).status
@@ -277,7 +274,7 @@ def test_body_says_pinned_or_routed() -> None:
 
 def test_new_pin_updates_the_shown_notification() -> None:
     state, _ = run([CAPTIVE], with_server())
-    rows = (OverrideRow("login.hotel.test", ("10.0.0.1",), active=True),)
+    rows = (OverrideView("login.hotel.test", ("10.0.0.1",), active=True),)
     state, actions = run([OverridesListed(rows)], state)
     assert shows(actions) == [(Kind.SIGN_IN, 1)]
     assert "pinned" in actions[0].notification.body  # type: ignore[union-attr]
@@ -422,8 +419,8 @@ def test_reminder_rerendered_for_a_new_server() -> None:
 # ---- parsing ----
 
 
-def test_parse_status_is_tolerant() -> None:
-    assert parse_status({}) == AgentStatus()
+def test_status_report_reading_is_tolerant() -> None:
+    assert from_plain(StatusReport, {}) == StatusReport()
     raw: dict[str, object] = {
         "network": "Hotel",
         "network_id": "u",
@@ -434,16 +431,22 @@ def test_parse_status_is_tolerant() -> None:
         "seconds_remaining": 42,
         "future_key": object(),
     }
-    status = parse_status(raw)
+    status = from_plain(StatusReport, raw)
     assert status.state is Connectivity.CAPTIVE and status.venue_dns == ("10.0.0.1",)
     assert status.portal_hosts == ("login.hotel.test",) and status.seconds_remaining == 42
-    assert status.portal_host == "login.hotel.test"
-    bad = parse_status({"state": "weird", "network": 3, "seconds_remaining": True, "venue_dns": 1})
-    assert bad == AgentStatus()
+    assert url_host(status.portal_url) == "login.hotel.test"
+    bad = {"state": "weird", "network": 3, "seconds_remaining": True, "venue_dns": 1}
+    assert from_plain(StatusReport, bad) == StatusReport()
 
 
-def test_parse_overrides() -> None:
-    rows = parse_overrides(
+def rows_of(raw: list[dict[str, object]]) -> tuple[OverrideView, ...]:
+    """ListOverrides() rows as the agent reads them, and keeps them (nameless rows dropped)."""
+    listed = OverridesListed(tuple(from_plain(OverrideView, r) for r in raw))
+    return step(AgentState(), listed)[0].overrides
+
+
+def test_override_rows_reading_is_tolerant() -> None:
+    rows = rows_of(
         [
             {"name": "a.test", "addresses": ["10.0.0.1"], "active": True, "scope_name": "Hotel"},
             {"name": "", "addresses": []},
@@ -451,8 +454,8 @@ def test_parse_overrides() -> None:
         ]
     )
     assert rows == (
-        OverrideRow("a.test", ("10.0.0.1",), active=True, scope_name="Hotel"),
-        OverrideRow("b.test", (), active=False, source="auto"),
+        OverrideView("a.test", ("10.0.0.1",), active=True, scope_name="Hotel"),
+        OverrideView("b.test", (), active=False, source="auto"),
     )
 
 
@@ -509,7 +512,7 @@ def test_tray_menu_and_overrides() -> None:
         "Overrides (0)",
         "  No overrides",
     ]
-    rows = parse_overrides(
+    rows = rows_of(
         [
             {"name": "a.test", "addresses": ["10.0.0.1", "fd00::1"], "active": True},
             {"name": "b.test", "addresses": [], "active": False, "scope_name": "Hotel"},
@@ -524,7 +527,7 @@ def test_tray_menu_and_overrides() -> None:
     menu = tray_view(state).menu
     assert [c.enabled for c in menu.children[:2]] == [True, True]
     assert menu.children[3].id == MENU_OVERRIDES
-    many = tuple(OverrideRow(f"n{i}.test") for i in range(60))
+    many = tuple(OverrideView(f"n{i}.test") for i in range(60))
     assert _labels(run([OverridesListed(many)])[0])[-1] == "  … 10 more"
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from dbus_next import Message, MessageType, Variant
 
+from portal.core.model import Connectivity
+from portal.core.report import OverrideView, StatusReport
 from portal.edges.bus import (
     CallFailed,
     add_match,
@@ -16,9 +18,11 @@ from portal.edges.bus import (
     call_bus_daemon,
     close,
     connect,
+    from_variants,
     name_owner,
     name_owner_changed,
     name_owner_rule,
+    to_variants,
     unwrap,
 )
 from portal.errors import DaemonUnreachable
@@ -84,3 +88,22 @@ async def test_calls_owners_and_their_changes(bus: PrivateBus) -> None:
         await close(other)
         await close(watcher)
     assert not watcher.connected
+
+
+def test_reports_on_the_wire_and_back() -> None:
+    report = StatusReport(
+        version="1",
+        listen=("127.0.0.153:53",),
+        state=Connectivity.ONLINE,
+        seconds_remaining=-1,
+        overrides=2,
+    )
+    wire = to_variants(report)
+    # the signatures docs/dbus-api.md promises: s, as, x
+    assert (wire["version"].signature, wire["listen"].signature) == ("s", "as")
+    assert (wire["state"].signature, wire["state"].value) == ("s", "online")
+    assert wire["seconds_remaining"].signature == wire["overrides"].signature == "x"
+    assert from_variants(StatusReport, wire) == report
+    view = OverrideView("a.test", ("10.0.0.1",), 0, "", "", "user", True, "uid 0")
+    assert to_variants(view)["active"].signature == "b"
+    assert from_variants(OverrideView, to_variants(view)) == view
