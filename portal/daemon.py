@@ -33,6 +33,7 @@ from portal.core.report import OverrideView, StatusReport
 from portal.core.resolvconf import parse_resolv_conf
 from portal.edges import store, systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets
+from portal.edges.reactor import ThreadReactor
 from portal.edges.upstream import Forwarder
 from portal.errors import InvalidAddress, PortalError
 from portal.logsetup import setup_logging
@@ -66,7 +67,7 @@ class Daemon:
         self.limits = Limits(max_overrides=config.max_overrides)
         self.table = OverrideTable(limits=self.limits)
         self.portal = PortalStatus()
-        self.forwarder = Forwarder(config.upstreams)
+        self.forwarder = Forwarder(ThreadReactor(), config.upstreams)
         self.stub: DnsStub | None = None
         self.bus: MessageBus | None = None
         self.control: ControlServer | None = None
@@ -331,7 +332,7 @@ class Daemon:
         self.table.expire(time.time())
         self._own_addresses = {parse_host_port(a)[0] for a in self.config.listen}
         self._load_upstreams()
-        self.stub = DnsStub(self._take_sockets(), self.forwarder, threaded=True)
+        self.stub = DnsStub(self._take_sockets(), self.forwarder)
         self._own_addresses |= {a.rsplit(":", 1)[0].strip("[]") for a in self.stub.addresses()}
         # the overrides first: the DNS thread answers what queued in the kernel at once
         self._refresh(changed=False)

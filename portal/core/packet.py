@@ -1,9 +1,12 @@
-"""The DNS fast path: parse a query's question and build answers straight from bytes.
+"""The DNS packet: parse a query's question and build answers straight from bytes.
 
-Pure functions over `bytes` (RFC 1035 §4.1, EDNS0 per RFC 6891). They handle the common shape —
-one question, no compression in it, at most one OPT record — and report everything else as
-"unusual" so the caller can fall back to dnspython or answer FORMERR/NOTIMP. They never raise on
-any input: hostile packets are data here (tests feed them arbitrary bytes).
+Pure functions over `bytes` (RFC 1035 §4.1, EDNS0 per RFC 6891). A query is one question and at
+most one OPT record; anything else is answered FORMERR or NOTIMP. The common shape (no
+compression in the question) is read in one pass; a question name that uses compression
+pointers (legal, RFC 1035 §4.1.4, though stubs never send it) is read by following them, with
+the rules dnspython applies (pointers only backwards, never into the name's own bytes, at most
+16 in a chain). Each query is parsed once, here. They never raise on any input: hostile packets
+are data here (tests feed them arbitrary bytes).
 """
 
 from __future__ import annotations
@@ -59,8 +62,15 @@ class Query(NamedTuple):
         return (self.flags >> 11) & 0xF
 
 
+MAX_POINTER_CHAIN = 16  # as dnspython's dns.name.MAX_COMPRESSION_POINTER_CHAIN
+
+
 class Unusual(Exception):
     """Raised internally; never escapes parse_query."""
+
+
+class _Compressed(Exception):
+    """Raised internally: the question's name uses a compression pointer."""
 
 
 def read_header(data: bytes) -> tuple[int, int, int, int, int, int] | None:
@@ -90,7 +100,11 @@ def parse_query(data: bytes) -> Query | int | None:
     if qdcount != 1 or ancount != 0 or nscount != 0 or arcount > 1:
         return RCODE_FORMERR
     try:
-        name, end = _read_plain_name(data, 12)
+        try:
+            name, end = _read_plain_name(data, 12)
+            wire_name = None
+        except _Compressed:
+            name, end, wire_name = _read_compressed_name(data, 12)
         if end + 4 > len(data):
             raise Unusual
         qtype, qclass = _QTAIL.unpack_from(data, end)
@@ -114,8 +128,11 @@ def parse_query(data: bytes) -> Query | int | None:
             raise Unusual  # trailing bytes
     except (Unusual, struct.error, IndexError):
         return RCODE_FORMERR
+    # The question is echoed as sent; a compressed one is spelled out, since its pointers would
+    # point elsewhere in the reply.
+    question = data[12:qend] if wire_name is None else wire_name + data[end:qend]
     # positional: id, flags, name, qtype, qclass, question, edns, version, DO, payload
-    return Query(qid, flags, name, qtype, qclass, data[12:qend], edns, version, do, payload)
+    return Query(qid, flags, name, qtype, qclass, question, edns, version, do, payload)
 
 
 def _read_plain_name(data: bytes, offset: int) -> tuple[str, int]:
@@ -130,12 +147,61 @@ def _read_plain_name(data: bytes, offset: int) -> tuple[str, int]:
         length = data[offset]
         if length == 0:
             break
-        if length > 63:  # 0xC0 pointers and the reserved 0x40/0x80 label types
-            raise Unusual
+        if length > 63:
+            if length >= 0xC0:
+                raise _Compressed
+            raise Unusual  # the reserved 0x40/0x80 label types
         labels.append(data[offset + 1 : offset + 1 + length])
         offset += length + 1
     if offset - start > 254:  # RFC 1035 §2.3.4: 255 octets including the root
         raise Unusual
+    return _name_text(labels), offset + 1
+
+
+def _read_compressed_name(data: bytes, offset: int) -> tuple[str, int, bytes]:
+    """Read a name that uses compression pointers; return its text, where the question goes on
+    (after the first pointer) and the name spelled out without pointers.
+
+    As dnspython reads them: a pointer must point before the last one (so chains end), and what
+    it points at must lie before the bytes that pointed there (no overlap with the name itself).
+    """
+    labels: list[bytes] = []
+    end = 0  # where the question continues: after the first pointer
+    limit = len(data)  # bytes at or beyond this may not be read (the part that pointed here)
+    lowest = offset  # a pointer must point below this
+    segment = offset
+    hops = 0
+    total = 1  # the root label
+    while True:
+        if offset >= limit:
+            raise Unusual
+        length = data[offset]
+        if length == 0:
+            break
+        if length < 64:
+            if offset + 1 + length > limit:
+                raise Unusual
+            labels.append(data[offset + 1 : offset + 1 + length])
+            total += length + 1
+            offset += length + 1
+            continue
+        if length < 0xC0 or offset + 2 > limit:
+            raise Unusual
+        target = ((length & 0x3F) << 8) | data[offset + 1]
+        hops += 1
+        if target >= lowest or hops > MAX_POINTER_CHAIN:
+            raise Unusual
+        if not end:
+            end = offset + 2
+        limit, lowest, segment = segment, target, target
+        offset = target
+    if total > 255:  # RFC 1035 §2.3.4
+        raise Unusual
+    wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+    return _name_text(labels), end, wire
+
+
+def _name_text(labels: list[bytes]) -> str:
     try:
         text = b".".join(labels).decode("ascii")
     except UnicodeDecodeError:
@@ -143,7 +209,7 @@ def _read_plain_name(data: bytes, offset: int) -> tuple[str, int]:
     # a dot inside a label would alias another name; never match overrides with it
     if not text.isprintable() or text.count(".") != max(len(labels) - 1, 0):
         raise Unusual
-    return text.lower(), offset + 1
+    return text.lower()
 
 
 def _flags_for_answer(query: Query, rcode: int, *, aa: bool) -> int:

@@ -1,16 +1,14 @@
 """The local DNS stub: UDP and TCP sockets on loopback, bytes in, bytes out.
 
 Reads datagrams straight from the socket (asyncio's datagram transport allocates a 256 KiB
-buffer per read), asks portal.core.answer what to do, and replies or forwards. Never awaits D-Bus
-or disk: the overrides arrive as a ready mapping through `set_entries()`. Loopback clients only.
-Hostile input is logged at debug level and dropped or answered FORMERR; nothing here raises out
-of a read callback.
+buffer per read), asks portal.core.answer what to do with each (`Answers.decide`: parsed once,
+decided once) and sends what it says: a reply, or the query to the upstreams it names. Never
+awaits D-Bus or disk: the overrides and the portal's routes arrive as one ready `Answers`,
+swapped whole (`set_entries`, `set_portal_routes`). Hostile input is logged at debug level and
+dropped or answered FORMERR; nothing here raises out of a read callback.
 
-In the daemon (`threaded=True`) the UDP side — the listening sockets, the forwarder's sockets and
-its timer — runs in a thread of its own (portal.edges.reactor.ThreadReactor), which answers a
-query straight from a blocking read; TCP clients stay on the asyncio loop. The two threads share
-only what is swapped whole: the overrides with their answer cache (one tuple) and the portal
-routes (one dict).
+The UDP side runs in the DNS thread and TCP clients on the asyncio loop; which thread owns what
+is the table in portal/edges/reactor.py.
 """
 
 from __future__ import annotations
@@ -25,26 +23,10 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from portal.core.answer import (
-    AnswerCache,
-    Forward,
-    LocalEntry,
-    Unparsed,
-    decide,
-    decide_query,
-    refuse,
-)
+from portal.core.answer import Answers, Forward, LocalEntry, relay
 from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
-from portal.core.packet import (
-    RCODE_FORMERR,
-    RCODE_SERVFAIL,
-    Query,
-    build_error,
-    build_header_error,
-    parse_query,
-)
-from portal.edges.reactor import ThreadReactor
+from portal.core.packet import RCODE_SERVFAIL, build_error
 from portal.edges.upstream import Forwarder
 
 log = logging.getLogger("portal.dns")
@@ -84,17 +66,16 @@ def bind_sockets(listen: Iterable[tuple[str, int]]) -> list[socket.socket]:
 
 
 class DnsStub:
-    def __init__(
-        self, sockets: list[socket.socket], forwarder: Forwarder, *, threaded: bool = False
-    ) -> None:
+    """Serves `sockets` (UDP and TCP, bound already); forwards through `forwarder`, whose reactor
+    is the DNS thread this stub starts."""
+
+    def __init__(self, sockets: list[socket.socket], forwarder: Forwarder) -> None:
         self.sockets = sockets
         self.forwarder = forwarder
-        self.threaded = threaded
-        # the overrides and the answers built from them, swapped as one (another thread reads)
-        self._table: tuple[Mapping[str, LocalEntry], AnswerCache] = ({}, AnswerCache())
-        self.reactor: ThreadReactor | None = None
-        self._waker: Any = None  # the reactor's wake-up datagrams come from this address
-        self.portal_routes: dict[str, tuple[Upstream, ...]] = {}  # domain → venue DNS
+        self.reactor = forwarder.reactor
+        # the overrides, the routes and the answers built from them: swapped as one (the DNS
+        # thread reads it)
+        self._answers = Answers()
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
         self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
@@ -102,71 +83,57 @@ class DnsStub:
 
     @property
     def entries(self) -> Mapping[str, LocalEntry]:
-        return self._table[0]
+        return self._answers.entries
+
+    @property
+    def portal_routes(self) -> Mapping[str, tuple[Upstream, ...]]:
+        return self._answers.routes
 
     def set_entries(self, entries: Mapping[str, LocalEntry]) -> None:
-        # answers built from the old overrides go with them, in the same swap
-        self._table = (entries, AnswerCache())
+        self._answers = self._answers.with_entries(entries)
 
     def set_portal_routes(self, routes: Mapping[str, tuple[Upstream, ...]]) -> None:
         """While a portal is up, names under these domains go to the venue's DNS."""
-        self.portal_routes = dict(routes)
+        self._answers = self._answers.with_routes(dict(routes))
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every UDP socket, as bound."""
+        return [s.getsockname()[:2] for s in self.sockets if s.type == socket.SOCK_DGRAM]
 
     def addresses(self) -> list[str]:
-        out = []
-        for s in self.sockets:
-            if s.type == socket.SOCK_DGRAM:
-                host, port = s.getsockname()[:2]
-                out.append(format_host_port(host, port))
-        return out
+        return [format_host_port(host, port) for host, port in self.listen_addresses()]
 
     async def start(self, on_fatal: Any = None) -> None:
-        """Serve. `on_fatal(exc)` is called on the loop if the UDP thread ever dies."""
-        loop = asyncio.get_running_loop()
+        """Serve: TCP on the loop, UDP in the DNS thread. `on_fatal(exc)` is called on the loop
+        if that thread ever dies."""
         udp = [s for s in self.sockets if s.type == socket.SOCK_DGRAM]
         for s in self.sockets:
             if s.type != socket.SOCK_DGRAM:
                 s.setblocking(False)
                 server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
                 self._servers.append(server)
-        if not self.threaded or not udp:
-            for s in udp:
-                s.setblocking(False)
-                loop.add_reader(s.fileno(), self._on_udp, s)
-            return
-        first = udp[0]
-        r = ThreadReactor(loop, first.getsockname(), first.family)
-        self.reactor, self._waker = r, r.waker_address
+        r = self.reactor
         for s in udp:
             # blocking, for the thread's plain recvfrom(); every other read says MSG_DONTWAIT
             s.setblocking(True)
             r.add_reader(s.fileno(), self._on_udp, s)
         if len(udp) == 1:
-            r.solo = first
-            r.on_solo = functools.partial(self._on_solo, first)
+            r.serve_solo(udp[0], functools.partial(self._on_solo, udp[0]))
         forwarder = self.forwarder
         r.busy = lambda: forwarder.in_flight > 0
         r.on_fatal = on_fatal
-        forwarder.reactor = r
         r.start()
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
         for server in self._servers:
             server.close()
-        if self.reactor is not None:
-            # forwards in flight get their SERVFAIL from the thread, then it stops
-            self.reactor.call_soon_threadsafe(self.forwarder.close)
-            await asyncio.to_thread(self.reactor.stop)
-        else:
-            for s in self.sockets:
-                if s.type == socket.SOCK_DGRAM:
-                    loop.remove_reader(s.fileno())
-            self.forwarder.close()
+        # forwards in flight get their SERVFAIL from the thread, then it stops
+        await self.forwarder.aclose()
+        await asyncio.to_thread(self.reactor.stop)
         for s in self.sockets:
             s.close()
 
-    # -- UDP ---------------------------------------------------------------------------------
+    # -- UDP (in the DNS thread) -------------------------------------------------------------
 
     def _on_udp(self, sock: socket.socket) -> None:
         for _ in range(UDP_BATCH):
@@ -186,39 +153,29 @@ class DnsStub:
         self._on_udp(sock)
 
     def _on_datagram(self, sock: socket.socket, data: bytes, addr: Any) -> None:
-        if addr == self._waker:
-            return  # the UDP thread's wake-up: its reactor runs what it was woken for
+        if addr == self.reactor.waker_address:
+            return  # the DNS thread's wake-up: its reactor runs what it was woken for
         try:
             self._handle_udp(sock, data, addr)
         except Exception:  # the stub never dies of one packet
             log.exception("internal error on a packet from %s, ignoring", addr[0])
 
     def _handle_udp(self, sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
-        if not is_loopback(addr[0]):
-            log.debug("query from non-loopback %s, refusing", addr[0])
-            reply = refuse(data)
-            if reply is not None:
-                _sendto(sock, reply, addr)
-            return
-        entries, cache = self._table
-        decision = cache.decide(data, entries, time.time())
+        client = addr[0]
+        decision = self._answers.decide(data, time.time(), client)
         if isinstance(decision, bytes):
+            if not client.startswith("127.") and not is_loopback(client):
+                log.debug("query from non-loopback %s, refusing", client)
             _sendto(sock, decision, addr)
         elif isinstance(decision, Forward):
-            self._forward_or_refuse(sock, data, decision.query, addr)
-        elif isinstance(decision, Unparsed):
-            slow = self._slow_path(data, decision.rcode)
-            if isinstance(slow, bytes):
-                _sendto(sock, slow, addr)
-            elif isinstance(slow, Query):
-                # the slow path's forwards count against the same limits as the fast path's
-                self._forward_or_refuse(sock, data, slow, addr)
+            self._forward(sock, data, decision, addr)
         else:
-            log.debug("undecodable packet from %s (%d bytes), ignoring", addr[0], len(data))
+            log.debug("undecodable packet from %s (%d bytes), ignoring", client, len(data))
 
-    def _forward_or_refuse(
-        self, sock: socket.socket, data: bytes, q: Query, addr: tuple[str, int]
+    def _forward(
+        self, sock: socket.socket, data: bytes, forward: Forward, addr: tuple[str, int]
     ) -> None:
+        q = forward.query
         mine = self._pending.get(addr, 0)  # addr: the client socket's address tuple
         if self.forwarder.in_flight >= self.max_pending or mine >= MAX_PENDING_PER_CLIENT:
             log.debug("too many forwards in flight (%s has %d), answering SERVFAIL", addr[0], mine)
@@ -226,53 +183,19 @@ class DnsStub:
             return
         self._pending[addr] = mine + 1
         self.forwarder.start(
-            data, q.question, self._forwarded, (sock, q, addr), upstreams=self._route(q.name)
+            data, q.question, self._forwarded, (sock, forward, addr), upstreams=forward.upstreams
         )
 
     def _forwarded(
-        self, context: tuple[socket.socket, Query, tuple[str, int]], answer: bytes | None
+        self, context: tuple[socket.socket, Forward, tuple[str, int]], answer: bytes | None
     ) -> None:
-        sock, q, addr = context
+        sock, forward, addr = context
         left = self._pending.pop(addr, 1) - 1
         if left > 0:
             self._pending[addr] = left
-        if answer is None:
-            answer = build_error(q, RCODE_SERVFAIL)
-        elif len(answer) > q.udp_payload:
-            # Never send more than the client can take: header + question, TC set (RFC 1035 §4.2.1)
-            answer = _truncate(answer, q)
-        _sendto(sock, answer, addr)
+        _sendto(sock, relay(forward.query, answer), addr)
 
-    async def _forward_tcp(self, data: bytes, q: Query) -> bytes:
-        upstreams = self._route(q.name)
-        try:
-            answer = await self.forwarder.forward(data, q.question, upstreams=upstreams, tcp=True)
-        except Exception:
-            log.exception("forwarding %s failed, answering SERVFAIL", q.name)
-            answer = None
-        return build_error(q, RCODE_SERVFAIL) if answer is None else answer
-
-    def _route(self, name: str) -> tuple[Upstream, ...] | None:
-        if not self.portal_routes:
-            return None
-        labels = name.split(".")
-        for i in range(len(labels)):
-            venue = self.portal_routes.get(".".join(labels[i:]))
-            if venue:
-                return venue
-        return None
-
-    def _slow_path(self, data: bytes, rcode: int) -> bytes | Query | None:
-        """Queries the fast path will not read (compression in the question, odd records):
-        let dnspython try; otherwise answer the fast path's rcode with the header only."""
-        if rcode == RCODE_FORMERR:
-            q = _parse_with_dnspython(data)
-            if q is not None:
-                decision = decide_query(q, self.entries, time.time())
-                return decision if isinstance(decision, bytes) else decision.query
-        return build_header_error(data, rcode)
-
-    # -- TCP ---------------------------------------------------------------------------------
+    # -- TCP (on the asyncio loop) -----------------------------------------------------------
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -290,7 +213,7 @@ class DnsStub:
                     data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT_S)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
-                reply = await self._answer_tcp(data)
+                reply = await self._answer_tcp(data, host)
                 if reply is None:
                     return
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -301,18 +224,19 @@ class DnsStub:
             self._tcp_clients -= 1
             writer.close()
 
-    async def _answer_tcp(self, data: bytes) -> bytes | None:
-        decision = decide(data, self.entries, time.time(), tcp=True)
-        if isinstance(decision, bytes):
+    async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:
+        decision = self._answers.decide(data, time.time(), client, tcp=True)
+        if not isinstance(decision, Forward):
             return decision
-        if isinstance(decision, Forward):
-            return await self._forward_tcp(data, decision.query)
-        if isinstance(decision, Unparsed):
-            reply = self._slow_path(data, decision.rcode)
-            if isinstance(reply, Query):
-                return await self._forward_tcp(data, reply)
-            return reply
-        return None
+        q = decision.query
+        try:
+            answer = await self.forwarder.forward(
+                data, q.question, upstreams=decision.upstreams, tcp=True
+            )
+        except Exception:
+            log.exception("forwarding %s failed, answering SERVFAIL", q.name)
+            answer = None
+        return relay(q, answer)
 
 
 def forward_limit() -> int:
@@ -332,61 +256,3 @@ def _sendto(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
         sock.sendto(data, socket.MSG_DONTWAIT, addr)
     except OSError as exc:  # e.g. a full socket buffer under a flood: the client retries
         log.debug("reply to %s failed: %s, ignoring", addr[0], exc)
-
-
-def _truncate(answer: bytes, q: Query) -> bytes:
-    header = struct.unpack_from("!HHHHHH", answer, 0)
-    flags = header[1] | 0x0200
-    return struct.pack("!HHHHHH", header[0], flags, 1, 0, 0, 0) + q.question
-
-
-def _parse_with_dnspython(data: bytes) -> Query | None:
-    import dns.exception
-    import dns.message
-    import dns.rdatatype
-
-    try:
-        # The whole message, not question_only: the OPT record decides the answer's EDNS
-        # (RFC 6891 §6.1.1: an OPT in the query means one in the answer; §6.1.3: BADVERS), and
-        # trailing bytes are refused as the fast path refuses them.
-        msg = dns.message.from_wire(data)
-    except (dns.exception.DNSException, ValueError, IndexError, struct.error):
-        return None
-    # Only what the fast path accepts, spelled differently (compression in the question): one
-    # question, no answer, authority or other additional records.
-    if (
-        len(msg.question) != 1
-        or msg.flags & 0x8000
-        or msg.answer
-        or msg.authority
-        or msg.additional
-        or msg.tsig is not None
-    ):
-        return None
-    rrset = msg.question[0]
-    name = rrset.name.to_text(omit_final_dot=True).lower()
-    if name == "@":
-        name = ""
-    try:
-        wire_name = rrset.name.to_wire()
-        if wire_name is None:
-            return None
-        question = wire_name + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
-    except Exception:
-        return None
-    parsed = parse_query(data[:4] + struct.pack("!HHHH", 1, 0, 0, 0) + question)
-    if not isinstance(parsed, Query):
-        return None
-    # keep the EDNS view of the original if it had an OPT record
-    return Query(
-        id=parsed.id,
-        flags=parsed.flags,
-        name=name,
-        qtype=parsed.qtype,
-        qclass=parsed.qclass,
-        question=question,
-        edns=msg.edns >= 0,
-        edns_version=max(msg.edns, 0),
-        edns_do=bool(msg.ednsflags & 0x8000),
-        udp_payload=max(512, min(msg.payload or 512, 1232)),
-    )

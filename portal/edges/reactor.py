@@ -1,19 +1,34 @@
-"""Where the stub's UDP work runs: the daemon's asyncio loop, or a thread of its own.
+"""The DNS thread: where the stub's UDP side runs, and what each thread owns.
 
-The forwarder needs five things from an event loop: the time, read callbacks on its sockets,
-timers, a way to be called from another thread, and a coroutine run for it (the rare TCP retry).
-`AsyncioReactor` provides them on a running asyncio loop (the forwarder's tests, and any caller
-that wants everything on one loop). `ThreadReactor` provides them in a thread that does nothing
-but the stub's UDP side, so that a query is read as soon as the kernel has it:
+The daemon runs two threads. Each thing below belongs to one of them; the other thread may only
+do what the last column says.
+
+    thread          owns                                    the other thread may
+    --------------  --------------------------------------  ------------------------------------
+    DNS thread      the stub's UDP sockets (reads,          hand it work: call_soon_threadsafe();
+    (portal-dns,    replies); the forwarder's upstream      read Forwarder.in_flight
+    this reactor)   sockets, queries in flight, expiry
+                    timer and pools (edges/upstream.py);
+                    the stub's forwards per client
+    asyncio loop    TCP clients and their forwards; D-Bus,  replace the stub's Answers: one
+    (main)          detection, probes, the overrides and    reference to the overrides, routes
+                    the state file, resolver wiring; the    and answer cache together (the DNS
+                    TCP retry of a truncated UDP answer     thread reads it per packet); replace
+                    (run_coroutine)                         the forwarder's upstreams (one tuple)
+
+The forwarder needs five things from a loop: the time, read callbacks on its sockets, timers, a
+way to be called from another thread, and a coroutine run for it (the rare TCP retry).
+`ThreadReactor` provides them in a thread that does nothing but the stub's UDP side, so that a
+query is read as soon as the kernel has it:
 
 - With nothing else to wait for (no forwarded query in flight, no timer due), the thread sleeps
-  in a plain blocking `recvfrom()` on the stub's one UDP socket, the shortest path from a
-  packet's arrival to its answer (bench/: an epoll round and asyncio's loop cost 4 and 10 µs
-  per wakeup, which is most of what separated the stub's latency from dnsmasq's).
+  in a plain blocking `recvfrom()` on the stub's one UDP socket (`serve_solo`), the shortest path
+  from a packet's arrival to its answer (bench/: an epoll round and asyncio's loop cost 4 and
+  10 µs per wakeup, which is most of what separated the stub's latency from dnsmasq's).
 - Otherwise it waits in epoll on every registered socket, with the next timer as timeout.
 - Another thread hands it work with `call_soon_threadsafe()`: a queue plus one datagram from a
-  private loopback socket to the stub's socket, which wakes either kind of wait. The stub's read
-  callback drops datagrams from `waker_address` instead of answering them.
+  private loopback socket, to the solo socket (which wakes either kind of wait; the stub drops
+  datagrams from `waker_address`) or, without one, to the reactor's own inbox socket.
 
 The daemon's own loop stays free for D-Bus, detection and TCP clients; when it is idle it holds
 no lock the thread needs (the interpreter lock is released in its epoll wait).
@@ -31,74 +46,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 log = logging.getLogger("portal.dns")
 
 Done = Callable[[Any], None]
 
 
-class Timer(Protocol):
-    def cancel(self) -> None: ...
+class Timer:
+    """A timer of the DNS thread (call_at); cancel() before it fires and it never does."""
 
-
-class Reactor(Protocol):
-    def time(self) -> float: ...
-    def add_reader(self, fd: int, callback: Callable[..., None], *args: Any) -> None: ...
-    def remove_reader(self, fd: int) -> None: ...
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer: ...
-    def call_soon_threadsafe(self, callback: Callable[..., None], *args: Any) -> None: ...
-    def run_coroutine(self, coro: Coroutine[Any, Any, Any], done: Done) -> None: ...
-    def in_thread(self) -> bool: ...
-
-
-class AsyncioReactor:
-    """The reactor interface on an asyncio loop (the running one when none is given)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.loop = loop or asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def time(self) -> float:
-        return self.loop.time()
-
-    def add_reader(self, fd: int, callback: Callable[..., None], *args: Any) -> None:
-        self.loop.add_reader(fd, callback, *args)
-
-    def remove_reader(self, fd: int) -> None:
-        if not self.loop.is_closed():
-            self.loop.remove_reader(fd)
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        return self.loop.call_at(when, callback)
-
-    def call_soon_threadsafe(self, callback: Callable[..., None], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(callback, *args)
-
-    def in_thread(self) -> bool:
-        """Whether the caller may use this reactor directly: on the loop's own thread."""
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
-
-    def run_coroutine(self, coro: Coroutine[Any, Any, Any], done: Done) -> None:
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-
-        def finished(t: asyncio.Task[Any]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled():
-                done(None if t.exception() is not None else t.result())
-
-        task.add_done_callback(finished)
-
-    def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-
-
-class _ThreadTimer:
     __slots__ = ("when", "callback", "cancelled")
 
     def __init__(self, when: float, callback: Callable[[], None]) -> None:
@@ -113,21 +70,17 @@ class _ThreadTimer:
 class ThreadReactor:
     """A minimal loop in a thread of its own for the stub's UDP side (see the module text).
 
-    `solo` is the stub's UDP socket when it has exactly one (blocking mode, see above), with
-    `on_solo(data, addr)` its handler for one datagram; `busy()` says whether anything besides
-    that socket may need attention (forwards in flight). Every callback runs in this thread.
+    `serve_solo()` names the stub's UDP socket when it has exactly one (blocking mode, see
+    above); `busy()` says whether anything besides that socket may need attention (forwards in
+    flight); `on_fatal(exc)` is called on the main loop if the thread dies. Every callback runs
+    in this thread.
     """
 
-    def __init__(
-        self,
-        main_loop: asyncio.AbstractEventLoop,
-        wake_to: tuple[Any, ...],
-        family: socket.AddressFamily,
-    ) -> None:
-        self.main_loop = main_loop
+    def __init__(self) -> None:
+        self.main_loop: asyncio.AbstractEventLoop | None = None  # the loop that start()s it
         self._epoll = select.epoll()
         self._readers: dict[int, tuple[Callable[..., None], tuple[Any, ...]]] = {}
-        self._timers: list[tuple[float, int, _ThreadTimer]] = []
+        self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._calls: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._stopping = False
@@ -136,12 +89,40 @@ class ThreadReactor:
         self.on_solo: Callable[[bytes, Any], None] | None = None
         self.busy: Callable[[], bool] = lambda: False
         self.on_fatal: Callable[[BaseException], None] | None = None
-        # wakes the thread: a datagram to the stub's socket from this private one
-        self._waker = socket.socket(family, socket.SOCK_DGRAM)
-        self._waker.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-        self._waker.setblocking(False)
+        # Wakes the thread: a datagram from this private socket to the inbox, a loopback socket
+        # of the reactor's own in epoll, or to the solo socket once there is one.
+        self._inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._inbox.bind(("127.0.0.1", 0))
+        self._inbox.setblocking(False)
+        self.add_reader(self._inbox.fileno(), self._drain_inbox)
+        self._wake_to: tuple[Any, ...] = self._inbox.getsockname()
+        self._waker = self._new_waker(socket.AF_INET)
         self.waker_address = self._waker.getsockname()
-        self._wake_to = wake_to
+
+    @staticmethod
+    def _new_waker(family: socket.AddressFamily) -> socket.socket:
+        waker = socket.socket(family, socket.SOCK_DGRAM)
+        waker.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        waker.setblocking(False)
+        return waker
+
+    def serve_solo(self, sock: socket.socket, on_datagram: Callable[[bytes, Any], None]) -> None:
+        """Read `sock` (blocking) with a plain recvfrom() whenever nothing else needs the thread,
+        and hand each datagram to `on_datagram(data, addr)`; wake-ups are sent to `sock` from
+        then on, from `waker_address` (the handler drops those). Before start()."""
+        if sock.family != self._waker.family:
+            self._waker.close()
+            self._waker = self._new_waker(sock.family)
+            self.waker_address = self._waker.getsockname()
+        self.solo, self.on_solo = sock, on_datagram
+        self._wake_to = sock.getsockname()
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                self._inbox.recv(64)
+            except OSError:  # BlockingIOError: drained
+                return
 
     # -- the reactor interface (called in the thread) ------------------------------------------
 
@@ -163,12 +144,13 @@ class ThreadReactor:
                 pass
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = _ThreadTimer(when, callback)
+        timer = Timer(when, callback)
         heapq.heappush(self._timers, (when, next(self._seq), timer))
         return timer
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any], done: Done) -> None:
         """Run `coro` on the daemon's loop; `done(result or None)` back in this thread."""
+        assert self.main_loop is not None, "the reactor runs only once started"
         future = asyncio.run_coroutine_threadsafe(coro, self.main_loop)
 
         def finished(f: Any) -> None:
@@ -191,6 +173,8 @@ class ThreadReactor:
         return self._thread is None or self._thread is threading.current_thread()
 
     def start(self) -> None:
+        """Start the thread; called on the asyncio loop it hands coroutines and failures to."""
+        self.main_loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._main, name="portal-dns", daemon=True)
         self._thread.start()
 
@@ -201,6 +185,7 @@ class ThreadReactor:
             self._thread.join(timeout_s)
         self._epoll.close()
         self._waker.close()
+        self._inbox.close()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -215,7 +200,7 @@ class ThreadReactor:
             self._loop()
         except BaseException as exc:  # the stub never dies silently: the daemon is told
             log.critical("the DNS thread failed: %r", exc, exc_info=True)
-            if self.on_fatal is not None:
+            if self.on_fatal is not None and self.main_loop is not None:
                 self.main_loop.call_soon_threadsafe(self.on_fatal, exc)
 
     def _loop(self) -> None:

@@ -21,10 +21,10 @@ runs as a task, and a rare one). An upstream that answers SERVFAIL or REFUSED, o
 within UDP_TIMEOUT_S, passes the query to the next upstream; when none answers within
 TOTAL_TIMEOUT_S, the caller gets None and replies SERVFAIL.
 
-It runs wherever its `reactor` says (portal.edges.reactor): in the daemon, the stub's DNS
-thread, which owns every UDP socket and the timer; otherwise the running asyncio loop. The
-awaitable `forward()` may be called from the asyncio loop either way; TCP forwarding always runs
-there.
+It runs in the DNS thread, its `reactor` (portal.edges.reactor, whose table says what that
+thread owns): every UDP socket, the queries in flight and the timer. The awaitable `forward()`
+and `aclose()` are called from the asyncio loop and hand the work over; TCP forwarding runs on
+that loop.
 
 Decides nothing about which names are forwarded: that is portal.core.answer.
 """
@@ -46,7 +46,7 @@ from typing import Any
 
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
-from portal.edges.reactor import AsyncioReactor, Reactor, Timer
+from portal.edges.reactor import ThreadReactor, Timer
 
 log = logging.getLogger("portal.upstream")
 
@@ -64,7 +64,8 @@ Done = Callable[[Any, "bytes | None"], None]
 
 
 class Forwarder:
-    def __init__(self, upstreams: Sequence[Upstream] = ()) -> None:
+    def __init__(self, reactor: ThreadReactor, upstreams: Sequence[Upstream] = ()) -> None:
+        self.reactor = reactor
         self.upstreams: tuple[Upstream, ...] = tuple(upstreams)
         self.failed = 0
         self.in_flight = 0
@@ -76,34 +77,41 @@ class Forwarder:
         self._timer: Timer | None = None
         self._timer_at = 0.0
         self._attempts = 0  # a serial per attempt: queue entries of earlier attempts are stale
-        # where the UDP side runs: set by the stub (a ThreadReactor), else the running loop
-        self.reactor: Reactor | None = None
-
-    def _r(self) -> Reactor:
-        r = self.reactor
-        if r is None:
-            r = self.reactor = AsyncioReactor()
-        return r
 
     def set_upstreams(self, upstreams: Sequence[Upstream]) -> None:
         self.upstreams = tuple(upstreams)
-        if self.reactor is not None and not self.reactor.in_thread():
-            self._r().call_soon_threadsafe(self._drop_unused_pools)
-        else:
+        if self.reactor.in_thread():
             self._drop_unused_pools()
+        else:
+            self.reactor.call_soon_threadsafe(self._drop_unused_pools)
 
     def _drop_unused_pools(self) -> None:
         # sockets of upstreams we no longer use are closed; queries in flight keep theirs
         for server in [s for s in self._pools if s not in self.upstreams]:
             self._pools.pop(server).close()
 
+    async def aclose(self) -> None:
+        """close() in the DNS thread, from the asyncio loop; returns when it is done."""
+        loop = asyncio.get_running_loop()
+        closed = loop.create_future()
+
+        def close_then_tell() -> None:
+            try:
+                self.close()
+            finally:
+                loop.call_soon_threadsafe(_resolve, closed, None)
+
+        if self.reactor.alive():
+            self.reactor.call_soon_threadsafe(close_then_tell)
+            await closed
+        else:
+            self.close()  # the thread never started or has stopped: nothing else runs it
+
     def close(self) -> None:
-        """Close every socket; queries still in flight get None. In the UDP side's thread."""
+        """Close every socket; queries still in flight get None. In the DNS thread."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if isinstance(self.reactor, AsyncioReactor):
-            self.reactor.close()  # TCP retries in flight
         pending = [f for _, n, f in [*self._queue, *self._short] if f.attempt == n and f.sock]
         self._queue.clear()
         self._short.clear()
@@ -130,7 +138,7 @@ class Forwarder:
         """Forward the client's query over UDP; `done(context, answer)` is called exactly once:
         later from the event loop, or at once when no upstream can be sent to."""
         servers = tuple(upstreams) if upstreams is not None else self.upstreams
-        now = self._r().time()
+        now = self.reactor.time()
         flight = _Flight(data, question, servers, done, context, now + TOTAL_TIMEOUT_S)
         self.in_flight += 1
         self._attempt(flight, now)
@@ -157,7 +165,7 @@ class Forwarder:
 
         # in the UDP side's thread, wherever that is
         start = functools.partial(self.start, data, question, done, None, upstreams=upstreams)
-        self._r().call_soon_threadsafe(start)
+        self.reactor.call_soon_threadsafe(start)
         return await fut
 
     async def _forward_tcp(
@@ -189,7 +197,7 @@ class Forwarder:
 
     def _attempt(self, flight: _Flight, now: float | None = None) -> None:
         """Send to the next upstream that is left, or finish with the best answer so far."""
-        r = self._r()
+        r = self.reactor
         if now is None:
             now = r.time()
         while flight.index < len(flight.servers):
@@ -227,13 +235,13 @@ class Forwarder:
         flight.sock = None
         sock.done_with(flight.qid)
         if packet[2] & 0x02:  # TC: retry over TCP (RFC 7766), on the asyncio loop
-            left = flight.deadline - self._r().time()
+            left = flight.deadline - self.reactor.time()
             server = flight.servers[flight.index]
             qid = _random.u16()
             retry = _tcp_exchange(
                 server, with_id(flight.data, qid), qid, flight.question, min(TCP_TIMEOUT_S, left)
             )
-            self._r().run_coroutine(retry, lambda answer: self._result(flight, answer or packet))
+            self.reactor.run_coroutine(retry, lambda answer: self._result(flight, answer or packet))
             return
         self._result(flight, packet)
 
@@ -280,11 +288,11 @@ class Forwarder:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self._r().call_at(when, self._expire)
+        self._timer = self.reactor.call_at(when, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
-        limit = self._r().time() + TIMER_SLACK_S
+        limit = self.reactor.time() + TIMER_SLACK_S
         expired: list[_Flight] = []
         q, short = self._queue, self._short
         while q and q[0][0] <= limit:
@@ -433,7 +441,7 @@ class _UdpPool:
         self.slots: list[_Sock | None] = [None] * POOL_SOCKETS
         self.open = 0  # sockets open, retired ones included
 
-    def pick(self, reactor: Reactor) -> _Sock:
+    def pick(self, reactor: ThreadReactor) -> _Sock:
         # a random socket: which port the next query uses is not predictable
         i = _random.below(POOL_SOCKETS)
         sock = self.slots[i]
@@ -448,7 +456,7 @@ class _UdpPool:
         sock.uses += 1
         return sock
 
-    def _open(self, reactor: Reactor) -> _Sock:
+    def _open(self, reactor: ThreadReactor) -> _Sock:
         raw = socket.socket(_family(self.server.host), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         try:
             # connect(): the kernel picks a random ephemeral port and drops datagrams from others
@@ -475,7 +483,7 @@ class _UdpPool:
     def close_socket(self, sock: _Sock) -> None:
         if sock.fd < 0:
             return
-        self.forwarder._r().remove_reader(sock.fd)
+        self.forwarder.reactor.remove_reader(sock.fd)
         sock.sock.close()
         sock.fd = -1
         self.open -= 1

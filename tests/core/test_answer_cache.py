@@ -121,3 +121,18 @@ def test_the_cache_is_bounded() -> None:
         q.use_edns(0, payload=600 + i)
         cache.decide(q.to_wire(), ENTRIES, NOW)
         assert len(cache) <= 8
+
+
+def test_a_question_pointing_into_the_id_is_never_answered_from_the_cache() -> None:
+    # The root label as a pointer to offset 0: with ID 0x00.. it reads a zero byte (the root),
+    # with ID 0x01.. a label; the bytes after the ID, the cache's key, are the same.
+    tail = b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    question = b"\x05login\x05hotel\x07example\xc0\x00\x00\x01\x00\x01"
+    ours, other = b"\x00\x42" + tail + question, b"\x01\x42" + tail + question
+    cache = AnswerCache()
+    assert cache.decide(ours, ENTRIES, NOW) == decide(ours, ENTRIES, NOW)
+    assert isinstance(decide(ours, ENTRIES, NOW), bytes)  # the override's answer
+    assert cache.decide(other, ENTRIES, NOW) == decide(other, ENTRIES, NOW)
+    assert not isinstance(decide(other, ENTRIES, NOW), bytes) or decide(
+        other, ENTRIES, NOW
+    ) != decide(ours, ENTRIES, NOW)

@@ -1,4 +1,5 @@
-"""The byte-level fast path, checked against dnspython's own parser and builder."""
+"""The DNS packet code (portal/core/packet.py), checked against dnspython's own parser and
+builder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portal.core.answer import Forward, LocalEntry, Unparsed, decide, refuse
+from portal.core.answer import Forward, LocalEntry, decide, refuse
 from portal.core.packet import (
     RCODE_FORMERR,
     RCODE_NOTIMP,
@@ -211,10 +212,10 @@ def test_name_at_the_255_octet_limit_and_beyond() -> None:
     assert parse_query(header(0x0100) + too_long + b"\x00\x01\x00\x01") == RCODE_FORMERR
 
 
-def test_header_error_and_unparsed() -> None:
+def test_header_error_for_what_cannot_be_read() -> None:
     packet = header(0x0100, qd=2) + QUESTION * 2
-    assert isinstance(decide(packet, {}, NOW), Unparsed)
     reply = build_header_error(packet, RCODE_FORMERR)
+    assert decide(packet, {}, NOW) == reply
     assert reply is not None
     msg = dns.message.from_wire(reply)
     assert msg.id == 0xBEEF and msg.rcode() == dns.rcode.FORMERR and msg.flags & dns.flags.QR
@@ -226,7 +227,7 @@ def test_header_error_and_unparsed() -> None:
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     result = decide(data, {"a.example": LocalEntry((b"\x0a\x00\x00\x01",), (), None)}, NOW)
-    assert result is None or isinstance(result, bytes | Forward | Unparsed)
+    assert result is None or isinstance(result, bytes | Forward)
     assert refuse(data) is None or isinstance(refuse(data), bytes)
 
 
@@ -273,3 +274,81 @@ def test_build_records_ttl_is_clamped() -> None:
     assert isinstance(q, Query)
     msg = dns.message.from_wire(build_records(q, [(1, b"\x01\x02\x03\x04")], -5))
     assert msg.answer[0].ttl == 0
+
+
+# --- compressed question names (RFC 1035 §4.1.4), read as dnspython reads them -------------------
+
+
+def one_question(qid: int, flags: int = 0x0100) -> bytes:
+    return struct.pack("!HHHHHH", qid, flags, 1, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("packet", "name"),
+    [
+        # the root label as a pointer to offset 0, which holds a zero byte (ID < 256)
+        (one_question(0x42) + b"\x05LOGIN\x05hotel\x07example\xc0\x00" + b"\x00\x01\x00\x01",
+         "login.hotel.example"),
+        (one_question(0x42) + b"\xc0\x00" + b"\x00\x01\x00\x01", ""),  # the root, compressed
+        # a chain: offset 12 points at 5 (\x01 then a zero byte: a label of one zero byte)
+        (one_question(0x42) + b"\xc0\x05\x00\x01\x00\x01", None),
+        (one_question(0x142) + b"\x01a\xc0\x00\x00\x01\x00\x01", None),  # offset 0 is no label
+        (one_question(0x42) + b"\x01a\xc0\x0c\x00\x01\x00\x01", None),  # a loop back to itself
+        (one_question(0x42) + b"\x01a\xc0\x0e\x00\x01\x00\x01", None),  # a pointer forwards
+        (one_question(0x42) + b"\x01a\xc0", None),  # a pointer cut short
+    ],
+)  # fmt: skip
+def test_compressed_question_names(packet: bytes, name: str | None) -> None:
+    q = parse_query(packet)
+    if name is None:
+        assert q == RCODE_FORMERR
+        return
+    assert isinstance(q, Query) and q.name == name
+    # the question is spelled out, as dnspython reads it; the tail (type, class) follows
+    their = dns.message.from_wire(packet).question[0]
+    assert q.question == their.name.to_wire() + b"\x00\x01\x00\x01"
+    assert decide(packet, {}, NOW) == Forward(q)
+
+
+def _their_name(data: bytes) -> dns.name.Name | None:
+    try:
+        name, _ = dns.name.from_wire(data, 12)
+    except (dns.exception.DNSException, IndexError):
+        return None
+    return name
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.integers(0, 65535),
+    st.lists(
+        st.one_of(
+            st.binary(min_size=1, max_size=6),
+            st.tuples(st.integers(0, 0x3F), st.integers(0, 255)).map(
+                lambda p: bytes((0xC0 | p[0], p[1]))
+            ),
+            st.integers(0, 40).map(lambda o: bytes((0xC0, o))),
+        ),
+        max_size=6,
+    ),
+)
+def test_compressed_names_read_as_dnspython_reads_them(qid: int, parts: list[bytes]) -> None:
+    """Whatever pointers a question holds, the name read is dnspython's, or the query is
+    FORMERR where dnspython cannot read it either (or where overrides could never match it)."""
+    body = b"".join(parts)
+    packet = one_question(qid) + body + b"\x00\x01\x00\x01"
+    q = parse_query(packet)
+    name = _their_name(packet)
+    if isinstance(q, Query):
+        assert name is not None
+        assert q.name == ".".join(x.decode() for x in name.labels[:-1]).lower()
+        assert dns.name.from_wire(q.question, 0)[0] == name
+        assert len(name.to_wire()) <= 255
+    elif name is not None and all(
+        x.isascii() and x.decode().isprintable() and b"." not in x for x in name.labels
+    ):
+        # dnspython reads a plain name: we refuse it only for what follows it (no type/class
+        # where we expect one, trailing bytes), never for the name itself
+        assert q == RCODE_FORMERR
+        consumed = dns.name.from_wire(packet, 12)[1]
+        assert len(packet) != 12 + consumed + 4

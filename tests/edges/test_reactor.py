@@ -45,7 +45,7 @@ async def test_solo_reads_wake_ups_timers_and_stop(
     udp: tuple[socket.socket, socket.socket],
 ) -> None:
     server, client = udp
-    r = ThreadReactor(asyncio.get_running_loop(), server.getsockname(), server.family)
+    r = ThreadReactor()
     seen: list[tuple[bytes, str]] = []
     wakes: list[Any] = []
 
@@ -57,7 +57,8 @@ async def test_solo_reads_wake_ups_timers_and_stop(
         server.sendto(data.upper(), addr)
 
     in_flight = [0]
-    r.solo, r.on_solo, r.busy = server, on_datagram, lambda: in_flight[0] > 0
+    r.serve_solo(server, on_datagram)
+    r.busy = lambda: in_flight[0] > 0
     r.add_reader(server.fileno(), lambda: on_datagram(*server.recvfrom(512, socket.MSG_DONTWAIT)))
     r.start()
     try:
@@ -98,7 +99,7 @@ async def test_a_failing_callback_is_logged_and_the_thread_serves_on(
     udp: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
 ) -> None:
     server, client = udp
-    r = ThreadReactor(asyncio.get_running_loop(), server.getsockname(), server.family)
+    r = ThreadReactor()
 
     def on_datagram(data: bytes, addr: Any) -> None:
         if addr == r.waker_address:
@@ -107,7 +108,7 @@ async def test_a_failing_callback_is_logged_and_the_thread_serves_on(
             raise RuntimeError("a bug")
         server.sendto(b"ok", addr)
 
-    r.solo, r.on_solo = server, on_datagram
+    r.serve_solo(server, on_datagram)
     r.start()
     try:
         client.sendto(b"boom", server.getsockname())
@@ -126,7 +127,7 @@ async def test_a_dead_thread_tells_the_daemon(udp: tuple[socket.socket, socket.s
     """Only what escapes every guard (BaseException) ends the thread; on_fatal is told."""
     server, client = udp
     loop = asyncio.get_running_loop()
-    r = ThreadReactor(loop, server.getsockname(), server.family)
+    r = ThreadReactor()
     told: asyncio.Future[BaseException] = loop.create_future()
     r.on_fatal = told.set_result
 
@@ -134,10 +135,50 @@ async def test_a_dead_thread_tells_the_daemon(udp: tuple[socket.socket, socket.s
         if addr != r.waker_address:
             raise SystemExit("unexpected")
 
-    r.solo, r.on_solo = server, on_datagram
+    r.serve_solo(server, on_datagram)
     r.start()
     client.sendto(b"x", server.getsockname())
     exc = await asyncio.wait_for(told, 3)
     assert isinstance(exc, SystemExit)
     await asyncio.to_thread(r.stop)
     assert not r.alive()
+
+
+async def test_without_a_solo_socket_work_and_timers_still_run() -> None:
+    """The forwarder alone (no stub socket yet, or several): the reactor wakes itself through
+    its own inbox, in epoll."""
+    r = ThreadReactor()
+    r.start()
+    try:
+        ran: list[str] = []
+        r.call_soon_threadsafe(lambda: ran.append(threading.current_thread().name))
+        assert wait_for(lambda: ran == ["portal-dns"])
+        fired: list[float] = []
+        t0 = time.monotonic()
+        r.call_soon_threadsafe(
+            lambda: r.call_at(r.time() + 0.1, lambda: fired.append(time.monotonic() - t0))
+        )
+        assert wait_for(lambda: bool(fired)) and 0.05 < fired[0] < 1.0
+    finally:
+        await asyncio.to_thread(r.stop)
+    assert not r.alive()
+
+
+async def test_an_ipv6_solo_socket_gets_an_ipv6_waker() -> None:
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        server.bind(("::1", 0))
+    except OSError as exc:
+        server.close()
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    r = ThreadReactor()
+    woken: list[Any] = []
+    r.serve_solo(server, lambda data, addr: woken.append(addr))
+    r.start()
+    try:
+        r.call_soon_threadsafe(lambda: None)
+        assert wait_for(lambda: woken == [r.waker_address])
+        assert r.waker_address[0] == "::1"
+    finally:
+        await asyncio.to_thread(r.stop)
+        server.close()

@@ -21,6 +21,7 @@ import pytest
 
 from portal.core.model import Upstream
 from portal.edges import upstream as up
+from portal.edges.reactor import ThreadReactor
 from portal.edges.upstream import Forwarder
 
 Reply = Callable[[dns.message.Message, int], list[bytes]]
@@ -83,6 +84,15 @@ async def fake() -> AsyncIterator[Callable[..., FakeUpstream]]:
         f.sock.close()
 
 
+@pytest.fixture
+async def reactor() -> AsyncIterator[ThreadReactor]:
+    """The DNS thread, as the daemon runs the forwarder."""
+    r = ThreadReactor()
+    r.start()
+    yield r
+    await asyncio.to_thread(r.stop)
+
+
 def addrs(wire: bytes | None) -> list[str]:
     assert wire is not None
     msg = dns.message.from_wire(wire)
@@ -91,9 +101,10 @@ def addrs(wire: bytes | None) -> list[str]:
 
 async def test_sequential_queries_keep_the_client_id(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     f = fake()
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     try:
         for i in range(5):
             data, question = query(f"n{i}.example")
@@ -102,11 +113,12 @@ async def test_sequential_queries_keep_the_client_id(
             assert addrs(got) == ["192.0.2.1"]
         assert fwd.in_flight == 0
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_concurrent_queries_share_few_sockets_and_each_gets_its_own_answer(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     """200 queries at once, answered in reverse order: every answer still reaches its query
     (the address encodes the name), over at most POOL_SOCKETS random ports, with no (port, ID)
@@ -132,7 +144,7 @@ async def test_concurrent_queries_share_few_sockets_and_each_gets_its_own_answer
 
     loop = asyncio.get_running_loop()
     loop.add_reader(f.sock.fileno(), readable)
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     try:
         results = await asyncio.gather(*(fwd.forward(*query(f"c{i}.example")) for i in range(200)))
         for i, r in enumerate(results):
@@ -144,16 +156,18 @@ async def test_concurrent_queries_share_few_sockets_and_each_gets_its_own_answer
     finally:
         loop.remove_reader(f.sock.fileno())
         f.sock.close()
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_port_changes_after_max_uses(
-    fake: Callable[..., FakeUpstream], monkeypatch: pytest.MonkeyPatch
+    fake: Callable[..., FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+    reactor: ThreadReactor,
 ) -> None:
     monkeypatch.setattr(up, "POOL_SOCKETS", 1)
     monkeypatch.setattr(up, "SOCKET_MAX_USES", 3)
     f = fake()
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     try:
         for i in range(7):
             assert await fwd.forward(*query(f"u{i}.example")) is not None
@@ -162,15 +176,17 @@ async def test_port_changes_after_max_uses(
         assert len({f.ports[0], f.ports[3], f.ports[6]}) == 3
         assert fwd._pools[f.server].open == 1  # the used-up ones are closed
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_port_changes_after_max_age(
-    fake: Callable[..., FakeUpstream], monkeypatch: pytest.MonkeyPatch
+    fake: Callable[..., FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+    reactor: ThreadReactor,
 ) -> None:
     monkeypatch.setattr(up, "POOL_SOCKETS", 1)
     f = fake()
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     try:
         assert await fwd.forward(*query("a.example")) is not None
         assert await fwd.forward(*query("b.example")) is not None
@@ -178,11 +194,13 @@ async def test_port_changes_after_max_age(
         assert await fwd.forward(*query("c.example")) is not None
         assert f.ports[0] == f.ports[1] != f.ports[2]
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_an_answer_after_its_query_expired_is_ignored(
-    fake: Callable[..., FakeUpstream], monkeypatch: pytest.MonkeyPatch
+    fake: Callable[..., FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+    reactor: ThreadReactor,
 ) -> None:
     """The first query gets no answer in time; its late answer, arriving on the same socket
     while the next query waits there, must not answer that one."""
@@ -198,7 +216,7 @@ async def test_an_answer_after_its_query_expired_is_ignored(
         return [late[0], answer(q)]
 
     f = fake(reply)
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     try:
         t0 = time.monotonic()
         assert await fwd.forward(*query("slow.example")) is None
@@ -207,11 +225,12 @@ async def test_an_answer_after_its_query_expired_is_ignored(
         assert addrs(got) == ["192.0.2.1"]
         assert f.ports[1] == f.ports[0]  # the same socket saw the late answer
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_mismatched_answers_are_ignored_and_the_socket_stays_usable(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     def reply(q: dns.message.Message, n: int) -> list[bytes]:
         wrong_id = dns.message.from_wire(answer(q, "198.51.100.1"))
@@ -221,16 +240,17 @@ async def test_mismatched_answers_are_ignored_and_the_socket_stays_usable(
         return [wrong_id.to_wire(), answer(other, "198.51.100.2"), b"\x00" * 5, answer(q)]
 
     f = fake(reply)
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     try:
         for name in ("m1.example", "m2.example"):
             assert addrs(await fwd.forward(*query(name))) == ["192.0.2.1"]
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_a_refused_port_passes_the_query_on_at_once(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     """ICMP port unreachable (nothing listens upstream) moves the query to the next upstream
     without waiting for the timeout."""
@@ -239,39 +259,43 @@ async def test_a_refused_port_passes_the_query_on_at_once(
     dead = Upstream("127.0.0.1", closed.getsockname()[1])
     closed.close()
     f = fake()
-    fwd = Forwarder([dead, f.server])
+    fwd = Forwarder(reactor, [dead, f.server])
     try:
         t0 = time.monotonic()
         assert addrs(await fwd.forward(*query("r.example"))) == ["192.0.2.1"]
         assert time.monotonic() - t0 < up.UDP_TIMEOUT_S / 2
         assert fwd._pools[dead].open == 0  # the refused socket is closed
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_a_silent_upstream_passes_the_query_on_after_its_timeout(
-    fake: Callable[..., FakeUpstream], monkeypatch: pytest.MonkeyPatch
+    fake: Callable[..., FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+    reactor: ThreadReactor,
 ) -> None:
     monkeypatch.setattr(up, "UDP_TIMEOUT_S", 0.2)
     silent, good = fake(lambda q, n: []), fake()
-    fwd = Forwarder([silent.server, good.server])
+    fwd = Forwarder(reactor, [silent.server, good.server])
     try:
         t0 = time.monotonic()
         assert addrs(await fwd.forward(*query("s.example"))) == ["192.0.2.1"]
         assert 0.15 < time.monotonic() - t0 < 1.0
         assert len(silent.ports) == 1 and len(good.ports) == 1
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_no_answer_at_all_ends_within_the_total_bound(
-    fake: Callable[..., FakeUpstream], monkeypatch: pytest.MonkeyPatch
+    fake: Callable[..., FakeUpstream],
+    monkeypatch: pytest.MonkeyPatch,
+    reactor: ThreadReactor,
 ) -> None:
     """Three silent upstreams, 0.2 s each, 0.5 s in all: the third gets what is left."""
     monkeypatch.setattr(up, "UDP_TIMEOUT_S", 0.2)
     monkeypatch.setattr(up, "TOTAL_TIMEOUT_S", 0.5)
     servers = [fake(lambda q, n: []) for _ in range(3)]
-    fwd = Forwarder([s.server for s in servers])
+    fwd = Forwarder(reactor, [s.server for s in servers])
     try:
         t0 = time.monotonic()
         assert await fwd.forward(*query("t.example")) is None
@@ -280,11 +304,12 @@ async def test_no_answer_at_all_ends_within_the_total_bound(
         assert [len(s.ports) for s in servers] == [1, 1, 1]
         assert fwd.in_flight == 0 and fwd.failed == 1
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_servfail_tries_the_next_upstream_and_is_kept_as_the_last_word(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     def servfail(q: dns.message.Message, n: int) -> list[bytes]:
         r = dns.message.make_response(q)
@@ -292,7 +317,7 @@ async def test_servfail_tries_the_next_upstream_and_is_kept_as_the_last_word(
         return [r.to_wire()]
 
     failing, good = fake(servfail), fake()
-    fwd = Forwarder([failing.server, good.server])
+    fwd = Forwarder(reactor, [failing.server, good.server])
     try:
         assert addrs(await fwd.forward(*query("f.example"))) == ["192.0.2.1"]
         fwd.set_upstreams([failing.server])
@@ -301,51 +326,70 @@ async def test_servfail_tries_the_next_upstream_and_is_kept_as_the_last_word(
         assert got is not None and got[:2] == data[:2]
         assert dns.message.from_wire(got).rcode() == dns.rcode.SERVFAIL
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_the_callback_api_calls_back_once_with_the_context(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     f = fake()
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     got: list[tuple[object, bytes | None]] = []
     done = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
     def callback(context: object, answer: bytes | None) -> None:
-        got.append((context, answer))
-        done.set()
+        got.append((context, answer))  # in the DNS thread, which owns the callback API
+        loop.call_soon_threadsafe(done.set)
+
+    async def in_thread(fn: Callable[[], object]) -> object:
+        result: asyncio.Future[object] = loop.create_future()
+
+        def run() -> None:
+            value = fn()
+            loop.call_soon_threadsafe(result.set_result, value)
+
+        reactor.call_soon_threadsafe(run)
+        return await asyncio.wait_for(result, 2)
 
     try:
-        fwd.start(*query("cb.example"), callback, "ctx")
+        await in_thread(lambda: fwd.start(*query("cb.example"), callback, "ctx"))
         await asyncio.wait_for(done.wait(), 2)
         await asyncio.sleep(0.05)
         assert len(got) == 1 and got[0][0] == "ctx" and addrs(got[0][1]) == ["192.0.2.1"]
-        fwd.start(*query("none.example"), callback, "empty", upstreams=())
-        assert got[-1] == ("empty", None)
+
+        def start_with_nowhere_to_send() -> object:
+            fwd.start(*query("none.example"), callback, "empty", upstreams=())
+            return got[-1]  # called back at once, within start()
+
+        assert await in_thread(start_with_nowhere_to_send) == ("empty", None)
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 async def test_close_leaves_no_socket_open_and_answers_what_was_in_flight(
     fake: Callable[..., FakeUpstream],
+    reactor: ThreadReactor,
 ) -> None:
     f = fake()
     silent = fake(lambda q, n: [])
-    fwd = Forwarder([f.server])
+    fwd = Forwarder(reactor, [f.server])
     await asyncio.gather(*(fwd.forward(*query(f"z{i}.example")) for i in range(40)))
     pool = fwd._pools[f.server]
     assert 1 <= pool.open <= up.POOL_SOCKETS
     waiting = asyncio.ensure_future(fwd.forward(*query("w.example"), upstreams=[silent.server]))
     await asyncio.sleep(0.05)
-    fwd.close()
+    await fwd.aclose()
     assert await asyncio.wait_for(waiting, 1) is None
     assert pool.open == 0 and fwd.in_flight == 0
 
 
-async def test_dropping_an_upstream_closes_its_sockets(fake: Callable[..., FakeUpstream]) -> None:
+async def test_dropping_an_upstream_closes_its_sockets(
+    fake: Callable[..., FakeUpstream], reactor: ThreadReactor
+) -> None:
     a, b = fake(), fake()
-    fwd = Forwarder([a.server])
+    fwd = Forwarder(reactor, [a.server])
     try:
         assert await fwd.forward(*query("x.example")) is not None
         pool = fwd._pools[a.server]
@@ -354,7 +398,7 @@ async def test_dropping_an_upstream_closes_its_sockets(fake: Callable[..., FakeU
         assert await fwd.forward(*query("y.example")) is not None
         assert b.ports and len(a.ports) == 1
     finally:
-        fwd.close()
+        await fwd.aclose()
 
 
 def test_ids_and_picks_are_random_across_buffer_refills() -> None:

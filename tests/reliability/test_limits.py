@@ -164,7 +164,7 @@ def split_upstream() -> Iterator[FakeUpstream]:
 
 
 def slow_query(i: int, *, compressed: bool) -> bytes:
-    if compressed:  # root label as a pointer to offset 0: only the slow path reads it
+    if compressed:  # root label as a pointer to offset 0: the reader follows it
         label = f"slow{i}".encode()
         wire = struct.pack("!HHHHHH", i & 0xFF, 0x0100, 1, 0, 0, 0)
         return wire + bytes([len(label)]) + label + b"\x07example\xc0\x00\x00\x01\x00\x01"
@@ -203,11 +203,12 @@ def test_forwarding_burst_from_one_client_does_not_starve_others(
     assert msg.rcode() == dns.rcode.NOERROR and addresses(msg) == ["192.0.2.53"]
 
 
-def test_slow_path_forwards_are_bounded_too(
+def test_compressed_question_forwards_are_bounded_too(
     bus: PrivateBus, make_daemon: Callable[..., Daemon], split_upstream: FakeUpstream
 ) -> None:
-    """Queries only the dnspython slow path reads were once forwarded without any limit, one
-    socket each: a burst could run the daemon out of file descriptors."""
+    """Queries with a compressed question (once read by a slow path of their own) were once
+    forwarded without any limit, one socket each: a burst could run the daemon out of file
+    descriptors."""
     d = make_daemon(bus.address, upstreams=[split_upstream.upstream])
     assert d.proc is not None
     base = len(os.listdir(f"/proc/{d.proc.pid}/fd"))

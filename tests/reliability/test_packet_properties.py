@@ -1,10 +1,10 @@
-"""Hostile input, property-based: the whole decision for one packet — the byte-level fast path
-(portal.core.packet, portal.core.answer) plus the stub's dnspython slow path — never raises, never
-answers a response, never amplifies a refusal, and agrees with dnspython on every valid query.
+"""Hostile input, property-based: the whole decision for one packet (portal.core.packet and
+portal.core.answer, compressed questions included) never raises, never answers a response, never
+amplifies a refusal, and agrees with dnspython on every valid query.
 
-tests/core/test_packet.py covers the fast path on LDH names and random bytes; these go further:
-names made of any bytes, every type, class, flag and EDNS shape, compressed questions (which
-only the slow path reads), and the replies checked with dnspython's own `is_response`.
+tests/core/test_packet.py covers the common shape on LDH names and random bytes; these go
+further: names made of any bytes, every type, class, flag and EDNS shape, compressed questions
+(read by following their pointers), and the replies checked with dnspython's own `is_response`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import dns.rdatatype
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from portal.core.answer import AnswerCache, Forward, LocalEntry, Unparsed, decide, refuse
-from portal.core.packet import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses
-from portal.edges.dns_stub import DnsStub, _parse_with_dnspython
-from portal.edges.upstream import Forwarder
+from portal.core.answer import AnswerCache, Answers, Forward, LocalEntry, decide, refuse
+from portal.core.packet import EDNS_PAYLOAD, MIN_UDP_PAYLOAD, Query, pack_addresses, parse_query
 
 NOW = 1_800_000_000.0
 OVERRIDE = "login.hotel.example"
@@ -32,7 +30,7 @@ V4, V6 = pack_addresses(("10.0.0.1", "10.0.0.2", "fd00::1"))
 ENTRIES = {OVERRIDE: LocalEntry(V4, V6, NOW + 600)}
 SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# labels of any bytes (the fast path refuses the odd ones, the slow path must cope)
+# labels of any bytes (odd ones are refused, whether the question is compressed or not)
 any_label = st.binary(min_size=1, max_size=63)
 ldh_label = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1,
                     max_size=63)  # fmt: skip
@@ -78,7 +76,7 @@ def queries(draw: st.DrawFn) -> dns.message.Message:
 
 def compress_question(wire: bytes) -> bytes | None:
     """Re-spell the question with its final root label as a pointer to offset 0 (which holds a
-    zero byte when the ID is < 256): legal compression that only the slow path reads."""
+    zero byte when the ID is < 256): legal compression, read by following the pointer."""
     if wire[0] != 0:
         return None
     end = 12
@@ -87,20 +85,12 @@ def compress_question(wire: bytes) -> bytes | None:
     return wire[:end] + b"\xc0\x00" + wire[end + 1 :]
 
 
-def stub() -> DnsStub:
-    s = DnsStub([], Forwarder())
-    s.set_entries(ENTRIES)
-    return s
-
-
 def full_decision(data: bytes) -> bytes | Query | None:
     """What the stub does with one datagram from a loopback client: reply bytes, a query to
-    forward, or nothing (mirrors DnsStub._handle_udp without sockets)."""
-    decision = decide(data, ENTRIES, NOW)
+    forward, or nothing (DnsStub._handle_udp asks exactly this)."""
+    decision = Answers(ENTRIES).decide(data, NOW, "127.0.0.1")
     if isinstance(decision, Forward):
         return decision.query
-    if isinstance(decision, Unparsed):
-        return stub()._slow_path(data, decision.rcode)  # noqa: SLF001
     return decision
 
 
@@ -123,7 +113,7 @@ def test_every_valid_query_is_answered_as_dnspython_expects(
     query: dns.message.Message, compress: bool
 ) -> None:
     wire = query.to_wire()
-    if compress and query.edns < 0:  # compressed EDNS queries: test_slow_path_answers_keep_edns
+    if compress and query.edns < 0:  # compressed EDNS queries: test_compressed_answers_keep_edns
         wire = compress_question(wire) or wire
     result = full_decision(wire)
     q = query.question[0]
@@ -157,7 +147,7 @@ def test_every_valid_query_is_answered_as_dnspython_expects(
 
 @settings(max_examples=300, deadline=None)
 @given(queries())
-def test_slow_path_answers_keep_edns(query: dns.message.Message) -> None:
+def test_compressed_answers_keep_edns(query: dns.message.Message) -> None:
     """RFC 6891 §6.1.1: an OPT record in a query means one in the answer."""
     query.id &= 0xFF
     if query.edns < 0:
@@ -172,7 +162,7 @@ def test_slow_path_answers_keep_edns(query: dns.message.Message) -> None:
             assert (msg.rcode() == dns.rcode.BADVERS) == (query.edns > 0)
 
 
-def test_slow_path_is_no_more_lenient_than_the_fast_path() -> None:
+def test_compressed_path_is_no_more_lenient_than_the_plain_one() -> None:
     base = dns.message.make_query(OVERRIDE, "A").to_wire()
     with_answer_count = base[:6] + b"\x00\x05" + base[8:]  # ANCOUNT=5, no records follow
     trailing = base + b"\xde\xad\xbe\xef"
@@ -193,7 +183,8 @@ def test_arbitrary_bytes_through_both_paths(data: bytes) -> None:
     if isinstance(result, bytes):
         msg = dns.message.from_wire(result)
         assert msg.id == struct.unpack("!H", data[:2])[0] and msg.flags & dns.flags.QR
-    assert _parse_with_dnspython(data) is None or isinstance(_parse_with_dnspython(data), Query)
+    parsed = parse_query(data)
+    assert parsed is None or isinstance(parsed, int | Query)
 
 
 @SETTINGS
