@@ -70,6 +70,9 @@ class Session:
     pinned: tuple[str, ...] = ()  # names with AUTO overrides on this network
     routed: tuple[str, ...] = ()  # names currently routed to the venue's DNS
     nm: Connectivity = Connectivity.UNKNOWN  # NetworkManager's last report
+    # a portal episode: from a captive verdict until the network is online or gone (the
+    # resolver wiring and the agent's notification follow it)
+    episode: bool = False
 
 
 def status(session: Session) -> PortalStatus:
@@ -186,6 +189,7 @@ def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -
                 portal_url=verdict.portal_url,
                 portal_hosts=verdict.portal_hosts,
                 seconds_remaining=verdict.seconds_remaining,
+                episode=True,
             )
             new_hosts = tuple(h for h in verdict.portal_hosts if h not in s.pinned)
             if new_hosts:
@@ -247,4 +251,4 @@ def _clear_portal(s: Session, out: list[Action]) -> Session:
         out.append(StopRouting())
     if s.pinned and s.network is not None:
         out.append(RemoveAutoOverrides(s.network.id))
-    return replace(s, routed=(), pinned=())
+    return replace(s, routed=(), pinned=(), episode=False)

@@ -199,6 +199,7 @@ CAPTIVE_SESSION = Session(
     pinned=("login.hotel.test",),
     routed=("login.hotel.test", "hotel.test"),
     nm=C.CAPTIVE,
+    episode=True,
 )
 
 
@@ -350,6 +351,29 @@ def test_check_and_resume_without_network(event: object) -> None:
 
 
 # --- probe verdicts ----------------------------------------------------------------------------
+
+
+def test_an_episode_lasts_from_captive_until_online_or_the_network_goes() -> None:
+    sessions = [
+        s
+        for s, _ in run(
+            [
+                (NetworkChanged(HOTEL), 100.0),
+                (done(1), 100.2),  # captive
+                (done(2, LIMITED), 101.3),
+                (CheckRequested(), 102.0),
+                (done(4, OFFLINE), 102.5),
+                (Resumed(), 103.0),
+                (done(5), 103.2),
+                (done(6, ONLINE), 104.3),
+            ]
+        )
+    ]
+    assert [s.episode for s in sessions] == [False, True, True, True, True, True, True, False]
+    gone, _ = step(CAPTIVE_SESSION, NetworkChanged(None), 15.0)
+    moved, _ = step(CAPTIVE_SESSION, NetworkChanged(CAFE), 15.0)
+    assert not gone.episode and not moved.episode
+    assert step(CAPTIVE_SESSION, NetworkChanged(replace(HOTEL, name="x")), 15.0)[0].episode
 
 
 def test_limited_keeps_the_sign_in_url_and_pins() -> None:
