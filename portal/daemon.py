@@ -1,18 +1,33 @@
-"""`portal daemon`: wiring only. Start the edges, keep the state, carry out what core decides.
+"""`portal daemon`: wiring only. Feed events to the session, carry out its actions with the edges
+the daemon was given, serve the control API.
 
-Order at start: bind (or take from systemd) the DNS sockets and serve at once — queries that
-arrive meanwhile wait in the kernel — then load D-Bus and the rest. The DNS path never awaits
-D-Bus or disk: the stub reads a ready mapping that is swapped whenever overrides or the network
-change. Every action that can fail logs "..., ignoring" and never stops DNS.
+    daemon = build(config)   # the one place that picks the real edges and binds the sockets
+    await daemon.run()       # until stop()
+
+`Daemon(config, *, stub, store, prober, watcher, wiring, bus, venue)` takes its edges as
+arguments, the way httpx's `Client(transport=...)` does, so a test builds it in-process with a
+real stub on loopback and stand-ins for what cannot exist there (tests/e2e/test_daemon.py).
+What the daemon holds: the session (core/session.py: everything about the portal state; the
+status is read from it alone), the override service (portal/overrides_service.py: the table,
+its lock and its save policy), and which upstreams the stub forwards to.
+
+Order at start: the overrides are loaded and handed to the stub, DNS is served at once (queries
+that queued in the kernel meanwhile are answered first), then the bus, the network watcher and
+the resolver wiring come up; their D-Bus modules are imported only then. The DNS path never
+awaits D-Bus or disk: the stub reads a ready view that is swapped whenever overrides, routes or
+the network change. Every action that can fail logs "..., ignoring" and never stops DNS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from portal import __version__
 from portal.config import Config
@@ -23,137 +38,168 @@ from portal.core.events import (
     CheckRequested,
     ConnectivityReported,
     NetworkChanged,
-    Resumed,
     UpstreamsChanged,
 )
-from portal.core.inet import parse_host_port
-from portal.core.model import Network, Override, PortalStatus, Upstream
+from portal.core.inet import parse_host_port, parse_server
+from portal.core.model import Network, Override, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
+from portal.core.probe_model import ProbeFinished, ProbeSpec
 from portal.core.report import OverrideView, StatusReport
 from portal.core.resolvconf import parse_resolv_conf
-from portal.edges import store, systemd
+from portal.edges import systemd
 from portal.edges.dns_stub import DnsStub, bind_sockets
+from portal.edges.network_source import NetworkSource
 from portal.edges.reactor import ThreadReactor
+from portal.edges.store import Store
 from portal.edges.upstream import Forwarder
 from portal.errors import InvalidAddress, PortalError
 from portal.logsetup import setup_logging
+from portal.overrides_service import OverrideService
 
 if TYPE_CHECKING:
-    from dbus_next.aio import MessageBus
-
     from portal.edges.control import ControlServer
 
 log = logging.getLogger("portal")
 
-BUS_RETRY_MAX_S = 60.0
 PROBE_TIMEOUT_S = 5.0
 VENUE_LOOKUP_TIMEOUT_S = 3.0
+FIRST_BUS_ATTEMPT_S = 10.0  # ready without the control API if the bus is slower than this
+WIRING_CLOSE_S = 3.0
+
+Emit = Callable[[object], None]
 
 
-def resolv_conf_upstreams(path: str, exclude: set[str]) -> tuple[Upstream, ...]:
-    """Nameservers from a resolv.conf, minus our own listen addresses (never forward to self)."""
-    try:
-        text = open(path, encoding="utf-8").read()
-    except OSError:
-        return ()
-    return tuple(u for u in parse_resolv_conf(text).upstreams if u.host not in exclude)
+# --- the edges the daemon takes --------------------------------------------------------------
+
+
+class Watcher(Protocol):
+    """Where network events come from (portal/edges/network_source.py)."""
+
+    async def run(self, emit: Emit) -> None: ...
+    async def check_connectivity(self) -> object: ...
+
+
+class Prober(Protocol):
+    """One probe round (portal/edges/probe_child.py `probe_network_in_child`)."""
+
+    async def __call__(
+        self,
+        network: Network,
+        specs: Sequence[ProbeSpec],
+        *,
+        probe_id: int,
+        timeout_s: float,
+        ca_file: str | None = None,
+    ) -> ProbeFinished: ...
+
+
+class VenueLookup(Protocol):
+    """A and AAAA through the venue's own DNS (portal/edges/venue_dns.py `resolve_via`)."""
+
+    async def __call__(
+        self, host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None
+    ) -> list[str]: ...
+
+
+class Wiring(Protocol):
+    """How the stub joins name resolution (the resolver wiring's agreed interface)."""
+
+    async def apply(self, names: Sequence[str], *, episode: bool) -> None: ...
+    async def describe(self) -> str: ...
+    async def close(self) -> None: ...
+
+
+class BusKeeper(Protocol):
+    """The daemon's connection to its bus (portal/edges/control.py `keep_bus`, bound to a bus
+    and an admin group): serves `service` until cancelled."""
+
+    async def __call__(
+        self,
+        service: Daemon,
+        *,
+        emit: Emit,
+        connected: Callable[[ControlServer | None], None],
+        first_attempt: asyncio.Event,
+    ) -> None: ...
+
+
+# --- the daemon ------------------------------------------------------------------------------
 
 
 class Daemon:
-    """All run-time state of the daemon and the Service the control API calls."""
+    """Everything that runs in the daemon, and the Service the control API calls."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        stub: DnsStub,
+        store: Store,
+        prober: Prober,
+        watcher: Watcher | None = None,
+        wiring: Wiring | None = None,
+        bus: BusKeeper | None = None,
+        venue: VenueLookup | None = None,
+    ) -> None:
         self.config = config
-        self.limits = Limits(max_overrides=config.max_overrides)
-        self.table = OverrideTable(limits=self.limits)
-        self.portal = PortalStatus()
-        self.forwarder = Forwarder(ThreadReactor(), config.upstreams)
-        self.stub: DnsStub | None = None
-        self.bus: MessageBus | None = None
+        self.stub = stub
+        self.forwarder = stub.forwarder
+        self.prober = prober
+        self.watcher = watcher
+        self.wiring = wiring
+        self.keep_bus = bus
+        self.venue = venue or _resolve_via
+        self.overrides_service = OverrideService(
+            store, limits=Limits(max_overrides=config.max_overrides), on_change=self._changed
+        )
+        self.session = sess.Session()
+        self.upstream_source = "config" if config.upstreams else "none"
+        # never forward to ourselves: the addresses we listen on, as configured and as bound
+        self.own_addresses = {parse_host_port(a)[0] for a in config.listen} | {
+            host for host, _ in stub.listen_addresses()
+        }
         self.control: ControlServer | None = None
-        self._lock = asyncio.Lock()
-        self._expiry: asyncio.TimerHandle | None = None
+        self.wiring_text = "none"
+        self._wiring_on = False  # the wiring is told nothing before DNS is served
+        self._wired: tuple[tuple[str, ...], bool] | None = None  # what the wiring was last given
+        self._probe_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self._exit_code = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.upstream_source = "config" if config.upstreams else "none"
-        self.session = sess.Session()
-        self._probe_task: asyncio.Task[None] | None = None
-        self.nm: Any = None  # NetworkManagerWatcher when NetworkManager is used
-        self.wiring: Any = None  # ResolverWiring
-        self.wiring_text = "none"
-        self._wired: list[str] | None = None
-        self._own_addresses: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------
 
     @property
     def network(self) -> Network | None:
-        return self.portal.network
+        return self.session.network
 
     @property
     def network_id(self) -> str | None:
         return self.network.id if self.network else None
 
-    def _refresh(self, *, changed: bool = True) -> None:
-        """Swap the stub's view, reschedule expiry, tell listeners."""
-        active = self.table.active(network_id=self.network_id, now=time.time())
-        if self.stub is not None:
-            self.stub.set_entries(local_entries(active))
-        self._schedule_expiry()
-        systemd.notify(f"STATUS={self._status_line(len(active))}")
-        if changed and self.control is not None:
+    def _active(self) -> dict[str, Override]:
+        return self.overrides_service.table.active(network_id=self.network_id, now=time.time())
+
+    def _changed(self) -> None:
+        """The overrides changed: new view for the stub, tell listeners."""
+        self._refresh_view()
+        if self.control is not None:
             self.control.emit_overrides_changed()
-        if self.wiring is not None:
-            names = sorted(active)
-            if names != self._wired:
-                self._wired = names
-                self._spawn(self._rewire(names))
+
+    def _refresh_view(self) -> None:
+        """What answers on this network now: the stub's view, the status line, the wiring."""
+        active = self._active()
+        self.stub.set_entries(local_entries(active))
+        systemd.notify(f"STATUS={self._status_line(len(active))}")
+        self._rewire(tuple(sorted(active)))
 
     def _status_line(self, active: int | None = None) -> str:
         if active is None:
-            active = len(self.table.active(network_id=self.network_id, now=time.time()))
+            active = len(self._active())
         return f"serving {active} override(s), {len(self.forwarder.upstreams)} upstream(s)"
 
-    def _schedule_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        when = self.table.next_expiry()
-        if when is None:
-            return  # nothing will expire: no timer, no wakeups
-        delay = max(0.0, when - time.time()) + 0.05
-        self._expiry = asyncio.get_running_loop().call_later(delay, self._on_expiry)
-
-    def _on_expiry(self) -> None:
-        self._expiry = None
-        self._spawn(self._purge())
-
-    async def _purge(self) -> None:
-        async with self._lock:
-            new = self._copy()
-            gone = new.expire(time.time())
-            if gone:
-                try:
-                    await asyncio.to_thread(store.save, self.config.state_dir, new)
-                except PortalError as exc:
-                    log.error("%s; expired overrides stay on disk until the next save", exc)
-                self.table = new
-                for o in gone:
-                    log.info("override %s expired", o.name)
-            self._refresh(changed=bool(gone))
-
-    def _copy(self) -> OverrideTable:
-        return OverrideTable(self.table.entries(), limits=self.limits)
-
-    async def _commit(self, new: OverrideTable) -> None:
-        """Save first; only a durable change becomes visible (nothing acknowledged is lost)."""
-        await asyncio.to_thread(store.save, self.config.state_dir, new)
-        self.table = new
-        self._refresh()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -173,22 +219,24 @@ class Daemon:
         if not addresses:
             addresses = await self._resolve_at_venue(name)
         scope, scope_name = self._scope(any_network)
-        async with self._lock:
-            new = self._copy()
-            o = new.prepare(
+
+        def put(table: OverrideTable, now: float) -> Override:
+            o = table.prepare(
                 name,
                 addresses,
                 ttl_s=self._ttl(ttl_s),
-                now=time.time(),
+                now=now,
                 scope=scope,
                 scope_name=scope_name,
                 created_by=caller,
             )
-            new.put(o)
-            await self._commit(new)
-        life = (
-            "until removed" if o.expires_at is None else format_duration(o.expires_at - time.time())
-        )
+            table.put(o)
+            return o
+
+        o = await self.overrides_service.change(put, what=f"adding {name}")
+        assert o is not None  # a user's change raises rather than return nothing
+        now = time.time()
+        life = "until removed" if o.expires_at is None else format_duration(o.expires_at - now)
         where = f"network {o.scope_name or o.scope}" if o.scope else "any network"
         log.info(
             "override %s -> %s added by %s, %s, %s",
@@ -198,9 +246,7 @@ class Daemon:
             life,
             where,
         )
-        return OverrideView.of(
-            o, active=o.applies_to(self.network_id) and not o.is_expired(time.time())
-        )
+        return OverrideView.of(o, active=o.applies_to(self.network_id) and not o.is_expired(now))
 
     async def _resolve_at_venue(self, name: str) -> list[str]:
         norm = parse_domain(name)
@@ -210,11 +256,7 @@ class Daemon:
                 f"no address given for {norm}, and no network DNS is known to "
                 "look it up: give the address (portal add NAME IP)"
             )
-        from portal.edges.venue_dns import resolve_via
-
-        found = await resolve_via(
-            norm, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
-        )
+        found = await self.venue(norm, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net)
         if not found:
             raise InvalidAddress(
                 f"{norm} does not resolve through the network's DNS "
@@ -223,10 +265,10 @@ class Daemon:
         return found
 
     async def remove(self, name: str, caller: str) -> None:
-        async with self._lock:
-            new = self._copy()
-            o = new.remove(name)
-            await self._commit(new)
+        o = await self.overrides_service.change(
+            lambda t, now: t.remove(name), what=f"removing {name}"
+        )
+        assert o is not None
         log.info("override %s removed by %s", o.name, caller)
 
     async def import_entries(
@@ -237,14 +279,13 @@ class Daemon:
         caller: str,
     ) -> int:
         scope, scope_name = self._scope(any_network)
-        async with self._lock:
-            new = self._copy()
-            now = time.time()
+
+        def add_all(table: OverrideTable, now: float) -> int:
             made: list[Override] = []
             for i, (name, addrs) in enumerate(entries, 1):
                 try:
                     made.append(
-                        new.prepare(
+                        table.prepare(
                             name,
                             addrs,
                             ttl_s=self._ttl(ttl_s),
@@ -256,35 +297,42 @@ class Daemon:
                     )
                 except PortalError as exc:
                     raise type(exc)(f"entry {i} ({name}): {exc}") from exc
-            new.add_many(made)
-            await self._commit(new)
-        log.info("%d override(s) imported by %s", len(made), caller)
-        return len(made)
+            table.add_many(made)
+            return len(made)
+
+        count = await self.overrides_service.change(
+            add_all, what=f"importing {len(entries)} override(s)"
+        )
+        assert count is not None
+        log.info("%d override(s) imported by %s", count, caller)
+        return count
 
     def overrides(self) -> list[OverrideView]:
         now = time.time()
         return [
             OverrideView.of(o, active=not o.is_expired(now) and o.applies_to(self.network_id))
-            for o in self.table.entries()
+            for o in self.overrides_service.table.entries()
         ]
 
     def status(self) -> StatusReport:
-        net = self.network
+        """Read from the session alone (and the edges' facts: listen, upstreams, wiring)."""
+        portal = sess.status(self.session)
+        net = portal.network
         return StatusReport(
             version=__version__,
-            listen=tuple(self.stub.addresses()) if self.stub else (),
+            listen=tuple(self.stub.addresses()),
             upstreams=tuple(str(u) for u in self.forwarder.upstreams),
             upstream_source=self.upstream_source,
             network=net.name if net else "",
             network_id=net.id if net else "",
             interface=net.interface if net else "",
-            state=self.portal.state,
-            portal_url=self.portal.portal_url,
+            state=portal.state,
+            portal_url=portal.portal_url,
             venue_dns=net.venue_dns if net else (),
-            seconds_remaining=self.portal.seconds_remaining,
-            overrides=len(self.table.active(network_id=self.network_id, now=time.time())),
+            seconds_remaining=portal.seconds_remaining,
+            overrides=len(self._active()),
             wiring=self.wiring_text,
-            portal_hosts=self.portal.portal_hosts,
+            portal_hosts=portal.portal_hosts,
         )
 
     async def check(self, caller: str) -> None:
@@ -303,60 +351,38 @@ class Daemon:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _take_sockets(self) -> list[Any]:
-        socks = systemd.listen_fds()
-        if socks:
-            log.info("using %d socket(s) from systemd", len(socks))
-            return socks
-        try:
-            return bind_sockets([parse_host_port(a) for a in self.config.listen])
-        except OSError as exc:
-            raise PortalError(
-                f"cannot listen on {', '.join(self.config.listen)}: {exc.strerror or exc}"
-            ) from exc
-
-    def _load_upstreams(self) -> None:
-        if self.config.upstreams:
-            return
-        own = {parse_host_port(a)[0] for a in self.config.listen}
-        found = resolv_conf_upstreams(self.config.resolv_conf, own)
-        if found:
-            self.forwarder.set_upstreams(found)
-            self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
-
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
-        self.table = store.load(self.config.state_dir, limits=self.limits)
-        self.table.expire(time.time())
-        self._own_addresses = {parse_host_port(a)[0] for a in self.config.listen}
-        self._load_upstreams()
-        self.stub = DnsStub(self._take_sockets(), self.forwarder)
-        self._own_addresses |= {a.rsplit(":", 1)[0].strip("[]") for a in self.stub.addresses()}
+        """Serve until stop(); return the exit code."""
+        self.overrides_service.load()
+        self._use_fallback_upstreams()
         # the overrides first: the DNS thread answers what queued in the kernel at once
-        self._refresh(changed=False)
+        self._refresh_view()
         await self.stub.start(on_fatal=self._dns_failed)
         log.info(
             "portal %s serving DNS on %s with %d override(s); upstreams: %s",
             __version__,
             ", ".join(self.stub.addresses()),
-            len(self.table),
+            len(self.overrides_service.table),
             ", ".join(str(u) for u in self.forwarder.upstreams) or "none",
         )
-        # Ready once DNS is served and the first bus attempt is over (ok or not): callers that
-        # wait for readiness can then use the control API at once.
-        first_attempt = asyncio.Event()
-        self._spawn(self._keep_bus(first_attempt))
-        try:
-            await asyncio.wait_for(first_attempt.wait(), 10.0)
-        except TimeoutError:
-            log.warning("the bus is slow to answer; ready without the control API for now")
+        if self.keep_bus is not None:
+            # Ready once DNS is served and the first bus attempt is over (ok or not): callers
+            # that wait for readiness can then use the control API at once.
+            first_attempt = asyncio.Event()
+            self._spawn(
+                self.keep_bus(
+                    self, emit=self.emit, connected=self._connected, first_attempt=first_attempt
+                )
+            )
+            try:
+                await asyncio.wait_for(first_attempt.wait(), FIRST_BUS_ATTEMPT_S)
+            except TimeoutError:
+                log.warning("the bus is slow to answer; ready without the control API for now")
         systemd.notify("READY=1")
-        if self.config.network_source != "none":
-            self._spawn(self._guard(self._watch_network(), "network watcher"))
-        if self.config.wiring != "none":
-            self._spawn(self._guard(self._start_wiring(), "resolver wiring"))
+        self._wiring_on = True
+        self._rewire(tuple(sorted(self._active())))
+        if self.watcher is not None:
+            self._spawn(self._guard(self.watcher.run(self.emit), "network watcher"))
         interval = systemd.watchdog_interval_s()
         if interval:
             self._spawn(self._watchdog(interval))
@@ -364,21 +390,24 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("stopping")
         self._cancel_probe()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.wiring is not None:
             try:
-                await asyncio.wait_for(self.wiring.revert(), 3.0)
+                await asyncio.wait_for(self.wiring.close(), WIRING_CLOSE_S)
             except Exception as exc:
                 log.warning("reverting the resolver wiring failed: %s", exc)
-        if self._expiry:
-            self._expiry.cancel()
+        self.overrides_service.close()
         await self.stub.close()
-        if self.bus is not None:
-            from portal.edges.bus import close
-
-            await close(self.bus)
         return self._exit_code
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _connected(self, control: ControlServer | None) -> None:
+        self.control = control
 
     def _dns_failed(self, exc: BaseException) -> None:
         """The UDP thread died (a bug): exit with an error so that systemd restarts us; the
@@ -387,7 +416,7 @@ class Daemon:
         self._exit_code = 1
         self._stop.set()
 
-    async def _guard(self, coro: Any, what: str) -> None:
+    async def _guard(self, coro: Awaitable[object], what: str) -> None:
         try:
             await coro
         except asyncio.CancelledError:
@@ -395,72 +424,38 @@ class Daemon:
         except Exception:
             log.exception("%s failed; DNS and overrides keep working", what)
 
-    async def _start_wiring(self) -> None:
-        from portal.edges.bus import resolve_bus
-        from portal.edges.resolver import ResolverWiring
-
-        host, port = parse_host_port(self.config.listen[0])
-        if self.stub is not None and self.stub.addresses():
-            host, _, p = self.stub.addresses()[0].rpartition(":")
-            host, port = host.strip("[]"), int(p)
-        choice = resolve_bus(self.config.bus)
-        self.wiring = ResolverWiring(
-            stub=host,
-            port=port,
-            mode=self.config.wiring,
-            bus=choice if choice != "session" else "system",
-            resolv_conf=self.config.resolv_conf,
-        )
-        self._wired = None
-        self._refresh(changed=False)
-
     async def _watchdog(self, interval_s: float) -> None:
         while True:
             systemd.notify("WATCHDOG=1")
             await asyncio.sleep(interval_s)
 
-    async def _keep_bus(self, first_attempt: asyncio.Event) -> None:
-        """Connect to the bus and export the control API; reconnect with backoff if it goes."""
-        # One turn of the loop first: queries that waited in the kernel while we started (socket
-        # activation, a restart) are answered before the D-Bus imports hold the loop.
-        await asyncio.sleep(0)
-        from portal.edges.bus import connect, describe, resolve_bus
+    # -- upstreams: where the stub forwards (outside the portal session's concern) ------------
 
-        choice = resolve_bus(self.config.bus)
-        delay = 1.0
-        while True:
-            try:
-                from portal.edges.control import ControlServer
+    def _use_fallback_upstreams(self) -> None:
+        """Without static upstreams and before the watcher says anything: resolv.conf's."""
+        if self.config.upstreams:
+            return
+        found = tuple(
+            u
+            for u in parse_resolv_conf(_read(self.config.resolv_conf)).upstreams
+            if u.host not in self.own_addresses
+        )
+        if found:
+            self.forwarder.set_upstreams(found)
+            self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
 
-                bus = await connect(choice)
-                control = ControlServer(bus, self, admin_group=self.config.admin_group)
-                await control.start()
-            except Exception as exc:  # PortalError, or a D-Bus error while claiming the name
-                first_attempt.set()
-                log.error("%s; DNS keeps working, retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BUS_RETRY_MAX_S)
-                continue
-            self.bus, self.control = bus, control
-            first_attempt.set()
-            self._spawn(self._watch_sleep(bus))
-            delay = 1.0
-            log.info(
-                "control API on %s as %s (authorisation: %s)",
-                describe(choice),
-                "org.portalhelper.Portal1",
-                control.auth_mode,
-            )
-            try:
-                # shielded: cancelling a wait_for_disconnect() would cancel dbus-next's own future
-                await asyncio.shield(bus.wait_for_disconnect())
-            except Exception as exc:
-                # dbus-next ends the wait with its reader's error (EOFError when the bus daemon
-                # dies): a lost bus like any other, or this task would end and never reconnect
-                log.debug("bus connection ended: %r", exc)
-            self.bus, self.control = None, None
-            log.warning("lost %s; reconnecting", describe(choice))
-            await asyncio.sleep(1.0)
+    def _set_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
+        if self.config.upstreams:
+            return  # static upstreams from the config win
+        usable = tuple(u for u in upstreams if u.host not in self.own_addresses)
+        if not usable:
+            self._use_fallback_upstreams()
+            return
+        if usable != self.forwarder.upstreams or self.upstream_source != "NetworkManager":
+            self.forwarder.set_upstreams(usable)
+            self.upstream_source = "NetworkManager"
+            log.info("upstreams: %s", ", ".join(str(u) for u in usable))
+            self._publish()
 
     # -- detection: events in, actions out ----------------------------------------------------
 
@@ -473,6 +468,8 @@ class Daemon:
 
     def handle(self, event: object) -> None:
         if isinstance(event, UpstreamsChanged):
+            # Which servers the stub forwards to is no part of the portal state: the session
+            # never sees it; the status reports it beside the session's.
             self._set_upstreams(event.upstreams)
             return
         if isinstance(event, NetworkChanged):
@@ -486,32 +483,16 @@ class Daemon:
             )
         elif isinstance(event, ConnectivityReported):
             log.info("%s reports connectivity %s", event.source, event.connectivity.value)
-        old_network = self.network_id
-        self.session, actions = sess.step(self.session, event, now=time.monotonic())
+        before = self.session
+        self.session, actions = sess.step(before, event, now=time.monotonic())
         for action in actions:
-            self.perform(action)
-        if self.session.network is not None and self.portal.network != self.session.network:
-            # keep the published network current even when the portal status is unchanged
-            self.portal = sess.status(self.session)
-        if self.network_id != old_network:
-            self._refresh(changed=True)  # network-scoped overrides start or stop answering
-            self._publish()
+            self.perform(action, before)
+        if self.network_id != (before.network.id if before.network else None):
+            self._changed()  # network-scoped overrides start or stop answering
+        else:
+            self._rewire(tuple(sorted(self._active())))  # a portal episode began or ended
 
-    def _set_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
-        if self.config.upstreams:
-            return  # static upstreams from the config win
-        usable = tuple(u for u in upstreams if u.host not in self._own_addresses)
-        if not usable:
-            self._load_upstreams()
-            return
-        if usable != self.forwarder.upstreams or self.upstream_source != "NetworkManager":
-            self.forwarder.set_upstreams(usable)
-            self.upstream_source = "NetworkManager"
-            log.info("upstreams: %s", ", ".join(str(u) for u in usable))
-            systemd.notify(f"STATUS={self._status_line()}")
-            self._publish()
-
-    def perform(self, action: act.Action) -> None:
+    def perform(self, action: act.Action, before: sess.Session) -> None:
         """Carry out one action; failures are logged by the task, never raised."""
         if isinstance(action, act.StartProbe):
             self._cancel_probe()
@@ -521,33 +502,32 @@ class Daemon:
         elif isinstance(action, act.ResolveAndPinPortalHosts):
             self._spawn(self._pin(action))
         elif isinstance(action, act.RouteToVenue):
-            routes = {n: tuple(Upstream(ip) for ip in action.venue_dns) for n in action.names}
-            if self.stub is not None:
-                self.stub.set_portal_routes(routes)
+            venue = tuple(s for text in action.venue_dns if (s := parse_server(text)) is not None)
+            routes = {name: venue for name in action.names}
+            self.stub.set_portal_routes(routes)
             log.info(
                 "routing %s to the venue DNS %s",
                 ", ".join(action.names) or "nothing",
                 ", ".join(action.venue_dns),
             )
         elif isinstance(action, act.StopRouting):
-            if self.stub is not None and self.stub.portal_routes:
+            if self.stub.portal_routes:
                 log.info("routing every name to the usual upstreams again")
                 self.stub.set_portal_routes({})
         elif isinstance(action, act.RemoveAutoOverrides):
             self._spawn(self._unpin(action.network_id))
         elif isinstance(action, act.PublishStatus):
-            old = self.portal
-            self.portal = action.status
-            if old.state != action.status.state or old.portal_url != action.status.portal_url:
+            old, new = sess.status(before), action.status
+            if (old.state, old.portal_url) != (new.state, new.portal_url):
                 log.info(
                     "state %s%s",
-                    action.status.state.value,
-                    f", sign in at {action.status.portal_url}" if action.status.portal_url else "",
+                    new.state.value,
+                    f", sign in at {new.portal_url}" if new.portal_url else "",
                 )
             self._publish()
         elif isinstance(action, act.AskNMToRecheck):
-            if self.nm is not None:
-                self._spawn(self.nm.check_connectivity())
+            if self.watcher is not None:
+                self._spawn(self._guard(self.watcher.check_connectivity(), "asking NM"))
 
     def _publish(self) -> None:
         systemd.notify(f"STATUS={self._status_line()}")
@@ -559,7 +539,7 @@ class Daemon:
             self._probe_task.cancel()
         self._probe_task = None
 
-    def _probe_specs(self, network: Network) -> tuple[Any, ...]:
+    def _probe_specs(self, network: Network) -> tuple[ProbeSpec, ...]:
         from portal.core.detect import default_probe_specs, parse_probe_spec
 
         configured = []
@@ -574,14 +554,10 @@ class Daemon:
         try:
             if action.delay_s > 0:
                 await asyncio.sleep(action.delay_s)
-            from portal.edges.probe_child import probe_network
-
             network = action.network
             if not network.api_uri and self.config.portal_api_uri:
-                from dataclasses import replace
-
                 network = replace(network, api_uri=self.config.portal_api_uri)
-            result = await probe_network(
+            result = await self.prober(
                 network,
                 self._probe_specs(network),
                 probe_id=action.probe_id,
@@ -596,44 +572,40 @@ class Daemon:
         self.emit(result)
 
     async def _pin(self, action: act.ResolveAndPinPortalHosts) -> None:
-        """Resolve the portal's names through the venue DNS; AUTO overrides on that network."""
+        """Resolve the portal's names through the venue DNS; pin them on that network."""
         net = self.session.network
         if net is None or net.id != action.network_id or not net.venue_dns:
             return
-        from portal.edges.venue_dns import resolve_via
-
         found: dict[str, list[str]] = {}
         for host in action.hosts:
             try:
                 name = parse_domain(host)
             except PortalError:
                 continue  # an address literal or an odd name: nothing to pin
-            addrs = await resolve_via(
+            addrs = await self.venue(
                 name, net.venue_dns, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=net
             )
             if addrs:
                 found[name] = addrs
         if not found:
             return
-        async with self._lock:
-            new = self._copy()
-            made, refused = new.pin_auto(
+
+        def pin(table: OverrideTable, now: float) -> list[Override]:
+            made, refused = table.pin_auto(
                 found,
                 network_id=net.id,
                 network_name=net.name,
                 ttl_s=self.config.default_ttl_s,
-                now=time.time(),
+                now=now,
             )
             for name, why in refused:
                 log.info("cannot pin %s: %s, ignoring", name, why)
-            if not made:
-                return
-            try:
-                await self._commit(new)
-            except PortalError as exc:
-                log.error("%s; portal names not pinned", exc)
-                return
-        for o in made:
+            return made
+
+        made = await self.overrides_service.change(
+            pin, what=f"pinning {', '.join(found)}", automatic=True
+        )
+        for o in made or ():
             log.info(
                 "pinned %s -> %s for %s (automatic)",
                 o.name,
@@ -642,23 +614,30 @@ class Daemon:
             )
 
     async def _unpin(self, network_id: str) -> None:
-        async with self._lock:
-            new = self._copy()
-            gone = new.remove_auto(network_id)
-            if not gone:
-                return
-            try:
-                await self._commit(new)
-            except PortalError as exc:
-                log.error("%s; automatic overrides stay on disk until the next save", exc)
-                self.table = new
-                self._refresh()
-        log.info("removed %d automatic override(s): %s", len(gone), ", ".join(o.name for o in gone))
+        def unpin(table: OverrideTable, now: float) -> list[Override]:
+            return table.remove_auto(network_id)
 
-    async def _rewire(self, names: list[str]) -> None:
+        gone = await self.overrides_service.change(
+            unpin, what="removing the pinned portal names", automatic=True
+        )
+        if gone:
+            names = ", ".join(o.name for o in gone)
+            log.info("removed %d automatic override(s): %s", len(gone), names)
+
+    def _rewire(self, names: tuple[str, ...]) -> None:
+        """Tell the wiring, when what it needs to know changed: the names answering on this
+        network (pinned portal names included) and whether a portal episode is under way."""
+        if self.wiring is None or not self._wiring_on:
+            return
+        wanted = (names, self.session.episode)
+        if wanted != self._wired:
+            self._wired = wanted
+            self._spawn(self._apply_wiring(*wanted))
+
+    async def _apply_wiring(self, names: tuple[str, ...], episode: bool) -> None:
         assert self.wiring is not None
         try:
-            await self.wiring.apply(names)
+            await self.wiring.apply(names, episode=episode)
         except Exception as exc:
             log.warning("resolver wiring: %s, ignoring", exc)
         try:
@@ -666,116 +645,165 @@ class Daemon:
         except Exception as exc:
             self.wiring_text = f"unknown ({exc})"
 
-    async def _watch_network(self) -> None:
-        """NetworkManager when it is on the bus; the kernel's tables (netlink) otherwise."""
-        from portal.edges.bus import resolve_bus
-        from portal.edges.nm import NetworkManagerWatcher, nm_available
 
-        address = resolve_bus(self.config.bus)
-        source = self.config.network_source
-        use_nm = source == "nm" or (source == "auto" and await nm_available(address))
-        if use_nm:
-            log.info("watching NetworkManager")
-            self.nm = NetworkManagerWatcher(address, self.emit)
-            await self.nm.run()
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+async def _resolve_via(
+    host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None
+) -> list[str]:
+    # dnspython is loaded at the first lookup (a portal detected, `portal add NAME`), not at start
+    from portal.edges.venue_dns import resolve_via
+
+    return await resolve_via(host, servers, timeout_s=timeout_s, network=network)
+
+
+# --- the composition root --------------------------------------------------------------------
+
+
+def build(config: Config) -> Daemon:
+    """The daemon with its real edges: the only place that picks them and binds sockets.
+
+    D-Bus, dnspython and the probe child are imported when first used, after DNS is served.
+    """
+    sockets = systemd.listen_fds()
+    if sockets:
+        log.info("using %d socket(s) from systemd", len(sockets))
+    else:
+        try:
+            sockets = bind_sockets([parse_host_port(a) for a in config.listen])
+        except OSError as exc:
+            raise PortalError(
+                f"cannot listen on {', '.join(config.listen)}: {exc.strerror or exc}"
+            ) from exc
+    stub = DnsStub(sockets, Forwarder(ThreadReactor(), config.upstreams))
+    listening = stub.listen_addresses() or [parse_host_port(config.listen[0])]
+    own = {parse_host_port(a)[0] for a in config.listen} | {host for host, _ in listening}
+    watcher = None
+    if config.network_source != "none":
+        watcher = NetworkSource(
+            config.network_source,
+            bus=config.bus,
+            resolv_conf=config.resolv_conf,
+            exclude=[Upstream(a) for a in sorted(own)],
+        )
+    wiring = None
+    if config.wiring != "none":
+        host, port = listening[0]
+        wiring = _ResolverWiring(
+            stub=host, port=port, mode=config.wiring, bus=config.bus, resolv_conf=config.resolv_conf
+        )
+    return Daemon(
+        config,
+        stub=stub,
+        store=Store(config.state_dir),
+        prober=_probe_in_child,
+        watcher=watcher,
+        wiring=wiring,
+        bus=functools.partial(_keep_bus, config.bus, admin_group=config.admin_group),
+        venue=_resolve_via,
+    )
+
+
+async def _probe_in_child(
+    network: Network,
+    specs: Sequence[ProbeSpec],
+    *,
+    probe_id: int,
+    timeout_s: float,
+    ca_file: str | None = None,
+) -> ProbeFinished:
+    from portal.edges.probe_child import probe_network_in_child
+
+    return await probe_network_in_child(
+        network, specs, probe_id=probe_id, timeout_s=timeout_s, ca_file=ca_file
+    )
+
+
+async def _keep_bus(
+    choice: str,
+    service: Daemon,
+    *,
+    admin_group: str,
+    emit: Emit,
+    connected: Callable[[ControlServer | None], None],
+    first_attempt: asyncio.Event,
+) -> None:
+    # One turn of the loop first: queries that waited in the kernel while we started (socket
+    # activation, a restart) are answered before the D-Bus imports hold the loop.
+    await asyncio.sleep(0)
+    from portal.edges.bus import resolve_bus
+    from portal.edges.control import keep_bus
+
+    await keep_bus(
+        resolve_bus(choice),
+        service,
+        admin_group=admin_group,
+        emit=emit,
+        connected=connected,
+        first_attempt=first_attempt,
+    )
+
+
+class _ResolverWiring:
+    """portal/edges/resolver.py's ResolverWiring under the wiring's agreed interface
+    (apply(names, *, episode), describe(), close()), made at its first use so that its D-Bus
+    imports come after DNS is served."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._wiring: Any = None
+
+    def _get(self) -> Any:
+        if self._wiring is None:
+            from portal.edges.bus import resolve_bus
+            from portal.edges.resolver import ResolverWiring
+
+            # systemd-resolved lives on the system bus; a daemon on the session bus (a test, a
+            # user's own run) still wires there
+            choice = resolve_bus(self._options.pop("bus"))
+            bus = choice if choice != "session" else "system"
+            self._wiring = ResolverWiring(bus=bus, **self._options)
+        return self._wiring
+
+    async def apply(self, names: Sequence[str], *, episode: bool) -> None:
+        # Both modes route the same names during a portal episode and after it.
+        await self._get().apply(list(names))
+
+    async def describe(self) -> str:
+        text: str = await self._get().describe()
+        return text
+
+    async def close(self) -> None:
+        """Leave name resolution as the system has it without portal: revert the link."""
+        if self._wiring is None:
             return
         try:
-            from portal.edges.netlink import NetlinkWatcher
-        except ImportError:
-            log.warning("NetworkManager is not on the bus and netlink is unavailable; no detection")
-            return
-        log.info("NetworkManager is not on the bus: watching the kernel's links (netlink)")
-        watcher = NetlinkWatcher(
-            self.emit,
-            resolv_conf=self.config.resolv_conf,
-            exclude_upstreams=[Upstream(a) for a in sorted(self._own_addresses)],
-        )
-        netlink = asyncio.get_running_loop().create_task(watcher.run())
-        if source == "auto" and await self._nm_appears():
-            # NetworkManager started after us (boot order, or installed later): follow it
-            netlink.cancel()
-            log.info("NetworkManager appeared on the bus: watching it instead of netlink")
-            self.nm = NetworkManagerWatcher(address, self.emit)
-            await self.nm.run()
-        else:
-            await netlink
-
-    async def _nm_appears(self) -> bool:
-        """Wait until NetworkManager takes its name on our bus; False when we cannot watch."""
-        from dbus_next import MessageType
-
-        from portal.edges.bus import call_bus_daemon
-
-        for _ in range(100):  # the control connection comes up right after start
-            if self.bus is not None:
-                break
-            await asyncio.sleep(0.1)
-        bus = self.bus
-        if bus is None:
-            return False
-        appeared: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        name = "org.freedesktop.NetworkManager"
-
-        def on_message(msg: Any) -> None:
-            if (
-                msg.message_type == MessageType.SIGNAL
-                and msg.member == "NameOwnerChanged"
-                and msg.body
-                and msg.body[0] == name
-                and msg.body[2]
-                and not appeared.done()
-            ):
-                appeared.set_result(True)
-
-        rule = (
-            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-            f"member='NameOwnerChanged',arg0='{name}'"
-        )
-        bus.add_message_handler(on_message)
-        try:
-            await call_bus_daemon(bus, "AddMatch", "s", [rule])
-            disconnected = asyncio.ensure_future(asyncio.shield(bus.wait_for_disconnect()))
-            done, _ = await asyncio.wait(
-                {appeared, disconnected}, return_when=asyncio.FIRST_COMPLETED
-            )
-            disconnected.cancel()
-            return appeared in done
-        except Exception as exc:
-            log.debug("cannot watch for NetworkManager: %s", exc)
-            return False
+            await self._wiring.revert()
         finally:
-            bus.remove_message_handler(on_message)
+            await self._wiring.close()
 
-    async def _watch_sleep(self, bus: Any) -> None:
-        """Resume from suspend (logind PrepareForSleep(false)) is a reason to re-probe."""
-        from dbus_next import MessageType
 
-        from portal.edges.bus import call_bus_daemon
+# --- `portal daemon` -------------------------------------------------------------------------
 
-        rule = "type='signal',interface='org.freedesktop.login1.Manager',member='PrepareForSleep'"
-        try:
-            await call_bus_daemon(bus, "AddMatch", "s", [rule])
-        except Exception as exc:
-            log.debug("cannot watch for resume: %s, ignoring", exc)
-            return
 
-        def on_message(msg: Any) -> None:
-            if (
-                msg.message_type == MessageType.SIGNAL
-                and msg.member == "PrepareForSleep"
-                and msg.body == [False]
-            ):
-                log.info("resumed from suspend")
-                self.emit(Resumed())
-
-        bus.add_message_handler(on_message)
+async def main(config: Config) -> int:
+    daemon = build(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    return await daemon.run()
 
 
 def run(config: Config) -> int:
     setup_logging(config.log_level, "portal")
-    daemon = Daemon(config)
     try:
-        return asyncio.run(daemon.run())
+        return asyncio.run(main(config))
     except PortalError as exc:
         log.error("%s", exc)
         return 1

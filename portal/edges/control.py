@@ -348,3 +348,70 @@ def _ttl(ttl: int) -> float | None:
     if ttl == TTL_DEFAULT:
         return -1.0
     return None if ttl == TTL_FOREVER else float(ttl)
+
+
+BUS_RETRY_MAX_S = 60.0
+
+
+async def keep_bus(
+    choice: str,
+    service: Service,
+    *,
+    admin_group: str,
+    emit: Callable[[object], None],
+    connected: Callable[[ControlServer | None], None],
+    first_attempt: asyncio.Event,
+) -> None:
+    """The daemon's connection to its bus, kept: connect, export the control API, follow logind
+    (portal/edges/logind.py, events to `emit`), and reconnect with backoff when the bus goes.
+
+    `connected(server)` is told whenever the API comes up, `connected(None)` when it goes;
+    `first_attempt` is set once the first try is over, whether it worked or not. DNS never
+    waits on any of this. Runs until cancelled; closes the connection then.
+    """
+    from portal.edges.bus import close, connect, describe
+    from portal.edges.logind import watch_resume
+
+    delay = 1.0
+    while True:
+        try:
+            bus = await connect(choice)
+        except PortalError as exc:
+            first_attempt.set()
+            log.error("%s; DNS keeps working, retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BUS_RETRY_MAX_S)
+            continue
+        try:
+            try:
+                control = ControlServer(bus, service, admin_group=admin_group)
+                await control.start()
+            except Exception as exc:  # PortalError, or a D-Bus error while claiming the name
+                first_attempt.set()
+                log.error("%s; DNS keeps working, retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BUS_RETRY_MAX_S)
+                continue
+            connected(control)
+            first_attempt.set()
+            await watch_resume(bus, emit)
+            delay = 1.0
+            log.info(
+                "control API on %s as %s (authorisation: %s)",
+                describe(choice),
+                BUS_NAME,
+                control.auth_mode,
+            )
+            try:
+                # shielded: cancelling a wait_for_disconnect() would cancel dbus-next's own future
+                await asyncio.shield(bus.wait_for_disconnect())
+            except Exception as exc:
+                # dbus-next ends the wait with its reader's error (EOFError when the bus daemon
+                # dies): a lost bus like any other, or this task would end and never reconnect
+                log.debug("bus connection ended: %r", exc)
+            connected(None)
+            control.stop()
+            log.warning("lost %s; reconnecting", describe(choice))
+        finally:
+            await close(bus)
+        await asyncio.sleep(1.0)

@@ -448,7 +448,8 @@ async def probe_network(
     timeout_s: float,
     ca_file: str | None = None,
 ) -> ProbeFinished:
-    """One probe round: every spec and (when the network advertises one) the API, at once."""
+    """One probe round, in this process: every spec and (when the network advertises one) the
+    API, at once. The daemon runs it in a child (probe_child.probe_network_in_child)."""
     api_uri = api_uri_to_fetch(network.api_uri)
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(probe(network, s, timeout_s=timeout_s)) for s in specs]

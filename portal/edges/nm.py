@@ -271,6 +271,38 @@ async def nm_available(bus: MessageBus | str) -> bool:
             await close(conn)
 
 
+async def nm_appears(bus: str) -> bool:
+    """Wait until NetworkManager takes its name on `bus` ('system', 'session' or an address);
+    False when that cannot be watched or the bus goes away first. For a daemon that started
+    before NetworkManager (boot order, or NM installed later)."""
+    try:
+        conn = await connect(bus)
+    except DaemonUnreachable as exc:
+        log.debug("cannot watch for NetworkManager: %s", exc)
+        return False
+    appeared: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def on_message(msg: Message) -> None:
+        if name_owner_changed(msg, NM_NAME) and not appeared.done():
+            appeared.set_result(True)
+
+    conn.add_message_handler(on_message)
+    try:
+        await add_match(conn, name_owner_rule(NM_NAME))
+        if await name_owner(conn, NM_NAME) is not None:
+            return True  # it came between our two looks
+        waits: set[asyncio.Future[Any]] = {appeared, disconnected(conn)}
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        return appeared.done()
+    except (CallFailed, OSError, EOFError) as exc:
+        log.debug("cannot watch for NetworkManager: %s", exc)
+        return False
+    finally:
+        conn.remove_message_handler(on_message)
+        appeared.cancel()
+        await close(conn)
+
+
 _UNSET: Any = object()
 
 

@@ -42,7 +42,7 @@ class ChildFailed(Exception):
 # --- the daemon's side --------------------------------------------------------------------------
 
 
-async def probe_network(
+async def probe_network_in_child(
     network: Network,
     specs: Sequence[ProbeSpec],
     *,
@@ -50,7 +50,8 @@ async def probe_network(
     timeout_s: float,
     ca_file: str | None = None,
 ) -> ProbeFinished:
-    """http_probe.probe_network(), run in a child process. Never raises for the child's sake:
+    """The daemon's probe round: http_probe.probe_network() (the in-process round, which only
+    the child runs) in a child process. Never raises for the child's sake:
     a child that fails is a probe round whose every probe failed ("probe-failed"), like any
     failure of a probe, and the session retries as it would."""
     try:

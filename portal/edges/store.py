@@ -3,6 +3,10 @@
 Write: temp file in the same directory, fsync, rename over the old one, fsync the directory —
 so after a crash the file is either the old or the new version, never a mix. Read: a file that
 does not parse is moved aside (never deleted: nothing is lost) and the daemon starts empty.
+
+The file is one JSON object (core/overrides.py `format_state` / `parse_state`): a little daemon
+state can be kept beside the overrides under a key of its own (a reader ignores keys it does not
+know), written by the same atomic save. Only portal/overrides_service.py calls `Store`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,19 @@ STATE_FILE = "overrides.json"
 
 def state_path(state_dir: str | os.PathLike[str]) -> Path:
     return Path(state_dir) / STATE_FILE
+
+
+class Store:
+    """The state file in `state_dir`, as the override service uses it."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.state_dir = state_dir
+
+    def load(self, *, limits: Limits) -> OverrideTable:
+        return load(self.state_dir, limits=limits)
+
+    def save(self, table: OverrideTable) -> None:
+        save(self.state_dir, table)
 
 
 def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> OverrideTable:

@@ -964,7 +964,7 @@ async def test_a_probe_round_in_a_child_process_equals_the_in_process_one(
         api_uri=f"https://api.hotel.test:{api.port}/captive-portal/api",
     )
     here = await probe_network(net, specs, probe_id=3, timeout_s=5, ca_file=str(pki.ca))
-    there = await probe_child.probe_network(
+    there = await probe_child.probe_network_in_child(
         net, specs, probe_id=3, timeout_s=5, ca_file=str(pki.ca)
     )
     assert there == here
@@ -993,7 +993,7 @@ async def test_a_failing_child_is_a_failed_round_with_one_clear_line_and_never_l
 
     async def failed_round(timeout_s: float, match: str) -> None:
         caplog.clear()
-        got = await probe_child.probe_network(net, specs, probe_id=7, timeout_s=timeout_s)
+        got = await probe_child.probe_network_in_child(net, specs, probe_id=7, timeout_s=timeout_s)
         assert (got.network_id, got.probe_id, got.api) == ("n1", 7, None)
         assert [(s, r.url, r.status, r.error) for s, r in got.results] == [
             (s, s.url, 0, "probe-failed") for s in specs

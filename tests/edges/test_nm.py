@@ -28,6 +28,7 @@ from portal.edges.nm import (
     NetworkManagerWatcher,
     connectivity_from_nm,
     network_from_nm,
+    nm_appears,
     nm_available,
     upstreams_from_nm,
 )
@@ -515,6 +516,26 @@ async def test_nm_absent_at_start_then_appears(bus_env: tuple[str, MessageBus]) 
             assert await events.until(NetworkChanged) == NetworkChanged(hotel_network(conn_uuid))
         finally:
             await mock.stop()
+
+
+@needs_dbusmock
+async def test_nm_appears_when_it_takes_its_name(bus_env: tuple[str, MessageBus]) -> None:
+    address, control = bus_env
+    waiting = asyncio.create_task(nm_appears(address))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    mock = MockNM(address, control)
+    await mock.start()
+    try:
+        async with asyncio.timeout(WAIT_S):
+            assert await waiting
+        assert await nm_appears(address)  # already there: at once
+    finally:
+        await mock.stop()
+
+
+async def test_nm_appears_is_false_without_a_bus(tmp_path: Path) -> None:
+    assert not await nm_appears(f"unix:path={tmp_path}/no-such-socket")
 
 
 @needs_dbusmock

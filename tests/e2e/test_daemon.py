@@ -1,0 +1,258 @@
+"""The daemon built in-process (portal/daemon.py `Daemon`), end to end through its real core.
+
+A real stub on a loopback port (real UDP sockets, the real DNS thread), a real dnsmasq as the
+usual upstream and another as the venue's DNS, the real override service and state file; in
+place of what cannot exist here, a network watcher that emits the events the test tells it to,
+a prober that answers with recorded probe responses (tests/data/probe) and a wiring that records
+what it is told. Every answer is read back over UDP from the stub.
+
+What must hold: a network appears → it is probed → captive → the portal's host is pinned
+(looked up through the venue's DNS) and answered by the stub, the portal's other names go to the
+venue's DNS, the wiring hears of the episode → the probe says online → the pin is gone and the
+name goes upstream again; an override scoped to a network answers only there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import pytest
+
+from portal.config import Config
+from portal.core.events import NetworkChanged
+from portal.core.model import Connectivity, Network, Upstream
+from portal.core.probe_model import ProbeFinished, ProbeResponse, ProbeSpec
+from portal.daemon import Daemon
+from portal.edges.dns_stub import DnsStub, bind_sockets
+from portal.edges.reactor import ThreadReactor
+from portal.edges.store import Store
+from portal.edges.upstream import Forwarder
+from tests.conftest import need
+from tests.helpers import Dnsmasq, dnsmasq, free_port
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "probe"
+CHECK_URL = "http://connectivitycheck.gstatic.com/generate_204"
+WAIT_S = 20.0  # bounds a hang only; nothing is timed
+
+
+def recorded(name: str, url: str) -> ProbeResponse:
+    """A ProbeResponse from a `curl -i` capture in tests/data/probe/."""
+    raw = (DATA / name).read_bytes().decode()
+    head, _, body = raw.replace("\r\n", "\n").partition("\n\n")
+    status_line, *header_lines = head.split("\n")
+    headers = tuple(
+        (k.strip().lower(), v.strip())
+        for k, _, v in (line.partition(":") for line in header_lines)
+        if k
+    )
+    return ProbeResponse(url=url, status=int(status_line.split()[1]), headers=headers, body=body)
+
+
+class Watcher:
+    """Stands in for NetworkManager: emits what the test says, when it says it."""
+
+    def __init__(self) -> None:
+        self.emit_to: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.rechecks = 0
+
+    async def run(self, emit: object) -> None:
+        self.emit_to.set_result(emit)
+        await asyncio.Event().wait()  # until cancelled, as a real watcher
+
+    async def send(self, event: object) -> None:
+        emit = await asyncio.wait_for(self.emit_to, WAIT_S)
+        emit(event)  # type: ignore[operator]
+
+    async def check_connectivity(self) -> None:
+        self.rechecks += 1
+
+
+@dataclass
+class Prober:
+    """Answers every probe round with the recorded hotel portal, before or after sign-in."""
+
+    signed_in: bool = False
+    rounds: list[str] = field(default_factory=list)
+
+    async def __call__(
+        self,
+        network: Network,
+        specs: Sequence[ProbeSpec],
+        *,
+        probe_id: int,
+        timeout_s: float,
+        ca_file: str | None = None,
+    ) -> ProbeFinished:
+        capture = (
+            "hotel-online-generate_204.http"
+            if self.signed_in
+            else ("hotel-redirect-generate_204.http")
+        )
+        self.rounds.append(network.id)
+        results = tuple((spec, recorded(capture, spec.url)) for spec in specs)
+        return ProbeFinished(network.id, probe_id, results)
+
+
+@dataclass
+class Wiring:
+    applied: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
+    closed: bool = False
+
+    async def apply(self, names: Sequence[str], *, episode: bool) -> None:
+        self.applied.append((tuple(names), episode))
+
+    async def describe(self) -> str:
+        return "recorded"
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    port: int
+    watcher: Watcher
+    prober: Prober
+    wiring: Wiring
+    venue: Dnsmasq
+    hotel: Network
+    cafe: Network
+
+    async def ask(self, name: str) -> list[str]:
+        """The stub's answer for `name` (A), over UDP; [] for NXDOMAIN or no record."""
+        q = dns.message.make_query(name, "A")
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=self.port, timeout=5)
+        return sorted(rr.to_text() for rrset in r.answer for rr in rrset)
+
+    async def until(self, what: str, ok: object) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not ok():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"never {what}: {self.daemon.status()}"
+            await asyncio.sleep(0.02)
+
+    async def until_answer(self, name: str, want: list[str]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while (got := await self.ask(name)) != want:
+            assert time.monotonic() < deadline, f"{name}: {got}, not {want}"
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    need("dnsmasq")
+    upstream_names = {"login.hotel.test": "192.0.2.80", "api.hotel.test": "192.0.2.81",
+                      "intranet.test": "192.0.2.82", "www.example.test": "192.0.2.20"}  # fmt: skip
+    venue_names = {"login.hotel.test": "10.77.0.1", "api.hotel.test": "10.77.0.2"}
+    with dnsmasq(upstream_names) as upstream, dnsmasq(venue_names) as venue:
+        port = free_port()
+        config = Config(
+            listen=(f"127.0.0.1:{port}",),
+            upstreams=(Upstream(upstream.host, upstream.port),),
+            state_dir=str(tmp_path / "state"),
+            probe_urls=(CHECK_URL,),
+            network_source="none",
+            wiring="none",
+        )
+        stub = DnsStub(
+            bind_sockets([("127.0.0.1", port)]), Forwarder(ThreadReactor(), config.upstreams)
+        )
+        watcher, prober, wiring = Watcher(), Prober(), Wiring()
+        daemon = Daemon(
+            config,
+            stub=stub,
+            store=Store(config.state_dir),
+            prober=prober,
+            watcher=watcher,
+            wiring=wiring,
+        )
+        # the venue's DNS answers from loopback: the probes' source address is the network's
+        hotel = Network(
+            id="uuid-hotel",
+            name="Hotel",
+            kind="wifi",
+            addresses=("127.0.0.1",),
+            venue_dns=(f"{venue.host}:{venue.port}",),
+        )
+        cafe = Network(id="uuid-cafe", name="Cafe", addresses=("127.0.0.1",))
+        task = asyncio.create_task(daemon.run())
+        r = Running(daemon, port, watcher, prober, wiring, venue, hotel, cafe)
+        try:
+            await r.until_answer("www.example.test", ["192.0.2.20"])  # serving, forwarding
+            yield r
+        finally:
+            daemon.stop()
+            assert await asyncio.wait_for(task, WAIT_S) == 0
+        assert wiring.closed
+
+
+async def test_portal_episode_pins_routes_and_unpins(running: Running) -> None:
+    r, daemon = running, running.daemon
+    # before any network: the name is the upstream's
+    assert await r.ask("login.hotel.test") == ["192.0.2.80"]
+
+    await r.watcher.send(NetworkChanged(r.hotel))
+    await r.until("captive", lambda: daemon.status().state is Connectivity.CAPTIVE)
+    status = daemon.status()
+    assert status.network == "Hotel" and status.network_id == "uuid-hotel"
+    assert status.portal_url.startswith("http://login.hotel.test:18080/portal")
+    assert status.portal_hosts == ("login.hotel.test",)
+    # pinned: looked up through the venue's DNS, scoped to this network, answered by the stub
+    await r.until("pinned", lambda: any(o.source == "auto" for o in daemon.overrides()))
+    [pin] = [o for o in daemon.overrides() if o.source == "auto"]
+    assert (pin.name, pin.addresses, pin.scope, pin.active) == (
+        "login.hotel.test", ("10.77.0.1",), "uuid-hotel", True,
+    )  # fmt: skip
+    assert await r.ask("login.hotel.test") == ["10.77.0.1"]
+    # the portal's other names go to the venue's DNS, everything else upstream
+    assert await r.ask("api.hotel.test") == ["10.77.0.2"]
+    assert await r.ask("www.example.test") == ["192.0.2.20"]
+    await r.until("wired", lambda: (("login.hotel.test",), True) in r.wiring.applied)
+    assert r.wiring.applied[0] == ((), False)  # at start: nothing to route, no episode
+
+    r.prober.signed_in = True  # the re-probe (1 s after the captive verdict) finds it open
+    await r.until("online", lambda: daemon.status().state is Connectivity.ONLINE)
+    await r.until("unpinned", lambda: not daemon.overrides())
+    assert daemon.status().portal_url == "" and daemon.status().portal_hosts == ()
+    await r.until_answer("login.hotel.test", ["192.0.2.80"])
+    assert await r.ask("api.hotel.test") == ["192.0.2.81"]  # routed upstream again
+    await r.until("unwired", lambda: r.wiring.applied[-1] == ((), False))
+    assert r.watcher.rechecks == 1  # NM is asked to see it too
+    assert set(r.prober.rounds) == {"uuid-hotel"} and len(r.prober.rounds) >= 2
+
+
+async def test_network_scoped_overrides_answer_only_on_their_network(running: Running) -> None:
+    r, daemon = running, running.daemon
+    r.prober.signed_in = True
+    await r.watcher.send(NetworkChanged(r.hotel))
+    await r.until("online", lambda: daemon.status().state is Connectivity.ONLINE)
+    here = await daemon.add("intranet.test", ["10.1.1.1"], None, False, "uid 0")
+    anywhere = await daemon.add("printer.test", ["10.2.2.2"], None, True, "uid 0")
+    assert (here.scope, here.scope_name, here.active) == ("uuid-hotel", "Hotel", True)
+    assert (anywhere.scope, anywhere.active) == ("", True)
+    assert await r.ask("intranet.test") == ["10.1.1.1"]
+    assert await r.ask("printer.test") == ["10.2.2.2"]
+
+    await r.watcher.send(NetworkChanged(r.cafe))
+    await r.until("on the cafe", lambda: daemon.status().network_id == "uuid-cafe")
+    assert await r.ask("intranet.test") == ["192.0.2.82"]  # the upstream's: not scoped here
+    assert await r.ask("printer.test") == ["10.2.2.2"]
+    assert {o.name: o.active for o in daemon.overrides()} == {
+        "intranet.test": False,
+        "printer.test": True,
+    }
+    assert daemon.status().overrides == 1
+
+    await r.watcher.send(NetworkChanged(r.hotel))
+    await r.until("back", lambda: daemon.status().network_id == "uuid-hotel")
+    assert await r.ask("intranet.test") == ["10.1.1.1"]
+    # and what was said is on disk: a restart answers the same
+    state = (Path(daemon.config.state_dir) / "overrides.json").read_text()
+    assert '"intranet.test"' in state and '"uuid-hotel"' in state
