@@ -499,7 +499,7 @@ class Daemon:
             self._probe_task = asyncio.get_running_loop().create_task(self._probe(action))
         elif isinstance(action, act.CancelProbe):
             self._cancel_probe()
-        elif isinstance(action, act.ResolveAndPinPortalHosts):
+        elif isinstance(action, act.PinPortalHosts):
             self._spawn(self._pin(action))
         elif isinstance(action, act.RouteToVenue):
             venue = tuple(s for text in action.venue_dns if (s := parse_server(text)) is not None)
@@ -514,7 +514,7 @@ class Daemon:
             if self.stub.portal_routes:
                 log.info("routing every name to the usual upstreams again")
                 self.stub.set_portal_routes({})
-        elif isinstance(action, act.RemoveAutoOverrides):
+        elif isinstance(action, act.UnpinPortalHosts):
             self._spawn(self._unpin(action.network_id))
         elif isinstance(action, act.PublishStatus):
             old, new = sess.status(before), action.status
@@ -571,7 +571,7 @@ class Daemon:
             return
         self.emit(result)
 
-    async def _pin(self, action: act.ResolveAndPinPortalHosts) -> None:
+    async def _pin(self, action: act.PinPortalHosts) -> None:
         """Resolve the portal's names through the venue DNS; pin them on that network."""
         net = self.session.network
         if net is None or net.id != action.network_id or not net.venue_dns:
@@ -591,7 +591,7 @@ class Daemon:
             return
 
         def pin(table: OverrideTable, now: float) -> list[Override]:
-            made, refused = table.pin_auto(
+            made, refused = table.pin(
                 found,
                 network_id=net.id,
                 network_name=net.name,
@@ -607,7 +607,7 @@ class Daemon:
         )
         for o in made or ():
             log.info(
-                "pinned %s -> %s for %s (automatic)",
+                "pinned %s -> %s on %s",
                 o.name,
                 " ".join(o.addresses),
                 net.name or net.id,
@@ -615,14 +615,14 @@ class Daemon:
 
     async def _unpin(self, network_id: str) -> None:
         def unpin(table: OverrideTable, now: float) -> list[Override]:
-            return table.remove_auto(network_id)
+            return table.unpin(network_id)
 
         gone = await self.overrides_service.change(
             unpin, what="removing the pinned portal names", automatic=True
         )
         if gone:
             names = ", ".join(o.name for o in gone)
-            log.info("removed %d automatic override(s): %s", len(gone), names)
+            log.info("unpinned %s", names)
 
     def _rewire(self, names: tuple[str, ...]) -> None:
         """Tell the wiring, when what it needs to know changed: the names answering on this

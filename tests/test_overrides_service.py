@@ -125,9 +125,7 @@ async def test_a_pending_change_goes_first_with_the_next_one(
     service, store, _ = made
     await service.change(add("pin.test", source=Source.AUTO), what="pinning", automatic=True)
     store.full = True
-    await service.change(
-        lambda t, now: t.remove_auto(None), what="removing the pins", automatic=True
-    )
+    await service.change(lambda t, now: t.unpin(None), what="removing the pins", automatic=True)
     assert "pin.test" in service.table  # the unpin waits
     store.full = False
     await service.change(add("user.test"), what="adding user.test")

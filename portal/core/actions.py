@@ -7,13 +7,13 @@ and log its own failure ("…, ignoring"), so one failed action never stops DNS 
                                              ProbeFinished(network.id, probe_id, ...); it
                                              supersedes any probe not yet finished
     CancelProbe()                            drop the pending/running probe, if any
-    ResolveAndPinPortalHosts(network_id, hosts)
-                                             resolve `hosts` through the venue's DNS and add
-                                             AUTO overrides scoped to `network_id`
+    PinPortalHosts(network_id, hosts)        resolve `hosts` through the venue's DNS and pin
+                                             them: overrides scoped to `network_id`, source
+                                             "auto" (a pin, in every layer's words)
     RouteToVenue(names, venue_dns)           forward `names` (and their subdomains) to the
                                              venue's DNS; replaces the previous routed set
     StopRouting()                            forward everything to the usual upstreams again
-    RemoveAutoOverrides(network_id)          drop the AUTO overrides made on that network
+    UnpinPortalHosts(network_id)             drop the pins made on that network
     PublishStatus(status)                    emit StateChanged / answer GetStatus with it
     AskNMToRecheck()                         NetworkManager CheckConnectivity(), so desktops
                                              see the change now rather than at NM's next check
@@ -43,8 +43,8 @@ class CancelProbe:
 
 
 @dataclass(frozen=True, slots=True)
-class ResolveAndPinPortalHosts:
-    """Resolve the portal's names through the venue DNS; pin them as AUTO overrides."""
+class PinPortalHosts:
+    """Resolve the portal's names through the venue DNS and pin them on that network."""
 
     network_id: str
     hosts: tuple[str, ...]
@@ -64,8 +64,8 @@ class StopRouting:
 
 
 @dataclass(frozen=True, slots=True)
-class RemoveAutoOverrides:
-    """The portal cleared or the network went: drop the AUTO overrides made on it."""
+class UnpinPortalHosts:
+    """The portal cleared or the network went: drop the pins made on it."""
 
     network_id: str
 
@@ -85,10 +85,10 @@ class AskNMToRecheck:
 Action = (
     StartProbe
     | CancelProbe
-    | ResolveAndPinPortalHosts
+    | PinPortalHosts
     | RouteToVenue
     | StopRouting
-    | RemoveAutoOverrides
+    | UnpinPortalHosts
     | PublishStatus
     | AskNMToRecheck
 )

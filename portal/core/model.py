@@ -15,7 +15,7 @@ class Source(enum.StrEnum):
     """Who made an override."""
 
     USER = "user"
-    AUTO = "auto"  # made by portal detection; removed when the portal clears
+    AUTO = "auto"  # a pin: made by portal detection, removed when the portal clears
 
 
 @dataclass(frozen=True, slots=True)

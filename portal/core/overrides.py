@@ -222,7 +222,7 @@ class OverrideTable:
         for o in overrides:
             self._by_name[o.name] = o
 
-    def pin_auto(
+    def pin(
         self,
         found: dict[str, list[str]],
         *,
@@ -231,7 +231,7 @@ class OverrideTable:
         ttl_s: float | None,
         now: float,
     ) -> tuple[list[Override], list[tuple[str, str]]]:
-        """Pin a portal's names as AUTO overrides scoped to its network.
+        """Pin a portal's names: overrides scoped to its network, source AUTO.
 
         Portals often intercept IPv4 only: the IPv4 answers are pinned when there are any, so
         clients never try an IPv6 path the portal black-holes (the stub then answers AAAA with
@@ -294,8 +294,8 @@ class OverrideTable:
             del self._by_name[o.name]
         return gone
 
-    def remove_auto(self, network_id: str | None = None) -> list[Override]:
-        """Drop overrides made by detection (for one network, or all when None)."""
+    def unpin(self, network_id: str | None = None) -> list[Override]:
+        """Drop the pins (overrides made by detection) of one network, or all when None."""
         gone = [
             o
             for o in self._by_name.values()

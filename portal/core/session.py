@@ -13,8 +13,8 @@ Rules worth knowing:
 - While captive or limited, re-probe with backoff: 1 s, doubling, capped at 60 s. Online and
   offline schedule nothing: no periodic work while online (NM's own check, a link change, a
   resume or `portal check` start the next probe).
-- A captive verdict pins the portal's names (AUTO overrides scoped to the network) and routes
-  them to the venue's DNS; going online or leaving the network undoes both.
+- A captive verdict pins the portal's names (overrides scoped to the network, source "auto")
+  and routes them to the venue's DNS; going online or leaving the network undoes both.
 - RFC 8910's `urn:ietf:params:capport:unrestricted` as the network's API URI means no portal:
   the session goes online without probing.
 
@@ -32,12 +32,12 @@ from portal.core.actions import (
     Action,
     AskNMToRecheck,
     CancelProbe,
+    PinPortalHosts,
     PublishStatus,
-    RemoveAutoOverrides,
-    ResolveAndPinPortalHosts,
     RouteToVenue,
     StartProbe,
     StopRouting,
+    UnpinPortalHosts,
 )
 from portal.core.detect import api_uri_to_fetch, classify_all, is_unrestricted, routing_names
 from portal.core.events import CheckRequested, ConnectivityReported, NetworkChanged, Resumed
@@ -67,7 +67,7 @@ class Session:
     probe_id: int = 0  # id of the latest probe asked for
     probe_due: float | None = None  # when that probe starts (monotonic); None: none outstanding
     retries: int = 0  # re-probes in a row while captive or limited (the backoff exponent)
-    pinned: tuple[str, ...] = ()  # names with AUTO overrides on this network
+    pinned: tuple[str, ...] = ()  # names pinned on this network
     routed: tuple[str, ...] = ()  # names currently routed to the venue's DNS
     nm: Connectivity = Connectivity.UNKNOWN  # NetworkManager's last report
     # a portal episode: from a captive verdict until the network is online or gone (the
@@ -193,7 +193,7 @@ def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -
             )
             new_hosts = tuple(h for h in verdict.portal_hosts if h not in s.pinned)
             if new_hosts:
-                out.append(ResolveAndPinPortalHosts(network.id, new_hosts))
+                out.append(PinPortalHosts(network.id, new_hosts))
                 s = replace(s, pinned=s.pinned + new_hosts)
             names = routing_names(s.pinned)
             if names and network.venue_dns and names != s.routed:
@@ -250,5 +250,5 @@ def _clear_portal(s: Session, out: list[Action]) -> Session:
     if s.routed:
         out.append(StopRouting())
     if s.pinned and s.network is not None:
-        out.append(RemoveAutoOverrides(s.network.id))
+        out.append(UnpinPortalHosts(s.network.id))
     return replace(s, routed=(), pinned=(), episode=False)

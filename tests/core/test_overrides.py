@@ -211,8 +211,8 @@ def test_remove_and_remove_auto() -> None:
     assert t.remove("A.EXAMPLE").name == "a.example"
     with pytest.raises(NoSuchOverride):
         t.remove("a.example")
-    assert [o.name for o in t.remove_auto("n1")] == ["auto.example"]
-    assert [o.name for o in t.remove_auto()] == ["auto2.example"]
+    assert [o.name for o in t.unpin("n1")] == ["auto.example"]
+    assert [o.name for o in t.unpin()] == ["auto2.example"]
     assert len(t) == 0
 
 
@@ -296,7 +296,7 @@ def test_bad_hosts_line_is_named(text: str, error: type[Exception], line: str) -
 def test_pin_auto_prefers_ipv4_and_never_replaces_a_persons_override() -> None:
     t = table()
     t.add("mine.hotel.example", ["10.9.9.9"], ttl_s=60, now=NOW)
-    made, refused = t.pin_auto(
+    made, refused = t.pin(
         {
             "login.hotel.example": ["10.0.0.1", "fd00::1"],
             "v6only.hotel.example": ["fd00::2"],

@@ -10,12 +10,12 @@ from portal.core.actions import (
     Action,
     AskNMToRecheck,
     CancelProbe,
+    PinPortalHosts,
     PublishStatus,
-    RemoveAutoOverrides,
-    ResolveAndPinPortalHosts,
     RouteToVenue,
     StartProbe,
     StopRouting,
+    UnpinPortalHosts,
 )
 from portal.core.detect import FIREFOX_CANONICAL_BODY, UNRESTRICTED_URN
 from portal.core.events import (
@@ -55,7 +55,7 @@ ONLINE = (
 LIMITED = ((G, ProbeResponse(G.url, error="timeout")),)
 OFFLINE = ((G, ProbeResponse(G.url, error="no-route")),)
 
-PIN = ResolveAndPinPortalHosts("uuid-hotel", ("login.hotel.test",))
+PIN = PinPortalHosts("uuid-hotel", ("login.hotel.test",))
 ROUTE = RouteToVenue(("login.hotel.test", "hotel.test"), ("10.77.0.1",))
 
 
@@ -118,7 +118,7 @@ def test_hotel_episode() -> None:
     assert s4.state is C.ONLINE
     assert a4 == (
         StopRouting(),
-        RemoveAutoOverrides("uuid-hotel"),
+        UnpinPortalHosts("uuid-hotel"),
         AskNMToRecheck(),
         PublishStatus(PortalStatus(network=HOTEL, state=C.ONLINE)),
     )
@@ -209,7 +209,7 @@ def test_network_gone_while_captive_undoes_everything() -> None:
     assert actions == (
         CancelProbe(),
         StopRouting(),
-        RemoveAutoOverrides("uuid-hotel"),
+        UnpinPortalHosts("uuid-hotel"),
         PublishStatus(PortalStatus(state=C.OFFLINE)),
     )
 
@@ -225,7 +225,7 @@ def test_switch_from_captive_network_cleans_up_and_probes_the_new_one() -> None:
     assert actions == (
         CancelProbe(),
         StopRouting(),
-        RemoveAutoOverrides("uuid-hotel"),
+        UnpinPortalHosts("uuid-hotel"),
         StartProbe(CAFE, 0.0, 9),
         PublishStatus(PortalStatus(network=CAFE, state=C.PROBING)),
     )
@@ -299,7 +299,7 @@ ONLINE_SESSION = Session(network=HOTEL, state=C.ONLINE, probe_id=5, nm=C.ONLINE)
             [
                 CancelProbe(),
                 StopRouting(),
-                RemoveAutoOverrides("uuid-hotel"),
+                UnpinPortalHosts("uuid-hotel"),
                 PublishStatus(PortalStatus(network=HOTEL, state=C.ONLINE)),
             ],
         ),
@@ -423,7 +423,7 @@ def test_api_uri_host_is_pinned_with_the_sign_in_host() -> None:
     api = CaptiveApi(captive=True, user_portal_url="https://login.hotel.test/p")
     session, actions = step(start, done(4, ONLINE, network=net, api=api), 10.5)
     assert session.state is C.CAPTIVE
-    assert ResolveAndPinPortalHosts(net.id, ("login.hotel.test", "api.hotel.test")) in actions
+    assert PinPortalHosts(net.id, ("login.hotel.test", "api.hotel.test")) in actions
     assert (
         RouteToVenue(("login.hotel.test", "hotel.test", "api.hotel.test"), ("10.77.0.1",))
         in actions
@@ -440,7 +440,7 @@ def test_api_uri_from_the_config_is_pinned_too() -> None:
 
 def test_new_portal_host_is_pinned_on_its_own() -> None:
     session, actions = step(CAPTIVE_SESSION, done(7, CAPTIVE_MORE), 20.5)
-    assert ResolveAndPinPortalHosts("uuid-hotel", ("auth.hotel.test",)) in actions
+    assert PinPortalHosts("uuid-hotel", ("auth.hotel.test",)) in actions
     assert (
         RouteToVenue(("login.hotel.test", "hotel.test", "auth.hotel.test"), ("10.77.0.1",))
         in actions
@@ -455,7 +455,7 @@ def test_captive_without_names_or_venue_dns_pins_and_routes_only_what_it_can() -
     no_dns = replace(HOTEL, venue_dns=())
     start = replace(PROBING, network=no_dns)
     session, actions = step(start, done(4, CAPTIVE, network=no_dns), 10.5)
-    assert kinds(actions) == [ResolveAndPinPortalHosts, StartProbe, PublishStatus]
+    assert kinds(actions) == [PinPortalHosts, StartProbe, PublishStatus]
     assert session.routed == ()
 
 

@@ -28,7 +28,7 @@ import httpx
 import pytest
 
 from portal.core import session as session_mod
-from portal.core.actions import RemoveAutoOverrides, ResolveAndPinPortalHosts, StartProbe
+from portal.core.actions import PinPortalHosts, StartProbe, UnpinPortalHosts
 from portal.core.detect import (
     DEFAULT_PROBE_SPECS,
     FIREFOX_CANONICAL_BODY,
@@ -779,7 +779,7 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
     assert s.state is Connectivity.CAPTIVE
     assert s.portal_url == "https://api.hotel.test/portal"
     assert set(s.portal_hosts) == {"api.hotel.test", "login.hotel.test"}
-    assert any(isinstance(a, ResolveAndPinPortalHosts) for a in actions)
+    assert any(isinstance(a, PinPortalHosts) for a in actions)
 
     logged_in = True
     [retry] = [a for a in actions if isinstance(a, StartProbe)]
@@ -790,7 +790,7 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
     s, actions = session_mod.step(s, finished, now=2.0)
     assert s.state is Connectivity.ONLINE
     assert not any(isinstance(a, StartProbe) for a in actions)
-    assert any(isinstance(a, RemoveAutoOverrides) for a in actions)
+    assert any(isinstance(a, UnpinPortalHosts) for a in actions)
 
 
 # --- resolve_via -------------------------------------------------------------------------------
@@ -914,7 +914,7 @@ async def test_lab_portal_sign_in_episode(
     assert s.state is Connectivity.CAPTIVE
     assert s.portal_url == f"https://login.hotel.test:{https_port}/portal"
     assert "login.hotel.test" in s.portal_hosts
-    [pin] = [a for a in actions if isinstance(a, ResolveAndPinPortalHosts)]
+    [pin] = [a for a in actions if isinstance(a, PinPortalHosts)]
     # What the daemon does with that action: look the names up through the venue's DNS.
     for host in pin.hosts:
         assert await resolve_via(host, net.venue_dns, timeout_s=5) == [ip]
@@ -931,7 +931,7 @@ async def test_lab_portal_sign_in_episode(
     s, actions = session_mod.step(s, finished, now=1.5)
     assert s.state is Connectivity.ONLINE
     assert 0 < s.seconds_remaining <= 3600  # from the API once signed in
-    assert RemoveAutoOverrides("uuid-hotel") in actions
+    assert UnpinPortalHosts("uuid-hotel") in actions
     assert not any(isinstance(a, StartProbe) for a in actions)
 
 
