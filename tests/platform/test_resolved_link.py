@@ -252,16 +252,32 @@ def link_state(ns: str) -> dict[str, Any] | None:
     return links[0]
 
 
+def link_kind(ns: str) -> str:
+    """The kind of link portal0 is (`ip -d`: "dummy", "veth"...), "" when there is none."""
+    shown = subprocess.run(
+        ["ip", "-n", ns, "-d", "-j", "link", "show", "dev", LINK],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    if shown.returncode != 0:
+        return ""
+    kind: str = json.loads(shown.stdout)[0].get("linkinfo", {}).get("info_kind", "")
+    return kind
+
+
 @needs_root
 @needs_ip
-def test_kernel_makes_dummy_links() -> None:
-    # The unit needs the kernel's dummy driver; the test below falls back to a veth without it.
+def test_the_unit_makes_a_dummy_link(netns: str) -> None:
+    # The unit needs the kernel's dummy driver; test_start_and_stop_make_and_remove_the_link
+    # falls back to a veth without it, so this is the test that holds the unit to a dummy link
+    # (no peer, no carrier to lose, nothing for NetworkManager to manage).
     refusal = dummy_refusal()
     if refusal:
         pytest.skip(
             f"this kernel cannot create dummy links (ip: {refusal!r}); "
             "test_start_and_stop_make_and_remove_the_link ran with a veth stand-in"
         )
+    run_in(netns, unit_commands("ExecStart"), veth=False)
+    assert link_kind(netns) == "dummy"
 
 
 @needs_root
