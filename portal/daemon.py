@@ -205,31 +205,37 @@ class Daemon:
 
     # -- Service (called by the control API) -------------------------------------------------
 
-    def _ttl(self, ttl_s: float | None) -> float | None:
-        return self.config.default_ttl_s if ttl_s is not None and ttl_s < 0 else ttl_s
+    def _prepare(
+        self, any_network: bool, ttl_s: float | None, caller: str
+    ) -> Callable[[OverrideTable, str, list[str], float], Override]:
+        """How a user's override is made now: on this network (or any), with this lifetime."""
+        scope, scope_name = (None, "")
+        if not any_network and self.network is not None:
+            scope, scope_name = self.network.id, self.network.name
+        ttl = self.config.default_ttl_s if ttl_s is not None and ttl_s < 0 else ttl_s
 
-    def _scope(self, any_network: bool) -> tuple[str | None, str]:
-        if any_network or self.network is None:
-            return None, ""
-        return self.network.id, self.network.name
+        def prepare(table: OverrideTable, name: str, addrs: list[str], now: float) -> Override:
+            return table.prepare(
+                name,
+                addrs,
+                ttl_s=ttl,
+                now=now,
+                scope=scope,
+                scope_name=scope_name,
+                created_by=caller,
+            )
+
+        return prepare
 
     async def add(
         self, name: str, addresses: list[str], ttl_s: float | None, any_network: bool, caller: str
     ) -> OverrideView:
         if not addresses:
             addresses = await self._resolve_at_venue(name)
-        scope, scope_name = self._scope(any_network)
+        prepare = self._prepare(any_network, ttl_s, caller)
 
         def put(table: OverrideTable, now: float) -> Override:
-            o = table.prepare(
-                name,
-                addresses,
-                ttl_s=self._ttl(ttl_s),
-                now=now,
-                scope=scope,
-                scope_name=scope_name,
-                created_by=caller,
-            )
+            o = prepare(table, name, addresses, now)
             table.put(o)
             return o
 
@@ -278,23 +284,13 @@ class Daemon:
         any_network: bool,
         caller: str,
     ) -> int:
-        scope, scope_name = self._scope(any_network)
+        prepare = self._prepare(any_network, ttl_s, caller)
 
         def add_all(table: OverrideTable, now: float) -> int:
             made: list[Override] = []
             for i, (name, addrs) in enumerate(entries, 1):
                 try:
-                    made.append(
-                        table.prepare(
-                            name,
-                            addrs,
-                            ttl_s=self._ttl(ttl_s),
-                            now=now,
-                            scope=scope,
-                            scope_name=scope_name,
-                            created_by=caller,
-                        )
-                    )
+                    made.append(prepare(table, name, addrs, now))
                 except PortalError as exc:
                     raise type(exc)(f"entry {i} ({name}): {exc}") from exc
             table.add_many(made)
