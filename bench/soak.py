@@ -36,8 +36,11 @@ import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
 
 from portal.edges.client import Client  # noqa: E402
-from tests.helpers import REPO as _REPO  # noqa: E402
-from tests.helpers import Daemon, dnsmasq, free_port, private_bus, run_cli  # noqa: E402
+from tests.support.daemon import Daemon, run_cli  # noqa: E402
+from tests.support.dbus import private_bus  # noqa: E402
+from tests.support.dns import dnsmasq  # noqa: E402
+from tests.support.procs import REPO as _REPO  # noqa: E402
+from tests.support.procs import free_port  # noqa: E402
 
 UPSTREAM = {"upstream.test": "192.0.2.10", "www.example.test": "192.0.2.20"}
 STABLE = {f"stable{i}.soak.example": f"10.77.0.{i + 1}" for i in range(8)}  # never removed

@@ -32,6 +32,7 @@ from portal.core.detect import (
 )
 from portal.core.model import Connectivity
 from portal.core.probe_model import CaptiveApi, ProbeResponse, ProbeSpec, ProbeVerdict
+from tests.support.probes import recorded
 
 DATA = Path(__file__).parent.parent / "data" / "probe"
 
@@ -41,21 +42,6 @@ NMCHECK = ProbeSpec("http://nmcheck.gnome.org/check_network_status.txt", 200, NM
 APPLE = spec_for_url("http://captive.apple.com/hotspot-detect.html")
 
 C = Connectivity
-
-
-def recorded(name: str, url: str, addresses: tuple[str, ...] = ()) -> ProbeResponse:
-    """A ProbeResponse from a `curl -i` capture in tests/data/probe/."""
-    raw = (DATA / name).read_bytes().decode()
-    head, _, body = raw.replace("\r\n", "\n").partition("\n\n")
-    status_line, *header_lines = head.split("\n")
-    headers = tuple(
-        (k.strip().lower(), v.strip())
-        for k, _, v in (line.partition(":") for line in header_lines)
-        if k
-    )
-    return ProbeResponse(
-        url=url, status=int(status_line.split()[1]), headers=headers, body=body, addresses=addresses
-    )
 
 
 def body_of(name: str) -> str:

@@ -1,6 +1,6 @@
-"""Fixtures of the desktop tests; they live in desktop_support.py with the helpers they use."""
+"""Fixtures of the desktop tests: they live in tests/support/desktop.py with their helpers."""
 
-from desktop_support import (  # noqa: F401  (pytest finds fixtures by name here)
+from tests.support.desktop import (  # noqa: F401  (pytest finds fixtures by name here)
     desktop,
     fake_server,
     session_bus,

@@ -17,37 +17,33 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
-from desktop_support import (
+
+from portal.agent import Agent, _defaults, build_parser, main, run_agent
+from portal.core.agent_logic import Kind
+from portal.edges.bus import INTERFACE, OBJECT_PATH, call_bus_daemon
+from portal.edges.bus import close as close_bus
+from portal.edges.notify import DESKTOP_ENTRY
+from portal.errors import PortalError
+from tests.lab.marks import LabFactory, requires_lab
+from tests.support.dbus import PrivateBus, connected
+from tests.support.desktop import (
     DUNSTRC,
-    LIFETIME_S,
     ONLINE,
-    Bus,
     Desktop,
     FakeNotificationServer,
     StandInDaemon,
-    _stop,
     captive,
-    eventually,
     running_agent,
     start_bus,
     start_xvfb,
 )
-
-from portal.agent import Agent, _defaults, build_parser, main, run_agent
-from portal.core.agent_logic import Kind
-from portal.edges.bus import INTERFACE, OBJECT_PATH
-from portal.edges.bus import close as close_bus
-from portal.edges.notify import DESKTOP_ENTRY
-from portal.errors import PortalError
-from tests.helpers import REPO
-from tests.lab.marks import LabFactory, requires_lab
+from tests.support.procs import LIFETIME_S, REPO, eventually, stop_pid
 
 # The lab's fixtures (lab_factory), registered by name as the e2e tests do.
 pytest_plugins = ["tests.lab.fixtures"]
@@ -130,8 +126,8 @@ async def until(predicate: Any, what: str, timeout_s: float = 10) -> None:
 async def test_sign_in_in_dunst_opens_the_page_as_the_user(
     desktop: Desktop,
     stand_in: StandInDaemon,
-    system_bus: Bus,
-    session_bus: Bus,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
     short_tmp: Path,
     tmp_path: Path,
 ) -> None:
@@ -193,7 +189,7 @@ async def test_sign_in_in_dunst_opens_the_page_as_the_user(
 
 @pytest.mark.desktop
 async def test_dunst_updates_in_place_instead_of_stacking(
-    desktop: Desktop, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    desktop: Desktop, stand_in: StandInDaemon, system_bus: PrivateBus, session_bus: PrivateBus
 ) -> None:
     async with running_agent(system_bus.address, session_bus.address) as agent:
         stand_in.set_status(captive(URL))
@@ -229,14 +225,14 @@ async def answered(agent: Agent, kind: Kind, serial_before: int) -> None:
 
 @pytest.mark.desktop
 async def test_every_episode_notifies_once_and_latency(
-    desktop: Desktop, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    desktop: Desktop, stand_in: StandInDaemon, system_bus: PrivateBus, session_bus: PrivateBus
 ) -> None:
     """Ten portal episodes in a row: each shows one sign-in notification. Prints the time from
     the daemon's StateChanged to dunst counting it as displayed (read over D-Bus, ~1 ms)."""
     samples_ms = []
     async with (
         running_agent(system_bus.address, session_bus.address) as agent,
-        host_bus(session_bus.address) as probe,
+        connected(session_bus.address) as probe,
     ):
         await stand_in.wait_for("ListOverrides")
         for i in range(10):
@@ -269,15 +265,6 @@ async def test_every_episode_notifies_once_and_latency(
     )
 
 
-@contextlib.asynccontextmanager
-async def host_bus(address: str) -> AsyncIterator[MessageBus]:
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        yield bus
-    finally:
-        await close_bus(bus)
-
-
 async def dunst_displayed(bus: MessageBus) -> int:
     """dunst's own count of notifications on screen (what `dunstctl count displayed` reads)."""
     reply = await bus.call(
@@ -295,25 +282,9 @@ async def dunst_displayed(bus: MessageBus) -> int:
     return value
 
 
-async def bus_call(bus: MessageBus, member: str, signature: str, body: list[Any]) -> list[Any]:
-    async with asyncio.timeout(10):
-        reply = await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus",
-                member=member,
-                signature=signature,
-                body=body,
-            )
-        )
-    assert reply is not None and reply.message_type == MessageType.METHOD_RETURN, reply.body
-    return list(reply.body)
-
-
 @pytest.mark.desktop
 async def test_activated_dunst_crashes_and_comes_back(
-    stand_in: StandInDaemon, system_bus: Bus, short_tmp: Path
+    stand_in: StandInDaemon, system_bus: PrivateBus, short_tmp: Path
 ) -> None:
     """dunst as desktops often run it: started by D-Bus activation on the first call. One
     notification, not two, although the server is reported twice (the call that starts it, its
@@ -337,9 +308,11 @@ async def test_activated_dunst_crashes_and_comes_back(
     desk = Desktop(f":{number}", env, xvfb, None)
 
     async def dunst_pid(bus: MessageBus) -> int:
-        (pid,) = await bus_call(
-            bus, "GetConnectionUnixProcessID", "s", ["org.freedesktop.Notifications"]
-        )
+        (pid,) = (
+            await call_bus_daemon(
+                bus, "GetConnectionUnixProcessID", "s", ["org.freedesktop.Notifications"]
+            )
+        ).body
         return int(pid)
 
     async def displayed_is(bus: MessageBus, count: int) -> None:
@@ -348,9 +321,10 @@ async def test_activated_dunst_crashes_and_comes_back(
                 await asyncio.sleep(0.01)
 
     try:
-        async with host_bus(session.address) as h:
+        async with connected(session.address) as h:
             # What a session manager does: give activated services the display.
-            await bus_call(h, "UpdateActivationEnvironment", "a{ss}", [{"DISPLAY": f":{number}"}])
+            display = [{"DISPLAY": f":{number}"}]
+            await call_bus_daemon(h, "UpdateActivationEnvironment", "a{ss}", display)
             stand_in.status = captive(URL)
             async with running_agent(system_bus.address, session.address) as agent:
                 await until(lambda: agent.state.shown_id != 0, "the notification")
@@ -379,16 +353,16 @@ async def test_activated_dunst_crashes_and_comes_back(
             with contextlib.suppress(AssertionError, TimeoutError):
                 os.kill(await dunst_pid(h), signal.SIGTERM)
     finally:
-        _stop(session.proc)
-        _stop(xvfb)
+        stop_pid(session.proc)
+        stop_pid(xvfb)
 
 
 @pytest.mark.desktop
 async def test_agent_refuses_to_open_pages_as_root(
     desktop: Desktop,
     stand_in: StandInDaemon,
-    system_bus: Bus,
-    session_bus: Bus,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
     short_tmp: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -410,7 +384,11 @@ async def test_agent_refuses_to_open_pages_as_root(
 @pytest.mark.desktop
 @requires_lab
 async def test_real_daemon_in_the_lab_to_dunst(
-    lab_factory: LabFactory, desktop: Desktop, session_bus: Bus, short_tmp: Path, tmp_path: Path
+    lab_factory: LabFactory,
+    desktop: Desktop,
+    session_bus: PrivateBus,
+    short_tmp: Path,
+    tmp_path: Path,
 ) -> None:
     """All real: NetworkManager joins the hotel network, the daemon on the laptop finds the
     portal, and the agent (as a user, on the host) tells dunst; the click opens the portal's URL
@@ -470,7 +448,10 @@ async def test_real_daemon_in_the_lab_to_dunst(
 
 
 async def test_no_actions_capability_puts_the_url_in_the_body(
-    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    fake_server: FakeNotificationServer,
+    stand_in: StandInDaemon,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
 ) -> None:
     fake_server.capabilities = ["body"]
     stand_in.status = captive(URL)
@@ -484,7 +465,10 @@ async def test_no_actions_capability_puts_the_url_in_the_body(
 
 
 async def test_started_while_captive_notifies_at_once_with_actions(
-    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    fake_server: FakeNotificationServer,
+    stand_in: StandInDaemon,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
 ) -> None:
     stand_in.status = captive(URL)
     async with running_agent(system_bus.address, session_bus.address):
@@ -505,7 +489,10 @@ async def test_started_while_captive_notifies_at_once_with_actions(
 
 
 async def test_low_session_time_gives_one_reminder(
-    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    fake_server: FakeNotificationServer,
+    stand_in: StandInDaemon,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
 ) -> None:
     paid = {**ONLINE, "portal_url": URL, "seconds_remaining": 3600}
     stand_in.status = paid
@@ -528,7 +515,7 @@ async def test_low_session_time_gives_one_reminder(
 
 
 async def test_notification_server_restart(
-    stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    stand_in: StandInDaemon, system_bus: PrivateBus, session_bus: PrivateBus
 ) -> None:
     first = FakeNotificationServer(session_bus.address)
     await first.start()
@@ -552,7 +539,10 @@ async def test_notification_server_restart(
 
 
 async def test_no_notification_server_then_one_appears(
-    stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus, caplog: pytest.LogCaptureFixture
+    stand_in: StandInDaemon,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="portal")
     stand_in.status = captive(URL)
@@ -569,8 +559,8 @@ async def test_no_notification_server_then_one_appears(
 
 async def test_daemon_restart_and_absence(
     fake_server: FakeNotificationServer,
-    system_bus: Bus,
-    session_bus: Bus,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="portal")
@@ -595,13 +585,16 @@ async def test_daemon_restart_and_absence(
 
 
 async def test_forged_signals_are_ignored(
-    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    fake_server: FakeNotificationServer,
+    stand_in: StandInDaemon,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
 ) -> None:
     async with running_agent(system_bus.address, session_bus.address):
         await stand_in.wait_for("ListOverrides")
         forger = await MessageBus(bus_address=system_bus.address).connect()
         try:
-            from desktop_support import variant_status
+            from tests.support.desktop import variant_status
 
             forger.send(
                 Message.new_signal(
@@ -624,8 +617,8 @@ async def test_forged_signals_are_ignored(
 async def test_second_agent_in_a_session_steps_aside(
     fake_server: FakeNotificationServer,
     stand_in: StandInDaemon,
-    system_bus: Bus,
-    session_bus: Bus,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="portal")
@@ -644,7 +637,10 @@ async def test_second_agent_in_a_session_steps_aside(
 
 
 async def test_losing_the_system_bus_ends_the_agent_with_an_error(
-    fake_server: FakeNotificationServer, stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    fake_server: FakeNotificationServer,
+    stand_in: StandInDaemon,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
 ) -> None:
     """The unit restarts it (Restart=on-failure); carrying on deaf would be worse."""
     ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -5,26 +5,18 @@ registration, status, tooltip, the dbusmenu layout, and clicks (Check now reache
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
-from desktop_support import (
-    ONLINE,
-    Bus,
-    StandInDaemon,
-    captive,
-    eventually,
-    flush,
-    running_agent,
-)
 
 from portal.edges.bus import close as close_bus
+from tests.support.dbus import PrivateBus, call_body, connected
+from tests.support.desktop import ONLINE, StandInDaemon, captive, running_agent
+from tests.support.procs import eventually
 
 WATCHER = "org.kde.StatusNotifierWatcher"
 ITEM = "org.kde.StatusNotifierItem"
@@ -54,20 +46,17 @@ class Watcher:
     async def start(self) -> None:
         self.bus = await MessageBus(bus_address=self.address).connect()
         self.bus.add_message_handler(self._on_message)
-        await call(self.bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+        await call_body(self.bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
                    "org.freedesktop.DBus", "AddMatch", "s",
                    [f"type='signal',interface='{ITEM}'"])  # fmt: skip
-        await call(self.bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+        await call_body(self.bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
                    "org.freedesktop.DBus", "AddMatch", "s",
                    [f"type='signal',interface='{MENU}'"])  # fmt: skip
         await self.bus.request_name(WATCHER)
 
     async def stop(self) -> None:
         if self.bus is not None:
-            if self.bus.connected:  # the bus itself may be gone
-                with contextlib.suppress(Exception):
-                    await flush(self.bus)
-            await close_bus(self.bus)
+            await close_bus(self.bus)  # a round trip first: what was sent goes out
         self.bus = None
 
     def _on_message(self, msg: Message) -> Message | None:
@@ -82,43 +71,8 @@ class Watcher:
         return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", msg.member)
 
 
-@contextlib.asynccontextmanager
-async def host(address: str) -> AsyncIterator[MessageBus]:
-    """A tray host's connection to the session bus."""
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        yield bus
-    finally:
-        await close_bus(bus)
-
-
-async def call(
-    bus: MessageBus,
-    destination: str,
-    path: str,
-    interface: str,
-    member: str,
-    signature: str = "",
-    body: list[Any] | None = None,
-) -> list[Any]:
-    async with asyncio.timeout(10):
-        reply = await bus.call(
-            Message(
-                destination=destination,
-                path=path,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
-        )
-    assert reply is not None
-    assert reply.message_type == MessageType.METHOD_RETURN, reply.body
-    return list(reply.body)
-
-
 async def item_props(bus: MessageBus, service: str) -> dict[str, Any]:
-    (props,) = await call(
+    (props,) = await call_body(
         bus, service, "/StatusNotifierItem", "org.freedesktop.DBus.Properties", "GetAll", "s",
         [ITEM],
     )  # fmt: skip
@@ -140,15 +94,17 @@ def labels(node: list[Any], depth: int = 0) -> list[str]:
 
 
 async def layout(bus: MessageBus, service: str) -> tuple[int, list[str]]:
-    revision, root = await call(bus, service, "/MenuBar", MENU, "GetLayout", "iias", [0, -1, []])
+    revision, root = await call_body(
+        bus, service, "/MenuBar", MENU, "GetLayout", "iias", [0, -1, []]
+    )
     return revision, labels(root)
 
 
 @pytest.mark.desktop
 async def test_tray_registers_and_shows_state_menu_and_clicks(
     stand_in: StandInDaemon,
-    system_bus: Bus,
-    session_bus: Bus,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="portal")
@@ -161,8 +117,8 @@ async def test_tray_registers_and_shows_state_menu_and_clicks(
             await eventually(lambda: watcher.items, what="the registration")
             ((service, sender),) = watcher.items
             assert service.startswith("org.kde.StatusNotifierItem-")
-            async with host(session_bus.address) as h:
-                (owner,) = await call(
+            async with connected(session_bus.address) as h:
+                (owner,) = await call_body(
                     h, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                     "GetNameOwner", "s", [service],
                 )  # fmt: skip
@@ -172,7 +128,7 @@ async def test_tray_registers_and_shows_state_menu_and_clicks(
                 assert props["Status"] == "NeedsAttention"
                 assert props["Menu"] == "/MenuBar"
                 assert props["ToolTip"][3] == "Sign-in needed on Hotel Wi-Fi"
-                (xml,) = await call(
+                (xml,) = await call_body(
                     h, service, "/StatusNotifierItem", "org.freedesktop.DBus.Introspectable",
                     "Introspect",
                 )  # fmt: skip
@@ -195,14 +151,14 @@ async def test_tray_registers_and_shows_state_menu_and_clicks(
                 ]
 
                 # "Check now", clicked as a host reports it.
-                await call(
+                await call_body(
                     h, service, "/MenuBar", MENU, "Event", "isvu",
                     [2, "clicked", Variant("s", ""), 0],
                 )  # fmt: skip
                 await stand_in.wait_for("Check")
 
                 # "Open sign-in page": the agent runs as root here, so it must refuse.
-                await call(
+                await call_body(
                     h, service, "/MenuBar", MENU, "Event", "isvu",
                     [1, "clicked", Variant("s", ""), 0],
                 )  # fmt: skip
@@ -223,7 +179,7 @@ async def test_tray_registers_and_shows_state_menu_and_clicks(
 
 @pytest.mark.desktop
 async def test_tray_registers_when_a_watcher_appears_later(
-    stand_in: StandInDaemon, system_bus: Bus, session_bus: Bus
+    stand_in: StandInDaemon, system_bus: PrivateBus, session_bus: PrivateBus
 ) -> None:
     async with running_agent(system_bus.address, session_bus.address) as agent:
         assert agent.tray is not None and not agent.tray.registered
@@ -246,8 +202,8 @@ async def test_tray_registers_when_a_watcher_appears_later(
 @pytest.mark.desktop
 async def test_no_watcher_is_quiet(
     stand_in: StandInDaemon,
-    system_bus: Bus,
-    session_bus: Bus,
+    system_bus: PrivateBus,
+    session_bus: PrivateBus,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="portal")

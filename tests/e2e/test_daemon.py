@@ -28,31 +28,18 @@ import pytest
 from portal.config import Config
 from portal.core.events import NetworkChanged
 from portal.core.model import Connectivity, Network, Upstream
-from portal.core.probe_model import ProbeFinished, ProbeResponse, ProbeSpec
+from portal.core.probe_model import ProbeFinished, ProbeSpec
 from portal.daemon import Daemon
 from portal.edges.dns_stub import DnsStub, bind_sockets
 from portal.edges.reactor import ThreadReactor
 from portal.edges.store import Store
 from portal.edges.upstream import Forwarder
-from tests.conftest import need
-from tests.helpers import Dnsmasq, dnsmasq, free_port
+from tests.support.dns import Dnsmasq, dnsmasq
+from tests.support.probes import recorded
+from tests.support.procs import free_port, need
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "probe"
 CHECK_URL = "http://connectivitycheck.gstatic.com/generate_204"
 WAIT_S = 20.0  # bounds a hang only; nothing is timed
-
-
-def recorded(name: str, url: str) -> ProbeResponse:
-    """A ProbeResponse from a `curl -i` capture in tests/data/probe/."""
-    raw = (DATA / name).read_bytes().decode()
-    head, _, body = raw.replace("\r\n", "\n").partition("\n\n")
-    status_line, *header_lines = head.split("\n")
-    headers = tuple(
-        (k.strip().lower(), v.strip())
-        for k, _, v in (line.partition(":") for line in header_lines)
-        if k
-    )
-    return ProbeResponse(url=url, status=int(status_line.split()[1]), headers=headers, body=body)
 
 
 class Watcher:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need
-from tests.helpers import PORTAL, REPO, Netns, PrivateBus, private_bus, wait_for
+from tests.support.dbus import PrivateBus, private_bus
+from tests.support.procs import PORTAL, REPO, need, wait_for
+from tests.support.system import Netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces and port 53")
 

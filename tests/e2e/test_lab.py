@@ -32,6 +32,7 @@ from dbus_next.aio import MessageBus
 from tests.lab import lab as labmod
 from tests.lab.lab import Lab
 from tests.lab.marks import LabFactory, requires_dhclient, requires_lab, requires_static_lab
+from tests.support.procs import free_port, stop_pid
 
 # The lab's fixtures (lab_factory, lab), registered by name rather than imported into this module.
 pytest_plugins = ["tests.lab.fixtures"]
@@ -451,8 +452,8 @@ async def test_two_labs_side_by_side(lab_factory: LabFactory) -> None:
 
 @contextlib.contextmanager
 def portal_process(tmp_path: Path, *extra: str) -> Any:
-    port = _free_tcp_port()
-    dns_port = _free_udp_port()
+    port = free_port()
+    dns_port = free_port()
     ready = tmp_path / f"ready-{port}"
     proc = subprocess.Popen(
         [sys.executable, str(labmod.PORTAL_SCRIPT), "--listen", "127.0.0.1",
@@ -469,26 +470,7 @@ def portal_process(tmp_path: Path, *extra: str) -> Any:
             time.sleep(0.02)
         yield port, dns_port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
-
-
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        stop_pid(proc, timeout_s=10)
 
 
 def test_portal_simulator_flow(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from portal.edges.bus import (
     unwrap,
 )
 from portal.errors import DaemonUnreachable
-from tests.helpers import PrivateBus
+from tests.support.dbus import PrivateBus
 
 NAME = "org.example.Watched"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import Daemon, run_cli
+from tests.support.daemon import Daemon, run_cli
 
 
 @pytest.mark.parametrize("ttl", ["0", "0s", "0m", "0.0h"])

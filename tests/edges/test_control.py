@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.message
 import dns.query
 import pytest
 
-from tests.helpers import Daemon, PrivateBus, dig, run_cli, wait_for
+from tests.support.daemon import Daemon, run_cli
+from tests.support.dbus import PrivateBus
+from tests.support.dns import dig
+from tests.support.procs import wait_for
+from tests.support.system import Users
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="creates users and mounts: needs root")
 
@@ -252,41 +255,17 @@ def test_read_only_state_dir_fails_clearly_and_keeps_answers(
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
-@pytest.fixture
-def users() -> Iterator[Callable[..., str]]:
-    made: list[str] = []
-    groups: list[str] = []
-
-    def make(group: str | None = None) -> str:
-        name = f"pt{secrets.token_hex(3)}"
-        if group and group not in groups:
-            subprocess.run(["groupadd", group], check=True)
-            groups.append(group)
-        cmd = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-        if group:
-            cmd += ["--groups", group]
-        subprocess.run([*cmd, name], check=True)
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        subprocess.run(["userdel", name], check=False)
-    for g in groups:
-        subprocess.run(["groupdel", g], check=False)
-
-
 @root_only
 def test_unprivileged_user_can_list_but_not_change(
-    bus: PrivateBus, make_daemon: Callable[..., Daemon], users: Callable[..., str], tmp_path: Path
+    bus: PrivateBus, make_daemon: Callable[..., Daemon], users: Users, tmp_path: Path
 ) -> None:
-    group = f"ptg{secrets.token_hex(2)}"
+    group = users.group()
     conf = tmp_path / "admin.toml"
     conf.write_text(f'admin_group = "{group}"\n')
     d = make_daemon(bus.address, extra_args=["--config", str(conf)])
     assert d.cli("add", "root-made.example", "10.0.0.1").returncode == 0
-    stranger = users()
-    member = users(group)
+    stranger = users.user()
+    member = users.user(group)
     listing = d.cli("list", "--json", user=stranger)
     assert listing.returncode == 0, listing.stderr
     assert [i["name"] for i in json.loads(listing.stdout)] == ["root-made.example"]

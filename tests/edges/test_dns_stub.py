@@ -1,6 +1,6 @@
 """The DNS stub over real sockets: dig, kdig and dnspython as clients, a real dnsmasq upstream.
 
-Runs the real daemon (tests/helpers.py) on a private bus and a random loopback port.
+Runs the real daemon (tests/support/daemon.py) on a private bus and a random loopback port.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from portal.edges import dns_stub
 from portal.edges.dns_stub import DnsStub
 from portal.edges.reactor import ThreadReactor
 from portal.edges.upstream import POOL_SOCKETS, Forwarder
-from tests.conftest import need
-from tests.helpers import Daemon, Dnsmasq, PrivateBus, dig, dnsmasq, free_port
+from tests.support.daemon import Daemon
+from tests.support.dbus import PrivateBus
+from tests.support.dns import Dnsmasq, dig, dnsmasq
+from tests.support.procs import free_port, need
 
 
 def add(d: Daemon, *args: str) -> None:

@@ -47,6 +47,7 @@ from portal.edges.http_probe import (
     probe_network,
     resolve_via,
 )
+from tests.support.procs import stop_pid
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 OPENSSL = shutil.which("openssl")
@@ -151,14 +152,7 @@ def dnsmasq() -> Iterator[Callable[..., Dnsmasq]]:
 
     yield start
     for proc in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_pid(proc)  # SIGTERM reaches dnsmasq through timeout; SIGKILL would not
 
 
 # --- a small portal HTTP(S) server, in the test's event loop -----------------------------------
@@ -875,12 +869,7 @@ def hotel_portal(tmp_path: Path, pki: Pki) -> Iterator[tuple[str, int, int, Path
             time.sleep(0.02)
         yield ip, http_port, https_port, control
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_pid(proc)
 
 
 @needs_dnsmasq

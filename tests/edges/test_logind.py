@@ -9,7 +9,7 @@ from dbus_next import Message
 from portal.core.events import Resumed
 from portal.edges.bus import close, connect
 from portal.edges.logind import MANAGER, watch_resume
-from tests.helpers import PrivateBus
+from tests.support.dbus import PrivateBus
 
 
 async def test_prepare_for_sleep_false_is_a_resume(bus: PrivateBus) -> None:

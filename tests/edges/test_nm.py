@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from portal.edges.nm import (
 )
 from tests.lab.lab import LAPTOP_IF, NM_CHECK_URI, PROFILE_ID, PROFILE_UUID, Lab
 from tests.lab.marks import LabFactory, requires_dhclient, requires_lab
+from tests.support.dbus import connected, private_bus
 
 # --- pure translation ---------------------------------------------------------------------------
 
@@ -174,45 +175,10 @@ needs_dbusmock = pytest.mark.skipif(
     reason="needs python-dbusmock (test extra) and dbus-daemon",
 )
 
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
-
 MOCK_IFACE = "org.freedesktop.DBus.Mock"
 NM_PATH = "/org/freedesktop/NetworkManager"
 NM_IFACE = "org.freedesktop.NetworkManager"
 WAIT_S = 20.0  # bound for anything a test waits on; never asserted
-
-
-@contextlib.contextmanager
-def private_bus(tmp: Path) -> Iterator[str]:
-    conf = tmp / "bus.conf"
-    conf.write_text(BUS_CONFIG.format(socket=tmp / "bus.sock"))
-    proc = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address, "dbus-daemon printed no address"
-        yield address
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 class MockNM:
@@ -372,17 +338,10 @@ class Events:
 
 
 @pytest.fixture
-async def bus_env(tmp_path: Path) -> AsyncIterator[tuple[str, MessageBus]]:
-    with private_bus(tmp_path) as address:
-        control = await MessageBus(bus_address=address).connect()
-        try:
-            yield address, control
-        finally:
-            await close_bus(control)
-
-
-async def close_bus(bus: MessageBus) -> None:
-    await close(bus)
+async def bus_env() -> AsyncIterator[tuple[str, MessageBus]]:
+    with private_bus(kind="session") as bus:
+        async with connected(bus.address) as control:
+            yield bus.address, control
 
 
 @contextlib.asynccontextmanager
@@ -574,7 +533,7 @@ async def test_run_returns_when_a_shared_bus_closes(bus_env: tuple[str, MessageB
     watcher = NetworkManagerWatcher(shared, events.emit)
     task = asyncio.create_task(watcher.run())
     assert await events.next() == NetworkChanged(None)
-    await close_bus(shared)
+    await close(shared)
     async with asyncio.timeout(WAIT_S):
         await task  # returns, does not raise
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from portal.edges.reactor import ThreadReactor
+from tests.support.procs import wait_for
 
 
 @pytest.fixture
@@ -30,15 +31,6 @@ def udp() -> Iterator[tuple[socket.socket, socket.socket]]:
     yield server, client
     server.close()
     client.close()
-
-
-def wait_for(ok: Any, timeout_s: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ok():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 async def test_solo_reads_wake_ups_timers_and_stop(

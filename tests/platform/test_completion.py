@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from portal.cli import build_parser
-from tests.helpers import Daemon
+from tests.support.daemon import Daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 BASH = ROOT / "completions" / "portal.bash"

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.platform.test_nspawn import python_paths
+from tests.support.procs import free_port, stop_pid, wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 BUS_NAME = "org.portalhelper.Portal1"
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
@@ -54,27 +57,6 @@ pytestmark = [
         reason="needs useradd (passwd) and setpriv (util-linux)",
     ),
 ]
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def python_paths() -> list[Path]:
-    """Where the test's Python, its packages and this source tree live, outside /usr."""
-    found: list[Path] = []
-    candidates = [Path(sys.base_prefix), Path(sys.prefix), ROOT]
-    candidates += [Path(p) for p in sys.path if p and Path(p).is_dir()]
-    for path in candidates:
-        path = path.resolve()
-        if path.is_relative_to("/usr") or any(path.is_relative_to(f) for f in found):
-            continue
-        found = [f for f in found if not f.is_relative_to(path)] + [path]
-    return found
 
 
 def closed_ancestor(path: Path) -> Path | None:
@@ -220,13 +202,6 @@ def holder_script(tmp: Path, shared: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP (the stub binds both)."""
-    from tests.helpers import free_port as both_free
-
-    return both_free("127.0.0.1")
-
-
 def add_user(name: str, *groups: str) -> None:
     subprocess.run(
         ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir", "/",
@@ -287,7 +262,7 @@ def stack() -> Iterator[Stack]:
                  holder_script(tmp, python_paths())],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
-        wait_for(
+        wait_until(
             "the mount namespace", lambda: (tmp / "ready").exists() or holder.poll() is not None
         )
         assert holder.poll() is None, (tmp / "holder.log").read_text()
@@ -309,12 +284,7 @@ def stack() -> Iterator[Stack]:
     finally:
         # Stop in reverse order, each by its own PID.
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_pid(proc, timeout_s=10)
         if holder is not None:
             holder.send_signal(signal.SIGKILL)
             holder.wait(timeout=10)

@@ -53,8 +53,9 @@ from tests.platform.test_nspawn import (
     launch,
     uninstall,
 )
-from tests.platform.test_polkit import POLKITD, Stack, add_user, bus_config, holder_script, wait_for
+from tests.platform.test_polkit import POLKITD, Stack, add_user, bus_config, holder_script
 from tests.platform.test_units import analyze, needs_analyze, unit_copy, values
+from tests.support.procs import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LINK_UNIT = ROOT / "systemd/portal-link.service"
@@ -409,7 +410,7 @@ def private_polkit(
                  holder_script(tmp, shared or [])],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
-        wait_for(
+        wait_until(
             "the mount namespace", lambda: (tmp / "ready").exists() or holder.poll() is not None
         )
         assert holder.poll() is None, (tmp / "holder.log").read_text()
@@ -517,7 +518,7 @@ def test_resolved_lets_the_daemon_and_nobody_else_set_the_link(netns: str) -> No
         start_bus,
         start_resolved,
     )
-    from tests.platform.test_polkit import python_paths
+    from tests.platform.test_nspawn import python_paths
 
     policy = skip_without_polkit()
     binary, why = _resolved_binary()

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portal.edges.client import Client
-from tests.helpers import Daemon, Dnsmasq, PrivateBus, dig
-from tests.reliability.support import Users
+from tests.support.daemon import Daemon
+from tests.support.dbus import PrivateBus
+from tests.support.dns import Dnsmasq, dig
+from tests.support.procs import wait_for
+from tests.support.system import Users
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="creates users: needs root")
 FOREVER = 2**64 - 1
@@ -80,15 +83,6 @@ def state_file(d: Daemon) -> tuple[bytes, int]:
 def snapshot(d: Daemon) -> tuple[str, bytes, int]:
     """What the daemon says it holds, and the state file's bytes and mtime."""
     return (d.cli("list", "--json").stdout, *state_file(d))
-
-
-@pytest.fixture
-def users() -> Iterator[Users]:
-    u = Users()
-    try:
-        yield u
-    finally:
-        u.close()
 
 
 @root_only
@@ -285,16 +279,7 @@ def test_every_change_is_logged_with_who_made_it(daemon: Daemon, tmp_path: Path)
     assert re.search(rf"override b\.example removed {who}", log)
     assert re.search(rf"2 override\(s\) imported {who}", log)
     # expiry is a change too: logged when the timer fires (no caller: the clock did it)
-    assert wait_until(lambda: "override a.example expired" in d.log(), 10)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    assert wait_for(lambda: "override a.example expired" in d.log(), 10)
 
 
 def test_no_override_outlives_its_expiry(daemon: Daemon) -> None:

@@ -27,17 +27,11 @@ import dns.rcode
 import pytest
 
 from portal.core.overrides import parse_state
-from tests.conftest import need
-from tests.helpers import Daemon, Dnsmasq, PrivateBus, dig, private_bus, run_cli, wait_for
-from tests.reliability.support import (
-    Behaviour,
-    RestartableBus,
-    answer_a,
-    fake_upstream,
-    fill,
-    start_daemon,
-    tmpfs,
-)
+from tests.support.daemon import Daemon, run_cli, start_daemon
+from tests.support.dbus import PrivateBus, RestartableBus, private_bus
+from tests.support.dns import Behaviour, Dnsmasq, answer_a, dig, fake_upstream
+from tests.support.procs import need, wait_for
+from tests.support.system import fill, tmpfs
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 OVERRIDE = "login.hotel.example"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support.procs import REPO
 
 FUZZ_SECONDS = 10
 

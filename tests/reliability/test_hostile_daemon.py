@@ -19,9 +19,17 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.conftest import UPSTREAM_RECORDS, need
-from tests.helpers import Daemon, Dnsmasq, dnsmasq, private_bus
-from tests.reliability.support import read_tcp_message, start_daemon, tcp_exchange, udp_exchange
+from tests.support.daemon import Daemon, start_daemon
+from tests.support.dbus import private_bus
+from tests.support.dns import (
+    UPSTREAM_RECORDS,
+    Dnsmasq,
+    dnsmasq,
+    read_tcp_message,
+    tcp_exchange,
+    udp_exchange,
+)
+from tests.support.procs import need
 
 OVERRIDE = "login.hotel.example"
 QUESTION = b"\x05login\x05hotel\x07example\x00\x00\x01\x00\x01"

@@ -21,14 +21,9 @@ import dns.rcode
 import pytest
 
 from portal.edges.dns_stub import TCP_IDLE_TIMEOUT_S, TCP_MAX_CLIENTS
-from tests.helpers import Daemon, PrivateBus
-from tests.reliability.support import (
-    FakeUpstream,
-    answer_a,
-    fake_upstream,
-    read_tcp_message,
-    tcp_exchange,
-)
+from tests.support.daemon import Daemon
+from tests.support.dbus import PrivateBus
+from tests.support.dns import FakeUpstream, answer_a, fake_upstream, read_tcp_message, tcp_exchange
 
 OVERRIDE = "login.hotel.example"
 

@@ -21,17 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import need
-from tests.helpers import (
-    PORTAL,
-    REPO,
-    Netns,
-    PrivateBus,
-    private_bus,
-    run_cli,
-    stop_pid,
-    wait_for,
-)
+from tests.support.daemon import run_cli
+from tests.support.dbus import PrivateBus, private_bus
+from tests.support.procs import PORTAL, REPO, need, stop_pid, wait_for
+from tests.support.system import Netns
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: network namespaces and a veth pair"

@@ -7,32 +7,12 @@ the daemon as user portal). Each refusal is one clear line, changes nothing and 
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import re
-import shutil
 
-import pytest
-
-from tests.platform.test_polkit import POLKIT_BUS_CONF, POLKITD, SYSTEM_CONF, Stack
+from tests.platform.test_polkit import Stack
+from tests.platform.test_polkit import pytestmark as pytestmark  # noqa: F401 - its skips, reused
 from tests.platform.test_polkit import stack as stack  # noqa: F401 - the fixture, reused
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create users and mount namespaces"),
-    pytest.mark.skipif(
-        not POLKITD.exists() or not POLKIT_BUS_CONF.exists(),
-        reason="polkitd not installed (apt: polkitd)",
-    ),
-    pytest.mark.skipif(
-        shutil.which("dbus-daemon") is None or not SYSTEM_CONF.exists(),
-        reason="dbus-daemon not installed (apt: dbus-daemon)",
-    ),
-    pytest.mark.skipif(
-        shutil.which("useradd") is None or shutil.which("setpriv") is None,
-        reason="needs useradd (passwd) and setpriv (util-linux)",
-    ),
-]
 
 
 def daemon_log(s: Stack) -> str:

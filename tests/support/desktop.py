@@ -1,9 +1,9 @@
-"""Helpers for the agent's desktop tests: private D-Bus buses, Xvfb with dunst, a stand-in for the
-portal daemon's D-Bus API, and a small fake notification server for what dunst cannot do on
+"""The agent's desktop tests: Xvfb with dunst, private session and system buses, a stand-in for
+the portal daemon's D-Bus API, and a small fake notification server for what dunst cannot do on
 demand (no "actions" capability, a restart at a chosen moment).
 
 Every process is started under `timeout` (bounded even if the test run dies), in its own session,
-and stopped by its PID.
+and stopped by its PID. The fixtures are registered by tests/desktop/conftest.py.
 """
 
 from __future__ import annotations
@@ -27,25 +27,9 @@ from dbus_next.aio import MessageBus
 from portal.agent import Agent, run_agent
 from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH
 from portal.edges.bus import close as close_bus
-
-LIFETIME_S = 300  # hard bound on every helper process
-
-BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={dir}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <!-- any user: the agent under test runs as an unprivileged user -->
-    <allow user="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-  {extra}
-</busconfig>
-"""
+from tests.support.dbus import PrivateBus
+from tests.support.dbus import start_bus as _start_bus
+from tests.support.procs import bounded, stop_pid
 
 DUNSTRC = """[global]
     font = DejaVu Sans 10
@@ -67,23 +51,6 @@ DUNSTRC = """[global]
 """
 
 
-def _bounded(argv: list[str]) -> list[str]:
-    return ["timeout", "--kill-after=5", str(LIFETIME_S), *argv]
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-
-
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A short, world-readable directory: socket paths have a 108-byte limit, and the agent
@@ -96,49 +63,29 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@dataclass
-class Bus:
-    address: str
-    proc: subprocess.Popen[str]
-
-
-def start_bus(directory: Path, name: str, extra: str = "") -> Bus:
+def start_bus(directory: Path, name: str, extra: str = "") -> PrivateBus:
+    """A private bus in `directory`/`name` (the caller stops it); skips without dbus-daemon."""
     if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon is not installed (apt: dbus-daemon)")
-    sock_dir = directory / name
-    sock_dir.mkdir()
-    sock_dir.chmod(0o755)
-    conf = directory / f"{name}.conf"
-    conf.write_text(BUS_CONFIG.format(dir=sock_dir, extra=extra))
-    proc = subprocess.Popen(
-        _bounded(["dbus-daemon", f"--config-file={conf}", "--nofork", "--print-address=1"]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    address = proc.stdout.readline().strip()
-    if not address:
-        _stop(proc)
-        pytest.fail("dbus-daemon did not print its address")
-    return Bus(address, proc)
+    (directory / name).mkdir()
+    (directory / name).chmod(0o755)
+    return _start_bus(directory / name, kind="session", extra=extra)
 
 
 @pytest.fixture
-def system_bus(short_tmp: Path) -> Iterator[Bus]:
+def system_bus(short_tmp: Path) -> Iterator[PrivateBus]:
     """Stands for the system bus: where the portal daemon lives."""
     bus = start_bus(short_tmp, "system")
     yield bus
-    _stop(bus.proc)
+    stop_pid(bus.proc)
 
 
 @pytest.fixture
-def session_bus(short_tmp: Path) -> Iterator[Bus]:
+def session_bus(short_tmp: Path) -> Iterator[PrivateBus]:
     """The user's session bus: notifications and the tray."""
     bus = start_bus(short_tmp, "session")
     yield bus
-    _stop(bus.proc)
+    stop_pid(bus.proc)
 
 
 @dataclass
@@ -185,7 +132,7 @@ def start_xvfb() -> tuple[str, subprocess.Popen[bytes]]:
     read_fd, write_fd = os.pipe()
     # -displayfd picks a free display, so parallel runs cannot clash; no TCP, no /tmp socket.
     xvfb = subprocess.Popen(
-        _bounded(
+        bounded(
             [
                 "Xvfb",
                 "-displayfd",
@@ -208,13 +155,13 @@ def start_xvfb() -> tuple[str, subprocess.Popen[bytes]]:
     with os.fdopen(read_fd) as f:
         number = f.readline().strip()
     if not number:
-        _stop(xvfb)
+        stop_pid(xvfb)
         pytest.fail("Xvfb did not report a display")
     return number, xvfb
 
 
 @pytest.fixture
-def desktop(short_tmp: Path, session_bus: Bus) -> Iterator[Desktop]:
+def desktop(short_tmp: Path, session_bus: PrivateBus) -> Iterator[Desktop]:
     """Xvfb and dunst on the private session bus (notes: the steps that worked)."""
     for tool in ("Xvfb", "dunst", "dunstctl"):
         if shutil.which(tool) is None:
@@ -228,7 +175,7 @@ def desktop(short_tmp: Path, session_bus: Bus) -> Iterator[Desktop]:
     rc = short_tmp / "dunstrc"
     rc.write_text(DUNSTRC)
     dunst = subprocess.Popen(
-        _bounded(["dunst", "-config", str(rc)]),
+        bounded(["dunst", "-config", str(rc)]),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -248,8 +195,8 @@ def desktop(short_tmp: Path, session_bus: Bus) -> Iterator[Desktop]:
             time.sleep(0.05)
         yield desk
     finally:
-        _stop(dunst)
-        _stop(xvfb)
+        stop_pid(dunst)
+        stop_pid(xvfb)
 
 
 def variant_status(status: dict[str, Any]) -> dict[str, Variant]:
@@ -284,20 +231,6 @@ def captive(url: str = "http://login.hotel.test/portal?room=12&lang=en") -> dict
     return {**ONLINE, "state": "captive", "portal_url": url, "venue_dns": ["10.77.0.1"]}
 
 
-async def flush(bus: MessageBus) -> None:
-    """One round trip: messages go out in order, so everything sent before is on the wire
-    (a reply handed to dbus-next and the connection closed at once can be lost otherwise)."""
-    async with asyncio.timeout(5):
-        await bus.call(
-            Message(
-                destination="org.freedesktop.DBus",
-                path="/org/freedesktop/DBus",
-                interface="org.freedesktop.DBus.Peer",
-                member="Ping",
-            )
-        )
-
-
 @dataclass
 class StandInDaemon:
     """org.portalhelper.Portal1 as docs/dbus-api.md describes it, with state set by the test."""
@@ -316,10 +249,7 @@ class StandInDaemon:
 
     async def stop(self) -> None:
         if self.bus is not None:
-            if self.bus.connected:  # the bus itself may be gone
-                with contextlib.suppress(Exception):
-                    await flush(self.bus)
-            await close_bus(self.bus)
+            await close_bus(self.bus)  # a round trip first: what was sent goes out
         self.bus = None
 
     def _on_message(self, msg: Message) -> Message | None:
@@ -359,7 +289,7 @@ class StandInDaemon:
 
 
 @pytest.fixture
-async def stand_in(system_bus: Bus) -> AsyncIterator[StandInDaemon]:
+async def stand_in(system_bus: PrivateBus) -> AsyncIterator[StandInDaemon]:
     d = StandInDaemon(system_bus.address)
     await d.start()
     yield d
@@ -396,10 +326,7 @@ class FakeNotificationServer:
 
     async def stop(self) -> None:
         if self.bus is not None:
-            if self.bus.connected:  # the bus itself may be gone
-                with contextlib.suppress(Exception):
-                    await flush(self.bus)
-            await close_bus(self.bus)
+            await close_bus(self.bus)  # a round trip first: what was sent goes out
         self.bus = None
 
     def _on_message(self, msg: Message) -> Message | None:
@@ -447,22 +374,11 @@ class FakeNotificationServer:
 
 
 @pytest.fixture
-async def fake_server(session_bus: Bus) -> AsyncIterator[FakeNotificationServer]:
+async def fake_server(session_bus: PrivateBus) -> AsyncIterator[FakeNotificationServer]:
     server = FakeNotificationServer(session_bus.address)
     await server.start()
     yield server
     await server.stop()
-
-
-async def eventually(predicate: Any, timeout_s: float = 10, what: str = "") -> None:
-    """Wait for a condition the agent brings about asynchronously (no timing asserted)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            # Polling: the state lives in other processes (dunst, the agent), not in an Event.
-            while not predicate():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            return
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 @contextlib.asynccontextmanager

@@ -1,16 +1,10 @@
-"""Plumbing for the reliability tests: misbehaving upstreams, raw DNS exchanges, a bus that can
-be killed and restarted on the same address, throwaway users and tiny file systems.
-
-Everything started here is bounded in time and stopped by PID or by closing its own sockets;
-nothing here decides what the tests expect.
-"""
+"""DNS servers for tests: real dnsmasq upstreams, scripted upstreams, raw exchanges, dig."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
 import os
-import secrets
 import selectors
 import shutil
 import socket
@@ -19,14 +13,87 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dns.message
 import dns.rrset
 
-from tests.helpers import BUS_CONFIG, REPO, Daemon, free_port, stop_pid, wait_for
+from tests.support.procs import free_port, stop_pid, wait_for
+
+UPSTREAM_RECORDS = {"upstream.test": "192.0.2.10", "www.example.test": "192.0.2.20"}
+
+
+@dataclass
+class Dnsmasq:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def upstream(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@contextlib.contextmanager
+def dnsmasq(
+    records: dict[str, str],
+    *,
+    host: str = "127.0.0.1",
+    extra: Sequence[str] = (),
+    txt: dict[str, str] | None = None,
+) -> Iterator[Dnsmasq]:
+    """A real dnsmasq answering `records` (name → IPv4) on host:random port, nothing else."""
+    port = free_port(host)
+    directory = Path(tempfile.mkdtemp(prefix="portal-dnsmasq-"))
+    log = directory / "dnsmasq.log"
+    args = [
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-poll",
+        f"--listen-address={host}",
+        "--bind-interfaces",
+        f"--port={port}",
+        "--user=root" if os.geteuid() == 0 else "--user=" + str(os.getuid()),
+        "--pid-file=",
+        f"--log-facility={log}",
+        "--log-queries",
+        "--cache-size=0",
+    ]
+    args += [f"--address=/{name}/{ip}" for name, ip in records.items()]
+    for name, text in (txt or {}).items():
+        args.append(f"--txt-record={name},{text}")
+    args += list(extra)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        if not wait_for(lambda: _udp_open(host, port) or proc.poll() is not None, 10):
+            raise RuntimeError("dnsmasq did not start")
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"dnsmasq failed: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        yield Dnsmasq(host, port, proc, log)
+    finally:
+        stop_pid(proc)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _udp_open(host: str, port: int) -> bool:
+    # a root-zone SOA query: any answer means the server is up
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x00\x00\x06\x00\x01"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        try:
+            s.sendto(query, (host, port))
+            s.recvfrom(4096)
+            return True
+        except OSError:
+            return False
+
 
 # What a fake upstream does with one query: a list of (delay_s, reply bytes); [] = stay silent.
 Behaviour = Callable[[bytes], list[tuple[float, bytes]]]
@@ -195,129 +262,11 @@ def recv_exactly(s: socket.socket, n: int) -> bytes | None:
     return buf
 
 
-class RestartableBus:
-    """A private dbus-daemon whose process can be killed and started again on the same socket."""
-
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="portal-rbus-"))
-        os.chmod(self.directory, 0o755)
-        self.socket = self.directory / "bus"
-        self.conf = self.directory / "bus.conf"
-        self.conf.write_text(BUS_CONFIG.format(socket=self.socket, extra=""))
-        self.address = f"unix:path={self.socket}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.socket.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            ["dbus-daemon", f"--config-file={self.conf}", "--nofork", "--nopidfile"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if not wait_for(self.socket.exists, 10):
-            raise RuntimeError("dbus-daemon did not start")
-        os.chmod(self.socket, 0o777)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def close(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc)
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A tiny tmpfs mounted on `path` (root only), unmounted lazily at the end."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Fill the file system holding `directory` up to the last byte; return the filler file."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for size in (65536, 4096, 1):  # big writes first, then the last crumbs
-            with contextlib.suppress(OSError):
-                while os.write(fd, b"\0" * size):
-                    pass
-    finally:
-        os.close(fd)
-    return filler
-
-
-class Users:
-    """Throwaway system users (and groups), deleted at the end; names are unique per run."""
-
-    def __init__(self) -> None:
-        self.users: list[str] = []
-        self.groups: list[str] = []
-
-    def group(self) -> str:
-        name = f"prg{secrets.token_hex(3)}"
-        subprocess.run(["groupadd", name], check=True)
-        self.groups.append(name)
-        return name
-
-    def user(self, *groups: str) -> str:
-        name = f"pru{secrets.token_hex(3)}"
-        cmd = ["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-        if groups:
-            cmd += ["--groups", ",".join(groups)]
-        subprocess.run([*cmd, name], check=True)
-        self.users.append(name)
-        return name
-
-    def close(self) -> None:
-        for name in self.users:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
-        for g in self.groups:
-            subprocess.run(["groupdel", g], check=False, capture_output=True)
-
-
-def start_daemon(
-    bus: str,
-    directory: Path,
-    *,
-    upstreams: list[str] | None = None,
-    extra_args: list[str] | None = None,
-    host: str = "127.0.0.1",
-    port: int | None = None,
-    state_dir: Path | None = None,
-    start: bool = True,
-) -> Daemon:
-    """The real daemon as tests/conftest.py's make_daemon starts it, for fixtures of a wider
-    scope (one daemon shared by a module's many cheap cases). The caller stops it."""
-    port = port or free_port(host)
-    state = state_dir or directory / "state"
-    none = directory / "none.toml"
-    none.touch()
-    args = ["daemon", "--bus", bus, "--listen", f"{host}:{port}", "--state-dir", str(state)]
-    args += ["--log-level", "debug", "--config", str(none)]
-    # never probe the test machine's network nor touch its resolver (extra_args may override)
-    args += ["--network-source", "none", "--wiring", "none"]
-    for u in upstreams or []:
-        args += ["--upstream", u]
-    args += extra_args or []
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("PORTAL_BUS", None)
-    d = Daemon(
-        bus=bus,
-        host=host,
-        port=port,
-        state_dir=state,
-        args=args,
-        log_path=directory / f"daemon-{port}.log",
-        env=env,
+def dig(*args: str, port: int, host: str = "127.0.0.1", timeout: float = 15) -> str:
+    out = subprocess.run(
+        ["dig", f"@{host}", "-p", str(port), "+tries=1", "+time=5", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
-    if start:
-        d.start()
-    return d
+    return out.stdout
