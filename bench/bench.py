@@ -546,6 +546,31 @@ class Bench:
                     f"  {name}: median {m.median(runs):.1f} ms, CPU {m.median(cpu):.1f} ms "
                     f"over {len(runs)} starts"
                 )
+        self._startup_imports(state, first, want)
+
+    def _startup_imports(self, state: Path, first: str, want: str) -> None:
+        """One more start under `-X importtime`, killed at its first answer: what the daemon
+        imported before it could answer (the D-Bus imports come after, by design)."""
+        d = self.base / "start-importtime"
+        shutil.copytree(state, d / "state")
+        (d / "portal.toml").write_text(p.PORTAL_CONFIG)
+        port = p.free_port(SERVER_HOST)
+        cmd = [sys.executable, "-X", "importtime", *p.portal_cmd()[1:], "daemon"]
+        cmd += ["--bus", self.bus, "--listen", f"{SERVER_HOST}:{port}"]
+        cmd += ["--state-dir", str(d / "state"), "--config", str(d / "portal.toml")]
+        proc = p.spawn(cmd, cpu=self.cpus.server, log=d / "log", env=p.portal_env())
+        ok = p.wait_until(lambda: p.ask_a(SERVER_HOST, port, first, 0.005) == want, 15, 0.0005)
+        proc.kill()  # at once: what it imports after its first answer is not the question
+        p.stop(proc)
+        if not ok:
+            log("  the daemon under -X importtime never answered")
+            return
+        text = (d / "log").read_text(errors="replace")
+        (RESULTS / f"{self.label}-importtime-daemon.txt").write_text(text)
+        costs = m.parse_importtime(text)
+        top = m.top_imports(costs, depth=1, count=16)
+        self.res.put("startup_imports", "top", [(c.module, c.cumulative_us, c.depth) for c in top])
+        self.res.put("startup_imports", "total_us", sum(c.self_us for c in costs))
 
     def _portal_state_for_startup(self) -> Path:
         """A state dir holding the same 1000 overrides, made through the CLI."""
@@ -827,6 +852,17 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
         ]
         header = ["server", "median ms", "min", "max", "CPU ms (median)", "starts"]
         lines.append(m.markdown_table(header, rows))
+    if "startup_imports" in d:
+        lines += ["", "## Daemon imports up to its first answer (`-X importtime`)", ""]
+        rows = [
+            [f"`{'  ' * depth}{mod}`", f"{us / 1e3:.1f}"]
+            for mod, us, depth in d["startup_imports"]["top"]
+        ]
+        lines.append(m.markdown_table(["module (cumulative)", "ms"], rows))
+        total = d["startup_imports"]["total_us"] / 1e3
+        lines.append(
+            f"\nAll imports together: {total:.1f} ms (the daemon killed at its first answer)."
+        )
     if "cli" in d:
         lines += ["", "## CLI (daemon with a few overrides, private bus)", ""]
         names = {
