@@ -120,7 +120,7 @@ class SyncClient:
         self.choice = choice
         self._buf = bytearray()
         self._serial = 1  # 1 is Hello's
-        self._authenticated = False
+        self._authenticated = False  # the SASL exchange done and Hello answered
 
     @classmethod
     def open(cls, choice: str) -> SyncClient | None:
@@ -227,12 +227,11 @@ class SyncClient:
         if not ok:
             # dbus-next's words, so both clients fail alike
             raise self._unreachable(f"authentication failed: {said}")
-        self._authenticated = True
         hello = self._reply_to(1, deadline)
         if hello.type == dm.ERROR:
             text = hello.body[0] if hello.body else hello.error_name
-            self._authenticated = False
             raise self._unreachable(str(text))
+        self._authenticated = True  # and connected: the bus said Hello back
 
     def _reply_to(self, serial: int, deadline: float) -> dm.Message:
         """The METHOD_RETURN or ERROR answering `serial`; signals (NameAcquired...) and other

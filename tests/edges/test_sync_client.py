@@ -394,6 +394,12 @@ def silent_after_hello(conn: socket.socket, received: bytearray) -> None:
     time.sleep(3)
 
 
+def silent_before_hello(conn: socket.socket, received: bytearray) -> None:
+    read_until(conn, received, b"BEGIN\r\n")
+    conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n")
+    time.sleep(3)
+
+
 def closing_after_hello(conn: socket.socket, received: bytearray) -> None:
     read_until(conn, received, b"BEGIN\r\n")
     conn.sendall(b"OK 0123456789abcdef0123456789abcdef\r\n" + hello_reply())
@@ -448,6 +454,7 @@ HOSTILE = [
      "failed: REJECTED: \\['EXTERNAL'\\]"),
     ("closed-during-auth", closing, DaemonUnreachable, "the bus closed the connection"),
     ("silent", silent_after_hello, DaemonUnreachable, "did not answer ListOverrides within 1 s"),
+    ("no-hello", silent_before_hello, DaemonUnreachable, "cannot connect to .*: timed out"),
     ("closed-during-call", closing_after_hello, DaemonUnreachable,
      "lost the connection to the bus at .* during ListOverrides"),
     ("garbage", garbage_after_auth, PortalError, "unreadable message from the bus at .*"),
