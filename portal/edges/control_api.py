@@ -1,8 +1,8 @@
 """The control API's names, its errors both ways, and the bus a user names.
 
 Imports nothing but portal.errors and os: the CLI's light client (sync_client.py) needs these
-without loading dbus-next. portal/edges/bus.py holds the same values for the dbus-next side;
-tests/edges/test_sync_client.py checks that the two agree.
+without loading dbus-next. portal/edges/bus.py and client.py hold the same values and words for
+the dbus-next side; tests/edges/test_sync_client.py checks that the two clients agree.
 """
 
 from __future__ import annotations
@@ -74,9 +74,15 @@ def error_from_reply(member: str, name: str, text: str, choice: str) -> PortalEr
         "org.freedesktop.DBus.Error.ServiceUnknown",
         "org.freedesktop.DBus.Error.NameHasNoOwner",
     ):
+        # Where portal is installed the bus starts the daemon itself (D-Bus activation of
+        # portal.service): this bus cannot.
         return DaemonUnreachable(
             f"the portal daemon is not running on {describe(choice)}; start it "
-            "(systemctl start portal.socket) or pass --bus to reach another bus"
+            "(systemctl enable --now portal.service) or pass --bus to reach another bus"
+        )
+    if name.startswith(("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")):
+        return DaemonUnreachable(
+            f"the bus could not start the portal daemon: {text} (see: journalctl -u portal.service)"
         )
     if name in (
         "org.freedesktop.DBus.Error.AccessDenied",

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dbus_next import Message as NextMessage
+from dbus_next import MessageType
 
 from portal.core import dbus_message as dm
 from portal.edges import bus as next_bus
@@ -140,6 +142,41 @@ def test_system_and_session_come_from_the_environment(
         theirs = via_dbus_next(choice, "ListOverrides", "", [])
         assert theirs[0] == "DaemonUnreachable"
         assert via_sync(choice, "ListOverrides", "", []) == theirs
+
+
+ERROR_NAMES = [control_api.ERROR_PREFIX + n for n in [*control_api.ERRORS, "Failed", "New"]] + [
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.Spawn.ChildExited",
+    "org.freedesktop.systemd1.NoSuchUnit",
+    "org.freedesktop.DBus.Error.AccessDenied",
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    "org.freedesktop.DBus.Error.UnknownMethod",
+    "org.example.Other",
+]
+
+
+@pytest.mark.parametrize("name", ERROR_NAMES)
+def test_every_error_reply_is_translated_as_by_the_dbus_next_client(name: str) -> None:
+    """Error replies the daemon or the bus might send, through both translations (the dbus-next
+    client's is inline in Client.call: it gets the reply from a stand-in for its bus)."""
+
+    class Bus:
+        async def call(self, msg: Any) -> NextMessage:
+            return NextMessage(
+                message_type=MessageType.ERROR,
+                error_name=name,
+                reply_serial=1,
+                signature="s",
+                body=["what went wrong"],
+            )
+
+    async def theirs() -> Any:
+        return await Client(Bus(), "system").call("AddOverride")  # type: ignore[arg-type]
+
+    want = outcome(lambda: asyncio.run(theirs()))
+    error = control_api.error_from_reply("AddOverride", name, "what went wrong", "system")
+    assert (type(error).__name__, str(error)) == want
 
 
 def test_the_names_agree_with_the_dbus_next_side() -> None:
