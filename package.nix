@@ -53,7 +53,6 @@ python3Packages.buildPythonApplication {
     dbus-next
     dnspython
     httpx
-    pyroute2
   ];
 
   # The test suite needs root, network namespaces, a private D-Bus, polkitd and NetworkManager;

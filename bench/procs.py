@@ -26,6 +26,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FORCE_MODULE = False  # set for --tree: run `python -m portal` from REPO, not the installed script
+# Where portal's bytecode goes (set per run): an installed package has its .pyc files, so the
+# figures must not include compiling portal at every start (PYTHONDONTWRITEBYTECODE in the
+# caller's environment would do that), nor may a run write into the source tree it measures.
+PYCACHE: Path | None = None
 
 BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -242,6 +246,9 @@ def portal_env() -> dict[str, str]:
     env.pop("PORTAL_BUS", None)
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
+    if PYCACHE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env
 
 

@@ -40,20 +40,16 @@ from portal.core.agent_logic import (
 )
 from portal.core.report import StatusReport
 from portal.edges.bus import (
-    BUS_NAME,
-    INTERFACE,
-    OBJECT_PATH,
     add_match,
     close,
     connect,
-    describe,
     from_variants,
     name_owner,
     name_owner_changed,
     name_owner_rule,
-    resolve_bus,
 )
 from portal.edges.client import Client
+from portal.edges.control_api import BUS_NAME, INTERFACE, OBJECT_PATH, describe, resolve_bus
 from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
 from portal.errors import ConfigError, PortalError

@@ -1,8 +1,10 @@
 """The `portal` command: argument parsing and printing only.
 
 Every command but `daemon` and `agent` talks to the daemon over D-Bus. Input is validated here
-first (exit 2 before any connection); the daemon validates again. Imports are lazy: `portal add`
-loads only what it needs, so it answers in well under a tenth of a second.
+first (exit 2 before any connection); the daemon validates again. Imports are lazy: the one-shot
+commands (add, remove, import, list, status, check) go through the light synchronous client
+(portal/edges/sync_client.py) and never load asyncio or dbus-next; `status --watch` and `open`
+use the dbus-next client.
 
 Exit codes: 0 ok, 1 runtime error (daemon unreachable, not authorised, state not saved),
 2 usage or invalid input.
@@ -10,28 +12,22 @@ Exit codes: 0 ok, 1 runtime error (daemon unreachable, not authorised, state not
 
 from __future__ import annotations
 
-import sys
-
-if "asyncio" not in sys.modules:
-    # Neither the daemon nor the CLI uses asyncio's TLS (probes carry their own through httpx,
-    # which imports ssl itself): keeping asyncio from loading it spares OpenSSL's libssl,
-    # 4.7 MiB resident in the daemon and a few milliseconds at every start.
-    sys.modules["ssl"] = None  # type: ignore[assignment]
-    try:
-        import asyncio
-    finally:
-        del sys.modules["ssl"]
-
 import argparse
-import asyncio
-import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from portal import __version__
-from portal.core.report import TTL_DEFAULT, TTL_FOREVER, OverrideView, StatusReport, to_plain
+from portal.core.report import (
+    TTL_DEFAULT,
+    TTL_FOREVER,
+    OverrideView,
+    StatusReport,
+    from_plain,
+    to_plain,
+)
 from portal.errors import (
     ConfigError,
     InvalidAddress,
@@ -136,12 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def import_asyncio() -> None:
+    """Import asyncio without its TLS. Neither the daemon nor the CLI uses asyncio's TLS (probes
+    carry their own through httpx, which imports ssl itself): keeping asyncio from loading it
+    spares OpenSSL's libssl, 4.7 MiB resident in the daemon and a few milliseconds at every
+    start. Called before anything that imports asyncio."""
+    if "asyncio" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "daemon":
             return run_daemon(args)
         if args.command == "agent":
+            import_asyncio()
             from portal import agent
 
             agent_argv = []
@@ -152,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     agent_argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
             return int(agent.main(agent_argv))
         request = prepare(args)
+        if args.command in ONE_SHOT and not getattr(args, "watch", False):
+            return run_one_shot(args, request)
+        import_asyncio()
+        import asyncio
+
         return asyncio.run(run_client(args, request))
     except USAGE_ERRORS as exc:
         return fail(str(exc), 2)
@@ -206,11 +222,22 @@ def ttl_arg(text: str | None, until_removed: bool) -> int:
     return TTL_FOREVER if seconds is None else int(round(seconds))
 
 
+def run_one_shot(args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from portal.edges.control_api import resolve_bus
+    from portal.edges.sync_client import open_client
+
+    client = open_client(resolve_bus(args.bus))
+    try:
+        return ONE_SHOT[args.command](client, args, req)
+    finally:
+        client.close()
+
+
 async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
     # portal never uses GLib: keep dbus-next from importing it on desktops with PyGObject
     sys.modules.setdefault("gi", None)  # type: ignore[arg-type]
-    from portal.edges.bus import resolve_bus
     from portal.edges.client import Client
+    from portal.edges.control_api import resolve_bus
 
     client = await Client.open(resolve_bus(args.bus))
     try:
@@ -219,21 +246,24 @@ async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
         await client.aclose()
 
 
-async def cmd_add(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    o = await client.add(req["domain"], req["ips"], req["ttl"], any_network=args.any_network)
+def cmd_add(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (raw,) = client.call(
+        "AddOverride", "sastb", [req["domain"], req["ips"], req["ttl"], args.any_network]
+    )
+    o = from_plain(OverrideView, raw)
     where = f"on {o.scope_name or 'this network'}" if o.scope else "on any network"
     print(f"{o.name} -> {', '.join(o.addresses)} ({expiry_text(o.expires_at)}, {where})")
     return 0
 
 
-async def cmd_remove(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    await client.call("RemoveOverride", "s", [req["domain"]])
+def cmd_remove(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    client.call("RemoveOverride", "s", [req["domain"]])
     print(f"removed {req['domain']}")
     return 0
 
 
-async def cmd_import(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    (count,) = await client.call(
+def cmd_import(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (count,) = client.call(
         "ImportOverrides",
         "a(sas)tb",
         [[list(e) for e in req["entries"]], req["ttl"], args.any_network],
@@ -284,9 +314,12 @@ def format_overrides(items: list[OverrideView]) -> str:
     return format_table(rows)
 
 
-async def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    items = await client.overrides()
+def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (rows,) = client.call("ListOverrides")
+    items = [from_plain(OverrideView, row) for row in rows]
     if args.json:
+        import json
+
         print(json.dumps([override_json(o) for o in items], indent=2))
     else:
         print(format_overrides(items))
@@ -323,20 +356,32 @@ def format_status(s: StatusReport, overrides: list[OverrideView]) -> str:
     return "\n".join(lines)
 
 
-async def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+def print_status(args: argparse.Namespace, status: StatusReport, items: list[OverrideView]) -> None:
+    if args.json:
+        import json
+
+        print(json.dumps(status_json(status, items), indent=None if args.watch else 2), flush=True)
+    else:
+        print(format_status(status, items), flush=True)
+
+
+def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (status,) = client.call("GetStatus")
+    (rows,) = client.call("ListOverrides")
+    print_status(
+        args, from_plain(StatusReport, status), [from_plain(OverrideView, r) for r in rows]
+    )
+    return 0
+
+
+async def watch_status(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    """`status --watch`: print the status, then again at every signal of the daemon."""
+    import asyncio
+
     async def show() -> None:
-        status = await client.status()
-        items = await client.overrides()
-        if args.json:
-            print(
-                json.dumps(status_json(status, items), indent=None if args.watch else 2), flush=True
-            )
-        else:
-            print(format_status(status, items), flush=True)
+        print_status(args, await client.status(), await client.overrides())
 
     await show()
-    if not args.watch:
-        return 0
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Task[None]] = []
 
@@ -349,9 +394,10 @@ async def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any])
     return 0
 
 
-async def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    await client.call("Check")
-    status = await client.status()
+def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    client.call("Check")
+    (raw,) = client.call("GetStatus")
+    status = from_plain(StatusReport, raw)
     print(
         f"state: {status.state.value}"
         + (f", sign in at {status.portal_url}" if status.portal_url else "")
@@ -376,18 +422,25 @@ async def cmd_open(client: Any, args: argparse.Namespace, req: dict[str, Any]) -
     return 0
 
 
-COMMANDS = {
+#: One-shot commands: the light synchronous client (status without --watch).
+ONE_SHOT = {
     "add": cmd_add,
     "remove": cmd_remove,
     "import": cmd_import,
     "list": cmd_list,
     "status": cmd_status,
     "check": cmd_check,
+}
+
+#: Commands on the dbus-next client.
+COMMANDS = {
+    "status": watch_status,
     "open": cmd_open,
 }
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    import_asyncio()
     from portal import config as cfg
     from portal import daemon
 

@@ -733,8 +733,8 @@ async def _keep_bus(
     # One turn of the loop first: queries that waited in the kernel while we started (socket
     # activation, a restart) are answered before the D-Bus imports hold the loop.
     await asyncio.sleep(0)
-    from portal.edges.bus import resolve_bus
     from portal.edges.control import keep_bus
+    from portal.edges.control_api import resolve_bus
 
     await keep_bus(
         resolve_bus(choice),
@@ -757,7 +757,7 @@ class _ResolverWiring:
 
     def _get(self) -> Any:
         if self._wiring is None:
-            from portal.edges.bus import resolve_bus
+            from portal.edges.control_api import resolve_bus
             from portal.edges.resolver import ResolverWiring
 
             # systemd-resolved lives on the system bus; a daemon on the session bus (a test, a

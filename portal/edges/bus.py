@@ -9,7 +9,8 @@
     unwrap(value)                          Variants (nested) to plain values
     to_variants(report), from_variants(cls, a{sv})   portal's API reports on the wire
 
-and the names of portal's own control API (BUS_NAME, OBJECT_PATH, INTERFACE, its errors).
+The names of portal's own control API (BUS_NAME, OBJECT_PATH, INTERFACE, its errors) and the
+bus a user names are in control_api.py, which the CLI's light client imports without dbus-next.
 Every edge that speaks D-Bus (control, client, nm, notify, tray, resolver, logind, the agent)
 goes through these, with raw messages rather than introspected proxies: one round trip per call
 and no dependence on a peer's introspection data.
@@ -31,37 +32,15 @@ from dbus_next import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from portal.core.report import from_plain, to_plain
+from portal.edges.control_api import describe
 from portal.errors import (
     DaemonUnreachable,
-    InvalidAddress,
-    InvalidDomain,
-    InvalidTTL,
-    NoSuchOverride,
-    NotAuthorized,
     PortalError,
-    StateError,
-    TooManyOverrides,
 )
 
 BUS_DAEMON = "org.freedesktop.DBus"  # the bus's own name and interface
 BUS_DAEMON_PATH = "/org/freedesktop/DBus"
 PROPERTIES = "org.freedesktop.DBus.Properties"
-
-BUS_NAME = "org.portalhelper.Portal1"
-OBJECT_PATH = "/org/portalhelper/Portal1"
-INTERFACE = "org.portalhelper.Portal1"
-ERROR_PREFIX = "org.portalhelper.Portal1.Error."
-
-#: D-Bus error names (after ERROR_PREFIX) of the control API, both ways; "Failed" otherwise.
-ERRORS: dict[str, type[PortalError]] = {
-    "InvalidDomain": InvalidDomain,
-    "InvalidAddress": InvalidAddress,
-    "InvalidTTL": InvalidTTL,
-    "TooManyOverrides": TooManyOverrides,
-    "NoSuchOverride": NoSuchOverride,
-    "StateError": StateError,
-    "NotAuthorized": NotAuthorized,
-}
 
 
 class CallFailed(PortalError):
@@ -75,28 +54,7 @@ class CallFailed(PortalError):
         self.text = text
 
 
-def error_name(exc: PortalError) -> str:
-    for name, cls in ERRORS.items():
-        if isinstance(exc, cls):
-            return ERROR_PREFIX + name
-    return ERROR_PREFIX + "Failed"
-
-
 # --- connections -------------------------------------------------------------------------------
-
-
-def resolve_bus(choice: str | None) -> str:
-    """The bus to use: the flag, else $PORTAL_BUS, else 'system'."""
-    return choice or os.environ.get("PORTAL_BUS") or "system"
-
-
-def describe(choice: str) -> str:
-    if choice == "system":
-        addr = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/run/dbus/system_bus_socket")
-        return f"the system bus ({addr})"
-    if choice == "session":
-        return f"the session bus ({os.environ.get('DBUS_SESSION_BUS_ADDRESS', 'not set')})"
-    return f"the bus at {choice}"
 
 
 async def connect(choice: str) -> MessageBus:

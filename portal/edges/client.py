@@ -1,7 +1,8 @@
 """The CLI's side of the control API: call the daemon's methods, follow its signals.
 
 Low-level messages only (no introspection round trip), so a command costs one connection and
-one call. D-Bus errors are translated into portal's own exceptions here.
+one call. D-Bus errors become portal's own exceptions through control_api.error_from_reply,
+as in the CLI's light client (sync_client.py).
 """
 
 from __future__ import annotations
@@ -13,22 +14,9 @@ from dbus_next import Message, MessageFlag, MessageType
 from dbus_next.aio import MessageBus
 
 from portal.core.report import OverrideView, StatusReport
-from portal.edges.bus import (
-    BUS_NAME,
-    ERROR_PREFIX,
-    ERRORS,
-    INTERFACE,
-    OBJECT_PATH,
-    CallFailed,
-    add_match,
-    call,
-    close,
-    connect,
-    describe,
-    from_variants,
-    unwrap,
-)
-from portal.errors import DaemonUnreachable, NotAuthorized, PortalError
+from portal.edges.bus import CallFailed, add_match, call, close, connect, from_variants, unwrap
+from portal.edges.control_api import BUS_NAME, INTERFACE, OBJECT_PATH, error_from_reply
+from portal.errors import DaemonUnreachable, PortalError
 
 CALL_TIMEOUT_S = 30.0  # polkit may prompt for a password
 
@@ -71,30 +59,7 @@ class Client:
 
     def _translate(self, member: str, exc: CallFailed) -> PortalError:
         """A D-Bus error → portal's own exception, with the daemon's one-line message."""
-        text = exc.text or exc.name
-        if exc.name.startswith(ERROR_PREFIX):
-            return ERRORS.get(exc.name[len(ERROR_PREFIX) :], PortalError)(text)
-        if exc.name in (
-            "org.freedesktop.DBus.Error.ServiceUnknown",
-            "org.freedesktop.DBus.Error.NameHasNoOwner",
-        ):
-            # Where portal is installed the bus starts the daemon itself (D-Bus activation of
-            # portal.service): this bus cannot.
-            return DaemonUnreachable(
-                f"the portal daemon is not running on {describe(self.choice)}; start it "
-                "(systemctl enable --now portal.service) or pass --bus to reach another bus"
-            )
-        if exc.name.startswith(("org.freedesktop.DBus.Error.Spawn.", "org.freedesktop.systemd1.")):
-            return DaemonUnreachable(
-                f"the bus could not start the portal daemon: {text} "
-                "(see: journalctl -u portal.service)"
-            )
-        if exc.name in (
-            "org.freedesktop.DBus.Error.AccessDenied",
-            "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-        ):
-            return NotAuthorized(f"not authorised: {text}")
-        return PortalError(f"{member} failed: {text}")
+        return error_from_reply(member, exc.name, exc.text or exc.name, self.choice)
 
     async def status(self) -> StatusReport:
         (raw,) = await self.call("GetStatus")

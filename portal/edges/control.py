@@ -21,17 +21,8 @@ from dbus_next import Message, MessageFlag, MessageType, NameFlag, RequestNameRe
 from dbus_next.aio import MessageBus
 
 from portal.core.report import TTL_DEFAULT, TTL_FOREVER, OverrideView, StatusReport
-from portal.edges.bus import (
-    BUS_NAME,
-    ERROR_PREFIX,
-    INTERFACE,
-    OBJECT_PATH,
-    CallFailed,
-    call,
-    call_bus_daemon,
-    error_name,
-    to_variants,
-)
+from portal.edges.bus import CallFailed, call, call_bus_daemon, to_variants
+from portal.edges.control_api import BUS_NAME, ERROR_PREFIX, INTERFACE, OBJECT_PATH, error_name
 from portal.errors import (
     DaemonUnreachable,
     InvalidAddress,
@@ -369,7 +360,8 @@ async def keep_bus(
     `first_attempt` is set once the first try is over, whether it worked or not. DNS never
     waits on any of this. Runs until cancelled; closes the connection then.
     """
-    from portal.edges.bus import close, connect, describe
+    from portal.edges.bus import close, connect
+    from portal.edges.control_api import describe
     from portal.edges.logind import watch_resume
 
     delay = 1.0

@@ -7,16 +7,19 @@ applying deltas can after the kernel drops notifications with ENOBUFS). From the
 systemd-networkd's link state files or a resolv.conf, core/netstate.py derives the network and
 the upstreams; this module emits `NetworkChanged` and `UpstreamsChanged` when they change.
 
-It must not decide anything (core/netstate.py does), must not parse file formats (ditto), and
-never raises out of run() for kernel or file trouble: it logs "..., ignoring" and carries on.
+The sockets are plain `AF_NETLINK` ones: core/rtnetlink.py builds the requests and reads the
+replies. A dump is answered by the kernel while we read it (the next part of the reply is made
+during each recvmsg), so reading it blocks only for that: the socket's timeout is a guard.
+
+It must not decide anything (core/netstate.py does), must not parse file formats or netlink
+messages (core does), and never raises out of run() for kernel or file trouble: it logs
+"..., ignoring" and carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -24,8 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
+from portal.core import rtnetlink as rtnl
 from portal.core.events import NetworkChanged, UpstreamsChanged
 from portal.core.model import Network, Upstream
 from portal.core.netstate import (
@@ -43,22 +45,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[object], None]
 
-# rtnetlink multicast groups (linux/rtnetlink.h, the legacy bitmask form accepted by bind()).
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_IPV6_IFADDR = 0x100
-RTMGRP_IPV6_ROUTE = 0x400
-GROUPS = (
-    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
-)
-
-IFF_UP = 0x1
-IFF_LOOPBACK = 0x8
-ARPHRD_ETHER = 1
-RT_TABLE_MAIN = 254
-RTN_UNICAST = 1
-RT_SCOPE_LINK = 253
+GROUPS = rtnl.GROUPS
 
 RCVBUF_BYTES = 1 << 20
 MAX_FILE_BYTES = 64 * 1024
@@ -67,6 +54,13 @@ SETTLE_S = 0.05  # coalesce the burst of messages one DHCP lease or link flap pr
 # look again a little later, only after real changes (no periodic work).
 RECHECK_S = (1.0, 5.0)
 RETRY_MAX_S = 30.0
+DUMP_TIMEOUT_S = 2.0  # the kernel answers a dump at once; this only bounds a broken one
+DUMP_ATTEMPTS = 3  # an interrupted dump (the table changed meanwhile) is asked again
+GROW_ATTEMPTS = 3  # so is one that did not fit the buffer
+TRUNCATED = "a reply did not fit the buffer"
+# The kernel sends a dump in datagrams of at most 32 KiB (net/netlink/af_netlink.c), more only
+# for a link with very many attributes: the buffer grows to what MSG_TRUNC reports.
+RECV_BYTES = 64 * 1024
 
 DEFAULT_RESOLV_CONF = Path("/etc/resolv.conf")
 DEFAULT_NETWORKD_DIR = Path("/run/systemd/netif/links")
@@ -76,6 +70,13 @@ DEFAULT_SYSFS_NET = Path("/sys/class/net")
 DEFAULT_EXCLUDE = (Upstream("127.0.0.153"),)
 
 _UNSET: Any = object()
+
+# what each dump request is answered with
+_REPLY = {
+    rtnl.RTM_GETLINK: rtnl.RTM_NEWLINK,
+    rtnl.RTM_GETADDR: rtnl.RTM_NEWADDR,
+    rtnl.RTM_GETROUTE: rtnl.RTM_NEWROUTE,
+}
 
 
 def _read_text(path: Path) -> str:
@@ -89,68 +90,113 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _link(msg: Any, sysfs_net: Path) -> Link | None:
-    index = msg.get("index")
-    name = msg.get("ifname")
-    if not isinstance(index, int) or not isinstance(name, str):
-        return None
-    flags = int(msg.get("flags") or 0)
-    operstate = str(msg.get("operstate") or "UNKNOWN")
-    kind = ""
-    with contextlib.suppress(Exception):
-        kind = str(msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "")
-    if not kind:
-        if (sysfs_net / name / "wireless").exists() or (sysfs_net / name / "phy80211").exists():
-            kind = "wifi"
-        elif msg.get("ifi_type") == ARPHRD_ETHER:
-            kind = "ethernet"
-    return Link(
-        index=index,
-        name=name,
-        kind=kind,
-        # "UNKNOWN" is what drivers without carrier reporting say (tun, some veth setups).
-        up=bool(flags & IFF_UP) and operstate in ("UP", "UNKNOWN"),
-        loopback=bool(flags & IFF_LOOPBACK),
+def _wireless(sysfs_net: Path, name: str) -> bool:
+    return (sysfs_net / name / "wireless").exists() or (sysfs_net / name / "phy80211").exists()
+
+
+def open_socket(*, groups: int = 0) -> socket.socket:
+    """A NETLINK_ROUTE socket, bound to `groups` (0: none, for dumps)."""
+    sock = socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
     )
-
-
-def _address(msg: Any) -> Address | None:
-    index = msg.get("index")
-    # IFA_LOCAL is our address on point-to-point links; IFA_ADDRESS is then the peer.
-    text = msg.get("local") or msg.get("address")
-    if not isinstance(index, int) or not isinstance(text, str):
-        return None
     try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    link_local = addr.is_link_local or msg.get("scope") == RT_SCOPE_LINK
-    return Address(index=index, address=str(addr), link_local=link_local)
+        if groups:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        sock.bind((0, groups))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
-def _default_route(msg: Any) -> Route | None:
-    if msg.get("dst_len") != 0 or msg.get("type") != RTN_UNICAST:
-        return None
-    if (msg.get("table") or RT_TABLE_MAIN) != RT_TABLE_MAIN:
-        return None
-    family = 6 if msg.get("family") == socket.AF_INET6 else 4
-    oif = msg.get("oif")
-    gateway = msg.get("gateway")
-    if oif is None:
-        # A multipath default route: the first next hop stands for it.
-        hops = msg.get("multipath") or []
-        if not hops:
-            return None
-        oif = hops[0].get("oif")
-        gateway = hops[0].get("gateway")
-    if not isinstance(oif, int):
-        return None
-    return Route(
-        index=oif,
-        gateway=str(gateway or ""),
-        metric=int(msg.get("priority") or 0),
-        family=family,
-    )
+class Dumper:
+    """Asks the kernel for whole tables over a socket of its own (no multicast groups)."""
+
+    def __init__(self, *, timeout_s: float = DUMP_TIMEOUT_S) -> None:
+        self.sock = open_socket()
+        self.sock.settimeout(timeout_s)
+        self.port: int = self.sock.getsockname()[0]
+        # any start will do (no secret: only the kernel can answer a netlink socket)
+        self.seq = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        self._buf = bytearray(RECV_BYTES)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def dump(self, kind: int) -> list[bytes]:
+        """The payloads of every message answering an RTM_GET* dump; OSError when it fails."""
+        interrupted = 0
+        for _ in range(DUMP_ATTEMPTS + GROW_ATTEMPTS):
+            state, payloads, reason = self._dump_once(kind)
+            if state is rtnl.DumpState.DONE:
+                return payloads
+            if state is rtnl.DumpState.INTERRUPTED:
+                interrupted += 1
+                if interrupted == DUMP_ATTEMPTS:
+                    # still changing: take this one; the change's own notification brings a
+                    # fresh dump right after
+                    return payloads
+                continue
+            if reason != TRUNCATED:
+                raise OSError(errno.EPROTO, reason)
+        raise OSError(errno.EPROTO, "the dump did not complete")
+
+    def _dump_once(self, kind: int) -> tuple[rtnl.DumpState, list[bytes], str]:
+        self.seq = (self.seq + 1) & 0x7FFFFFFF
+        dump = rtnl.Dump(seq=self.seq, port=self.port, kind=_REPLY[kind])
+        self.sock.send(rtnl.dump_request(kind, seq=self.seq))
+        while dump.state is rtnl.DumpState.RUNNING:
+            size, (sender, _groups) = self.sock.recvfrom_into(
+                self._buf, len(self._buf), socket.MSG_TRUNC
+            )
+            if sender != 0:
+                continue  # only the kernel answers dumps
+            if size > len(self._buf):
+                # MSG_TRUNC reports the datagram's real size. Its messages are lost (perhaps
+                # the NLMSG_DONE with them): drop the rest of this dump, then ask again with
+                # room.
+                self._buf = bytearray(2 * size)
+                self._drain()
+                return rtnl.DumpState.FAILED, [], TRUNCATED
+            dump.feed(bytes(self._buf[:size]))
+        return dump.state, dump.payloads, dump.error
+
+    def _drain(self) -> None:
+        """Read what is left of a dump. The kernel makes each next part of a dump while the
+        previous one is read (netlink_recvmsg), so the dump is over when nothing is queued;
+        until then it refuses a new dump on this socket (EBUSY)."""
+        timeout_s = self.sock.gettimeout()
+        self.sock.settimeout(0.0)
+        try:
+            while True:
+                self.sock.recv_into(self._buf, len(self._buf), socket.MSG_TRUNC)
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.settimeout(timeout_s)
+
+
+def read_tables(
+    dumper: Dumper, *, sysfs_net: Path
+) -> tuple[dict[int, Link], list[Address], list[Route]]:
+    """Links (by index), addresses and default routes, from one dump of each table."""
+    links: dict[int, Link] = {}
+    for payload in dumper.dump(rtnl.RTM_GETLINK):
+        msg = rtnl.parse_link(payload)
+        if msg is not None:
+            wireless = not msg.info_kind and _wireless(sysfs_net, msg.name)
+            links[msg.index] = rtnl.to_link(msg, wireless=wireless)
+    addresses = [
+        addr
+        for payload in dumper.dump(rtnl.RTM_GETADDR)
+        if (addr := rtnl.parse_address(payload)) is not None
+    ]
+    routes = [
+        route
+        for payload in dumper.dump(rtnl.RTM_GETROUTE)
+        if (route := rtnl.parse_default_route(payload)) is not None
+    ]
+    return links, addresses, routes
 
 
 class NetlinkWatcher:
@@ -195,25 +241,20 @@ class NetlinkWatcher:
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         # Subscribe first: the multicast socket exists before the dump starts.
-        sock = socket.socket(
-            socket.AF_NETLINK,
-            socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-            socket.NETLINK_ROUTE,
-        )
+        sock = open_socket(groups=GROUPS)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-            sock.bind((0, GROUPS))
+            sock.setblocking(False)
             loop.add_reader(sock.fileno(), self._on_readable, sock)
-            ipr = AsyncIPRoute()
+            dumper = Dumper()
             try:
                 self._dirty.set()
                 while True:
                     await self._dirty.wait()
                     await asyncio.sleep(SETTLE_S)
                     self._dirty.clear()
-                    await self._refresh(ipr)
+                    self._refresh(dumper)
             finally:
-                ipr.close()
+                dumper.close()
         finally:
             for handle in self._rechecks:
                 handle.cancel()
@@ -237,24 +278,10 @@ class NetlinkWatcher:
                 log.debug("netlink receive buffer overflowed; re-reading the tables")
         self._dirty.set()
 
-    async def _refresh(self, ipr: AsyncIPRoute) -> None:
+    def _refresh(self, dumper: Dumper) -> None:
         try:
-            links: dict[int, Link] = {}
-            async for msg in await ipr.link("dump"):
-                link = _link(msg, self._sysfs_net)
-                if link is not None:
-                    links[link.index] = link
-            addresses = []
-            async for msg in await ipr.addr("dump"):
-                addr = _address(msg)
-                if addr is not None:
-                    addresses.append(addr)
-            routes = []
-            async for msg in await ipr.route("dump"):
-                route = _default_route(msg)
-                if route is not None:
-                    routes.append(route)
-        except Exception as exc:  # a failed dump must not stop the daemon; the next event retries
+            links, addresses, routes = read_tables(dumper, sysfs_net=self._sysfs_net)
+        except OSError as exc:  # a failed dump must not stop the daemon; the next event retries
             log.warning("netlink dump failed: %s, ignoring", exc)
             return
         tables = (links, sorted(addresses, key=repr), sorted(routes, key=repr))

@@ -45,7 +45,7 @@ class NetworkSource:
 
     async def run(self, emit: Emit) -> None:
         # D-Bus is imported here, once the daemon serves DNS
-        from portal.edges.bus import resolve_bus
+        from portal.edges.control_api import resolve_bus
         from portal.edges.nm import nm_appears, nm_available
 
         self.bus = resolve_bus(self.bus)

@@ -26,8 +26,9 @@ from dbus_next.aio import MessageBus
 
 from portal.agent import Agent, _defaults, build_parser, main, run_agent
 from portal.core.agent_logic import Kind
-from portal.edges.bus import INTERFACE, OBJECT_PATH, call_bus_daemon
+from portal.edges.bus import call_bus_daemon
 from portal.edges.bus import close as close_bus
+from portal.edges.control_api import INTERFACE, OBJECT_PATH
 from portal.edges.notify import DESKTOP_ENTRY
 from portal.errors import PortalError
 from tests.lab.marks import LabFactory, requires_lab

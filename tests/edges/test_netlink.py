@@ -194,6 +194,41 @@ def test_only_changes_are_emitted(watched: Watched) -> None:
     assert event["network"]["id"] == "link:nl0:10.99.0.1"
 
 
+def test_dumps_span_datagrams_and_a_small_buffer_regrows(watched: Watched) -> None:
+    """The edge's own dumps against the kernel: 300 addresses need several datagrams; with a
+    256-byte buffer every datagram is truncated at first (MSG_TRUNC says by how much), the
+    buffer grows and the dump is asked again. Both agree with iproute2."""
+    w = watched
+    for i in range(300):
+        w.ip("addr", "add", f"10.50.{i // 250}.{i % 250 + 1}/32", "dev", "nl1")
+    w.ip("addr", "add", "10.99.0.50/24", "dev", "nl0")
+    w.ip("route", "add", "default", "via", "10.99.0.1", "dev", "nl0", "metric", "7")
+    want = {
+        (link["ifindex"], info["local"])
+        for link in json.loads(w.ip("-j", "addr", "show"))
+        for info in link["addr_info"]
+    }
+    assert len(want) > 300
+    for buffer_bytes in (65536, 256):
+        argv = ["ip", "netns", "exec", w.ns, sys.executable, __file__, "--tables"]
+        out = subprocess.run(
+            [*argv, str(buffer_bytes)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        assert out.returncode == 0, out.stderr
+        tables = json.loads(out.stdout)
+        assert {(a["index"], a["address"]) for a in tables["addresses"]} == want
+        names = {link["name"] for link in tables["links"]}
+        assert {"lo", "nl0", "nl0p", "nl1", "nl1p"} <= names
+        assert tables["routes"] == [
+            {"index": w.ifindex("nl0"), "gateway": "10.99.0.1", "metric": 7, "family": 4}
+        ]
+        assert tables["grown"] == (buffer_bytes == 256)
+
+
 class LogEvents:
     """Events printed by a watcher that runs on the lab's laptop (its log mixes in stderr)."""
 
@@ -276,5 +311,26 @@ def _watch_main(resolv_conf: str, networkd_dir: str) -> None:
     asyncio.run(bounded())
 
 
+def _tables_main(buffer_bytes: int) -> None:
+    from portal.edges.netlink import Dumper, read_tables
+
+    dumper = Dumper()
+    dumper._buf = bytearray(buffer_bytes)  # noqa: SLF001 - the regrowth is what is tested
+    links, addresses, routes = read_tables(dumper, sysfs_net=Path("/sys/class/net"))
+    print(
+        json.dumps(
+            {
+                "links": [asdict(link) for link in links.values()],
+                "addresses": [asdict(a) for a in addresses],
+                "routes": [asdict(r) for r in routes],
+                "grown": len(dumper._buf) > buffer_bytes,  # noqa: SLF001
+            }
+        )
+    )
+    dumper.close()
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--watch"]:
     _watch_main(sys.argv[2], sys.argv[3])
+elif __name__ == "__main__" and sys.argv[1:2] == ["--tables"]:
+    _tables_main(int(sys.argv[2]))

@@ -25,8 +25,8 @@ from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
 from portal.agent import Agent, run_agent
-from portal.edges.bus import BUS_NAME, INTERFACE, OBJECT_PATH
 from portal.edges.bus import close as close_bus
+from portal.edges.control_api import BUS_NAME, INTERFACE, OBJECT_PATH
 from tests.support.dbus import PrivateBus
 from tests.support.dbus import start_bus as _start_bus
 from tests.support.procs import bounded, stop_pid
