@@ -84,7 +84,8 @@ class Daemon:
         self.nm: Any = None  # NetworkManagerWatcher when NetworkManager is used
         self.wiring: Any = None  # ResolverWiring
         self.wiring_text = "none"
-        self._wired: list[str] | None = None
+        self._wired: tuple[tuple[str, ...], bool] | None = None  # (names, episode) last applied
+        self._episode = False  # a portal episode: from a captive verdict until online or gone
         self._own_addresses: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------
@@ -106,11 +107,22 @@ class Daemon:
         systemd.notify(f"STATUS={self._status_line(len(active))}")
         if changed and self.control is not None:
             self.control.emit_overrides_changed()
-        if self.wiring is not None:
-            names = sorted(active)
-            if names != self._wired:
-                self._wired = names
-                self._spawn(self._rewire(names))
+        self._rewire_if_changed(active)
+
+    def _rewire_if_changed(self, active: Any = None) -> None:
+        """Hand the wiring the names the stub must receive, and whether a portal episode is
+        under way, whenever either changes."""
+        if self.wiring is None:
+            return
+        if active is None:
+            active = self.table.active(network_id=self.network_id, now=time.time())
+        names = set(active)
+        if self._episode and self.stub is not None:
+            names |= set(self.stub.portal_routes)  # the portal's names go to the venue's DNS
+        wired = (tuple(sorted(names)), self._episode)
+        if wired != self._wired:
+            self._wired = wired
+            self._spawn(self._rewire(*wired))
 
     def _status_line(self, active: int | None = None) -> str:
         if active is None:
@@ -368,9 +380,9 @@ class Daemon:
             task.cancel()
         if self.wiring is not None:
             try:
-                await asyncio.wait_for(self.wiring.revert(), 3.0)
+                await asyncio.wait_for(self.wiring.close(), 3.0)
             except Exception as exc:
-                log.warning("reverting the resolver wiring failed: %s", exc)
+                log.warning("undoing the resolver wiring failed: %s", exc)
         if self._expiry:
             self._expiry.cancel()
         await self.stub.close()
@@ -410,6 +422,7 @@ class Daemon:
             mode=self.config.wiring,
             bus=choice if choice != "session" else "system",
             resolv_conf=self.config.resolv_conf,
+            on_change=self._wiring_changed,
         )
         self._wired = None
         self._refresh(changed=False)
@@ -496,10 +509,19 @@ class Daemon:
         if self.network_id != old_network:
             self._refresh(changed=True)  # network-scoped overrides start or stop answering
             self._publish()
+        self._update_episode(same_network=self.network_id == old_network)
+
+    def _update_episode(self, *, same_network: bool) -> None:
+        from portal.core.wiring import in_episode
+
+        self._episode = in_episode(self._episode, self.portal.state, same_network=same_network)
+        self._rewire_if_changed()
 
     def _set_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
         if self.config.upstreams:
             return  # static upstreams from the config win
+        if self._follow_resolv_conf():
+            return  # wired through resolv.conf: its other servers are the system's resolvers
         usable = tuple(u for u in upstreams if u.host not in self._own_addresses)
         if not usable:
             self._load_upstreams()
@@ -655,16 +677,50 @@ class Daemon:
                 self._refresh()
         log.info("removed %d automatic override(s): %s", len(gone), ", ".join(o.name for o in gone))
 
-    async def _rewire(self, names: list[str]) -> None:
+    async def _rewire(self, names: tuple[str, ...], episode: bool) -> None:
         assert self.wiring is not None
         try:
-            await self.wiring.apply(names)
+            await self.wiring.apply(names, episode=episode)
         except Exception as exc:
             log.warning("resolver wiring: %s, ignoring", exc)
+        await self._after_wiring_change()
+
+    def _wiring_changed(self) -> None:
+        """resolv.conf was rewritten (by its owner, or by the helper for us)."""
+        self._spawn(self._after_wiring_change())
+
+    async def _after_wiring_change(self) -> None:
+        assert self.wiring is not None
         try:
-            self.wiring_text = await self.wiring.describe()
+            text = await self.wiring.describe()
         except Exception as exc:
-            self.wiring_text = f"unknown ({exc})"
+            text = f"unknown ({exc})"
+        self._follow_resolv_conf()
+        if text != self.wiring_text:
+            self.wiring_text = text
+            log.info("wiring: %s", text)
+            self._publish()
+
+    def _follow_resolv_conf(self) -> bool:
+        """While the stub is wired through resolv.conf, forward to the servers resolv.conf lists
+        besides it: exactly the system's own resolvers, in its order. NetworkManager's list
+        leaves out what others add to resolv.conf (NixOS's networking.nameservers through
+        openresolv) and bypasses its own dnsmasq (split DNS for VPNs). True when used."""
+        if self.config.upstreams or self.wiring is None or not self.wiring.via_resolv_conf():
+            return False
+        servers = tuple(
+            Upstream(s.split("%")[0])
+            for s in self.wiring.system_servers()
+            if s.split("%")[0] not in self._own_addresses
+        )
+        if not servers:
+            return False
+        if servers != self.forwarder.upstreams or not self.upstream_source.startswith("resolv"):
+            self.forwarder.set_upstreams(servers)
+            self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
+            log.info("upstreams: %s (resolv.conf)", ", ".join(str(u) for u in servers))
+            self._publish()
+        return True
 
     async def _watch_network(self) -> None:
         """NetworkManager when it is on the bus; the kernel's tables (netlink) otherwise."""
