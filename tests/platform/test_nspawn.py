@@ -420,7 +420,7 @@ def test_watchdog_restarts_a_hung_daemon(c: Container) -> None:
     pid = c.main_pid()
     restarts = int(c.show("portal.service", "NRestarts"))
     c.run("kill", "-STOP", str(pid))
-    # WatchdogSec=10s, then RestartSec=1s.
+    # WatchdogSec=10s, then RestartSec=100ms.
     wait_for(
         "the watchdog to replace the stopped daemon",
         lambda: (
