@@ -368,6 +368,33 @@ def test_a_killed_daemon_costs_no_lookup_and_a_new_one_repairs_the_wiring(
     laptop.wait_status(lambda s: s["wiring"] == IDLE, "idle")
 
 
+@requires_lab
+def test_why_not_networkmanagers_reapply(lab_factory: LabFactory) -> None:
+    """The no-file-access candidate, tried on the real NetworkManager: Device.Reapply with the
+    stub first in the applied connection's ipv4.dns (what `nmcli device modify` does). NM 1.42
+    accepts it, and resolv.conf never lists the stub (docs/wiring.md). Should a NetworkManager
+    start carrying it through, this fails, and the choice is worth making again."""
+    lab = lab_factory(dns_mode="hijack")
+    before = lab.run_laptop(["cat", "/etc/resolv.conf"]).stdout
+    out = lab.nmcli("device", "modify", "lap0", "ipv4.dns", STUB)
+    assert "successfully reapplied" in out
+    # NetworkManager took it: the applied connection (GetAppliedConnection) has the stub.
+    path = lab.nmcli("-g", "GENERAL.DBUS-PATH", "device", "show", "lap0")
+    applied = subprocess.run(
+        ["busctl", f"--address={lab.bus_address}", "--json=short", "call",
+         "org.freedesktop.NetworkManager", path, "org.freedesktop.NetworkManager.Device",
+         "GetAppliedConnection", "u", "0"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    assert '"dns-data":{"type":"as","data":["127.0.0.153"]}' in applied, applied
+    time.sleep(3)  # NM updates resolv.conf within milliseconds when it does at all
+    after = lab.run_laptop(["cat", "/etc/resolv.conf"]).stdout
+    shown = lab.nmcli("-g", "IP4.DNS", "device", "show", "lap0")
+    print(f"\nIP4.DNS {shown!r}; resolv.conf {after!r}")
+    assert STUB not in after and STUB not in shown
+    assert after == before
+
+
 # --- NetworkManager's dnsmasq, openresolv as NixOS sets it up ------------------------------
 
 
