@@ -350,6 +350,11 @@ class ResolverWiring:
         """One line for `portal status`: how (and whether) lookups reach the stub, or why not."""
         mode = await self.detect()
         if mode is WiringMode.NONE:
+            if self._requested is WiringMode.AUTO:
+                return (
+                    f"not wired: no {self._resolv_conf} to put the stub in, "
+                    "and systemd-resolved does not run"
+                )
             return describe_none()
         if mode is WiringMode.RESOLVED:
             try:

@@ -324,7 +324,11 @@ async def test_describe_resolv_conf_modes(tmp_path: Path) -> None:
             "not wired: resolv.conf does not list 127.0.0.153 yet "
             "(systemctl status portal-wire.path)",
         ),
-        (tmp_path / "missing.conf", "not wired: dns integration is off"),
+        (
+            tmp_path / "missing.conf",
+            f"not wired: no {tmp_path / 'missing.conf'} to put the stub in, "
+            "and systemd-resolved does not run",
+        ),
     ]
     request = tmp_path / "resolv-stub"
     for path, expected in cases:
