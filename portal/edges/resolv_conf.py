@@ -26,6 +26,8 @@ DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 # In portal.service's RuntimeDirectory: systemd removes it whenever the daemon stops, crashes
 # included, and portal-wire.path then takes the stub out of resolv.conf.
 DEFAULT_REQUEST = "/run/portal/resolv-stub"
+# Passes of sync() while the request keeps changing under it (a crash-looping daemon).
+MAX_PASSES = 5
 
 
 class ResolvConfError(PortalError):
@@ -100,6 +102,7 @@ class SyncResult:
     changed: bool  # resolv.conf was rewritten
     path: str  # the file written (the symlink's target when resolv.conf is a link)
     request_error: str = ""  # the request was unreadable and taken as "no stub"
+    request_text: str | None = None  # the request as the last pass read it (None: none)
 
 
 def sync(resolv_conf: str = DEFAULT_RESOLV_CONF, request: str = DEFAULT_REQUEST) -> SyncResult:
@@ -108,10 +111,31 @@ def sync(resolv_conf: str = DEFAULT_RESOLV_CONF, request: str = DEFAULT_REQUEST)
     The helper's whole job; safe to run any number of times (a second run changes nothing).
     A request that is not one loopback address counts as none. Raise ResolvConfError when
     resolv.conf cannot be read or written.
+
+    The request is read again after each pass, and the pass repeated if it changed meanwhile:
+    a path unit does not start its service again for a change made while that service runs,
+    so a daemon killed during a pass (its request removed) would otherwise leave its stub.
     """
+    result = _sync_once(resolv_conf, request)
+    for _ in range(MAX_PASSES - 1):
+        if read_text(request) == result.request_text:
+            break
+        again = _sync_once(resolv_conf, request)
+        result = SyncResult(
+            again.plan,
+            changed=result.changed or again.changed,
+            path=again.path,
+            request_error=again.request_error,
+            request_text=again.request_text,
+        )
+    return result
+
+
+def _sync_once(resolv_conf: str, request: str) -> SyncResult:
     request_error = ""
+    asked = read_text(request)
     try:
-        stub = parse_stub_request(read_text(request) or "")
+        stub = parse_stub_request(asked or "")
     except ValueError as exc:
         stub, request_error = None, f"ignoring {request}: {exc}"
     target = os.path.realpath(resolv_conf)
@@ -125,7 +149,7 @@ def sync(resolv_conf: str = DEFAULT_RESOLV_CONF, request: str = DEFAULT_REQUEST)
         raise ResolvConfError(f"cannot read {resolv_conf}: {exc.strerror or exc}") from exc
     result = plan(current, stub)
     if result.text == current:
-        return SyncResult(result, changed=False, path=target, request_error=request_error)
+        return SyncResult(result, False, target, request_error, asked)
     try:
         _replace(
             target,
@@ -135,4 +159,4 @@ def sync(resolv_conf: str = DEFAULT_RESOLV_CONF, request: str = DEFAULT_REQUEST)
         )
     except OSError as exc:
         raise ResolvConfError(f"cannot write {target}: {exc.strerror or exc}") from exc
-    return SyncResult(result, changed=True, path=target, request_error=request_error)
+    return SyncResult(result, True, target, request_error, asked)

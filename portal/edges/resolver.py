@@ -47,6 +47,7 @@ from portal.core.wiring import (
     format_server,
     nsswitch_uses_resolve,
     parse_resolv_conf,
+    plan_resolv_conf,
     plan_resolved_link,
     system_servers,
     wants_stub,
@@ -61,6 +62,9 @@ RESOLVE1_PATH = "/org/freedesktop/resolve1"
 MANAGER = "org.freedesktop.resolve1.Manager"
 LINK = "org.freedesktop.resolve1.Link"
 RESOLV_CONF_MODES = (WiringMode.FILE, WiringMode.RESOLVCONF)
+# How long apply() waits for the helper to put the stub first (it takes a tenth of a second or
+# two), so that a lookup right after `portal add` already goes through the stub.
+HELPER_WAIT_S = 2.0
 
 
 class WiringError(PortalError):
@@ -134,6 +138,7 @@ class ResolverWiring:
         self._follower: asyncio.Task[None] | None = None
         self._watch: Any = None  # FileWatch on resolv.conf, once started
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rewritten = asyncio.Event()  # resolv.conf changed since it was last cleared
         # One change at a time, in call order (asyncio.Lock is FIFO): interleaved SetLinkDomains
         # calls from two overlapping applies could leave the older list on the link.
         self._lock = asyncio.Lock()
@@ -256,6 +261,9 @@ class ResolverWiring:
                 self._set_request(self.stub if ask else None)
             except WiringError as exc:
                 errors.append(str(exc))
+            else:
+                if ask and self._helper:
+                    await self.settle()
         elif self._asked:
             try:
                 self._set_request(None)
@@ -276,6 +284,28 @@ class ResolverWiring:
             await self._revert_link()
         if errors:
             raise WiringError("; ".join(errors))
+
+    async def settle(self) -> None:
+        """Wait (at most HELPER_WAIT_S) until resolv.conf lists the stub first, or cannot, when
+        the stub is wanted there; return at once otherwise."""
+        if not (self._asked and self._helper and self._mode in RESOLV_CONF_MODES):
+            return
+        deadline = asyncio.get_running_loop().time() + HELPER_WAIT_S
+        while True:
+            self._rewritten.clear()
+            text = _read(self._resolv_conf)
+            if text is None:
+                return
+            servers = parse_resolv_conf(text).nameservers
+            if servers[:1] == (self.stub,) or not servers:
+                return  # wired; or nothing to put it before (the status line says so)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or not self._watch:
+                return
+            try:
+                await asyncio.wait_for(self._rewritten.wait(), left)
+            except TimeoutError:
+                return
 
     def _set_request(self, stub: str | None) -> None:
         """Write the request when it changes (and once at the first apply, see write_request)."""
@@ -400,21 +430,41 @@ class ResolverWiring:
             self._watch = False  # tried once: not again
 
     def _resolv_conf_changed(self) -> None:
+        self._rewritten.set()
         task = asyncio.get_running_loop().create_task(self._after_resolv_conf_change())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _after_resolv_conf_change(self) -> None:
         """resolv.conf was rewritten: follow a change of mode (resolved started or stopped,
-        NetworkManager switched its rc-manager), then let the caller look again."""
+        NetworkManager switched its rc-manager), ask the helper again if the file is not what
+        the request says (a path unit drops changes made while its service runs), then let the
+        caller look again."""
         try:
             if self._names is not None and await self.detect() is not self._mode:
                 async with self._lock:
                     await self._apply()
+            elif self._asked is not None and self._helper and self._mode in RESOLV_CONF_MODES:
+                self._nudge_helper()
         except WiringError as exc:
             log.warning("resolver wiring: %s, ignoring", exc)
         if self._on_change is not None:
             self._on_change()
+
+    def _nudge_helper(self) -> None:
+        """Write the request again (a rename the path unit sees) when resolv.conf disagrees
+        with it and the helper could fix that."""
+        text = _read(self._resolv_conf)
+        if text is None:
+            return
+        plan = plan_resolv_conf(text, self.stub if self._asked else None)
+        if plan.text == text:
+            return  # as asked, or nothing the helper could do (the status line says why)
+        log.debug("resolv.conf is not as asked; asking the helper again")
+        try:
+            resolv_conf.write_request(self._request, self.stub if self._asked else None, force=True)
+        except resolv_conf.ResolvConfError as exc:
+            log.warning("%s, ignoring", exc)
 
     async def _link_state(self) -> ResolvedLink:
         try:

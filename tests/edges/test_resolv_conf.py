@@ -264,3 +264,29 @@ async def test_watch_coalesces_a_burst_and_closes_its_descriptor(tmp_path: Path)
 
     assert await changes(resolv, burst, expect=1) == 1
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_request_changed_during_a_pass_gets_another_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # systemd does not start the helper again for a change made while it runs: a daemon killed
+    # in the middle of a pass (its request gone) must not leave its stub behind.
+    resolv, request = tmp_path / "resolv.conf", tmp_path / "resolv-stub"
+    resolv.write_text(NM_TEXT)
+    resolv_conf.write_request(str(request), STUB)
+    real = resolv_conf.read_text
+    reads: list[str] = []
+
+    def read_then_vanish(path: str) -> str | None:
+        text = real(path)
+        if path == str(request):
+            reads.append(text or "")
+            if len(reads) == 1:
+                request.unlink()  # systemd removed /run/portal right after the first read
+        return text
+
+    monkeypatch.setattr(resolv_conf, "read_text", read_then_vanish)
+    result = resolv_conf.sync(str(resolv), str(request))
+    assert reads[0] == f"{STUB}\n" and len(reads) >= 3
+    assert not result.plan.wired
+    assert resolv.read_text() == NM_TEXT
