@@ -44,6 +44,7 @@ log = logging.getLogger("portal")
 
 BUS_RETRY_MAX_S = 60.0
 PROBE_TIMEOUT_S = 5.0
+WIRING_SETTLE_S = 3.0
 VENUE_LOOKUP_TIMEOUT_S = 3.0
 
 
@@ -86,6 +87,7 @@ class Daemon:
         self.wiring_text = "none"
         self._wired: tuple[tuple[str, ...], bool] | None = None  # (names, episode) last applied
         self._episode = False  # a portal episode: from a captive verdict until online or gone
+        self._rewiring: asyncio.Task[None] | None = None  # the latest apply() to the wiring
         self._own_addresses: set[str] = set()
 
     # -- state -------------------------------------------------------------------------------
@@ -122,7 +124,24 @@ class Daemon:
         wired = (tuple(sorted(names)), self._episode)
         if wired != self._wired:
             self._wired = wired
-            self._spawn(self._rewire(*wired))
+            task = asyncio.get_running_loop().create_task(self._rewire(*wired))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._rewiring = task
+
+    async def _wiring_settled(self) -> None:
+        """Let a change just made reach name resolution before it is acknowledged, so that a
+        lookup right after `portal add` already goes through the stub (the wiring bounds it)."""
+        task = self._rewiring
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=WIRING_SETTLE_S)
+        elif self.wiring is not None:
+            # Nothing new to ask, but the file may be in flux (its owner rewrote it a moment
+            # ago and the helper is putting the stub back).
+            try:
+                await asyncio.wait_for(self.wiring.settle(), WIRING_SETTLE_S)
+            except TimeoutError:
+                pass
 
     def _status_line(self, active: int | None = None) -> str:
         if active is None:
@@ -200,6 +219,7 @@ class Daemon:
             )
             new.put(o)
             await self._commit(new)
+        await self._wiring_settled()
         life = (
             "until removed" if o.expires_at is None else format_duration(o.expires_at - time.time())
         )
@@ -270,6 +290,7 @@ class Daemon:
                     raise type(exc)(f"entry {i} ({name}): {exc}") from exc
             new.add_many(made)
             await self._commit(new)
+        await self._wiring_settled()
         log.info("%d override(s) imported by %s", len(made), caller)
         return len(made)
 
