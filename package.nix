@@ -66,6 +66,9 @@ python3Packages.buildPythonApplication {
   postInstall = ''
     # systemd units: system units, and the per-user agent (a user unit when it is shipped)
     install -Dm0644 systemd/portal.socket systemd/portal.service -t $out/lib/systemd/system
+    # The resolv.conf helper (the NixOS module enables it where openresolv writes resolv.conf).
+    install -Dm0644 systemd/portal-wire.path systemd/portal-wire.service \
+      -t $out/lib/systemd/system
     if [ -e systemd/portal-agent.service ]; then
       install -Dm0644 systemd/portal-agent.service -t $out/lib/systemd/user
     fi

@@ -14,7 +14,7 @@ _portal_overrides() {
 _portal() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=''
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="add remove list status check open import daemon agent"
+    local commands="add remove list status check open import daemon agent wire"
     local command='' i word positional=0 bus=''
     # The first word that is not an option is the command; count positionals after it.
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -26,7 +26,7 @@ _portal() {
             ;;
         --bus=*) bus=${word#--bus=} ;;
         --ttl | --listen | --upstream | --state-dir | --config | --log-level | \
-            --network-source | --wiring | --resolv-conf | --ca-file | --browser)
+            --network-source | --wiring | --resolv-conf | --ca-file | --browser | --request)
             ((i++)) # the option's value
             ;;
         -*) ;;
@@ -96,6 +96,7 @@ _portal() {
     import) flags+=" --ttl --any-network" ;;
     daemon) flags+=" --listen --upstream --state-dir --config --log-level --network-source --wiring --resolv-conf --ca-file" ;;
     agent) flags+=" --browser --config --log-level" ;;
+    wire) flags="-h --help --resolv-conf --request" ;;
     remove | check) ;;
     *) return ;;
     esac

@@ -4,7 +4,7 @@
 # Installed as /usr/local/share/fish/vendor_completions.d/portal.fish (scripts/install) or
 # share/fish/vendor_completions.d/portal.fish (package.nix).
 
-set -l commands add remove list status check open import daemon agent
+set -l commands add remove list status check open import daemon agent wire
 
 # The names of the overrides the daemon holds; nothing when it cannot be reached.
 function __portal_overrides
@@ -29,10 +29,11 @@ complete -c portal -n "not __fish_seen_subcommand_from $commands" -a open -d 'op
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a import -d 'add overrides from hosts-file lines'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a daemon -d 'run the daemon (system service)'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a agent -d 'run the per-user desktop agent'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a wire -d 'put the stub into resolv.conf or take it out, as the daemon asks (root)'
 
-# Every command: help and the bus.
+# Every command: help and the bus (but `wire`, which edits a file and talks to no bus).
 complete -c portal -n "__fish_seen_subcommand_from $commands" -s h -l help -d 'show help and exit'
-complete -c portal -n "__fish_seen_subcommand_from $commands" -l bus -x -a 'system session' -d 'D-Bus to use (default: system, or $PORTAL_BUS)'
+complete -c portal -n "__fish_seen_subcommand_from $commands; and not __fish_seen_subcommand_from wire" -l bus -x -a 'system session' -d 'D-Bus to use (default: system, or $PORTAL_BUS)'
 
 complete -c portal -n '__fish_seen_subcommand_from add import' -l ttl -x -a '90s 30m 1h 12h 1d 1w never' -d 'lifetime (default: 12h)'
 complete -c portal -n '__fish_seen_subcommand_from add import' -l any-network -d 'answer on every network, not only the current one'
@@ -55,3 +56,5 @@ complete -c portal -n '__fish_seen_subcommand_from daemon' -l wiring -x -a 'auto
 complete -c portal -n '__fish_seen_subcommand_from daemon' -l resolv-conf -r -F -d 'resolv.conf to read upstreams from without NetworkManager'
 complete -c portal -n '__fish_seen_subcommand_from daemon' -l ca-file -r -F -d "extra CA bundle for the portal's RFC 8908 API"
 complete -c portal -n '__fish_seen_subcommand_from agent' -l browser -x -a '(__fish_complete_command)' -d 'command that opens the sign-in page'
+complete -c portal -n '__fish_seen_subcommand_from wire' -l resolv-conf -r -F -d 'the file to edit'
+complete -c portal -n '__fish_seen_subcommand_from wire' -l request -r -F -d "the daemon's request"

@@ -20,7 +20,6 @@
 
 let
   inherit (lib)
-    mkBefore
     mkEnableOption
     mkIf
     mkMerge
@@ -83,14 +82,17 @@ in
       ];
       default = "auto";
       description = ''
-        How the stub joins name resolution. It is never made the only resolver, so a stopped
-        daemon costs the overrides, not DNS.
+        How the stub joins name resolution. It is never made the only resolver, and it is in
+        the path only while it has work (an override answering on this network, or a portal
+        being signed in to); otherwise name resolution is exactly the system's own.
 
-        - `resolvconf`: the stub becomes the first nameserver in resolv.conf (openresolv), the
-          network's servers follow (`resolv_conf_local_only=NO`).
+        - `resolvconf`: while the stub has work, the root helper `portal-wire.path` puts its
+          line first in the resolv.conf openresolv writes; every server openresolv lists (the
+          network's, and `networking.nameservers`) follows it, and the stub forwards to them in
+          that order. openresolv's configuration is not changed.
         - `resolved`: systemd-resolved sends only the overridden names to the stub, through
-          route-only domains on a dedicated link (`portal0`) that the daemon sets at run time.
-          Nothing global changes.
+          route-only domains on a dedicated link (`portal0`) that the daemon sets at run time,
+          with DNS-over-TLS and DNSSEC off for that link alone. Nothing global changes.
         - `none`: leave name resolution alone (point a resolver at the stub yourself).
         - `auto`: `resolved` when `services.resolved.enable`, else `resolvconf`.
       '';
@@ -230,13 +232,22 @@ in
     })
 
     (mkIf (dnsMode == "resolvconf") {
-      # The stub first, the network's servers after it. Without resolv_conf_local_only=NO
-      # openresolv lists only local servers once one is configured: the stub would be the
-      # only resolver and DNS would die with the daemon.
-      networking.nameservers = mkBefore [ cfg.listenAddress ];
-      networking.resolvconf.extraConfig = ''
-        resolv_conf_local_only=NO
-      '';
+      # The stub first in resolv.conf while it has work, nothing otherwise: the daemon asks in
+      # /run/portal, and the helper (portal-wire.path and .service, from the package) puts one
+      # line before the servers openresolv wrote and takes exactly that line out again, also
+      # whenever the daemon stops. networking.nameservers and openresolv's configuration are
+      # left as they are: the stub never passes through openresolv, so neither
+      # resolv_conf_local_only nor the pinned servers can drop or displace anything.
+      systemd.paths.portal-wire.wantedBy = [ "paths.target" ];
+      # Once at boot as well, after openresolv wrote the file.
+      systemd.services.portal-wire = {
+        wantedBy = [ "multi-user.target" ];
+        after = [ "resolvconf.service" ];
+      };
+      # Enabling or disabling portal restarts resolvconf.service at the switch (its unit
+      # changes), which writes resolv.conf afresh from openresolv's own state: with
+      # `enable = false` nothing of portal's is left in it, even if the daemon was killed.
+      systemd.services.resolvconf.restartTriggers = [ "portal-wire" ];
     })
 
     (mkIf (dnsMode == "resolved") {
@@ -275,7 +286,9 @@ in
       # The daemon runs as "portal"; resolved asks polkit before it lets anyone but root
       # change a link.
       security.polkit.extraConfig = ''
-        // portal: the daemon may set DNS server, route-only domains and default-route on ${link}.
+        // portal: the daemon may set DNS server, route-only domains and default-route on ${link},
+        // turn DNS-over-TLS and DNSSEC off for that link alone (the stub speaks neither; the
+        // global settings stay in force for every other name), and revert it.
         polkit.addRule(function (action, subject) {
           if (subject.user == "portal" &&
               ${
@@ -283,6 +296,8 @@ in
                   "org.freedesktop.resolve1.set-dns-servers"
                   "org.freedesktop.resolve1.set-domains"
                   "org.freedesktop.resolve1.set-default-route"
+                  "org.freedesktop.resolve1.set-dns-over-tls"
+                  "org.freedesktop.resolve1.set-dnssec"
                   "org.freedesktop.resolve1.revert"
                 ]
               }.indexOf(action.id) >= 0) {

@@ -115,7 +115,7 @@ in
         };
       };
 
-    # NixOS's default resolver setup: openresolv, the stub first in resolv.conf.
+    # NixOS's default resolver setup: openresolv, the stub first in resolv.conf while it has work.
     laptop = laptop {
       specialisation.without-portal.configuration = {
         services.portal.enable = lib.mkForce false;
@@ -150,16 +150,19 @@ in
                 "org.freedesktop.NetworkManager Connectivity | grep -qx 'u 2'"
             )
 
-    with subtest("resolv.conf: the stub first, the network's server after it"):
-        laptop.wait_for_unit("portal.socket")
-        laptop.wait_until_succeeds("grep -m1 '^nameserver' /etc/resolv.conf | grep -qx 'nameserver 127.0.0.153'")
-        laptop.wait_until_succeeds("grep -qx 'nameserver ${routerAddress}' /etc/resolv.conf")
-
     with subtest("the daemon sees the portal"):
+        laptop.wait_for_unit("portal.socket")
+        laptop.wait_for_unit("portal-wire.path")
         laptop.wait_for_unit("portal.service")
         laptop.wait_until_succeeds("portal status --json | jq -e '.state == \"captive\"'")
         assert "${routerAddress}/login" in status(laptop)["portal_url"], status(laptop)
-        assert status(laptop)["wiring"] == "resolv.conf: stub first (openresolv)", status(laptop)
+
+    with subtest("resolv.conf: while a portal is up, the stub first, the network's server after"):
+        laptop.wait_until_succeeds("grep -m1 '^nameserver' /etc/resolv.conf | grep -qx 'nameserver 127.0.0.153'")
+        laptop.succeed("grep -qx 'nameserver ${routerAddress}' /etc/resolv.conf")
+        laptop.wait_until_succeeds(
+            "portal status --json | jq -e '.wiring == \"resolv.conf: stub first, then ${routerAddress} (openresolv)\"'"
+        )
 
     with subtest("a member of the group may add an override; others may not"):
         laptop.succeed("runuser -u alice -- portal add login.hotel.test 10.9.9.9 </dev/null")
@@ -176,12 +179,13 @@ in
         laptop.wait_for_unit("portal.service")
         laptop.succeed("getent hosts login.hotel.test | grep -q '^10.9.9.9 '")
 
-    with subtest("stopping portal costs the override, not DNS"):
+    with subtest("stopping portal takes the stub out of resolv.conf: the override goes, DNS stays"):
         laptop.systemctl("stop portal.socket portal.service")
+        laptop.wait_until_fails("grep -q 127.0.0.153 /etc/resolv.conf")
         laptop.succeed("timeout 3 getent hosts example.org | grep -q '^${routerAddress} '")
         laptop.succeed("timeout 3 getent hosts login.hotel.test | grep -q '^${routerAddress} '")
-        laptop.systemctl("start portal.socket")
-        laptop.succeed("getent hosts login.hotel.test | grep -q '^10.9.9.9 '")
+        laptop.systemctl("start portal.socket portal.service")
+        laptop.wait_until_succeeds("getent hosts login.hotel.test | grep -q '^10.9.9.9 '")
 
     with subtest("the service is sandboxed"):
         laptop.succeed("systemd-analyze security portal.service --threshold=15 --no-pager")

@@ -129,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--browser", help="command that opens the sign-in page")
     ag.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
     ag.add_argument("--log-level", choices=["debug", "info"])
+
+    w = sub.add_parser(
+        "wire",
+        help="put the stub into resolv.conf or take it out, as the daemon asks (root)",
+        description="Put the stub's nameserver line first in resolv.conf while the daemon "
+        "asks for it, and take exactly that line out when it does not. Run as root by "
+        "portal-wire.path whenever the daemon's request or resolv.conf changes.",
+    )
+    w.add_argument("--resolv-conf", metavar="FILE", help="the file to edit (/etc/resolv.conf)")
+    w.add_argument(
+        "--request", metavar="FILE", help="the daemon's request (/run/portal/resolv-stub)"
+    )
     return p
 
 
@@ -162,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if getattr(args, flag):
                     agent_argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
             return int(agent.main(agent_argv))
+        if args.command == "wire":
+            return run_wire(args)
         request = prepare(args)
         if args.command in ONE_SHOT and not getattr(args, "watch", False):
             return run_one_shot(args, request)
@@ -460,3 +474,23 @@ def run_daemon(args: argparse.Namespace) -> int:
         flags["bus"] = bus
     conf = cfg.apply(conf, flags)
     return daemon.run(conf)
+
+
+def run_wire(args: argparse.Namespace) -> int:
+    """`portal wire`: one pass of the resolv.conf helper; says what it found in one line."""
+    from portal.edges import resolv_conf
+
+    result = resolv_conf.sync(
+        args.resolv_conf or resolv_conf.DEFAULT_RESOLV_CONF,
+        args.request or resolv_conf.DEFAULT_REQUEST,
+    )
+    if result.request_error:
+        print(f"portal: {result.request_error}", file=sys.stderr)
+    done = "rewrote" if result.changed else "left"
+    if result.plan.wired:
+        print(f"{done} {result.path}: the stub first")
+    elif result.plan.reason:
+        print(f"{done} {result.path} as its owner wrote it: {result.plan.reason}")
+    else:
+        print(f"{done} {result.path} as its owner wrote it")
+    return 0

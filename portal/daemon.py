@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("portal")
 
 PROBE_TIMEOUT_S = 5.0
+WIRING_SETTLE_S = 3.0
 VENUE_LOOKUP_TIMEOUT_S = 3.0
 FIRST_BUS_ATTEMPT_S = 10.0  # ready without the control API if the bus is slower than this
 WIRING_CLOSE_S = 3.0
@@ -102,11 +103,25 @@ class VenueLookup(Protocol):
 
 
 class Wiring(Protocol):
-    """How the stub joins name resolution (the resolver wiring's agreed interface)."""
+    """How the stub joins name resolution (portal/edges/resolver.py)."""
 
-    async def apply(self, names: Sequence[str], *, episode: bool) -> None: ...
-    async def describe(self) -> str: ...
-    async def close(self) -> None: ...
+    def listen(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` whenever name resolution changed under us (resolv.conf rewritten)."""
+
+    async def apply(self, names: Sequence[str], *, episode: bool) -> None:
+        """The names the stub must receive, and whether a portal episode is under way."""
+
+    async def settle(self) -> None:
+        """Return once what apply() asked has reached name resolution (the caller bounds it)."""
+
+    async def describe(self) -> str:
+        """The `wiring` line of `portal status`."""
+
+    def system_servers(self) -> tuple[str, ...]:
+        """While wired through resolv.conf, the servers it lists besides the stub; else ()."""
+
+    async def close(self) -> None:
+        """Leave name resolution as the system has it without portal."""
 
 
 class BusKeeper(Protocol):
@@ -166,6 +181,9 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
         self._exit_code = 0
+        self._rewiring: asyncio.Task[None] | None = None  # the latest apply() to the wiring
+        if wiring is not None:
+            wiring.listen(self._wiring_changed)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -191,7 +209,21 @@ class Daemon:
         active = self._active()
         self.stub.set_entries(local_entries(active))
         systemd.notify(f"STATUS={self._status_line(len(active))}")
-        self._rewire(tuple(sorted(active)))
+        self._rewire()
+
+    async def _wiring_settled(self) -> None:
+        """Let a change just made reach name resolution before it is acknowledged, so that a
+        lookup right after `portal add` already goes through the stub (the wiring bounds it)."""
+        task = self._rewiring
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=WIRING_SETTLE_S)
+        elif self.wiring is not None and self._wiring_on:
+            # Nothing new to ask, but the file may be in flux (its owner rewrote it a moment
+            # ago and the helper is putting the stub back).
+            try:
+                await asyncio.wait_for(self.wiring.settle(), WIRING_SETTLE_S)
+            except TimeoutError:
+                pass
 
     def _status_line(self, active: int | None = None) -> str:
         if active is None:
@@ -241,6 +273,7 @@ class Daemon:
 
         o = await self.overrides_service.change(put, what=f"adding {name}")
         assert o is not None  # a user's change raises rather than return nothing
+        await self._wiring_settled()
         now = time.time()
         life = "until removed" if o.expires_at is None else format_duration(o.expires_at - now)
         where = f"network {o.scope_name or o.scope}" if o.scope else "any network"
@@ -376,7 +409,7 @@ class Daemon:
                 log.warning("the bus is slow to answer; ready without the control API for now")
         systemd.notify("READY=1")
         self._wiring_on = True
-        self._rewire(tuple(sorted(self._active())))
+        self._rewire()
         if self.watcher is not None:
             self._spawn(self._guard(self.watcher.run(self.emit), "network watcher"))
         interval = systemd.watchdog_interval_s()
@@ -394,7 +427,7 @@ class Daemon:
             try:
                 await asyncio.wait_for(self.wiring.close(), WIRING_CLOSE_S)
             except Exception as exc:
-                log.warning("reverting the resolver wiring failed: %s", exc)
+                log.warning("undoing the resolver wiring failed: %s", exc)
         self.overrides_service.close()
         await self.stub.close()
         return self._exit_code
@@ -443,6 +476,8 @@ class Daemon:
     def _set_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
         if self.config.upstreams:
             return  # static upstreams from the config win
+        if self._follow_resolv_conf():
+            return  # wired through resolv.conf: its other servers are the system's resolvers
         usable = tuple(u for u in upstreams if u.host not in self.own_addresses)
         if not usable:
             self._use_fallback_upstreams()
@@ -486,7 +521,7 @@ class Daemon:
         if self.network_id != (before.network.id if before.network else None):
             self._changed()  # network-scoped overrides start or stop answering
         else:
-            self._rewire(tuple(sorted(self._active())))  # a portal episode began or ended
+            self._rewire()  # a portal episode began or ended, or its routed names changed
 
     def perform(self, action: act.Action, before: sess.Session) -> None:
         """Carry out one action; failures are logged by the task, never raised."""
@@ -620,15 +655,25 @@ class Daemon:
             names = ", ".join(o.name for o in gone)
             log.info("unpinned %s", names)
 
-    def _rewire(self, names: tuple[str, ...]) -> None:
+    # -- resolver wiring: how the stub joins name resolution ---------------------------------
+
+    def _rewire(self) -> None:
         """Tell the wiring, when what it needs to know changed: the names answering on this
-        network (pinned portal names included) and whether a portal episode is under way."""
+        network (pinned portal names included; during a portal episode also the portal's names
+        routed to the venue's DNS) and whether a portal episode is under way."""
         if self.wiring is None or not self._wiring_on:
             return
-        wanted = (names, self.session.episode)
+        episode = self.session.episode
+        names = set(self._active())
+        if episode:
+            names |= set(self.stub.portal_routes)
+        wanted = (tuple(sorted(names)), episode)
         if wanted != self._wired:
             self._wired = wanted
-            self._spawn(self._apply_wiring(*wanted))
+            task = asyncio.ensure_future(self._apply_wiring(*wanted))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._rewiring = task
 
     async def _apply_wiring(self, names: tuple[str, ...], episode: bool) -> None:
         assert self.wiring is not None
@@ -636,10 +681,44 @@ class Daemon:
             await self.wiring.apply(names, episode=episode)
         except Exception as exc:
             log.warning("resolver wiring: %s, ignoring", exc)
+        await self._after_wiring_change()
+
+    def _wiring_changed(self) -> None:
+        """resolv.conf was rewritten (by its owner, or by the helper for us)."""
+        self._spawn(self._after_wiring_change())
+
+    async def _after_wiring_change(self) -> None:
+        assert self.wiring is not None
         try:
-            self.wiring_text = await self.wiring.describe()
+            text = await self.wiring.describe()
         except Exception as exc:
-            self.wiring_text = f"unknown ({exc})"
+            text = f"unknown ({exc})"
+        self._follow_resolv_conf()
+        if text != self.wiring_text:
+            self.wiring_text = text
+            log.info("wiring: %s", text)
+            self._publish()
+
+    def _follow_resolv_conf(self) -> bool:
+        """While the stub is wired through resolv.conf, forward to the servers resolv.conf lists
+        besides it: exactly the system's own resolvers, in its order. NetworkManager's list
+        leaves out what others add to resolv.conf (NixOS's networking.nameservers through
+        openresolv) and bypasses its own dnsmasq (split DNS for VPNs). True when used."""
+        if self.config.upstreams or self.wiring is None or not self._wiring_on:
+            return False
+        servers = tuple(
+            server
+            for text in self.wiring.system_servers()
+            if (server := parse_server(text)) is not None and server.host not in self.own_addresses
+        )
+        if not servers:
+            return False
+        if servers != self.forwarder.upstreams or not self.upstream_source.startswith("resolv"):
+            self.forwarder.set_upstreams(servers)
+            self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
+            log.info("upstreams: %s (resolv.conf)", ", ".join(str(u) for u in servers))
+            self._publish()
+        return True
 
 
 def _read(path: str) -> str:
@@ -747,12 +826,12 @@ async def _keep_bus(
 
 
 class _ResolverWiring:
-    """portal/edges/resolver.py's ResolverWiring under the wiring's agreed interface
-    (apply(names, *, episode), describe(), close()), made at its first use so that its D-Bus
+    """portal/edges/resolver.py's ResolverWiring, made at its first use so that its D-Bus
     imports come after DNS is served."""
 
     def __init__(self, **options: Any) -> None:
         self._options = options
+        self._on_change: Callable[[], None] | None = None
         self._wiring: Any = None
 
     def _get(self) -> Any:
@@ -764,24 +843,30 @@ class _ResolverWiring:
             # user's own run) still wires there
             choice = resolve_bus(self._options.pop("bus"))
             bus = choice if choice != "session" else "system"
-            self._wiring = ResolverWiring(bus=bus, **self._options)
+            self._wiring = ResolverWiring(bus=bus, on_change=self._on_change, **self._options)
         return self._wiring
 
+    def listen(self, on_change: Callable[[], None]) -> None:
+        self._on_change = on_change
+
     async def apply(self, names: Sequence[str], *, episode: bool) -> None:
-        # Both modes route the same names during a portal episode and after it.
-        await self._get().apply(list(names))
+        await self._get().apply(names, episode=episode)
+
+    async def settle(self) -> None:
+        await self._get().settle()
 
     async def describe(self) -> str:
         text: str = await self._get().describe()
         return text
 
+    def system_servers(self) -> tuple[str, ...]:
+        if self._wiring is None or not self._wiring.via_resolv_conf():
+            return ()
+        servers: tuple[str, ...] = self._wiring.system_servers()
+        return servers
+
     async def close(self) -> None:
-        """Leave name resolution as the system has it without portal: revert the link."""
-        if self._wiring is None:
-            return
-        try:
-            await self._wiring.revert()
-        finally:
+        if self._wiring is not None:
             await self._wiring.close()
 
 

@@ -6,10 +6,17 @@ does /etc/resolv.conf say, does nsswitch use nss-resolve), plans the settings of
 systemd-resolved link, and words the health line shown by `portal status`. It must not read
 files, talk to D-Bus or know about sockets: edges/resolver.py does that.
 
-The rule behind every function here: the stub is never the only resolver. On resolv.conf systems
-it comes first and the network's servers follow, so a stopped stub costs one refused datagram
-(glibc moves to the next server at once). On systemd-resolved systems it serves only route-only
-domains, one per override, on a link of its own, so a stopped stub can only affect those names.
+The rules behind every function here:
+
+- The stub is never the only resolver. On resolv.conf systems it comes first and the system's
+  own servers follow, so a stopped stub costs one refused datagram (glibc moves to the next
+  server at once). On systemd-resolved systems it serves only route-only domains, one per
+  override, on a link of its own, so a stopped stub can only affect those names.
+- The stub is in the path only while it has work: an override answering on this network, or a
+  portal episode. Otherwise resolution is exactly the system's own. On resolv.conf systems a
+  small root helper (`portal wire`, run by portal-wire.path) puts one marked block before the
+  first nameserver line of whatever wrote resolv.conf (NetworkManager, openresolv, dhclient,
+  dhcpcd, a person) and takes exactly that block out again, so the file goes back byte for byte.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ AF_INET6 = 10
 # The addresses systemd-resolved listens on for glibc (stub-resolv.conf).
 RESOLVED_STUB_ADDRESSES = frozenset({"127.0.0.53", "127.0.0.54"})
 DEFAULT_LINK = "portal0"
+# The line that starts the block portal puts into resolv.conf. The helper removes exactly this
+# line and the nameserver line after it, and nothing else, so what is left is the file as its
+# owner wrote it. Its words tell a person reading resolv.conf what the extra line is.
+STUB_MARK = "# portal: the override stub first while it has work (removed when it has none)"
+# The unit whose helper edits resolv.conf (systemd/portal-wire.path), named in status lines.
+HELPER_UNIT = "portal-wire.path"
 
 
 class WiringMode(enum.StrEnum):
@@ -54,6 +67,10 @@ class LinkPlan:
     domains: tuple[tuple[str, bool], ...]  # (name, route_only) for SetLinkDomains
     default_route: bool  # always False: the link must never catch names it was not given
     dropped: tuple[str, ...] = ()  # names beyond resolved's per-link limit
+    # The link's own modes (SetLinkDNSOverTLS / SetLinkDNSSEC): always "no", so the global
+    # strict DNS-over-TLS or DNSSEC=yes never applies to the stub (it speaks neither).
+    dns_over_tls: str = "no"
+    dnssec: str = "no"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +82,9 @@ class ResolvedLink:
     dns: tuple[str, ...] = ()  # "ADDR" or "ADDR:PORT" / "[ADDR]:PORT"
     domains: tuple[tuple[str, bool], ...] = ()
     default_route: bool | None = None
+    # The link's own DNS-over-TLS and DNSSEC settings ("" = none of its own: the global ones)
+    dns_over_tls: str = ""
+    dnssec: str = ""
 
 
 def _valid_server(text: str) -> str:
@@ -211,18 +231,190 @@ def describe_resolv_conf(conf: ResolvConf | None, *, stub: str, port: int = 53) 
     return f"resolv.conf: stub is server {where + 1} (overrides answer only when the first fails)"
 
 
-def describe_resolved_link(state: ResolvedLink, *, stub: str, port: int = 53) -> str:
-    """The health line for resolved mode, e.g. "resolved link portal0: 3 domains"."""
+def describe_resolved_link(
+    state: ResolvedLink, *, stub: str, port: int = 53, wanted: bool = True
+) -> str:
+    """The health line for resolved mode, e.g. "resolved link portal0: 3 domains".
+
+    `wanted` is False while the stub has no work: the link is then meant to be empty.
+    """
     if not state.exists:
         return f"not wired: no link {state.name}"
+    if not wanted and not state.dns:
+        return f"resolved link {state.name}: standby (no override on this network, no portal)"
     if format_server(stub, port) not in state.dns:
         return f"not wired: resolved link {state.name} does not use {format_server(stub, port)}"
     if state.default_route:
         return f"resolved link {state.name}: default route on (stopped stub would lose DNS)"
     routed = [name for name, route_only in state.domains if route_only]
     noun = "domain" if len(routed) == 1 else "domains"
-    return f"resolved link {state.name}: {len(routed)} {noun}"
+    line = f"resolved link {state.name}: {len(routed)} {noun}"
+    # resolved reports the mode in force on the link: its own, else the global one. Strict
+    # DNS-over-TLS would speak TLS to the stub (nothing answers), DNSSEC=yes would reject its
+    # answers (they cannot validate): overridden names would not resolve at all. The
+    # "opportunistic" and "allow-downgrade" modes fall back by themselves.
+    wrong = [
+        f"{what} yes"
+        for what, value in (("DNS-over-TLS", state.dns_over_tls), ("DNSSEC", state.dnssec))
+        if value == "yes"
+    ]
+    if wanted and routed and wrong:
+        return f"{line}, but {' and '.join(wrong)} on it: overridden names cannot resolve"
+    return line
 
 
 def describe_none() -> str:
     return "not wired: dns integration is off"
+
+
+# --- when the stub is in the path -------------------------------------------------------------
+
+
+def wants_stub(names: Iterable[str], *, episode: bool) -> bool:
+    """The stub belongs in the path while an override answers here or a portal is being signed
+    in to; otherwise resolution is exactly the system's own."""
+    return episode or any(True for _ in names)
+
+
+# --- the stub request and the resolv.conf edit (the root helper) ----------------------------
+
+
+def parse_stub_request(text: str) -> str | None:
+    """The stub address in the daemon's request file, or None when it asks for none.
+
+    The helper runs as root on a file an unprivileged daemon writes, so it accepts exactly one
+    loopback address (the stub can only ever be on this machine) and nothing else. Raise
+    ValueError for anything else.
+    """
+    words = text.split()
+    if not words:
+        return None
+    if len(words) != 1:
+        raise ValueError("the request holds more than one word")
+    addr = ipaddress.ip_address(words[0])
+    if not addr.is_loopback:
+        raise ValueError(f"{words[0]} is not a loopback address")
+    return str(addr)
+
+
+def format_stub_request(stub: str | None) -> str:
+    """The request file's text: the stub's address, or nothing."""
+    return "" if stub is None else str(ipaddress.ip_address(stub)) + "\n"
+
+
+def _first_word(line: str) -> str:
+    words = line.split(None, 1)
+    return words[0] if words else ""
+
+
+def strip_stub(text: str) -> str:
+    """resolv.conf without portal's block: every STUB_MARK line and the nameserver line after it.
+
+    Nothing else is touched, so a file portal edited comes back byte for byte as its owner
+    wrote it; a file its owner rewrote since has no block and comes back unchanged.
+    """
+    lines = text.splitlines(keepends=True)
+    out: list[str] = []
+    skip_next = False
+    for line in lines:
+        if skip_next:
+            skip_next = False
+            if _first_word(line) == "nameserver":
+                continue
+        if line.rstrip("\r\n") == STUB_MARK:
+            skip_next = True
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvConfPlan:
+    """What the helper should leave in resolv.conf."""
+
+    text: str  # the whole file
+    wired: bool  # the stub is its first nameserver
+    reason: str = ""  # why the stub is not first although asked for ("" otherwise)
+
+
+def plan_resolv_conf(current: str, stub: str | None) -> ResolvConfPlan:
+    """resolv.conf with the stub first (when `stub` is given) or without portal's block.
+
+    The block goes right before the first nameserver line, so comments, `search` and `options`
+    stay where the owner put them and every server stays in its order. Refused (the file left
+    as its owner wrote it, with the reason) when no other nameserver is listed: glibc would ask
+    the stub alone. A stub that the owner already lists (by hand, or a static configuration)
+    is not listed twice.
+    """
+    base = strip_stub(current)
+    if stub is None:
+        return ResolvConfPlan(base, wired=False)
+    stub = str(ipaddress.ip_address(stub))
+    servers = list(parse_resolv_conf(base).nameservers)
+    if stub in servers:
+        where = servers.index(stub)
+        if where == 0:
+            return ResolvConfPlan(base, wired=True)
+        return ResolvConfPlan(
+            base, wired=False, reason=f"resolv.conf itself lists {stub} as server {where + 1}"
+        )
+    if not servers:
+        return ResolvConfPlan(
+            base,
+            wired=False,
+            reason="resolv.conf lists no nameserver, and the stub is never made the only one",
+        )
+    lines = base.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if _first_word(line) == "nameserver")
+    block = [f"{STUB_MARK}\n", f"nameserver {stub}\n"]
+    return ResolvConfPlan("".join(lines[:at] + block + lines[at:]), wired=True)
+
+
+def system_servers(text: str, *, own: Iterable[str] = ()) -> tuple[str, ...]:
+    """The system's own nameservers: resolv.conf without portal's block and without `own`
+    (the stub's addresses), in order. What the stub forwards to when it is wired this way."""
+    skip = set(own)
+    return tuple(
+        ns
+        for ns in parse_resolv_conf(strip_stub(text)).nameservers
+        if ns.split("%", 1)[0] not in skip
+    )
+
+
+def describe_resolv_wiring(
+    text: str | None,
+    *,
+    stub: str,
+    port: int = 53,
+    wanted: bool,
+    helper: bool = True,
+) -> str:
+    """The health line for resolv.conf modes: how lookups reach the stub, or why they do not.
+
+    `wanted`: the daemon asks for the stub now. `helper`: something may edit resolv.conf for
+    it (portal-wire.path under systemd); without it, the one thing left is a hand edit.
+    """
+    if text is None:
+        return "not wired: no /etc/resolv.conf"
+    servers = parse_resolv_conf(text).nameservers
+    ours = strip_stub(text) != text
+    if not wanted:
+        if stub in servers and not ours:
+            return describe_resolv_conf(parse_resolv_conf(text), stub=stub, port=port)
+        if ours:
+            return f"resolv.conf: stub still listed, {HELPER_UNIT} takes it out"
+        return "resolv.conf: the system's own (no override on this network, no portal)"
+    if port != 53:
+        return f"not wired: glibc cannot use port {port} from resolv.conf; listen on port 53"
+    if servers[:1] == (stub,):
+        others = [ns for ns in servers[1:GLIBC_MAXNS] if ns != stub]
+        return "resolv.conf: stub first" + (f", then {', '.join(others)}" if others else "")
+    plan = plan_resolv_conf(text, stub)
+    if plan.reason:
+        return f"not wired: {plan.reason}"
+    if not helper:
+        return (
+            "not wired: nothing here may edit resolv.conf (no systemd): "
+            f"put 'nameserver {stub}' above its nameserver lines"
+        )
+    return f"not wired: resolv.conf does not list {stub} yet (systemctl status {HELPER_UNIT})"

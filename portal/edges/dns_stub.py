@@ -33,6 +33,8 @@ log = logging.getLogger("portal.dns")
 
 TCP_IDLE_TIMEOUT_S = 10.0  # RFC 7766 §6.2.3 suggests seconds, not minutes, for idle clients
 TCP_MAX_CLIENTS = 64
+# At close, how long TCP clients that sent a query may take to get their answer.
+TCP_DRAIN_S = 2.0
 MAX_PENDING_FORWARDS = 1024  # forwarded UDP queries in flight; beyond that, SERVFAIL at once
 FD_RESERVE = 128  # descriptors kept for everything else: TCP clients, the bus, saving the state
 # One client socket's share of them: a burst from one socket (a runaway app, a flood to a dead
@@ -78,6 +80,8 @@ class DnsStub:
         self._answers = Answers()
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
+        self._tcp_tasks: set[asyncio.Task[Any]] = set()  # one per connected client
+        self._tcp_idle: set[asyncio.Task[Any]] = set()  # those waiting for their next query
         self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
         self.max_pending = forward_limit()
 
@@ -125,6 +129,15 @@ class DnsStub:
         r.start()
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Stop accepting before closing the servers: asyncio (3.11) fails the transport of a
+        # connection accepted in the same loop turn as Server.close() (its server is gone by the
+        # time it attaches), and that client sees a reset with its query unread. New
+        # connections wait in the listening socket, which systemd keeps, for the next daemon.
+        for s in self.sockets:
+            if s.type != socket.SOCK_DGRAM:
+                loop.remove_reader(s.fileno())
+        await self._drain_tcp()
         for server in self._servers:
             server.close()
         # forwards in flight get their SERVFAIL from the thread, then it stops
@@ -197,6 +210,31 @@ class DnsStub:
 
     # -- TCP (on the asyncio loop) -----------------------------------------------------------
 
+    async def _drain_tcp(self) -> None:
+        """Answer what accepted TCP clients already sent, then close them (no longer accepting).
+
+        A client this process accepted and did not answer would see its connection reset
+        (closed with its query unread). Idle clients (waiting for their next query, nothing
+        buffered: a loop turn of 10 ms lets anything that arrived wake them) are closed
+        cleanly. Costs 10 ms at stop when no client is connected.
+        """
+        deadline = asyncio.get_running_loop().time() + TCP_DRAIN_S
+        while True:
+            # At least one turn: a connection accepted just before the server closed has its
+            # handler scheduled, not yet started.
+            await asyncio.sleep(0.01)
+            if not self._tcp_tasks - self._tcp_idle:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning(
+                    "closing %d tcp client(s) still waiting for an answer",
+                    len(self._tcp_tasks - self._tcp_idle),
+                )
+                break
+        for task in list(self._tcp_tasks):
+            task.cancel()
+        await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
+
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         host = peer[0] if peer else ""
@@ -205,10 +243,17 @@ class DnsStub:
             writer.close()
             return
         self._tcp_clients += 1
+        me = asyncio.current_task()
+        assert me is not None
+        self._tcp_tasks.add(me)
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
+                    self._tcp_idle.add(me)
+                    try:
+                        head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
+                    finally:
+                        self._tcp_idle.discard(me)
                     (length,) = struct.unpack("!H", head)
                     data = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT_S)
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -222,6 +267,7 @@ class DnsStub:
             log.exception("internal error on a tcp client, closing it")
         finally:
             self._tcp_clients -= 1
+            self._tcp_tasks.discard(me)
             writer.close()
 
     async def _answer_tcp(self, data: bytes, client: str) -> bytes | None:

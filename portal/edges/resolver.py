@@ -1,13 +1,23 @@
-"""Carrying resolver wiring out: systemd-resolved over D-Bus, resolv.conf by reading it.
+"""Carrying resolver wiring out: systemd-resolved over D-Bus, resolv.conf through the helper.
 
 Thin: it gathers facts (is org.freedesktop.resolve1 on the bus, what /etc/resolv.conf and
 nsswitch.conf say, the link's index), hands them to portal/core/wiring.py, and performs what
-that decided: SetLinkDNS / SetLinkDomains / SetLinkDefaultRoute / RevertLink on the dedicated
-link. It must not decide anything itself, must never write /etc/resolv.conf (on NixOS and
-openresolv systems the system owns that file; the stub is placed there at build time), and
-must never touch resolved's global settings or a link it was not given.
+that decided:
 
-The daemon calls `apply(names)` whenever the active overrides change; it is cheap to repeat.
+- systemd-resolved: SetLinkDefaultRoute / SetLinkDNS / SetLinkDomains / SetLinkDNSOverTLS /
+  SetLinkDNSSEC / RevertLink on the dedicated link, one route-only domain per name;
+- resolv.conf (NetworkManager writing it itself or through resolvconf/openresolv, dhclient,
+  dhcpcd, by hand): the stub request in the daemon's runtime directory, which the root helper
+  `portal wire` (portal-wire.path) turns into the stub's line at the top of resolv.conf.
+
+It follows resolv.conf with inotify, so the status line (and the system's own servers, which
+the daemon forwards to) are current after any rewrite. It must not decide anything itself,
+must never write /etc/resolv.conf (it is root's; the helper does), and must never touch
+resolved's global settings or a link it was not given.
+
+The daemon calls `apply(names, episode=...)` whenever the names answering on this network or
+the portal episode change; it is cheap to repeat. `close()` at stop leaves resolution as the
+system has it: the link reverted, the request withdrawn.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dbus_next.aio.message_bus import MessageBus
@@ -30,13 +41,17 @@ from portal.core.wiring import (
     WiringMode,
     choose_mode,
     describe_none,
-    describe_resolv_conf,
+    describe_resolv_wiring,
     describe_resolved_link,
     format_server,
     nsswitch_uses_resolve,
     parse_resolv_conf,
+    plan_resolv_conf,
     plan_resolved_link,
+    system_servers,
+    wants_stub,
 )
+from portal.edges import resolv_conf
 from portal.edges.bus import (
     BUS_DAEMON,
     BUS_DAEMON_PATH,
@@ -56,6 +71,10 @@ RESOLVE1 = "org.freedesktop.resolve1"
 RESOLVE1_PATH = "/org/freedesktop/resolve1"
 MANAGER = "org.freedesktop.resolve1.Manager"
 LINK = "org.freedesktop.resolve1.Link"
+RESOLV_CONF_MODES = (WiringMode.FILE, WiringMode.RESOLVCONF)
+# How long apply() waits for the helper to put the stub first (it takes a tenth of a second or
+# two), so that a lookup right after `portal add` already goes through the stub.
+HELPER_WAIT_S = 2.0
 
 
 class WiringError(PortalError):
@@ -63,18 +82,18 @@ class WiringError(PortalError):
 
 
 def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
+    return resolv_conf.read_text(path)
 
 
 class ResolverWiring:
-    """Wire the DNS stub into the system's name resolution, and report whether it is.
+    """Wire the DNS stub into the system's name resolution while it has work; report whether
+    it is.
 
     `bus` is "system" (where systemd-resolved lives), or a D-Bus address (tests run a private
-    resolved on a private bus). The connection is opened on first use and kept.
+    resolved on a private bus). The connection is opened on first use and kept. `request` is
+    the file the helper reads; `helper` says whether something acts on it (None: whenever
+    systemd runs, which starts portal-wire.path). `on_change` is called (on the loop) after
+    resolv.conf changed, so the caller can read `describe()` and `system_servers()` again.
     """
 
     def __init__(
@@ -85,8 +104,11 @@ class ResolverWiring:
         mode: WiringMode | str = WiringMode.AUTO,
         link: str = DEFAULT_LINK,
         bus: str = "system",
-        resolv_conf: str = "/etc/resolv.conf",
+        resolv_conf: str = resolv_conf.DEFAULT_RESOLV_CONF,
         nsswitch_conf: str = "/etc/nsswitch.conf",
+        request: str = resolv_conf.DEFAULT_REQUEST,
+        helper: bool | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.stub = stub
         self.port = port
@@ -95,10 +117,21 @@ class ResolverWiring:
         self._bus_choice = bus
         self._resolv_conf = resolv_conf
         self._nsswitch_conf = nsswitch_conf
+        self._request = request
+        self._helper = os.path.isdir("/run/systemd/system") if helper is None else helper
+        self._on_change = on_change
         self._bus: MessageBus | None = None
         self._routed = False  # this process has set the link since the last revert
         self._names: list[str] | None = None  # what the last apply() asked for
+        self._episode = False
+        self._wanted = False  # the stub has work (the last apply)
+        self._mode: WiringMode | None = None  # the mode the last apply() wired in
+        self._asked: bool | None = None  # what the request file says (None: never written)
+        self._request_error = ""
         self._follower: asyncio.Task[None] | None = None
+        self._watch: Any = None  # FileWatch on resolv.conf, once started
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rewritten = asyncio.Event()  # resolv.conf changed since it was last cleared
         # One change at a time, in call order (asyncio.Lock is FIFO): interleaved SetLinkDomains
         # calls from two overlapping applies could leave the older list on the link.
         self._lock = asyncio.Lock()
@@ -185,25 +218,87 @@ class ResolverWiring:
 
     # --- actions -----------------------------------------------------------------------------
 
-    async def apply(self, names: list[str]) -> None:
-        """Route exactly `names` (and their sub-names) to the stub. Raise WiringError."""
+    async def apply(self, names: Sequence[str], *, episode: bool = False) -> None:
+        """Route exactly `names` (and their sub-names) to the stub, or put the stub first in
+        resolv.conf while `names` or `episode` give it work. Raise WiringError."""
         async with self._lock:
             self._names = list(names)
-            await self._apply(self._names)
+            self._episode = episode
+            await self._apply()
 
-    async def _apply(self, names: list[str]) -> None:
-        if await self.detect() is not WiringMode.RESOLVED:
-            return  # resolv.conf modes send every name to the stub already; nothing per name
-        plan = plan_resolved_link(names, stub=self.stub, port=self.port)
-        ifindex = self._ifindex()
-        await self._ensure_following()
-        self._routed = True  # even a partial failure below leaves something to revert
-        await self._set_link(ifindex, plan)
-        if plan.dropped:
-            raise WiringError(
-                f"systemd-resolved takes {len(plan.domains)} domains per link; "
-                f"{len(plan.dropped)} overrides are not routed (first: {plan.dropped[0]})"
-            )
+    async def _apply(self) -> None:
+        names = self._names or []
+        self._wanted = wants_stub(names, episode=self._episode)
+        self._start_watching()
+        mode = await self.detect()
+        self._mode = mode
+        errors: list[str] = []
+        # Whatever the mode, the other mechanism is left as the system has it (the mode can
+        # change at run time: resolved started, resolv.conf rewritten).
+        if mode in RESOLV_CONF_MODES:
+            ask = self._wanted and self.port == 53
+            try:
+                self._set_request(self.stub if ask else None)
+            except WiringError as exc:
+                errors.append(str(exc))
+            else:
+                if ask and self._helper:
+                    await self.settle()
+        elif self._asked:
+            try:
+                self._set_request(None)
+            except WiringError as exc:
+                errors.append(str(exc))
+        if mode is WiringMode.RESOLVED and names:
+            plan = plan_resolved_link(names, stub=self.stub, port=self.port)
+            ifindex = self._ifindex()
+            await self._ensure_following()
+            self._routed = True  # even a partial failure below leaves something to revert
+            await self._set_link(ifindex, plan)
+            if plan.dropped:
+                errors.append(
+                    f"systemd-resolved takes {len(plan.domains)} domains per link; "
+                    f"{len(plan.dropped)} overrides are not routed (first: {plan.dropped[0]})"
+                )
+        elif self._routed:
+            await self._revert_link()
+        if errors:
+            raise WiringError("; ".join(errors))
+
+    async def settle(self) -> None:
+        """Wait (at most HELPER_WAIT_S) until resolv.conf lists the stub first, or cannot, when
+        the stub is wanted there; return at once otherwise."""
+        if not (self._asked and self._helper and self._mode in RESOLV_CONF_MODES):
+            return
+        deadline = asyncio.get_running_loop().time() + HELPER_WAIT_S
+        while True:
+            self._rewritten.clear()
+            text = _read(self._resolv_conf)
+            if text is None:
+                return
+            servers = parse_resolv_conf(text).nameservers
+            if servers[:1] == (self.stub,) or not servers:
+                return  # wired; or nothing to put it before (the status line says so)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or not self._watch:
+                return
+            try:
+                await asyncio.wait_for(self._rewritten.wait(), left)
+            except TimeoutError:
+                return
+
+    def _set_request(self, stub: str | None) -> None:
+        """Write the request when it changes (and once at the first apply, see write_request)."""
+        wanted = stub is not None
+        if self._asked is wanted and not self._request_error:
+            return
+        try:
+            resolv_conf.write_request(self._request, stub, force=self._asked is None)
+        except resolv_conf.ResolvConfError as exc:
+            self._request_error = str(exc)
+            raise WiringError(f"cannot ask for the stub in resolv.conf: {exc}") from exc
+        self._request_error = ""
+        self._asked = wanted
 
     async def _ensure_following(self) -> None:
         """Start following resolved restarts (once), and wait until the subscription holds."""
@@ -235,39 +330,121 @@ class ResolverWiring:
         else:
             servers = [[family, packed, plan.port, ""] for family, packed in plan.dns]
             await self._call("SetLinkDNSEx", "ia(iayqs)", [ifindex, servers])
+        # The link's own DNS-over-TLS and DNSSEC modes before any name is routed to it:
+        # without them it takes resolved's global ones, and strict DNS-over-TLS (TLS to the
+        # stub: nothing answers) or DNSSEC=yes (unsigned answers rejected) would make every
+        # overridden name fail. Both stay in force for every other name and link.
+        await self._call("SetLinkDNSOverTLS", "is", [ifindex, plan.dns_over_tls])
+        await self._call("SetLinkDNSSEC", "is", [ifindex, plan.dnssec])
         await self._call("SetLinkDomains", "ia(sb)", [ifindex, [list(d) for d in plan.domains]])
 
     async def revert(self) -> None:
         """Give the link back to resolved's defaults (no servers, no domains)."""
         async with self._lock:
             self._names = None
-            await self._revert()
+            await self._stop_following()
+            if not self._routed and await self.detect() is not WiringMode.RESOLVED:
+                return
+            await self._revert_link()
 
-    async def _revert(self) -> None:
-        await self._stop_following()
-        if not self._routed and await self.detect() is not WiringMode.RESOLVED:
-            return
+    async def _revert_link(self) -> None:
         try:
             ifindex = self._ifindex()
         except WiringError:
+            self._routed = False
             return  # no link, nothing routed through it
         await self._call("RevertLink", "i", [ifindex])
         self._routed = False
 
     async def describe(self) -> str:
-        """One line for `portal status`: how (and whether) the stub is wired in."""
+        """One line for `portal status`: how (and whether) lookups reach the stub, or why not."""
         mode = await self.detect()
         if mode is WiringMode.NONE:
+            if self._requested is WiringMode.AUTO:
+                return (
+                    f"not wired: no {self._resolv_conf} to put the stub in, "
+                    "and systemd-resolved does not run"
+                )
             return describe_none()
         if mode is WiringMode.RESOLVED:
             try:
                 state = await self._link_state()
             except WiringError as exc:
                 return f"not wired: {exc}"
-            return describe_resolved_link(state, stub=self.stub, port=self.port)
-        conf, _ = self._resolv()
-        text = describe_resolv_conf(conf, stub=self.stub, port=self.port)
-        return text + " (openresolv)" if mode is WiringMode.RESOLVCONF and conf else text
+            wanted = bool(self._names)
+            return describe_resolved_link(state, stub=self.stub, port=self.port, wanted=wanted)
+        if self._request_error and self._wanted:
+            return f"not wired: cannot ask for the stub: {self._request_error}"
+        text = describe_resolv_wiring(
+            _read(self._resolv_conf),
+            stub=self.stub,
+            port=self.port,
+            wanted=self._wanted,
+            helper=self._helper,
+        )
+        return text + " (openresolv)" if mode is WiringMode.RESOLVCONF and "first" in text else text
+
+    def via_resolv_conf(self) -> bool:
+        """The stub is wired (or would be) through resolv.conf, as of the last apply()."""
+        return self._mode in RESOLV_CONF_MODES
+
+    def system_servers(self) -> tuple[str, ...]:
+        """The system's own nameservers from resolv.conf (the stub's line left out)."""
+        text = _read(self._resolv_conf)
+        return system_servers(text or "", own=(self.stub,))
+
+    # --- following resolv.conf ---------------------------------------------------------------
+
+    def _start_watching(self) -> None:
+        if self._watch is not None:
+            return
+        from portal.edges.inotify import FileWatch, InotifyError
+
+        watch = FileWatch(self._resolv_conf, self._resolv_conf_changed)
+        self._watch = watch
+        try:
+            watch.start()
+        except InotifyError as exc:
+            log.warning("%s; the wiring line follows resolv.conf only at the next change", exc)
+            watch.close()
+            self._watch = False  # tried once: not again
+
+    def _resolv_conf_changed(self) -> None:
+        self._rewritten.set()
+        task = asyncio.get_running_loop().create_task(self._after_resolv_conf_change())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _after_resolv_conf_change(self) -> None:
+        """resolv.conf was rewritten: follow a change of mode (resolved started or stopped,
+        NetworkManager switched its rc-manager), ask the helper again if the file is not what
+        the request says (a path unit drops changes made while its service runs), then let the
+        caller look again."""
+        try:
+            if self._names is not None and await self.detect() is not self._mode:
+                async with self._lock:
+                    await self._apply()
+            elif self._asked is not None and self._helper and self._mode in RESOLV_CONF_MODES:
+                self._nudge_helper()
+        except WiringError as exc:
+            log.warning("resolver wiring: %s, ignoring", exc)
+        if self._on_change is not None:
+            self._on_change()
+
+    def _nudge_helper(self) -> None:
+        """Write the request again (a rename the path unit sees) when resolv.conf disagrees
+        with it and the helper could fix that."""
+        text = _read(self._resolv_conf)
+        if text is None:
+            return
+        plan = plan_resolv_conf(text, self.stub if self._asked else None)
+        if plan.text == text:
+            return  # as asked, or nothing the helper could do (the status line says why)
+        log.debug("resolv.conf is not as asked; asking the helper again")
+        try:
+            resolv_conf.write_request(self._request, self.stub if self._asked else None, force=True)
+        except resolv_conf.ResolvConfError as exc:
+            log.warning("%s, ignoring", exc)
 
     async def _link_state(self) -> ResolvedLink:
         try:
@@ -290,6 +467,8 @@ class ResolverWiring:
             dns=tuple(servers),
             domains=tuple((str(n), bool(r)) for n, r in props["Domains"].value),
             default_route=bool(props["DefaultRoute"].value),
+            dns_over_tls=str(props["DNSOverTLS"].value) if "DNSOverTLS" in props else "",
+            dnssec=str(props["DNSSEC"].value) if "DNSSEC" in props else "",
         )
 
     async def follow(self, ready: asyncio.Event | None = None) -> None:
@@ -330,7 +509,7 @@ class ResolverWiring:
                 if names is None:
                     continue  # nothing applied (or reverted since): nothing to restore
                 try:
-                    await self.apply(names)
+                    await self.apply(names, episode=self._episode)
                     log.info("systemd-resolved restarted; routed %d name(s) again", len(names))
                 except WiringError as exc:
                     log.warning("%s, ignoring", exc)
@@ -339,7 +518,26 @@ class ResolverWiring:
             bus.remove_message_handler(on_message)
 
     async def close(self) -> None:
-        await self._stop_following()
-        if self._bus is not None:
-            bus, self._bus = self._bus, None
-            await close(bus)
+        """Leave name resolution as the system has it: the request withdrawn (the helper takes
+        the stub out of resolv.conf), the link reverted, nothing followed any more."""
+        async with self._lock:
+            await self._stop_following()
+            if self._watch:
+                self._watch.close()
+            self._watch = None
+            for task in list(self._tasks):
+                task.cancel()
+            try:
+                if self._asked is not None:
+                    resolv_conf.remove_request(self._request)
+                    self._asked = None
+            except resolv_conf.ResolvConfError as exc:
+                log.warning("%s, ignoring", exc)
+            try:
+                if self._routed:
+                    await self._revert_link()
+            except WiringError as exc:
+                log.warning("%s, ignoring", exc)
+            if self._bus is not None:
+                bus, self._bus = self._bus, None
+                await close(bus)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,11 +92,20 @@ class Wiring:
     applied: list[tuple[tuple[str, ...], bool]] = field(default_factory=list)
     closed: bool = False
 
+    def listen(self, on_change: Callable[[], None]) -> None:
+        pass  # name resolution never changes under this stand-in
+
     async def apply(self, names: Sequence[str], *, episode: bool) -> None:
         self.applied.append((tuple(names), episode))
 
+    async def settle(self) -> None:
+        pass
+
     async def describe(self) -> str:
         return "recorded"
+
+    def system_servers(self) -> tuple[str, ...]:
+        return ()
 
     async def close(self) -> None:
         self.closed = True
@@ -201,7 +210,8 @@ async def test_portal_episode_pins_routes_and_unpins(running: Running) -> None:
     # the portal's other names go to the venue's DNS, everything else upstream
     assert await r.ask("api.hotel.test") == ["10.77.0.2"]
     assert await r.ask("www.example.test") == ["192.0.2.20"]
-    await r.until("wired", lambda: (("login.hotel.test",), True) in r.wiring.applied)
+    # the pinned name and the portal's domain routed to the venue must both reach the stub
+    await r.until("wired", lambda: (("hotel.test", "login.hotel.test"), True) in r.wiring.applied)
     assert r.wiring.applied[0] == ((), False)  # at start: nothing to route, no episode
 
     r.prober.signed_in = True  # the re-probe (1 s after the captive verdict) finds it open

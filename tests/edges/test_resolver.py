@@ -308,6 +308,7 @@ def test_stub_alone_would_take_dns_down(netns: str, procs: Processes, tmp_path: 
 
 
 async def test_describe_resolv_conf_modes(tmp_path: Path) -> None:
+    """resolv.conf systems: the wiring only asks (the request file); the helper edits."""
     nobus = f"unix:path={tmp_path}/no-bus-here"
     plain = tmp_path / "plain.conf"
     plain.write_text(render_resolv_conf(STUB, ["192.0.2.1", "192.0.2.2"]))
@@ -316,17 +317,37 @@ async def test_describe_resolv_conf_modes(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.conf"
     foreign.write_text("nameserver 192.0.2.1\n")
     cases = [
-        (plain, "resolv.conf: stub first"),
-        (openresolv, "resolv.conf: stub first (openresolv)"),
-        (foreign, "not wired: resolv.conf does not list 127.0.0.153"),
-        (tmp_path / "missing.conf", "not wired: dns integration is off"),
+        (plain, "resolv.conf: stub first, then 192.0.2.1, 192.0.2.2"),
+        (openresolv, "resolv.conf: stub first, then 192.0.2.1 (openresolv)"),
+        (
+            foreign,
+            "not wired: resolv.conf does not list 127.0.0.153 yet "
+            "(systemctl status portal-wire.path)",
+        ),
+        (
+            tmp_path / "missing.conf",
+            f"not wired: no {tmp_path / 'missing.conf'} to put the stub in, "
+            "and systemd-resolved does not run",
+        ),
     ]
+    request = tmp_path / "resolv-stub"
     for path, expected in cases:
-        wiring = ResolverWiring(bus=nobus, resolv_conf=str(path), nsswitch_conf=str(plain))
-        await wiring.apply(["a.test"])  # nothing per name on resolv.conf systems
+        wiring = ResolverWiring(
+            bus=nobus,
+            resolv_conf=str(path),
+            nsswitch_conf=str(plain),
+            request=str(request),
+            helper=True,
+        )
+        await wiring.apply(["a.test"])
         assert await wiring.describe() == expected
-        await wiring.revert()
+        if path.exists():
+            assert request.read_text() == f"{STUB}\n"
+        await wiring.apply([], episode=False)
+        if path.exists():
+            assert request.read_text() == ""
         await wiring.close()
+        assert not request.exists()  # withdrawn at close: the helper takes the stub out
 
 
 # --- systemd-resolved: a dedicated link with route-only domains ------------------------------
@@ -421,7 +442,10 @@ async def main(args):
         print("following", flush=True)
         await asyncio.sleep(60)
     out["describe"] = await wiring.describe()
-    await wiring.close()
+    if args["op"] != "apply":
+        # close() hands the link back to resolved (as the daemon does when it stops); after
+        # "apply" this process ends like a daemon killed outright: the link keeps its settings.
+        await wiring.close()
     print(json.dumps(out))
 
 asyncio.run(main(json.loads(sys.argv[1])))
@@ -451,7 +475,7 @@ def short_tmp() -> Iterator[Path]:
 
 
 def start_resolved(
-    ns: str, procs: Processes, work: Path, bus: str, binary: Path
+    ns: str, procs: Processes, work: Path, bus: str, binary: Path, *, privacy: str = ""
 ) -> tuple[Path, subprocess.Popen[bytes]]:
     """systemd-resolved in the namespace on `bus`; returns the resolv.conf that points at it.
 
@@ -459,7 +483,11 @@ def start_resolved(
     that resolv.conf over /etc/resolv.conf (so it imports no server of this machine), both in
     a private mount namespace.
     """
-    (work / "resolved.conf").write_text(RESOLVED_CONF)
+    conf = RESOLVED_CONF
+    for line in privacy.split():  # e.g. "DNSOverTLS=yes": the user's global setting
+        key = line.split("=", 1)[0]
+        conf = "\n".join(line if x.startswith(key + "=") else x for x in conf.splitlines()) + "\n"
+    (work / "resolved.conf").write_text(conf)
     # glibc and resolved itself read this: queries go to resolved's stub listener
     resolv = work / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.53\noptions edns0\n")
@@ -489,9 +517,13 @@ def start_resolved(
 @needs_tools
 @pytest.mark.skipif(not shutil.which("dbus-daemon"), reason="needs dbus-daemon")
 @pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
-@pytest.mark.parametrize("port", [53, 5353], ids=["SetLinkDNS", "SetLinkDNSEx"])
+@pytest.mark.parametrize(
+    ("port", "privacy"),
+    [(53, ""), (5353, ""), (53, "DNSOverTLS=yes"), (53, "DNSSEC=yes")],
+    ids=["SetLinkDNS", "SetLinkDNSEx", "strict-DNS-over-TLS", "DNSSEC"],
+)
 def test_real_resolved_routes_only_overrides_to_the_stub(
-    netns: str, procs: Processes, short_tmp: Path, port: int
+    netns: str, procs: Processes, short_tmp: Path, port: int, privacy: str
 ) -> None:
     binary, why = _resolved_binary()
     if binary is None:
@@ -499,16 +531,22 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
     bus = start_bus(procs, short_tmp)
     start_network(netns, procs)
     stub = start_dnsmasq_stub(netns, procs, port=port)
-    resolv, _ = start_resolved(netns, procs, short_tmp, bus, binary)
+    resolv, _ = start_resolved(netns, procs, short_tmp, bus, binary, privacy=privacy)
 
     names = [OVERRIDE, "a.portal.test", "b.portal.test"]
     applied = drive(netns, op="apply", bus=bus, resolv=str(resolv), names=names, port=port)
     assert applied == {"mode": "resolved", "describe": "resolved link portal0: 3 domains"}
-    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR)
+    logs = (short_tmp / "resolved.log",)
+    wait_answer(netns, "127.0.0.53", OVERRIDE, OVERRIDE_ADDR, logs=logs)
 
     # 20 of 20: the override comes from the stub, never raced by the network's server
     rows = lookups(netns, resolv, [OVERRIDE] * 20 + [OTHER])
     assert [addr for _, addr, _ in rows[:20]] == [OVERRIDE_ADDR] * 20
+    if privacy:
+        # The user's strict setting still holds for every other name: the network's plain
+        # server can give neither TLS nor signatures, so resolved refuses its answer.
+        assert rows[20][0] != 0, rows[20]
+        return
     assert rows[20][:2] == (0, OTHER_ADDR)
 
     # stub stopped: only the overridden names fail; everything else still resolves
@@ -524,8 +562,10 @@ def test_real_resolved_routes_only_overrides_to_the_stub(
 
     reverted = drive(netns, op="revert", bus=bus, resolv=str(resolv), port=port)
     assert reverted["mode"] == "resolved"
-    server = STUB if port == 53 else f"{STUB}:{port}"
-    assert reverted["describe"] == f"not wired: resolved link portal0 does not use {server}"
+    # Nothing to route: the link is back to resolved's defaults, no server, no domain.
+    assert reverted["describe"] == (
+        "resolved link portal0: standby (no override on this network, no portal)"
+    )
     # with the link reverted the network answers the name again
     rows = lookups(netns, resolv, [OVERRIDE])
     assert rows[0][:2] == (0, VENUE_ADDR)

@@ -43,6 +43,15 @@ Constructor options (all keyword-only):
 - ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
 - ``nm_dns`` (NM's ``[main] dns=``, default "default"), ``nm_check_interval_s`` (10),
   ``nm_extra_conf`` (text appended to NM's config).
+- ``nm_rc_manager``: NM's ``[main] rc-manager=``: "file" (default: NM writes /etc/resolv.conf),
+  "symlink" (/etc/resolv.conf starts as a link to /run/NetworkManager/resolv.conf, as
+  distributions ship it) or "resolvconf" (NM hands its servers to ``/sbin/resolvconf``; use it
+  with ``openresolv``).
+- ``openresolv``: Debian's openresolv package, unpacked (never installed on the host) into an
+  overlay on the laptop's /usr, with its stock /etc/resolvconf.conf; ``openresolv_root()`` says
+  where the unpacked tree is cached.
+- ``bare``: with ``nm=False``, leave lap0 without address, route or resolv.conf servers (for a
+  network manager that runs elsewhere, e.g. in a container joined to the laptop's namespace).
 - ``bus_policy_files``: D-Bus policy files the private bus loads (copied into
   ``bus_policy_dir``; the bus also reads /usr/share/dbus-1/system.d and the laptop's
   /etc/dbus-1/system.d; call ``reload_bus()`` after adding files later).
@@ -150,11 +159,15 @@ def _tool(name: str) -> str:
 
 
 def unavailable_reason(
-    *, nm: bool = True, dhclient: bool = False, https: bool = False
+    *, nm: bool = True, dhclient: bool = False, https: bool = False, openresolv: bool = False
 ) -> str | None:
     """Why a lab with these options cannot run here, or None when it can."""
     if os.geteuid() != 0:
         return "the lab needs root (network and mount namespaces)"
+    if openresolv:
+        root, why = openresolv_root()
+        if root is None:
+            return why
     needed = ["ip", "nsenter", "unshare", "dnsmasq", "dbus-daemon"]
     if nm:
         needed += ["NetworkManager", "nmcli"]
@@ -174,6 +187,40 @@ def unavailable_reason(
     if not Path("/proc/self/ns/net").exists():
         return "the lab needs network namespaces"
     return None
+
+
+OPENRESOLV_CACHE = Path(os.environ.get("PORTAL_TEST_CACHE", "/var/tmp/portal-test-cache"))
+
+
+def openresolv_root() -> tuple[Path | None, str]:
+    """Debian's openresolv unpacked (`apt-get download` + `dpkg -x`, never installed: it would
+    take over this machine's resolv.conf), cached; or None and why it cannot be had."""
+    cached = sorted(OPENRESOLV_CACHE.glob("openresolv-*/sbin/resolvconf"))
+    if cached:
+        return cached[-1].parents[1], ""
+    if which("apt-get") is None or which("dpkg") is None:
+        return None, "the lab needs openresolv: apt-get and dpkg are not available"
+    download = Path(tempfile.mkdtemp(prefix="portal-openresolv-"))
+    try:
+        download.chmod(0o777)  # apt fetches as its own user when it can write here
+        got = subprocess.run(
+            [_tool("apt-get"), "download", "-qq", "openresolv"],
+            cwd=download, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        debs = sorted(download.glob("openresolv_*.deb"))
+        if got.returncode != 0 or not debs:
+            return None, f"the lab needs openresolv: apt-get download failed: {got.stderr.strip()}"
+        version = debs[0].name.split("_")[1].replace(":", "_")
+        unpacked = download / "root"
+        if subprocess.run([_tool("dpkg"), "-x", str(debs[0]), str(unpacked)]).returncode != 0:
+            return None, f"the lab needs openresolv: dpkg -x {debs[0].name} failed"
+        root = OPENRESOLV_CACHE / f"openresolv-{version}"
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.move(unpacked, root)
+        return root, ""
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -383,15 +430,23 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 
 
 def nm_conf(
-    *, dhcp_client: str, nm_dns: str, keyfile_dir: Path, check_interval_s: int, extra: str
+    *,
+    dhcp_client: str,
+    nm_dns: str,
+    keyfile_dir: Path,
+    check_interval_s: int,
+    extra: str,
+    rc_manager: str = "file",
 ) -> str:
     return f"""# The laptop's NetworkManager (test lab).
 [main]
 plugins=keyfile
 dhcp={dhcp_client}
 dns={nm_dns}
-# NM writes /etc/resolv.conf itself (by rename, hence the overlay on /etc).
-rc-manager=file
+# file: NM writes /etc/resolv.conf itself (by rename, hence the overlay on /etc); symlink: NM
+# writes /run/NetworkManager/resolv.conf, which /etc/resolv.conf links to; resolvconf: NM
+# hands its servers to /sbin/resolvconf (openresolv).
+rc-manager={rc_manager}
 # Keep NM away from the hostname (it also runs in its own UTS namespace).
 hostname-mode=none
 auth-polkit=false
@@ -527,6 +582,21 @@ fi
 # Like NixOS: /etc/hosts is read-only.
 mount --bind /etc/hosts /etc/hosts
 mount -o remount,bind,ro /etc/hosts
+# Packages the laptop has and the host must not (openresolv): an overlay on /usr.
+if [ -d "$R/laptop/usr-upper" ]; then
+    mkdir -p "$R/laptop/usr-work"
+    if ! mount -t overlay overlay \
+        -o "lowerdir=/usr,upperdir=$R/laptop/usr-upper,workdir=$R/laptop/usr-work" /usr \
+        2>/dev/null
+    then
+        U="$R/laptop/usr-tmpfs"
+        mkdir -p "$U"
+        mount -t tmpfs -o mode=0755 tmpfs "$U"
+        mkdir "$U/upper" "$U/work"
+        cp -a "$R/laptop/usr-upper/." "$U/upper/"
+        mount -t overlay overlay -o "lowerdir=/usr,upperdir=$U/upper,workdir=$U/work" /usr
+    fi
+fi
 echo ready > "$R/laptop/holder.ready"
 exec sleep "$LIFETIME"
 """
@@ -548,6 +618,9 @@ class Lab:
         nm_dns: str = "default",
         nm_check_interval_s: int = 10,
         nm_extra_conf: str = "",
+        nm_rc_manager: str = "file",
+        openresolv: bool = False,
+        bare: bool = False,
         bus_policy_files: Iterable[str | os.PathLike[str]] = (),
         lifetime_s: float = 600.0,
         prefix: str | None = None,
@@ -567,6 +640,11 @@ class Lab:
         self.nm_dns = nm_dns
         self.nm_check_interval_s = nm_check_interval_s
         self.nm_extra_conf = nm_extra_conf
+        if nm_rc_manager not in ("file", "symlink", "resolvconf"):
+            raise ValueError(f"nm_rc_manager {nm_rc_manager!r}")
+        self.nm_rc_manager = nm_rc_manager
+        self.openresolv = openresolv
+        self.bare = bare
         self.bus_policy_files = [Path(p) for p in bus_policy_files]
         self.lifetime_s = lifetime_s
         self.prefix = prefix or f"pl{secrets.token_hex(3)}"
@@ -982,10 +1060,25 @@ class Lab:
         if self.nm:
             # NM writes the real one; until then nothing resolves (glibc tries 127.0.0.1).
             resolv = "# written by the laptop's NetworkManager once it connects\n"
+        elif self.bare:
+            resolv = "# written by whatever configures the network\n"
         else:
             ns = PUBLIC_DNS if self.dns_mode == "blocked" else HOTEL_IP
             resolv = f"nameserver {ns}\nsearch {HOTEL_DOMAIN}\n"
-        (upper / "resolv.conf").write_text(resolv)
+        if self.nm and self.nm_rc_manager == "symlink":
+            # As distributions ship it for this mode: a link to NM's own file.
+            (upper / "resolv.conf").symlink_to("/run/NetworkManager/resolv.conf")
+        else:
+            (upper / "resolv.conf").write_text(resolv)
+        if self.openresolv:
+            root, why = openresolv_root()
+            if root is None:
+                raise LabError(why)
+            usr = self.run_dir / "laptop" / "usr-upper"
+            # Debian's package puts them in /sbin and /lib, which are /usr's on Debian 12.
+            shutil.copytree(root / "sbin", usr / "sbin", symlinks=True)
+            shutil.copytree(root / "lib", usr / "lib", symlinks=True)
+            shutil.copy(root / "etc" / "resolvconf.conf", upper / "resolvconf.conf")
         if self.dhcp_client == "dhclient":
             # NM merges this into the dhclient config it writes; option 114 is RFC 3679's
             # "default-url" to dhclient, and NM then shows it in Dhcp4Config as default_url.
@@ -1009,6 +1102,8 @@ class Lab:
         if self.nm:
             self._write_nm_config()
             self.start_nm()
+        elif self.bare:
+            self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
         else:
             self._ip(
                 "addr",
@@ -1047,6 +1142,7 @@ class Lab:
                 keyfile_dir=nmd / "system-connections",
                 check_interval_s=self.nm_check_interval_s,
                 extra=self.nm_extra_conf,
+                rc_manager=self.nm_rc_manager,
             )
         )
         profile = nmd / "system-connections" / f"{PROFILE_ID}.nmconnection"

@@ -7,8 +7,8 @@ README's check (`portal add ...`, `getent hosts ...`, `portal status`), D-Bus ac
 without network (plain and --offline), a taken port and an install without network.
 
 The tests share one container and run in file order: each builds on what the one before left.
-`getent` needs resolver wiring without NetworkManager, which is not built yet: that assertion is
-a strict expected failure of its own.
+`getent` sees the override through the resolver wiring (portal-wire.path puts the stub first in
+a resolv.conf written by hand).
 """
 
 from __future__ import annotations
@@ -106,7 +106,6 @@ def test_the_readme_check(fresh: Container) -> None:
     assert answer.stdout.strip() == "c0000201", answer.stdout + answer.stderr  # 192.0.2.1
 
 
-@pytest.mark.xfail(strict=True, reason="resolver wiring without NetworkManager (issue 13)")
 def test_getent_sees_the_override(fresh: Container) -> None:
     # Upstream DNS is a loopback address where nothing listens: before and after the stub,
     # nothing of this lookup leaves the machine.

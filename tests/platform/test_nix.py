@@ -164,6 +164,7 @@ let
       serviceConfig = mkOption { type = types.attrsOf types.anything; default = { }; };
     };
   };
+  pathUnit = types.submodule { options.wantedBy = list types.str; };
   socket = types.submodule {
     options = {
       wantedBy = list types.str;
@@ -195,6 +196,7 @@ let
       systemd.packages = list types.package;
       systemd.services = mkOption { type = types.attrsOf unit; default = { }; };
       systemd.sockets = mkOption { type = types.attrsOf socket; default = { }; };
+      systemd.paths = mkOption { type = types.attrsOf pathUnit; default = { }; };
       systemd.user.services = mkOption { type = types.attrsOf unit; default = { }; };
       users.users = mkOption { type = types.attrsOf user; default = { }; };
       users.groups = mkOption { type = types.attrsOf (types.submodule { }); default = { }; };
@@ -207,6 +209,13 @@ let
       };
       networking.resolvconf.extraConfig = mkOption { type = types.lines; default = ""; };
       networking.networkmanager.unmanaged = list types.str;
+      networking.networkmanager.enable = mkOption { type = types.bool; default = false; };
+      # NixOS: "default" (NM writes the servers; through openresolv when it is on)
+      networking.networkmanager.dns = mkOption { type = types.str; default = "default"; };
+      networking.networkmanager.settings = mkOption {
+        type = types.attrsOf (types.attrsOf types.anything);
+        default = { };
+      };
     };
   };
   # the arguments arrive as strings (--argstr); modules are best given as paths
@@ -247,6 +256,12 @@ in
   config = if etc ? "portal/portal.toml" then etc."portal/portal.toml".source else null;
   agentWantedBy = if userUnits ? portal-agent then userUnits.portal-agent.wantedBy else null;
   unmanaged = c.networking.networkmanager.unmanaged;
+  networkmanager = {
+    inherit (c.networking.networkmanager) enable dns settings;
+  };
+  paths = lib.mapAttrs (_: pick [ "wantedBy" ]) c.systemd.paths;
+  wire = if svc ? portal-wire then pick [ "wantedBy" "after" ] svc.portal-wire else null;
+  resolvconfTriggers = if svc ? resolvconf then svc.resolvconf.restartTriggers else null;
   systemPackages = map (p: p.name) c.environment.systemPackages;
   dbusPackages = map (p: p.name) c.services.dbus.packages;
   systemdPackages = map (p: p.name) c.systemd.packages;
@@ -295,15 +310,18 @@ def toml_settings(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_defaults_wire_openresolv(nixpkgs_lib: Path, tmp_path: Path) -> None:
-    # the user's own nameserver is defined first: mkBefore must still put the stub ahead of it
     r = evaluate(
         nixpkgs_lib,
         tmp_path,
         '{ networking.nameservers = [ "9.9.9.9" ]; services.portal.enable = true; }',
     )
     assert r["failedAssertions"] == []
-    assert r["nameservers"] == ["127.0.0.153", "9.9.9.9"]
-    assert "resolv_conf_local_only=NO" in r["resolvconfExtra"]
+    # Nothing static: the helper puts the stub first at run time, only while it has work.
+    assert r["nameservers"] == ["9.9.9.9"]
+    assert r["resolvconfExtra"] == ""
+    assert r["paths"] == {"portal-wire": {"wantedBy": ["paths.target"]}}
+    assert r["wire"] == {"wantedBy": ["multi-user.target"], "after": ["resolvconf.service"]}
+    assert r["resolvconfTriggers"] == ["portal-wire"]
     assert r["sockets"]["portal"] == {
         "wantedBy": ["sockets.target"],
         "listenStreams": ["", "127.0.0.153:53"],
@@ -331,6 +349,44 @@ def test_defaults_wire_openresolv(nixpkgs_lib: Path, tmp_path: Path) -> None:
     }
 
 
+def test_the_seeds_setup_keeps_the_pinned_resolver(nixpkgs_lib: Path, tmp_path: Path) -> None:
+    # NetworkManager with the user's public resolver pinned in networking.nameservers: the pinned
+    # server and NetworkManager's settings stay exactly as the user wrote them (openresolv
+    # lists the pinned server, the helper puts the stub before it while it has work; the lab
+    # test test_openresolv_as_on_nixos_keeps_the_pinned_server runs that with real openresolv).
+    without = evaluate(
+        nixpkgs_lib,
+        tmp_path,
+        '{ networking.networkmanager.enable = true; networking.nameservers = [ "1.1.1.1" ]; }',
+    )
+    r = evaluate(
+        nixpkgs_lib,
+        tmp_path,
+        """{
+          networking.networkmanager.enable = true;
+          networking.nameservers = [ "1.1.1.1" ];
+          services.portal.enable = true;
+        }""",
+    )
+    assert r["failedAssertions"] == []
+    assert r["nameservers"] == without["nameservers"] == ["1.1.1.1"]
+    assert (
+        r["networkmanager"]
+        == without["networkmanager"]
+        == {
+            "enable": True,
+            "dns": "default",
+            "settings": {},
+        }
+    )
+    assert r["resolvconfExtra"] == without["resolvconfExtra"] == ""
+    assert toml_settings(r)["wiring"] == "resolvconf"
+    assert r["paths"]["portal-wire"]["wantedBy"] == ["paths.target"]
+    # Disabled again (the switch away from it): resolvconf.service's unit changes, so the
+    # switch restarts it and openresolv writes resolv.conf afresh, nothing of portal's left.
+    assert without["resolvconfTriggers"] is None and r["resolvconfTriggers"] == ["portal-wire"]
+
+
 def test_resolved_gets_the_dedicated_link(nixpkgs_lib: Path, tmp_path: Path) -> None:
     r = evaluate(
         nixpkgs_lib,
@@ -352,8 +408,16 @@ def test_resolved_gets_the_dedicated_link(nixpkgs_lib: Path, tmp_path: Path) -> 
     assert r["execStopPost"] == [
         "-+/nix/store/00000000000000000000000000000000-systemd/bin/resolvectl revert portal0"
     ]
-    for action in ("set-dns-servers", "set-domains", "set-default-route", "revert"):
+    for action in (
+        "set-dns-servers",
+        "set-domains",
+        "set-default-route",
+        "set-dns-over-tls",
+        "set-dnssec",
+        "revert",
+    ):
         assert f'"org.freedesktop.resolve1.{action}"' in r["polkit"]
+    assert r["paths"] == {} and r["wire"] is None
     assert 'subject.user == "portal"' in r["polkit"]
     assert toml_settings(r)["wiring"] == "resolved"
 

@@ -220,10 +220,13 @@ def find_leader(nspawn: subprocess.Popen[bytes], comm: str) -> int:
 
 
 @contextlib.contextmanager
-def launch(work: Path, binds: list[str], *, boot: bool) -> Iterator[Container]:
+def launch(
+    work: Path, binds: list[str], *, boot: bool, network: tuple[str, ...] = ("--private-network",)
+) -> Iterator[Container]:
     """A container of this machine's /usr: booted (systemd as PID 1) or not (`sleep` as PID 1,
-    like a container without an init system). Skips where nspawn cannot run (nested in a
-    container)."""
+    like a container without an init system). `network`: its nspawn network options (its
+    own empty namespace by default; `--network-namespace-path=` joins one a test made). Skips
+    where nspawn cannot run (nested in a container)."""
     reason = nspawn_missing()
     if reason is not None:
         pytest.skip(reason)
@@ -237,7 +240,7 @@ def launch(work: Path, binds: list[str], *, boot: bool) -> Iterator[Container]:
                 "--quiet",
                 "--directory=/",
                 "--volatile=yes",
-                "--private-network",
+                *network,
                 f"--machine={machine}",
                 # No machined or host systemd to register with on a machine whose PID 1 is
                 # not systemd; keep the container in the caller's cgroup.
@@ -420,7 +423,7 @@ def test_watchdog_restarts_a_hung_daemon(c: Container) -> None:
     pid = c.main_pid()
     restarts = int(c.show("portal.service", "NRestarts"))
     c.run("kill", "-STOP", str(pid))
-    # WatchdogSec=10s, then RestartSec=1s.
+    # WatchdogSec=10s, then RestartSec=100ms.
     wait_for(
         "the watchdog to replace the stopped daemon",
         lambda: (

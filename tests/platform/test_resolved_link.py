@@ -5,7 +5,7 @@
   lines run in a throw-away network namespace: the link portal0 appears with the address
   resolved needs, a second start is harmless, and stopping removes it.
 - polkit/51-portal-resolved.rules: a private polkitd with systemd-resolved's own action file
-  answers pkcheck: user portal may use exactly the four resolve1 actions the daemon calls,
+  answers pkcheck: user portal may use exactly the six resolve1 actions the daemon calls,
   another user may not. Then the whole chain: portal's ResolverWiring, as user portal, sets
   and reverts the link through a real systemd-resolved (unpacked from Debian's package, as in
   tests/edges/test_resolver.py), which asks that polkitd; an outsider is refused.
@@ -66,11 +66,14 @@ LINK = "portal0"
 LINK_ADDRESS = "169.254.53.53"
 RESOLVE1_POLICY = "usr/share/polkit-1/actions/org.freedesktop.resolve1.policy"
 # What portal/edges/resolver.py calls: SetLinkDNS/SetLinkDNSEx, SetLinkDomains,
-# SetLinkDefaultRoute and RevertLink, checked by resolved against these actions.
+# SetLinkDefaultRoute, SetLinkDNSOverTLS, SetLinkDNSSEC and RevertLink, checked by resolved
+# against these actions.
 DAEMON_ACTIONS = (
     "org.freedesktop.resolve1.set-dns-servers",
     "org.freedesktop.resolve1.set-domains",
     "org.freedesktop.resolve1.set-default-route",
+    "org.freedesktop.resolve1.set-dns-over-tls",
+    "org.freedesktop.resolve1.set-dnssec",
     "org.freedesktop.resolve1.revert",
 )
 
@@ -459,7 +462,7 @@ def test_polkitd_knows_the_resolve1_actions(polkit: Stack) -> None:
         assert "implicit any:      auth_admin" in shown.stdout, shown.stdout
 
 
-def test_portal_may_use_the_four_actions(polkit: Stack) -> None:
+def test_portal_may_use_the_six_actions(polkit: Stack) -> None:
     for action in DAEMON_ACTIONS:
         allowed = pkcheck(polkit, "portal", action)
         assert allowed.returncode == 0, (action, allowed.stdout + allowed.stderr)
@@ -469,7 +472,7 @@ def test_portal_may_use_no_other_resolve1_action(polkit: Stack) -> None:
     policy, _ = resolve1_policy()
     assert policy is not None
     others = sorted(set(resolve1_actions(policy)) - set(DAEMON_ACTIONS))
-    # LLMNR, mDNS, DNSSEC, DNS-over-TLS, negative trust anchors, service registration...
+    # LLMNR, mDNS, negative trust anchors, service registration...
     assert len(others) >= 5, others
     for action in others:
         refused = pkcheck(polkit, "portal", action)
@@ -477,7 +480,7 @@ def test_portal_may_use_no_other_resolve1_action(polkit: Stack) -> None:
         assert refused.returncode == 2, (action, refused.stdout + refused.stderr)
 
 
-def test_other_users_may_not_use_the_four_actions(polkit: Stack) -> None:
+def test_other_users_may_not_use_the_six_actions(polkit: Stack) -> None:
     for action in DAEMON_ACTIONS:
         refused = pkcheck(polkit, polkit.outsider, action)
         assert refused.returncode == 2, (action, refused.stdout + refused.stderr)
@@ -499,7 +502,10 @@ async def main(args):
     except WiringError as exc:
         out["error"] = str(exc)
     out["describe"] = await wiring.describe()
-    await wiring.close()
+    if args["op"] != "apply":
+        # close() hands the link back to resolved (as the daemon does when it stops); after
+        # "apply" this process ends like a daemon killed outright: the link keeps its settings.
+        await wiring.close()
     print(json.dumps(out))
 
 asyncio.run(main(json.loads(sys.argv[1])))
@@ -578,7 +584,8 @@ def test_resolved_lets_the_daemon_and_nobody_else_set_the_link(netns: str) -> No
             assert on_port == {"describe": "resolved link portal0: 1 domain"}
             reverted = wiring("portal", "revert")
             assert reverted == {
-                "describe": "not wired: resolved link portal0 does not use 127.0.0.153"
+                "describe": "resolved link portal0: standby (no override on this network, "
+                "no portal)"
             }
     finally:
         procs.stop_all()
