@@ -106,7 +106,11 @@ def activation_to_captive(p: Portal) -> float:
 def test_hijacking_portal_then_login_then_logout(lab_factory: LabFactory) -> None:
     lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY], nm_check_interval_s=3)
     p = Portal(lab)
-    s = p.wait_state("captive")
+    p.wait_state("captive")
+    # the sign-in host is pinned right after the captive verdict (a lookup through the venue's
+    # DNS), not with it: wait for the pin rather than read the status of that same instant
+    s = p.wait(lambda s: any(o["source"] == "auto" for o in s["overrides"]), 10)
+    assert s is not None, f"never pinned: {p.status()}\n{p.log()[-3000:]}"
     assert s["network"] == CONNECTION and s["interface"] == "lap0"
     assert s["venue_dns"] == ["10.77.0.1"] and s["upstream_source"] == "NetworkManager"
     assert s["portal_url"].startswith("http://login.hotel.test/portal")
