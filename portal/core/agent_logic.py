@@ -58,6 +58,7 @@ class AgentStatus:
     state: Connectivity = Connectivity.UNKNOWN
     portal_url: str = ""
     venue_dns: tuple[str, ...] = ()
+    interface: str = ""  # the network's interface (where the sign-in window's proxy connects)
     portal_hosts: tuple[str, ...] = ()  # names the stub sends to the venue's DNS
     seconds_remaining: int = -1
 
@@ -263,6 +264,7 @@ def parse_status(raw: Mapping[str, object]) -> AgentStatus:
         state=state,
         portal_url=_text(raw, "portal_url"),
         venue_dns=_texts(raw, "venue_dns"),
+        interface=_text(raw, "interface"),
         portal_hosts=_texts(raw, "portal_hosts"),
         seconds_remaining=remaining,
     )
@@ -334,8 +336,13 @@ def sign_in_notification(
     elif host and (host in status.portal_hosts or status.venue_dns):
         lines.append("portal sends the sign-in page's names to the network's own DNS.")
     has_actions = "actions" in capabilities
-    if not has_actions:
-        lines.append(f"Open {status.portal_url or FALLBACK_URL} in a browser to sign in.")
+    if has_actions:
+        lines.append("The page opens in a private sign-in window.")
+    else:
+        lines.append(
+            f"Open {status.portal_url or FALLBACK_URL} in a browser to sign in, or run "
+            "'portal open' for a private sign-in window."
+        )
     body = "\n".join(lines)
     if "body-markup" in capabilities:
         body = escape_markup(body)
