@@ -317,7 +317,10 @@ async def _run_episode(
                 say("the network is already online; the proxy runs until the network changes")
         else:
             assert browser is not None
-            window = await SignInWindow.open(browser, url=url, proxy_port=port)
+            try:
+                window = await SignInWindow.open(browser, url=url, proxy_port=port)
+            except PortalError as exc:
+                return _fallback(url, str(exc), everyday)
             say(f"opening {url} in a private sign-in window ({browser.name})")
         tasks.append(asyncio.ensure_future(_follow(follower, heard, episode, proxy, end)))
         if window is not None:

@@ -72,3 +72,18 @@ def test_load(tmp_path) -> None:  # type: ignore[no-untyped-def]
     f = tmp_path / "p.toml"
     f.write_text('bus = "session"\n')
     assert load(str(f)).bus == "session"
+
+
+def test_sign_in_browser() -> None:
+    assert Config().sign_in_browser == ""
+    c = parse('sign_in_browser = "firefox --kiosk"\nbrowser = "firefox --private-window %s"')
+    assert c.sign_in_browser == "firefox --kiosk" and c.browser.endswith("%s")
+    with pytest.raises(ConfigError, match="expected text"):
+        parse("sign_in_browser = false")
+
+
+def test_the_sample_config_parses() -> None:
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2] / "portal.toml.example"
+    assert parse(sample.read_text()) == Config()

@@ -7,7 +7,9 @@ page; as root, a client of another uid (curl as nobody) is refused.
 
 In the lab without NetworkManager (root): a routing-based VPN captures every off-link
 destination and the user's resolver is blocked, yet curl reaches the sign-in page and its
-third-party script by name through the proxy (SOCKS5 and HTTP CONNECT), over IPv4 and IPv6.
+third-party script by name through the proxy (SOCKS5 and HTTP CONNECT), over IPv4 and IPv6,
+with the VPN's routes in the main table (0/1 + 128/1) and by policy routing (wg-quick's fwmark
+rule and table).
 """
 
 from __future__ import annotations
@@ -365,5 +367,22 @@ def test_proxy_reaches_the_portal_past_a_vpn_by_the_venues_names(
         )  # fmt: skip
         assert other.returncode != 0 and "Welcome" not in other.stdout
         assert "refused a connection from uid 65534" in proxy.read_log()
+    # The same VPN by policy routing, as wg-quick sets it up: its own table for everything
+    # without its fwmark, the main table's default route suppressed. Binding still wins.
+    for argv in (
+        ["ip", "route", "del", "0.0.0.0/1"],
+        ["ip", "route", "del", "128.0.0.0/1"],
+        ["ip", "route", "add", "default", "via", "10.200.0.1", "dev", "vpn0", "table", "51820"],
+        ["ip", "rule", "add", "not", "fwmark", "0xca6c", "table", "51820"],
+        ["ip", "rule", "add", "table", "main", "suppress_prefixlength", "0"],
+    ):
+        lab.run_laptop(argv, check=True)
+    direct = curl(
+        lab, "--resolve", "login.hotel.test:80:203.0.113.80", "http://login.hotel.test/",
+        max_time_s=2,
+    )  # fmt: skip
+    assert direct.returncode == 28, direct.stderr
+    page = curl(lab, "--socks5-hostname", socks, "http://login.hotel.test/portal")
+    assert "Welcome to Hotel Lab" in page.stdout, page.stderr + proxy.read_log()
     proxy.stop()
-    assert "served 5" in proxy.read_log(), proxy.read_log()
+    assert "served 6" in proxy.read_log(), proxy.read_log()
