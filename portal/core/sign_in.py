@@ -83,6 +83,9 @@ def episode_of(status: AgentStatus) -> Episode:
 
 def end_reason(episode: Episode, status: AgentStatus) -> EndReason | None:
     """Whether a new status from the daemon ends the window, and why."""
+    if not status.network_id and status.state is Connectivity.UNKNOWN:
+        # A daemon that (re)starts knows no network yet; a lost network says "offline".
+        return None
     if status.network_id != episode.network_id or status.interface != episode.interface:
         return EndReason.NETWORK_CHANGED
     if status.state is Connectivity.OFFLINE:

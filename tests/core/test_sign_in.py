@@ -139,6 +139,11 @@ def test_end_reasons() -> None:
     assert end_reason(episode, status(network_id="", interface="")) is (EndReason.NETWORK_CHANGED)
     assert end_reason(episode, status(interface="wlan0")) is EndReason.NETWORK_CHANGED
     assert end_reason(episode, status(state=Connectivity.OFFLINE)) is EndReason.NETWORK_CHANGED
+    # What a restarting daemon says before it has read the network: not a change.
+    restarted = AgentStatus()
+    assert end_reason(episode, restarted) is None
+    gone = AgentStatus(state=Connectivity.OFFLINE)
+    assert end_reason(episode, gone) is EndReason.NETWORK_CHANGED
 
 
 def test_a_window_opened_while_online_does_not_close_at_once() -> None:

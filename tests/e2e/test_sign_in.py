@@ -72,15 +72,7 @@ class Venue:
             nm_check_interval_s=3,
         )
         lab = self.lab
-        self.daemon = lab.spawn_laptop(
-            [
-                sys.executable, "-m", "portal", "daemon", "--log-level", "debug",
-                "--listen", "127.0.0.153:53", "--state-dir", str(lab.run_dir / "portal-state"),
-                "--config", "/dev/null", "--wiring", "none",
-            ],
-            env=ENV,
-            name="portal-daemon",
-        )  # fmt: skip
+        self.daemon = self.start_daemon()
         self.home = lab.run_dir / "home"
         self.runtime = lab.run_dir / "runtime"  # the user's XDG_RUNTIME_DIR
         self.home.mkdir()
@@ -96,6 +88,18 @@ class Venue:
             lab.write_laptop_file(path, text + line)
         self.config = lab.run_dir / "portal.toml"
         self.status = self.wait_state("captive", 30)
+
+    def start_daemon(self) -> LabProcess:
+        return self.lab.spawn_laptop(
+            [
+                sys.executable, "-m", "portal", "daemon", "--log-level", "debug",
+                "--listen", "127.0.0.153:53",
+                "--state-dir", str(self.lab.run_dir / "portal-state"),
+                "--config", "/dev/null", "--wiring", "none",
+            ],
+            env=ENV,
+            name="portal-daemon",
+        )  # fmt: skip
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.lab.run_laptop([sys.executable, "-m", "portal", *args], env=ENV, timeout_s=30)
@@ -284,8 +288,8 @@ def test_firefox_window_despite_a_dns_over_https_only_profile(lab_factory: LabFa
 def test_proxy_alone_and_a_window_out_of_reach(lab_factory: LabFactory) -> None:
     """`portal open --proxy` prints socks5://127.0.0.1:PORT first; curl as the user reaches
     the page by name through it; curl as another user (nobody) is refused; it ends at its
-    time bound. A window that cannot be closed gets "You're online" once online. A proxy
-    started while online ends when the network changes."""
+    time bound. It lives through a daemon restart. A window that cannot be closed gets
+    "You're online" once online. A proxy started while online ends when the network changes."""
     venue = Venue(lab_factory)
     lab = venue.lab
     proxy = venue.open("--proxy", "--max-time", "12s")
@@ -301,6 +305,23 @@ def test_proxy_alone_and_a_window_out_of_reach(lab_factory: LabFactory) -> None:
     assert "refused a connection from uid 65534" in proxy.read_log()
     assert wait_exit(proxy) == 1  # at its bound: 12 s
     assert "sign-in proxy ended: the time bound was reached" in proxy.read_log()
+
+    # The daemon restarts meanwhile (an upgrade): the proxy carries on, and follows the new one.
+    proxy = venue.open("--proxy")
+    until(lambda: "socks5://" in proxy.read_log() or not proxy.alive(), "the URL", 15)
+    socks = next(
+        line for line in proxy.read_log().splitlines() if line.startswith("socks5://")
+    ).removeprefix("socks5://")
+    venue.daemon.stop()
+    venue.daemon = venue.start_daemon()
+    venue.wait_state("captive", 30)
+    assert proxy.alive(), proxy.read_log()[-3000:]
+    curl = ["curl", "-sS", "--max-time", "5", "--socks5-hostname", socks]
+    mine = lab.run_laptop(as_user(USER_UID, [*curl, venue.status["portal_url"]]), timeout_s=20)
+    assert "Welcome to Hotel Lab" in mine.stdout, mine.stderr
+    proxy.send_signal(signal.SIGTERM)
+    assert wait_exit(proxy) == 130
+    assert "sign-in proxy ended: interrupted" in proxy.read_log()
 
     # A launcher that hands the page on and exits at once (a wrapper script that starts the
     # browser in the background): the window is out of reach, so once online the proxy
