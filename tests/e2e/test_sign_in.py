@@ -7,7 +7,8 @@ everything), while the venue's DNS gives the sign-in host an off-link address (2
 through the venue's gateway) and the sign-in page loads a script from a third-party name only
 the venue's DNS knows (cdn.venue-partner.test). The real daemon runs on the laptop; `portal
 open` runs as an ordinary user (uid 4242, added to the laptop's own /etc/passwd), with real
-Chromium and Firefox ESR, headless or headed under Xvfb.
+Chromium and Firefox ESR, headless or headed under Xvfb; one test goes through the agent and
+dunst, as a click on "Open sign-in page" does.
 
 What each test proves is in its docstring; each prints the time from `portal open` to the
 sign-in page (and its third-party script) as the portal saw the requests.
@@ -402,3 +403,90 @@ def test_screenshot_of_the_window_under_xvfb(lab_factory: LabFactory, tmp_path: 
     assert wait_exit(window) == 0, window.read_log()[-3000:]
     assert venue.profiles() == []
     xvfb.stop()
+
+
+SESSION_BUS = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+DUNSTRC = """[global]
+    font = DejaVu Sans 10
+    width = 420
+    origin = top-right
+    offset = 10x10
+    mouse_left_click = do_action, close_current
+[urgency_normal]
+    timeout = 0
+"""
+
+
+@pytest.mark.desktop
+def test_the_notifications_button_opens_the_window(lab_factory: LabFactory) -> None:
+    """The whole desktop path on the laptop: the agent (as the user) shows dunst's sign-in
+    notification, its "Open sign-in page" starts `portal open`, whose Chromium loads the page
+    through the proxy; signing in closes it. Xvfb, the session bus and dunst run on the laptop
+    too, where the window's network is."""
+    need("chromium", "Xvfb", "dunst", "dunstctl", "xdotool")
+    venue = Venue(lab_factory)
+    lab = venue.lab
+    display = ":7"
+    lab.spawn_laptop(
+        ["Xvfb", display, "-nolisten", "tcp", "-nolisten", "unix", "-nolock",
+         "-screen", "0", "1280x800x24"],
+        name="Xvfb",
+    )  # fmt: skip
+    socket = lab.run_dir / "session_bus"
+    conf = lab.run_dir / "session.conf"
+    conf.write_text(SESSION_BUS.format(socket=socket))
+    lab.spawn_laptop(["dbus-daemon", f"--config-file={conf}", "--nofork"], name="session-bus")
+    until(socket.exists, "the session bus")
+    desk = {"DISPLAY": display, "DBUS_SESSION_BUS_ADDRESS": f"unix:path={socket}"}
+    until(
+        lambda: lab.run_laptop(["xdotool", "getdisplaygeometry"], env=desk).returncode == 0,
+        "Xvfb",
+    )
+    rc = lab.run_dir / "dunstrc"
+    rc.write_text(DUNSTRC)
+    lab.spawn_laptop(["dunst", "-config", str(rc)], env=desk, name="dunst")
+
+    def dunst(*args: str) -> str:
+        return lab.run_laptop(["dunstctl", *args], env=desk).stdout.strip()
+
+    until(lambda: dunst("is-paused") == "false", "dunst", 20)
+    venue.config.write_text('sign_in_browser = "chromium --headless=new"\n')
+    agent = lab.spawn_laptop(
+        as_user(USER_UID, [sys.executable, "-m", "portal", "agent", "--bus", lab.bus_address,
+                           "--config", str(venue.config)]),
+        env=venue.user_env(**desk),
+        name="portal-agent",
+    )  # fmt: skip
+    until(lambda: dunst("count", "displayed") == "1", "the notification", 30)
+    venue.started = time.time()
+    dunst("action", "0")  # "Open sign-in page", as a click on the notification does
+    page_s = venue.wait_request(PORTAL_HOST, "/portal", agent)
+    script_s = venue.wait_request(PARTNER_HOST, "/partner.js", agent)
+    print(f"\nclick -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
+    assert "opened http://login.hotel.test/portal" in agent.read_log()
+    assert "in a private sign-in window (chromium)" in agent.read_log()
+    until(lambda: dunst("count", "history") == "1", "the note in dunst's history")
+    history = json.loads(lab.run_laptop(["dunstctl", "history"], env=desk).stdout)
+    body = history["data"][0][0]["body"]["data"]
+    assert "The page opens in a private sign-in window." in body
+    assert len(venue.profiles()) == 1
+
+    venue.sign_in_online()
+    until(lambda: "the sign-in window ended (portal open exited 0)" in agent.read_log(),
+          "the window to close", 30)  # fmt: skip
+    assert "the network is online; closing the sign-in window" in agent.read_log()
+    assert venue.profiles() == []
