@@ -345,7 +345,6 @@ async def _follow(
     proxy: SignInProxy,
     end: Callable[[EndReason], None],
 ) -> None:
-    status: AgentStatus | None = None
     while True:
         event = await heard.get()
         if isinstance(event, OverridesHeard):
