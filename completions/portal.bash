@@ -92,7 +92,7 @@ _portal() {
     add) flags+=" --ttl --until-removed --any-network" ;;
     list) flags+=" --json" ;;
     status) flags+=" --json --watch" ;;
-    open) flags+=" --print" ;;
+    open) flags+=" --print --proxy --url --max-time --browser --config --log-level" ;;
     import) flags+=" --ttl --any-network" ;;
     daemon) flags+=" --listen --upstream --state-dir --config --log-level --network-source --wiring --resolv-conf --ca-file" ;;
     agent) flags+=" --browser --config --log-level" ;;

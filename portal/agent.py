@@ -2,7 +2,8 @@
 
 Wiring only: it follows the daemon on its bus (system by default), feeds what it hears to
 `portal/core/agent_logic.py`, and carries out the actions with `edges/notify.py` (notifications),
-`edges/tray.py` (StatusNotifierItem) and `portal/opener.py` (the browser). It decides nothing
+`edges/tray.py` (StatusNotifierItem) and `portal open` (the sign-in window, a child process of
+its own: portal/sign_in.py). It decides nothing
 itself, needs no privileges, and never starts a browser as root. A daemon restart, a
 notification server that comes and goes, or no tray at all are logged and lived with; only
 losing a bus connection ends it (the user unit restarts it).
@@ -54,7 +55,6 @@ from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
 from portal.errors import ConfigError, PortalError
 from portal.logsetup import setup_logging
-from portal.opener import open_url
 
 log = logging.getLogger("portal.agent")
 
@@ -161,8 +161,13 @@ class DaemonLink:
 class Agent:
     """The loop: events → core → actions, one event at a time."""
 
-    def __init__(self, *, browser: str = "") -> None:
+    def __init__(
+        self, *, browser: str = "", bus: str = "system", config_path: str | None = None
+    ) -> None:
         self.browser = browser
+        self.bus = bus  # where the daemon is, for the sign-in window's process
+        self.config_path = config_path
+        self.window: asyncio.subprocess.Process | None = None  # `portal open`, while it runs
         self.events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self.state = AgentState()
         self.notifier: NotificationServer | None = None
@@ -195,11 +200,7 @@ class Agent:
                     except NotifyFailed as exc:
                         log.debug("closing notification %d: %s, ignoring", nid, exc)
             case OpenPage(url):
-                try:
-                    open_url(url, self.browser)
-                    log.info("opened %s", url)
-                except PortalError as exc:
-                    log.warning("not opening the sign-in page: %s", exc)
+                await self._open_window(url)
             case RequestCheck():
                 if self.daemon is not None:
                     # In the background: polkit may ask for a password for a while.
@@ -209,6 +210,30 @@ class Agent:
             case UpdateTray(view):
                 if self.tray is not None:
                     self.tray.update(view)
+
+    async def _open_window(self, url: str) -> None:
+        """`portal open --url URL` as a child: the private sign-in window, one at a time."""
+        if self.window is not None and self.window.returncode is None:
+            log.info("the sign-in window is open already (pid %d)", self.window.pid)
+            return
+        # Loaded on the first click only: the proxy's modules need not stay in every session.
+        from portal.sign_in import start_window_process
+
+        try:
+            self.window = await start_window_process(
+                url, bus=self.bus, config_path=self.config_path, browser=self.browser
+            )
+        except PortalError as exc:
+            log.warning("not opening the sign-in page: %s", exc)
+            return
+        log.info("opened %s (portal open, pid %d)", url, self.window.pid)
+        task = asyncio.get_running_loop().create_task(self._reap(self.window))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        log.info("the sign-in window ended (portal open exited %d)", code)
 
     async def run(self) -> None:
         while True:
@@ -220,16 +245,18 @@ async def run_agent(
     bus: str | None = None,
     session_bus: str = "session",
     browser: str = "",
+    config_path: str | None = None,
     ready: Callable[[Agent], None] | None = None,
 ) -> None:
     """Run until cancelled or until a bus connection is lost (then raise PortalError); return
     at once when another agent already runs in the session.
 
     `bus` is where the daemon is (default: $PORTAL_BUS or the system bus); `session_bus` is
-    where the notification server and the tray are; `browser` the command that opens pages.
+    where the notification server and the tray are; `browser` the everyday browser's command,
+    for when no sign-in window can be made; `config_path` the config file `portal open` reads.
     """
     choice = resolve_bus(bus)
-    agent = Agent(browser=browser)
+    agent = Agent(browser=browser, bus=choice, config_path=config_path)
     emit = agent.events.put_nowait
     session = await connect(session_bus)
     # One agent per session: the user unit and XDG autostart may both start one, and two
@@ -293,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--browser",
         default="",
-        help="command that opens the sign-in page (default: $BROWSER, xdg-open)",
+        help="everyday browser, for when no private sign-in window can be made "
+        "(default: $BROWSER, xdg-open)",
     )
     p.add_argument(
         "--config",
@@ -329,7 +357,7 @@ async def _main_async(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, task.cancel)
     bus, browser = _defaults(args)
     try:
-        await run_agent(bus=bus, browser=browser)
+        await run_agent(bus=bus, browser=browser, config_path=args.config)
     except asyncio.CancelledError:
         log.info("portal agent stopping")
 

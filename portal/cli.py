@@ -78,8 +78,31 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="keep printing changes")
 
     sub.add_parser("check", parents=[common], help="probe the current network now")
-    o = sub.add_parser("open", parents=[common], help="open the sign-in page in a browser")
+    o = sub.add_parser(
+        "open",
+        parents=[common],
+        help="open the sign-in page in a private sign-in window",
+        description="Open the sign-in page in a browser with a throwaway profile whose traffic "
+        "goes through a proxy of this process: names resolved by the network's own DNS, "
+        "connections out of its interface (past your DNS settings and a VPN's routes). Ends "
+        "when the network is online or changes, at --max-time, or on Ctrl-C.",
+    )
     o.add_argument("--print", action="store_true", help="only print the sign-in URL")
+    o.add_argument(
+        "--proxy",
+        action="store_true",
+        help="only run the proxy: print socks5://127.0.0.1:PORT first, run until online or Ctrl-C",
+    )
+    o.add_argument("--url", default="", help="the page to open (default: the sign-in URL)")
+    o.add_argument("--max-time", metavar="DURATION", help="end after this long (default: 15m)")
+    o.add_argument(
+        "--browser",
+        default="",
+        help="everyday browser for when no sign-in window can be made (default: config, "
+        "$BROWSER, xdg-open)",
+    )
+    o.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
+    o.add_argument("--log-level", choices=["debug", "info"])
 
     im = sub.add_parser(
         "import", parents=[common], help="add overrides from hosts-file lines (all or nothing)"
@@ -176,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(agent.main(agent_argv))
         if args.command == "wire":
             return run_wire(args)
+        if args.command == "open":
+            return run_open(args)
         request = prepare(args)
         if args.command in ONE_SHOT and not getattr(args, "watch", False):
             return run_one_shot(args, request)
@@ -354,6 +379,7 @@ def format_status(s: StatusReport, overrides: list[OverrideView]) -> str:
     ]
     if s.portal_url:
         lines.append(f"sign-in:    {s.portal_url}")
+        lines.append("            ('portal open' shows it in a private sign-in window)")
     if s.seconds_remaining >= 0:
         from portal.core.timefmt import format_duration
 
@@ -419,21 +445,40 @@ def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int
     return 0
 
 
-async def cmd_open(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
-    status = await client.status()
-    url = status.portal_url
-    if not url:
-        raise PortalError(
-            f"no sign-in page known (state: {status.state.value}); try 'portal check'"
-        )
-    if args.print:
-        print(url)
-        return 0
-    from portal.opener import open_url
+def run_open(args: argparse.Namespace) -> int:
+    """`portal open`: the sign-in window (portal/sign_in.py), or only its proxy."""
+    from portal.core.overrides import parse_duration
+    from portal.errors import InvalidTTL
 
-    open_url(url)
-    print(f"opening {url}")
-    return 0
+    max_time_s = None
+    if args.max_time is not None:
+        max_time_s = parse_duration(args.max_time)
+        if max_time_s is None or max_time_s <= 0:
+            raise InvalidTTL(f"invalid --max-time {args.max_time!r}: a duration such as 15m")
+    import logging
+
+    from portal import sign_in
+    from portal.core.sign_in import DEFAULT_MAX_TIME_S
+    from portal.logsetup import setup_logging
+
+    setup_logging(args.log_level or "info", "portal-open")
+    if args.log_level is None:
+        logging.getLogger().setLevel(logging.WARNING)
+    # portal never uses GLib: keep dbus-next from importing it on desktops with PyGObject
+    sys.modules.setdefault("gi", None)  # type: ignore[arg-type]
+    options = sign_in.OpenOptions(
+        bus=args.bus,
+        url=args.url,
+        proxy_only=args.proxy,
+        print_only=args.print,
+        max_time_s=max_time_s if max_time_s is not None else DEFAULT_MAX_TIME_S,
+        config_path=args.config,
+        browser=args.browser,
+    )
+    import_asyncio()
+    import asyncio
+
+    return asyncio.run(sign_in.run(options))
 
 
 #: One-shot commands: the light synchronous client (status without --watch).
@@ -449,7 +494,6 @@ ONE_SHOT = {
 #: Commands on the dbus-next client.
 COMMANDS = {
     "status": watch_status,
-    "open": cmd_open,
 }
 
 

@@ -37,7 +37,8 @@ class Config:
         "/etc/resolv.conf"  # upstream fallback when there is no NM and no static list
     )
     wiring: str = "auto"  # auto | resolvconf | resolved | none
-    browser: str = ""  # the agent's command to open the sign-in page
+    browser: str = ""  # the everyday browser, when no sign-in window can be made
+    sign_in_browser: str = ""  # the sign-in window's browser: "" = search, "none" = no window
     ca_file: str = ""  # extra CA bundle for the portal's RFC 8908 API (default: system store)
     network_source: str = (
         "auto"  # auto (NetworkManager if on the bus, else netlink) | nm | netlink | none

@@ -250,8 +250,13 @@ def sign_in_notification(
     elif host and (host in status.portal_hosts or status.venue_dns):
         lines.append("portal sends the sign-in page's names to the network's own DNS.")
     has_actions = "actions" in capabilities
-    if not has_actions:
-        lines.append(f"Open {status.portal_url or FALLBACK_URL} in a browser to sign in.")
+    if has_actions:
+        lines.append("The page opens in a private sign-in window.")
+    else:
+        lines.append(
+            f"Open {status.portal_url or FALLBACK_URL} in a browser to sign in, or run "
+            "'portal open' for a private sign-in window."
+        )
     body = "\n".join(lines)
     if "body-markup" in capabilities:
         body = escape_markup(body)

@@ -98,3 +98,18 @@ def test_listen_and_upstreams_share_one_address_parser() -> None:
     assert c.upstreams == (Upstream("fe80::53%lo"), Upstream("10.0.0.1", 5300))
     with pytest.raises(ConfigError, match="invalid listen address '10.0.0.1%lo'"):
         parse('listen = ["10.0.0.1%lo"]')
+
+
+def test_sign_in_browser() -> None:
+    assert Config().sign_in_browser == ""
+    c = parse('sign_in_browser = "firefox --kiosk"\nbrowser = "firefox --private-window %s"')
+    assert c.sign_in_browser == "firefox --kiosk" and c.browser.endswith("%s")
+    with pytest.raises(ConfigError, match="expected text"):
+        parse("sign_in_browser = false")
+
+
+def test_the_sample_config_parses() -> None:
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parents[2] / "portal.toml.example"
+    assert parse(sample.read_text()) == Config()

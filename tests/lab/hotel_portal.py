@@ -5,7 +5,8 @@ Run as a script (the lab starts it inside the hotel network namespace):
     python3 hotel_portal.py --listen 10.77.0.1 --lifetime 600 \\
         [--https-port 443 --cert server.pem --key server.key] \\
         [--control-socket PATH] [--state-file PATH] [--ready-file PATH] \\
-        [--blackhole-dns 192.0.2.53 --blackhole-mode drop|refused|servfail|nxdomain]
+        [--blackhole-dns 192.0.2.53 --blackhole-mode drop|refused|servfail|nxdomain] \\
+        [--also-listen 203.0.113.80 ...] [--partner-host cdn.venue-partner.test]
 
 Behaviour, per client (clients are told apart by source IP):
 
@@ -28,6 +29,11 @@ Behaviour, per client (clients are told apart by source IP):
   ``GET|POST /__lab/logout?ip=A``, ``GET|POST /__lab/reset``.
 - ``--blackhole-dns ADDR`` also listens on UDP ADDR:53 and drops every query (or answers
   REFUSED / SERVFAIL / NXDOMAIN): the "user's public resolver" a hotel blocks.
+- ``--also-listen ADDR`` (repeatable, IPv4 or IPv6) serves the same on more addresses (an
+  off-link one that clients reach through the venue's gateway, an IPv6 one).
+- ``--partner-host NAME``: the sign-in page loads ``<scheme>://NAME/partner.js``, a script from a
+  third party (a CDN) that is reachable before login, like the walled garden of a real portal;
+  the script writes "Wi-Fi by Venue Partner" into the page.
 
 It must not: import anything outside the standard library (it runs with whatever python3 the
 machine has), listen anywhere but the addresses it is given, or run longer than ``--lifetime``
@@ -72,6 +78,7 @@ class Settings:
     public_port: int = 80  # port of those URLs (omitted from them when it is the default)
     unauth_style: str = "redirect"  # or "page"
     session_s: int = 3600
+    partner_host: str = ""  # a third-party host the sign-in page loads a script from
 
     @property
     def base_url(self) -> str:
@@ -189,13 +196,23 @@ def _json(data: dict[str, Any], content_type: str = "application/json") -> Respo
     return Response(200, json.dumps(data).encode(), {"Content-Type": content_type})
 
 
-def sign_in_page(orig: str) -> Response:
+PARTNER_SCRIPT = (
+    b"document.getElementById('partner').textContent = 'Wi-Fi by Venue Partner';\n"
+    b"document.body.dataset.partner = 'loaded';\n"
+)
+
+
+def sign_in_page(orig: str, partner_url: str = "") -> Response:
     form = (
         "<h1>Welcome to Hotel Lab</h1><p>Please sign in to use the Internet.</p>"
         "<form method='post' action='/login'>"
         f"<input type='hidden' name='orig' value='{html.escape(orig, quote=True)}'>"
         "<button type='submit'>Accept and connect</button></form>"
     )
+    if partner_url:
+        form += (
+            f"<p id='partner'></p><script src='{html.escape(partner_url, quote=True)}'></script>"
+        )
     return _html(200, "Hotel Lab sign-in", form)
 
 
@@ -243,6 +260,16 @@ def route(
     on_portal = host in (settings.portal_host, settings.portal_ip)
     remaining = state.seconds_remaining(client_ip)
     online = remaining is not None
+    partner_url = (
+        f"{settings.public_scheme}://{settings.partner_host}/partner.js"
+        if settings.partner_host
+        else ""
+    )
+    if settings.partner_host and host == settings.partner_host:
+        # In the walled garden: reachable before login, as portals allow their CDNs.
+        if path == "/partner.js":
+            return Response(200, PARTNER_SCRIPT, {"Content-Type": "text/javascript"})
+        return _text(404, b"no such partner file\n")
 
     if on_portal:
         if path.startswith("/__lab/"):
@@ -263,7 +290,7 @@ def route(
         if path == "/portal" and method in ("GET", "HEAD"):
             if online:
                 return _html(200, "Connected", f"<p>You are connected ({remaining} s left).</p>")
-            return sign_in_page(query.get("orig", [""])[0])
+            return sign_in_page(query.get("orig", [""])[0], partner_url)
         if path == "/venue":
             return _html(200, "Hotel Lab", "<p>Hotel Lab: breakfast from 7 to 10.</p>")
         if path == "/login" and method == "POST":
@@ -278,7 +305,7 @@ def route(
 
     if not online:
         if settings.unauth_style == "page":
-            return sign_in_page(f"{scheme}://{host}{target}")
+            return sign_in_page(f"{scheme}://{host}{target}", partner_url)
         orig = urllib.parse.quote(f"{scheme}://{host}{target}", safe="")
         return Response(
             302,
@@ -378,6 +405,10 @@ class QuietHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
+
+class QuietHTTPServer6(QuietHTTPServer):
+    address_family = socket.AF_INET6
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
         sys.stderr.write(f"{time.time():.3f} request from {client_address} failed: {exc!r}\n")
@@ -440,7 +471,8 @@ def make_http_server(
         (PortalHandler,),
         {"state": state, "settings": settings, "scheme": scheme},
     )
-    server = QuietHTTPServer((addr, port), handler)
+    server_class = QuietHTTPServer6 if ":" in addr else QuietHTTPServer
+    server = server_class((addr, port), handler)
     if context is not None:
         # Handshake in the worker thread, not in accept(), so one stuck client stalls nobody.
         server.socket = context.wrap_socket(
@@ -467,6 +499,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blackhole-dns", help="address whose UDP port 53 swallows DNS queries")
     p.add_argument("--blackhole-port", type=int, default=53)
     p.add_argument("--blackhole-mode", choices=sorted(BLACKHOLE_RCODES), default="drop")
+    p.add_argument("--also-listen", action="append", default=[], help="another address to serve on")
+    p.add_argument("--partner-host", default="", help="third-party host of the sign-in page")
     return p.parse_args(argv)
 
 
@@ -483,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         public_port=args.https_port if https else args.http_port,
         unauth_style=args.unauth_style,
         session_s=args.session_seconds,
+        partner_host=args.partner_host.lower(),
     )
     state = PortalState(settings, args.state_file)
     stop = threading.Event()
@@ -493,13 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    servers: list[socketserver.BaseServer] = [
-        make_http_server(args.listen, args.http_port, state, settings, None)
-    ]
+    servers: list[socketserver.BaseServer] = []
+    for address in [args.listen, *args.also_listen]:
+        servers.append(make_http_server(address, args.http_port, state, settings, None))
     if https:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(args.cert, args.key)
-        servers.append(make_http_server(args.listen, args.https_port, state, settings, ctx))
+        for address in [args.listen, *args.also_listen]:
+            servers.append(make_http_server(address, args.https_port, state, settings, ctx))
     if args.control_socket:
         control = type(
             "ControlHandler",

@@ -52,6 +52,23 @@ Constructor options (all keyword-only):
   where the unpacked tree is cached.
 - ``bare``: with ``nm=False``, leave lap0 without address, route or resolv.conf servers (for a
   network manager that runs elsewhere, e.g. in a container joined to the laptop's namespace).
+- ``routing_vpn`` (False): a routing-based "VPN" on the laptop, as WireGuard's and OpenVPN's
+  ``redirect-gateway def1`` set it up: ``0.0.0.0/1`` and ``128.0.0.0/1`` via ``vpn0``, a veth
+  whose far end drops everything (frames to a MAC nobody has). Every off-link destination,
+  the user's resolver included, is captured, unless a socket is bound to ``lap0``.
+- ``offlink_portal`` (False): the portal is also served from ``203.0.113.80`` (the hotel's lo,
+  reached through the gateway, so a VPN's routes capture it), and the venue's DNS answers
+  the sign-in host with that address instead of 10.77.0.1.
+- ``partner_resource`` (False): the sign-in page loads a script from
+  ``cdn.venue-partner.test`` (``PARTNER_HOST``), a third-party name only the venue's DNS
+  resolves, reachable before login (the portal's log shows the request).
+- ``ipv6`` (False, with ``nm=False`` only): hotel0 also has ``fd77::1/64`` and lap0
+  ``fd77::50/64`` with a default route; the portal serves on fd77::1, and the venue's DNS
+  answers the sign-in host and ``v6only.hotel.test`` with AAAA fd77::1 (the latter has no A).
+- ``hostname_in_hosts`` (False): the laptop's /etc/hosts (still read-only) also names its
+  hostname ``laptop`` (``127.0.1.1``), as Debian's installer and NixOS write it. Without it,
+  programs that look up their own hostname at start (Firefox's profile lock does) wait for
+  the blocked resolver.
 - ``bus_policy_files``: D-Bus policy files the private bus loads (copied into
   ``bus_policy_dir``; the bus also reads /usr/share/dbus-1/system.d and the laptop's
   /etc/dbus-1/system.d; call ``reload_bus()`` after adding files later).
@@ -83,11 +100,12 @@ Methods:
 Attributes: ``run_dir``, ``bus_address`` (``unix:path=...``; inside the laptop the socket is
 also /run/dbus/system_bus_socket), ``bus_policy_dir``, ``ca_file`` (None without https),
 ``api_uri``, ``portal_url``, ``nm_log``, ``portal_log``, ``dnsmasq_log``, ``hotel_ns``,
-``laptop_ns``, ``holder_pid``, ``hotel_ip``, ``public_dns``, ``timings`` (seconds, measured).
+``laptop_ns``, ``holder_pid``, ``hotel_ip``, ``public_dns``, ``portal_address`` (what the venue's
+DNS answers for the sign-in host), ``timings`` (seconds, measured).
 
 By hand (as root): ``python3 tests/lab/lab.py shell [--dns-mode blocked] [--https] [--no-nm]
-[--dhcp-client dhclient] [COMMAND...]`` builds a lab, runs COMMAND (default: a shell) on the
-laptop, and removes the lab when it exits.
+[--dhcp-client dhclient] [--routing-vpn] [--offlink-portal] [--partner] [--ipv6] [COMMAND...]``
+builds a lab, runs COMMAND (default: a shell) on the laptop, and removes the lab when it exits.
 
 The module is stdlib only: run as ``python3 lab.py --reap RECORD --watch PID`` it is the
 watchdog that tears a lab down. It must not touch anything outside its run dir and its two
@@ -130,6 +148,16 @@ PROFILE_ID = "hotel-wifi"
 PROFILE_UUID = "6d0a6f7e-4b1c-4c55-9a61-0c0ffee00001"
 HOTEL_IF = "hotel0"
 LAPTOP_IF = "lap0"
+OFFLINK_PORTAL_IP = "203.0.113.80"  # TEST-NET-3, on the hotel's lo: off-link for the laptop
+PARTNER_HOST = "cdn.venue-partner.test"
+HOTEL_IP6 = "fd77::1"
+STATIC_LAPTOP_IP6 = "fd77::50"
+V6ONLY_HOST = "v6only.hotel.test"
+VPN_IF = "vpn0"
+VPN_FAR_IF = "vpn0far"
+VPN_IP = "10.200.0.2"
+VPN_GATEWAY = "10.200.0.1"
+VPN_GATEWAY_MAC = "02:00:5e:00:00:01"  # no interface has it: the far end drops every frame
 
 DnsMode = Literal["hijack", "strict", "blocked"]
 DhcpClient = Literal["internal", "dhclient"]
@@ -494,7 +522,16 @@ method=disabled
 """
 
 
-def dnsmasq_conf(*, dns_mode: str, api_uri: str, leases: Path, pid_file: Path) -> str:
+def dnsmasq_conf(
+    *,
+    dns_mode: str,
+    api_uri: str,
+    leases: Path,
+    pid_file: Path,
+    portal_address: str = HOTEL_IP,
+    partner: bool = False,
+    ipv6: bool = False,
+) -> str:
     lines = [
         f"interface={HOTEL_IF}",
         # Only the hotel's addresses: never lo (192.0.2.53 lives there; see below).
@@ -519,8 +556,17 @@ def dnsmasq_conf(*, dns_mode: str, api_uri: str, leases: Path, pid_file: Path) -
         f"dhcp-option=option:domain-name,{HOTEL_DOMAIN}",
         # RFC 8910: the captive-portal API URI. Forced: clients rarely ask for it.
         f'dhcp-option-force=114,"{api_uri}"',
-        f"address=/{PORTAL_HOST}/{HOTEL_IP}",
+        f"address=/{PORTAL_HOST}/{portal_address}",
     ]
+    if partner:
+        lines.append(f"address=/{PARTNER_HOST}/{portal_address}")
+    if ipv6:
+        lines += [
+            f"address=/{PORTAL_HOST}/{HOTEL_IP6}",
+            # AAAA only: `local=` keeps the catch-all's A away from it (NODATA instead).
+            f"address=/{V6ONLY_HOST}/{HOTEL_IP6}",
+            f"local=/{V6ONLY_HOST}/",
+        ]
     if dns_mode in ("hijack", "blocked"):
         lines.append(f"address=/#/{HOTEL_IP}")
     if dns_mode == "hijack":
@@ -546,7 +592,7 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 
 [server]
-subjectAltName = DNS:{PORTAL_HOST},IP:{HOTEL_IP}
+subjectAltName = DNS:{PORTAL_HOST},DNS:{PARTNER_HOST},IP:{HOTEL_IP},IP:{OFFLINK_PORTAL_IP}
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth
@@ -556,7 +602,7 @@ authorityKeyIdentifier = keyid
 
 _HOLDER_SCRIPT = r"""
 set -eu
-R="$1"; LIFETIME="$2"
+R="$1"; LIFETIME="$2"; HOSTS="${3:-/etc/hosts}"
 echo laptop > /proc/sys/kernel/hostname
 # Drop this namespace's copies of /run/netns mounts: they would keep other labs' namespaces.
 while umount -l /run/netns 2>/dev/null; do :; done
@@ -579,8 +625,8 @@ then
     cp -a "$R/laptop/etc-upper/." "$T/upper/"
     mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/upper,workdir=$T/work" /etc
 fi
-# Like NixOS: /etc/hosts is read-only.
-mount --bind /etc/hosts /etc/hosts
+# Like NixOS: /etc/hosts is read-only (optionally the lab's copy, naming the laptop).
+mount --bind "$HOSTS" /etc/hosts
 mount -o remount,bind,ro /etc/hosts
 # Packages the laptop has and the host must not (openresolv): an overlay on /usr.
 if [ -d "$R/laptop/usr-upper" ]; then
@@ -622,6 +668,11 @@ class Lab:
         openresolv: bool = False,
         bare: bool = False,
         bus_policy_files: Iterable[str | os.PathLike[str]] = (),
+        routing_vpn: bool = False,
+        offlink_portal: bool = False,
+        partner_resource: bool = False,
+        ipv6: bool = False,
+        hostname_in_hosts: bool = False,
         lifetime_s: float = 600.0,
         prefix: str | None = None,
         run_root: str | os.PathLike[str] | None = None,
@@ -646,6 +697,15 @@ class Lab:
         self.openresolv = openresolv
         self.bare = bare
         self.bus_policy_files = [Path(p) for p in bus_policy_files]
+        if ipv6 and nm:
+            raise ValueError("ipv6=True needs nm=False (the NM profile disables IPv6)")
+        self.routing_vpn = routing_vpn
+        self.offlink_portal = offlink_portal
+        self.partner_resource = partner_resource
+        self.ipv6 = ipv6
+        self.hostname_in_hosts = hostname_in_hosts
+        #: The address the venue's DNS gives for the sign-in host.
+        self.portal_address = OFFLINK_PORTAL_IP if offlink_portal else HOTEL_IP
         self.lifetime_s = lifetime_s
         self.prefix = prefix or f"pl{secrets.token_hex(3)}"
         self.run_root = Path(run_root) if run_root else Path(tempfile.gettempdir())
@@ -987,6 +1047,10 @@ class Lab:
         self._ip("link", "set", "lo", "up", ns=self.hotel_ns)
         self._ip("addr", "add", f"{PUBLIC_DNS}/32", "dev", "lo", ns=self.hotel_ns)
         self._ip("addr", "add", f"{HOTEL_IP}/{PREFIX_LEN}", "dev", HOTEL_IF, ns=self.hotel_ns)
+        if self.offlink_portal:
+            self._ip("addr", "add", f"{OFFLINK_PORTAL_IP}/32", "dev", "lo", ns=self.hotel_ns)
+        if self.ipv6:
+            self._ip("addr", "add", f"{HOTEL_IP6}/64", "dev", HOTEL_IF, "nodad", ns=self.hotel_ns)
         self._ip("link", "set", HOTEL_IF, "up", ns=self.hotel_ns)
         self._ip("link", "set", "lo", "up", ns=self.laptop_ns)
 
@@ -1031,6 +1095,12 @@ class Lab:
             portal += ["--https-port", "443", "--cert", str(cert), "--key", str(key)]
         if self.dns_mode == "blocked":
             portal += ["--blackhole-dns", PUBLIC_DNS, "--blackhole-mode", self.blackhole_mode]
+        if self.offlink_portal:
+            portal += ["--also-listen", OFFLINK_PORTAL_IP]
+        if self.ipv6:
+            portal += ["--also-listen", HOTEL_IP6]
+        if self.partner_resource:
+            portal += ["--partner-host", PARTNER_HOST]
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         proc = self._spawn(self.hotel_argv(portal), env, "hotel_portal", self.portal_log)
         conf = d / "dnsmasq.conf"
@@ -1040,6 +1110,9 @@ class Lab:
                 api_uri=self.api_uri,
                 leases=d / "dnsmasq.leases",
                 pid_file=d / "dnsmasq.pid",
+                portal_address=self.portal_address,
+                partner=self.partner_resource,
+                ipv6=self.ipv6,
             )
         )
         dnsmasq = self._spawn(
@@ -1090,6 +1163,10 @@ class Lab:
             _tool("unshare"), "--mount", "--uts", "--propagation", "private",
             "sh", "-c", _HOLDER_SCRIPT, "holder", str(self.run_dir), f"{self.lifetime_s + 30:.0f}",
         ]  # fmt: skip
+        if self.hostname_in_hosts:
+            hosts = self.run_dir / "laptop" / "hosts"
+            hosts.write_text(Path("/etc/hosts").read_text() + "127.0.1.1\tlaptop\n")
+            holder_argv.append(str(hosts))
         self._holder = self._spawn(holder_argv, os.environ, "holder")
         self._wait(
             lambda: (self.run_dir / "laptop" / "holder.ready").exists(),
@@ -1115,6 +1192,30 @@ class Lab:
             )
             self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
             self._ip("route", "add", "default", "via", HOTEL_IP, ns=self.laptop_ns)
+            if self.ipv6:
+                self._ip(
+                    "addr", "add", f"{STATIC_LAPTOP_IP6}/64", "dev", LAPTOP_IF, "nodad",
+                    ns=self.laptop_ns,
+                )  # fmt: skip
+                self._ip("-6", "route", "add", "default", "via", HOTEL_IP6, ns=self.laptop_ns)
+        if self.routing_vpn:
+            self._add_vpn()
+
+    def _add_vpn(self) -> None:
+        """A VPN that captures every off-link destination by routes more specific than the
+        default (WireGuard's AllowedIPs split, OpenVPN's def1), and delivers nothing."""
+        ns = self.laptop_ns
+        self._ip("link", "add", VPN_IF, "type", "veth", "peer", "name", VPN_FAR_IF, ns=ns)
+        self._ip("addr", "add", f"{VPN_IP}/30", "dev", VPN_IF, ns=ns)
+        self._ip("link", "set", VPN_FAR_IF, "up", ns=ns)
+        self._ip("link", "set", VPN_IF, "up", ns=ns)
+        # A fixed neighbour: frames go out at once (no ARP wait) to a MAC nobody has.
+        self._ip(
+            "neigh", "replace", VPN_GATEWAY, "lladdr", VPN_GATEWAY_MAC, "dev", VPN_IF,
+            "nud", "permanent", ns=ns,
+        )  # fmt: skip
+        for half in ("0.0.0.0/1", "128.0.0.0/1"):
+            self._ip("route", "add", half, "via", VPN_GATEWAY, "dev", VPN_IF, ns=ns)
 
     def _start_bus(self) -> None:
         for f in self.bus_policy_files:
@@ -1391,6 +1492,10 @@ def _shell_main(argv: list[str]) -> int:
     p.add_argument("--dhcp-client", choices=("internal", "dhclient"), default="internal")
     p.add_argument("--https", action="store_true")
     p.add_argument("--no-nm", action="store_true", help="static address, no NetworkManager")
+    p.add_argument("--routing-vpn", action="store_true", help="a VPN that captures 0/1, 128/1")
+    p.add_argument("--offlink-portal", action="store_true", help="portal at 203.0.113.80 too")
+    p.add_argument("--partner", action="store_true", help="the sign-in page loads a CDN script")
+    p.add_argument("--ipv6", action="store_true", help="IPv6 on the hotel link (with --no-nm)")
     p.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default 3600)")
     p.add_argument("command", nargs="*", help="command to run on the laptop")
     args = p.parse_args(argv)
@@ -1405,6 +1510,10 @@ def _shell_main(argv: list[str]) -> int:
         dhcp_client=args.dhcp_client,
         https=args.https,
         nm=not args.no_nm,
+        routing_vpn=args.routing_vpn,
+        offlink_portal=args.offlink_portal,
+        partner_resource=args.partner,
+        ipv6=args.ipv6,
         lifetime_s=args.lifetime,
     ) as lab:
         print(f"lab {lab.prefix}: run dir {lab.run_dir}, up in {lab.timings['up_s']:.2f} s")
