@@ -384,6 +384,8 @@ def format_status(s: StatusReport, overrides: list[OverrideView]) -> str:
         from portal.core.timefmt import format_duration
 
         lines.append(f"session:    {format_duration(s.seconds_remaining)} left")
+    if s.probe_error:
+        lines.append(f"probe:      failed ({s.probe_error}); retrying")
     lines += [
         f"venue DNS:  {', '.join(s.venue_dns) or '(unknown)'}",
         f"DNS stub:   {', '.join(s.listen)}",

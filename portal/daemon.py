@@ -41,9 +41,9 @@ from portal.core.events import (
     UpstreamsChanged,
 )
 from portal.core.inet import parse_host_port, parse_server
-from portal.core.model import Network, Override, Upstream
+from portal.core.model import Network, Override, Source, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
-from portal.core.probe_model import ProbeFinished, ProbeSpec
+from portal.core.probe_model import ProbeFinished, ProbeSpec, failed_round
 from portal.core.report import OverrideView, StatusReport
 from portal.core.resolvconf import parse_resolv_conf
 from portal.edges import systemd
@@ -52,7 +52,7 @@ from portal.edges.network_source import NetworkSource
 from portal.edges.reactor import ThreadReactor
 from portal.edges.store import Store
 from portal.edges.upstream import Forwarder
-from portal.errors import InvalidAddress, PortalError
+from portal.errors import InvalidAddress, NoNetwork, PortalError
 from portal.logsetup import setup_logging
 from portal.overrides_service import OverrideService
 
@@ -164,6 +164,9 @@ class Daemon:
         self.wiring = wiring
         self.keep_bus = bus
         self.venue = venue or _resolve_via
+        self.store = store
+        self._saved_network: Network | None = None  # what network.json says
+        self._network_lock = asyncio.Lock()
         self.overrides_service = OverrideService(
             store, limits=Limits(max_overrides=config.max_overrides), on_change=self._changed
         )
@@ -240,10 +243,20 @@ class Daemon:
     def _prepare(
         self, any_network: bool, ttl_s: float | None, caller: str
     ) -> Callable[[OverrideTable, str, list[str], float], Override]:
-        """How a user's override is made now: on this network (or any), with this lifetime."""
+        """How a user's override is made now: on this network (or any), with this lifetime.
+
+        With no network known (not connected, or the watcher has not spoken yet) an override
+        has no network to belong to: the caller is told so rather than silently given one that
+        answers everywhere. Without a network watcher at all (`network_source = "none"`) there
+        are no networks, and every override answers on any network."""
         scope, scope_name = (None, "")
         if not any_network and self.network is not None:
             scope, scope_name = self.network.id, self.network.name
+        elif not any_network and self.watcher is not None:
+            raise NoNetwork(
+                "no network is known yet (not connected?), so the override would belong to "
+                "none: connect first, or add --any-network to make it answer on every network"
+            )
         ttl = self.config.default_ttl_s if ttl_s is not None and ttl_s < 0 else ttl_s
 
         def prepare(table: OverrideTable, name: str, addrs: list[str], now: float) -> Override:
@@ -362,6 +375,7 @@ class Daemon:
             overrides=len(self._active()),
             wiring=self.wiring_text,
             portal_hosts=portal.portal_hosts,
+            probe_error=portal.probe_error,
         )
 
     async def check(self, caller: str) -> None:
@@ -383,6 +397,7 @@ class Daemon:
     async def run(self) -> int:
         """Serve until stop(); return the exit code."""
         self.overrides_service.load()
+        self._assume_the_last_network()
         self._use_fallback_upstreams()
         # the overrides first: the DNS thread answers what queued in the kernel at once
         self._refresh_view()
@@ -435,6 +450,43 @@ class Daemon:
     def stop(self) -> None:
         self._stop.set()
 
+    # -- the last network, across restarts (a restart never changes an answer) --------------
+
+    def _assume_the_last_network(self) -> None:
+        """Start on the network we were last on, so that overrides scoped to it answer from the
+        first query (queries may have queued in the socket while we restarted), until the
+        network watcher reports."""
+        network = self.store.load_network()
+        self._saved_network = network
+        if network is None:
+            return
+        pinned = tuple(
+            sorted(
+                o.name
+                for o in self.overrides_service.table.entries()
+                if o.source is Source.AUTO and o.scope == network.id
+            )
+        )
+        self.session = sess.restore(network, pinned)
+        log.info(
+            "assuming the last network, %s, until the network watcher reports",
+            network.name or network.id,
+        )
+
+    async def _save_network(self) -> None:
+        # One writer at a time, and always the newest network: a quick succession of changes
+        # ends with the last one on disk.
+        async with self._network_lock:
+            network = self.session.network
+            if network == self._saved_network:
+                return
+            try:
+                await asyncio.to_thread(self.store.save_network, network)
+            except PortalError as exc:
+                log.warning("%s; a restart will not assume this network", exc)
+                return
+            self._saved_network = network
+
     def _connected(self, control: ControlServer | None) -> None:
         self.control = control
 
@@ -473,7 +525,7 @@ class Daemon:
             self.forwarder.set_upstreams(found)
             self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
 
-    def _set_upstreams(self, upstreams: tuple[Upstream, ...]) -> None:
+    def _set_upstreams(self, upstreams: tuple[Upstream, ...], source: str) -> None:
         if self.config.upstreams:
             return  # static upstreams from the config win
         if self._follow_resolv_conf():
@@ -482,10 +534,10 @@ class Daemon:
         if not usable:
             self._use_fallback_upstreams()
             return
-        if usable != self.forwarder.upstreams or self.upstream_source != "NetworkManager":
+        if usable != self.forwarder.upstreams or self.upstream_source != source:
             self.forwarder.set_upstreams(usable)
-            self.upstream_source = "NetworkManager"
-            log.info("upstreams: %s", ", ".join(str(u) for u in usable))
+            self.upstream_source = source
+            log.info("upstreams: %s (%s)", ", ".join(str(u) for u in usable), source)
             self._publish()
 
     # -- detection: events in, actions out ----------------------------------------------------
@@ -501,7 +553,7 @@ class Daemon:
         if isinstance(event, UpstreamsChanged):
             # Which servers the stub forwards to is no part of the portal state: the session
             # never sees it; the status reports it beside the session's.
-            self._set_upstreams(event.upstreams)
+            self._set_upstreams(event.upstreams, event.source)
             return
         if isinstance(event, NetworkChanged):
             net = event.network
@@ -513,11 +565,18 @@ class Daemon:
                 else "none",
             )
         elif isinstance(event, ConnectivityReported):
-            log.info("%s reports connectivity %s", event.source, event.connectivity.value)
+            log.info(
+                "%s reports connectivity %s%s",
+                event.source,
+                event.connectivity.value,
+                "" if event.checked else " (it runs no check of its own: portal's probe decides)",
+            )
         before = self.session
         self.session, actions = sess.step(before, event, now=time.monotonic())
         for action in actions:
             self.perform(action, before)
+        if self.session.network != before.network:
+            self._spawn(self._save_network())
         if self.network_id != (before.network.id if before.network else None):
             self._changed()  # network-scoped overrides start or stop answering
         else:
@@ -582,24 +641,29 @@ class Daemon:
         return default_probe_specs(network.check_uri, configured)
 
     async def _probe(self, action: act.StartProbe) -> None:
+        if action.delay_s > 0:
+            await asyncio.sleep(action.delay_s)
+        network = action.network
+        if not network.api_uri and self.config.portal_api_uri:
+            network = replace(network, api_uri=self.config.portal_api_uri)
+        specs = self._probe_specs(network)
         try:
-            if action.delay_s > 0:
-                await asyncio.sleep(action.delay_s)
-            network = action.network
-            if not network.api_uri and self.config.portal_api_uri:
-                network = replace(network, api_uri=self.config.portal_api_uri)
             result = await self.prober(
                 network,
-                self._probe_specs(network),
+                specs,
                 probe_id=action.probe_id,
                 timeout_s=PROBE_TIMEOUT_S,
                 ca_file=self.config.ca_file or None,
             )
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("probe of %s failed, ignoring", action.network.id)
-            return
+        except Exception as exc:
+            # Failures are data: the session hears of a round with no answer, retries it with
+            # backoff, and `portal status` says why (never "probing" for good).
+            log.exception("probe of %s failed", action.network.id)
+            result = failed_round(
+                network, specs, probe_id=action.probe_id, why=f"the probe failed: {exc}"
+            )
         self.emit(result)
 
     async def _pin(self, action: act.PinPortalHosts) -> None:

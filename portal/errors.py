@@ -7,6 +7,7 @@
      │    ├── InvalidAddress(ValueError)
      │    ├── InvalidTTL(ValueError)
      │    ├── TooManyOverrides
+     │    ├── NoNetwork                    no network to scope an override to
      │    └── NoSuchOverride(LookupError)
      ├── StateError                        the state file cannot be read or written
      ├── NotAuthorized(PermissionError)    the caller may not change overrides
@@ -42,6 +43,10 @@ class InvalidTTL(ValueError, OverrideError):
 
 class TooManyOverrides(OverrideError):
     """The override table is full."""
+
+
+class NoNetwork(OverrideError):
+    """The override should belong to the current network, and none is known."""
 
 
 class NoSuchOverride(LookupError, OverrideError):

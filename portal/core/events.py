@@ -22,17 +22,28 @@ class NetworkChanged:
 
 @dataclass(frozen=True, slots=True)
 class ConnectivityReported:
-    """NetworkManager (or another source) reported its own connectivity verdict."""
+    """NetworkManager (or another source) reported its own connectivity verdict.
+
+    `checked` says whether the reporter ran a check of its own: NetworkManager without a
+    connectivity check (no `[connectivity] uri`, Debian's default; `interval=0`; turned off for
+    privacy) reports FULL on any connected network, captive or not, so that word means nothing.
+    """
 
     connectivity: Connectivity
     source: str = "nm"
+    checked: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamsChanged:
-    """The resolver configuration the stub should forward to (ordered, best first)."""
+    """The resolver configuration the stub should forward to (ordered, best first).
+
+    `source` names where they came from, for `portal status` ("NetworkManager",
+    "systemd-networkd", "resolv.conf (/etc/resolv.conf)").
+    """
 
     upstreams: tuple[Upstream, ...]
+    source: str = "NetworkManager"
 
 
 @dataclass(frozen=True, slots=True)

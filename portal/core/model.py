@@ -92,3 +92,4 @@ class PortalStatus:
     portal_url: str = ""
     seconds_remaining: int = -1
     portal_hosts: tuple[str, ...] = field(default=())  # names routed to the venue DNS
+    probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran

@@ -13,9 +13,10 @@ edges/http_probe.py. Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from portal.core.model import Connectivity
+from portal.core.model import Connectivity, Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +97,10 @@ class ProbeFinished:
     """A probe round asked for by `StartProbe(probe_id=...)` is over (event, past tense).
 
     `results` pairs every spec probed with its response; `api` is the RFC 8908 answer fetched
-    from `api_uri` (the network's, or one from the config), else None.
+    from `api_uri` (the network's, or one from the config), else None. `error` says why the
+    round as a whole failed (the probe process could not start, crashed, hung or answered
+    garbage), "" when it ran: such a round's every probe failed too, and it counts like any
+    round that got no answer.
     """
 
     network_id: str
@@ -104,3 +108,13 @@ class ProbeFinished:
     results: tuple[tuple[ProbeSpec, ProbeResponse], ...] = ()
     api: CaptiveApi | None = None
     api_uri: str = ""
+    error: str = ""
+
+
+def failed_round(
+    network: Network, specs: Sequence[ProbeSpec], *, probe_id: int, why: str
+) -> ProbeFinished:
+    """A probe round that could not run (`why`): every probe failed, which the session counts
+    as a round with no answer, and `why` is what `portal status` shows."""
+    failed = tuple((s, ProbeResponse(s.url, error="probe-failed")) for s in specs)
+    return ProbeFinished(network.id, probe_id, failed, error=why)

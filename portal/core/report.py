@@ -47,6 +47,7 @@ class StatusReport:
     wiring: str = ""  # how the stub is wired into name resolution (one line)
     portal_hosts: tuple[str, ...] = ()  # names routed to the venue's DNS
     auth: str = ""  # "polkit" or "credentials"
+    probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
 
 
 @dataclass(frozen=True, slots=True)

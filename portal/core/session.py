@@ -3,11 +3,24 @@
     unknown ──network──▶ probing ──probe──▶ captive ⇄ limited ──▶ online
                                   └──────▶ online / offline
 
-Events in: NetworkChanged (appeared, changed, gone), ConnectivityReported (NM: PORTAL or
-LIMITED trigger a probe, FULL confirms online), ProbeFinished, CheckRequested, Resumed; any
-other event leaves the session as it is. Actions out: see core/actions.py.
+Events in: NetworkChanged (appeared, changed, gone), ConnectivityReported (NM's own verdict),
+ProbeFinished, CheckRequested, Resumed; any other event leaves the session as it is. Actions
+out: see core/actions.py.
 
 Rules worth knowing:
+- portal's own probe decides; NetworkManager's word only prompts it. Where NM runs no
+  connectivity check of its own (no check URI: Debian's default, minimal installs, privacy),
+  it reports FULL on any network, captive or not, within milliseconds of connecting: such a
+  report is ignored. Where NM does check, PORTAL or LIMITED start a probe now, and a FULL that
+  contradicts portal's own verdict is settled by probing again, never by taking the first word:
+  a captive verdict stands against NM's FULL (the portal may let NM's check host through), a
+  probe that got no answer at all gives way to it (NM reached the internet; portal saw no
+  portal).
+- A failed probe round (the probe process could not start, crashed, hung, answered garbage) is
+  a round with no answer: limited, re-probed with backoff, and its reason is published.
+- After a restart the daemon assumes the network it was last on (`restore`), so overrides
+  scoped to it answer from the first query; the first report of the network watcher replaces
+  that assumption (and probes, even when it names the same network).
 - One probe at a time. Every StartProbe carries a new `probe_id`; a ProbeFinished for another
   network or an older probe is ignored, so a slow probe can never overwrite a newer answer.
 - While captive or limited, re-probe with backoff: 1 s, doubling, capped at 60 s. Online and
@@ -69,10 +82,22 @@ class Session:
     retries: int = 0  # re-probes in a row while captive or limited (the backoff exponent)
     pinned: tuple[str, ...] = ()  # names pinned on this network
     routed: tuple[str, ...] = ()  # names currently routed to the venue's DNS
-    nm: Connectivity = Connectivity.UNKNOWN  # NetworkManager's last report
+    nm: Connectivity = Connectivity.UNKNOWN  # NetworkManager's last report (checked ones only)
+    nm_checks: bool = True  # NetworkManager runs a connectivity check of its own
     # a portal episode: from a captive verdict until the network is online or gone (the
     # resolver wiring and the agent's notification follow it)
     episode: bool = False
+    assumed: bool = False  # `network` is the one before a restart, not reported in this run
+    probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
+
+
+def restore(network: Network | None, pinned: tuple[str, ...] = ()) -> Session:
+    """The session a restarted daemon starts with: the network it was last on, assumed until
+    the network watcher reports (overrides scoped to it keep answering meanwhile), with the
+    names pinned on it before the restart (so that they are unpinned once it is online)."""
+    if network is None:
+        return Session()
+    return Session(network=network, pinned=pinned, assumed=True)
 
 
 def status(session: Session) -> PortalStatus:
@@ -83,6 +108,7 @@ def status(session: Session) -> PortalStatus:
         portal_url=session.portal_url,
         seconds_remaining=session.seconds_remaining,
         portal_hosts=session.portal_hosts,
+        probe_error=session.probe_error,
     )
 
 
@@ -105,11 +131,16 @@ def _step(s: Session, event: object, now: float, out: list[Action]) -> Session:
         case NetworkChanged(network=None):
             if s.network is not None:
                 s = _clear_portal(s, out)
-            return Session(state=Connectivity.OFFLINE, probe_id=s.probe_id, nm=s.nm)
+            return Session(
+                state=Connectivity.OFFLINE, probe_id=s.probe_id, nm=s.nm, nm_checks=s.nm_checks
+            )
         case NetworkChanged(network=Network() as network):
             return _network(s, network, now, out)
+        case ConnectivityReported(connectivity=connectivity, checked=False):
+            # NetworkManager runs no check: its FULL is said of every network, captive or not.
+            return replace(s, nm=Connectivity.UNKNOWN, nm_checks=False)
         case ConnectivityReported(connectivity=connectivity):
-            return _reported(replace(s, nm=connectivity), now, out)
+            return _reported(replace(s, nm=connectivity, nm_checks=True), now, out)
         case CheckRequested() | Resumed():
             if s.network is None:
                 return s
@@ -124,6 +155,13 @@ def _step(s: Session, event: object, now: float, out: list[Action]) -> Session:
 
 
 def _network(s: Session, network: Network, now: float, out: list[Action]) -> Session:
+    if s.assumed and s.network is not None and s.network.id == network.id:
+        # The watcher's first word after a restart names the network we assumed: what was
+        # pinned on it stays pinned until a verdict says otherwise, but nothing else is known.
+        fresh = Session(
+            network=network, probe_id=s.probe_id, nm=s.nm, nm_checks=s.nm_checks, pinned=s.pinned
+        )
+        return _probe(replace(fresh, state=Connectivity.PROBING), now, 0.0, out)
     if s.network is not None and s.network.id == network.id:
         if not _probe_relevant(s.network, network):
             return replace(s, network=network)  # e.g. only the name changed
@@ -138,7 +176,7 @@ def _network(s: Session, network: Network, now: float, out: list[Action]) -> Ses
         return _probe(s, now, 0.0, out)
     if s.network is not None:
         s = _clear_portal(s, out)
-    fresh = Session(network=network, probe_id=s.probe_id, nm=s.nm)
+    fresh = Session(network=network, probe_id=s.probe_id, nm=s.nm, nm_checks=s.nm_checks)
     if is_unrestricted(network.api_uri):
         # RFC 8910 §2: the network says there is no portal; clients may skip probing.
         return replace(fresh, state=Connectivity.ONLINE)
@@ -164,8 +202,11 @@ def _reported(s: Session, now: float, out: list[Action]) -> Session:
             return s  # a probe is running; its answer is as fresh as a new one would be
         return _probe(replace(s, retries=0), now, 0.0, out)
     if s.nm is Connectivity.ONLINE and s.state is not Connectivity.ONLINE:
-        # NM's own check got through (after a sign-in, typically): trust it, stop probing.
-        return _online(s, -1, out)
+        # NM's own check got through (after a sign-in, typically), which contradicts portal's
+        # own verdict: probe again now, and let that answer decide (see _finished).
+        if s.probe_due is not None and s.probe_due <= now < s.probe_due + PROBE_RUN_LIMIT_S:
+            return s  # a probe is running: its answer is as fresh as a new one would be
+        return _probe(replace(s, retries=0), now, 0.0, out)
     return s
 
 
@@ -180,7 +221,16 @@ def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -
         return s  # for a network we left or a probe superseded since: ignored
     api_uri = event.api_uri or api_uri_to_fetch(network.api_uri)
     verdict = classify_all(event.results, api=event.api, api_uri=api_uri)
-    s = replace(s, probe_due=None)
+    s = replace(s, probe_due=None, probe_error=event.error)
+    if (
+        verdict.connectivity is Connectivity.LIMITED
+        and s.nm is Connectivity.ONLINE
+        and s.nm_checks
+        and not event.error
+    ):
+        # No answer at all here, but NetworkManager's own check got through: it reached the
+        # internet and portal saw no portal. (A failed round is no evidence either way.)
+        return _online(s, verdict.seconds_remaining, out)
     match verdict.connectivity:
         case Connectivity.CAPTIVE:
             s = replace(
@@ -206,7 +256,13 @@ def _finished(s: Session, event: ProbeFinished, now: float, out: list[Action]) -
             s = replace(s, state=Connectivity.LIMITED, seconds_remaining=verdict.seconds_remaining)
             return _retry(s, now, out)
         case Connectivity.ONLINE:
-            ask_nm = s.state in _NOT_ONLINE or s.nm in _NOT_ONLINE
+            # Only a NetworkManager that checks, and does not say so already, is asked to see
+            # it too.
+            ask_nm = (
+                s.nm_checks
+                and s.nm is not Connectivity.ONLINE
+                and (s.state in _NOT_ONLINE or s.nm in _NOT_ONLINE)
+            )
             s = _online(s, verdict.seconds_remaining, out)
             if ask_nm:
                 # NM rechecks a portal only every few seconds (then every `interval`): ask now

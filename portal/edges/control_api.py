@@ -15,6 +15,7 @@ from portal.errors import (
     InvalidAddress,
     InvalidDomain,
     InvalidTTL,
+    NoNetwork,
     NoSuchOverride,
     NotAuthorized,
     PortalError,
@@ -34,6 +35,7 @@ ERRORS: dict[str, type[PortalError]] = {
     "InvalidTTL": InvalidTTL,
     "TooManyOverrides": TooManyOverrides,
     "NoSuchOverride": NoSuchOverride,
+    "NoNetwork": NoNetwork,
     "StateError": StateError,
     "NotAuthorized": NotAuthorized,
 }

@@ -308,7 +308,13 @@ class NetlinkWatcher:
             self._emit(NetworkChanged(network))
         if upstreams != self._last_upstreams:
             self._last_upstreams = upstreams
-            self._emit(UpstreamsChanged(upstreams))
+            # networkd's per-link servers win over resolv.conf (netstate.upstreams_from_tables)
+            source = (
+                "systemd-networkd"
+                if any(s.dns for s in states.values())
+                else f"resolv.conf ({self._resolv_conf})"
+            )
+            self._emit(UpstreamsChanged(upstreams, source=source))
 
     def _schedule_rechecks(self) -> None:
         for handle in self._rechecks:

@@ -105,6 +105,20 @@ Emit = Callable[[object], None]
 # --- pure translation: NM property dictionaries → portal model -------------------------------
 
 
+def nm_checks(manager: Mapping[str, Any]) -> bool:
+    """Whether NetworkManager runs a connectivity check of its own (so that its Connectivity
+    means something). Without one (no `[connectivity] uri`, Debian's default; `enabled=false`;
+    `interval=0`) it reports FULL on any connected network. `ConnectivityCheckAvailable` is
+    false without a URI, `ConnectivityCheckEnabled` false when turned off (both since NM
+    1.10; older NMs have only the URI)."""
+    uri = manager.get("ConnectivityCheckUri")
+    if uri is not None and not uri:
+        return False  # no URI configured (an NM too old to have the property is trusted)
+    return manager.get("ConnectivityCheckAvailable") is not False and (
+        manager.get("ConnectivityCheckEnabled") is not False
+    )
+
+
 def connectivity_from_nm(value: object) -> Connectivity:
     """NM's Connectivity number → Connectivity; anything unexpected is UNKNOWN."""
     return (
@@ -326,7 +340,8 @@ class NetworkManagerWatcher:
         self._retry: asyncio.TimerHandle | None = None
         self._last_network: Network | None = _UNSET
         self._last_upstreams: tuple[Upstream, ...] = _UNSET
-        self._last_connectivity: Connectivity = _UNSET
+        self._last_connectivity: tuple[Connectivity, bool] = _UNSET
+        self._checks = True  # NM runs a connectivity check (see nm_checks)
 
     # -- public --------------------------------------------------------------------------------
 
@@ -520,6 +535,7 @@ class NetworkManagerWatcher:
         upstreams = upstreams_from_nm(
             configuration, ip4=ip4, ip6=ip6, interface=network.interface if network else ""
         )
+        self._checks = nm_checks(manager)
         return network, upstreams, connectivity_from_nm(manager.get("Connectivity"))
 
     async def _optional(self, bus: MessageBus, path: str, interface: str) -> dict[str, Any]:
@@ -536,6 +552,7 @@ class NetworkManagerWatcher:
             self._emit(NetworkChanged(network))
 
     def _publish_connectivity(self, connectivity: Connectivity) -> None:
-        if connectivity != self._last_connectivity:
-            self._last_connectivity = connectivity
-            self._emit(ConnectivityReported(connectivity))
+        said = (connectivity, self._checks)
+        if said != self._last_connectivity:
+            self._last_connectivity = said
+            self._emit(ConnectivityReported(connectivity, checked=self._checks))

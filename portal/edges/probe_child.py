@@ -26,7 +26,13 @@ from dataclasses import asdict, fields
 from typing import Any
 
 from portal.core.model import Network
-from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
+from portal.core.probe_model import (
+    CaptiveApi,
+    ProbeFinished,
+    ProbeResponse,
+    ProbeSpec,
+    failed_round,
+)
 
 log = logging.getLogger("portal.probe")
 
@@ -60,8 +66,7 @@ async def probe_network_in_child(
         )
     except ChildFailed as exc:
         log.warning("probe of %s failed: %s", network.id, exc)
-        failed = tuple((s, ProbeResponse(s.url, error="probe-failed")) for s in specs)
-        return ProbeFinished(network.id, probe_id, failed)
+        return failed_round(network, specs, probe_id=probe_id, why=str(exc))
 
 
 async def _probe_in_child(
@@ -91,15 +96,22 @@ async def _run(request: dict[str, Any], timeout_s: float) -> Any:
     # the daemon's import path as it is (a Nix wrapper sets it up inside the script, not in env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     debug = logging.getLogger("portal").isEnabledFor(logging.DEBUG)
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "portal.edges.probe_child",
-        "debug" if debug else "info",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "portal.edges.probe_child",
+            "debug" if debug else "info",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+    except OSError as exc:
+        # An interpreter this user cannot execute (a venv made from a Python under /root), a
+        # missing one (a removed virtual environment), no memory or processes left.
+        raise ChildFailed(
+            f"cannot start the probe process ({PYTHON}): {exc.strerror or exc}"
+        ) from None
     try:
         out, _ = await asyncio.wait_for(
             proc.communicate(json.dumps(request).encode()), timeout_s + START_ALLOWANCE_S

@@ -6,7 +6,9 @@ does not parse is moved aside (never deleted: nothing is lost) and the daemon st
 
 The file is one JSON object (core/overrides.py `format_state` / `parse_state`): a little daemon
 state can be kept beside the overrides under a key of its own (a reader ignores keys it does not
-know), written by the same atomic save. Only portal/overrides_service.py calls `Store`.
+know), written by the same atomic save. Only portal/overrides_service.py calls `Store` for the
+overrides. The network the daemon was last on is kept in a small file of its own
+(network.json, core/remembered.py), written the same way by the daemon when it changes.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import os
 import time
 from pathlib import Path
 
+from portal.core.model import Network
 from portal.core.overrides import Limits, OverrideTable, format_state, parse_state
+from portal.core.remembered import format_network, parse_network
 from portal.errors import StateError
 
 log = logging.getLogger("portal.store")
 
 STATE_FILE = "overrides.json"
+NETWORK_FILE = "network.json"  # the network the daemon was last on (core/remembered.py)
 
 
 def state_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -39,6 +44,12 @@ class Store:
 
     def save(self, table: OverrideTable) -> None:
         save(self.state_dir, table)
+
+    def load_network(self) -> Network | None:
+        return load_network(self.state_dir)
+
+    def save_network(self, network: Network | None) -> None:
+        save_network(self.state_dir, network)
 
 
 def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> OverrideTable:
@@ -92,10 +103,32 @@ def _move_aside(path: Path, why: str, limits: Limits) -> OverrideTable:
 
 def save(state_dir: str | os.PathLike[str], table: OverrideTable) -> None:
     """Write the table durably. Raises StateError with a one-line reason on failure."""
-    directory = Path(state_dir)
-    path = state_path(directory)
-    tmp = directory / f".{STATE_FILE}.{os.getpid()}.tmp"
-    data = format_state(table).encode("utf-8")
+    _write_atomic(Path(state_dir), STATE_FILE, format_state(table).encode("utf-8"), "overrides")
+
+
+def load_network(state_dir: str | os.PathLike[str]) -> Network | None:
+    """The network the daemon was last on (core/remembered.py); None when none is known or the
+    file cannot be read (logged: the daemon then assumes nothing, which is never wrong)."""
+    path = Path(state_dir) / NETWORK_FILE
+    _sweep_temp_files(path)
+    try:
+        return parse_network(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("cannot read the last network from %s (%s), ignoring", path, exc)
+        return None
+
+
+def save_network(state_dir: str | os.PathLike[str], network: Network | None) -> None:
+    """Remember the network the daemon is on. Raises StateError with a one-line reason."""
+    _write_atomic(Path(state_dir), NETWORK_FILE, format_network(network).encode(), "the network")
+
+
+def _write_atomic(directory: Path, name: str, data: bytes, what: str) -> None:
+    """Temp file, fsync, rename over the old one, fsync the directory."""
+    path = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -118,4 +151,4 @@ def save(state_dir: str | os.PathLike[str], table: OverrideTable) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise StateError(f"cannot save overrides to {path}: {exc.strerror or exc}") from exc
+        raise StateError(f"cannot save {what} to {path}: {exc.strerror or exc}") from exc

@@ -23,6 +23,7 @@ STATUS_KEYS = [
     "wiring",
     "portal_hosts",
     "auth",
+    "probe_error",  # new keys are added at the end; none is ever renamed or removed
 ]
 OVERRIDE_KEYS = [
     "name",

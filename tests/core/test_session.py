@@ -27,7 +27,7 @@ from portal.core.events import (
 )
 from portal.core.model import Connectivity, Network, PortalStatus
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
-from portal.core.session import BACKOFF_CAP_S, Session, backoff_s, status, step
+from portal.core.session import BACKOFF_CAP_S, Session, backoff_s, restore, status, step
 
 C = Connectivity
 G = ProbeSpec("http://connectivitycheck.gstatic.com/generate_204", 204)
@@ -291,19 +291,10 @@ ONLINE_SESSION = Session(network=HOTEL, state=C.ONLINE, probe_id=5, nm=C.ONLINE)
         (replace(ONLINE_SESSION, probe_due=19.0), C.CAPTIVE, 50.0, [StartProbe(HOTEL, 0.0, 6)]),
         # ... but a re-probe scheduled for later is brought forward
         (CAPTIVE_SESSION, C.LIMITED, 15.0, [StartProbe(HOTEL, 0.0, 8)]),
-        # FULL confirms online: stop probing, undo pins; NM knows already
-        (
-            CAPTIVE_SESSION,
-            C.ONLINE,
-            15.0,
-            [
-                CancelProbe(),
-                StopRouting(),
-                UnpinPortalHosts("uuid-hotel"),
-                PublishStatus(PortalStatus(network=HOTEL, state=C.ONLINE)),
-            ],
-        ),
-        (PROBING, C.ONLINE, 10.0, [CancelProbe(), PublishStatus(PortalStatus(HOTEL, C.ONLINE))]),
+        # FULL contradicts the captive verdict: probe again now, do not take NM's word
+        (CAPTIVE_SESSION, C.ONLINE, 15.0, [StartProbe(HOTEL, 0.0, 8)]),
+        # ... and while a probe runs, its answer decides
+        (PROBING, C.ONLINE, 10.0, []),
         (ONLINE_SESSION, C.ONLINE, 50.0, []),
         (ONLINE_SESSION, C.UNKNOWN, 50.0, []),
         (ONLINE_SESSION, C.OFFLINE, 50.0, []),
@@ -318,9 +309,124 @@ def test_nm_reports(
     assert new.nm is reported
 
 
-def test_nm_full_then_probe_result_is_ignored() -> None:
+def test_nm_full_then_a_captive_probe_stands() -> None:
+    """NM's check host may be let through by the portal: portal's captive verdict stands."""
     session, _ = step(PROBING, ConnectivityReported(C.ONLINE), 10.0)
-    assert step(session, done(4), 10.1) == (session, ())
+    session, actions = step(session, done(4), 10.1)
+    assert session.state is C.CAPTIVE and session.nm is C.ONLINE
+    assert PIN in actions and StartProbe(HOTEL, 1.0, 5) in actions
+
+
+def test_nm_full_then_a_probe_without_answer_goes_online() -> None:
+    """NM reached the internet and portal saw no portal: online, NM needs no nudge."""
+    session, _ = step(PROBING, ConnectivityReported(C.ONLINE), 10.0)
+    session, actions = step(session, done(4, LIMITED), 10.1)
+    assert session.state is C.ONLINE
+    assert AskNMToRecheck() not in actions and not any(isinstance(a, StartProbe) for a in actions)
+
+
+def test_nm_full_then_a_failed_round_is_no_evidence() -> None:
+    session, _ = step(PROBING, ConnectivityReported(C.ONLINE), 10.0)
+    session, _ = step(session, done(4, LIMITED, error="cannot start the probe process"), 10.1)
+    assert session.state is C.LIMITED
+
+
+def test_nm_full_after_sign_in_then_the_probe_confirms_online() -> None:
+    session, actions = step(CAPTIVE_SESSION, ConnectivityReported(C.ONLINE), 15.0)
+    assert session.state is C.CAPTIVE and actions == (StartProbe(HOTEL, 0.0, 8),)
+    session, actions = step(session, done(8, ONLINE), 15.2)
+    assert session.state is C.ONLINE
+    assert UnpinPortalHosts("uuid-hotel") in actions and StopRouting() in actions
+    assert AskNMToRecheck() not in actions  # NM said so already
+
+
+# --- NetworkManager without a connectivity check of its own -------------------------------------
+
+UNCHECKED_FULL = ConnectivityReported(C.ONLINE, checked=False)
+
+
+@pytest.mark.parametrize("session", [PROBING, CAPTIVE_SESSION, ONLINE_SESSION, Session()])
+def test_an_unchecked_full_changes_nothing_but_the_nm_word(session: Session) -> None:
+    new, actions = step(session, UNCHECKED_FULL, 10.05)
+    assert actions == ()
+    assert new == replace(session, nm=C.UNKNOWN, nm_checks=False)
+
+
+def test_without_nm_check_detection_is_portals_own() -> None:
+    """Debian's default: NM says FULL 15 ms after the connection comes up, on any network."""
+    events: list[tuple[object, float]] = [
+        (NetworkChanged(HOTEL), 10.0),
+        (UNCHECKED_FULL, 10.015),
+        (done(1), 10.4),
+        (done(2, ONLINE), 11.5),
+    ]
+    (s1, a1), (s2, a2), (s3, a3), (s4, a4) = run(events)
+    assert s1.state is C.PROBING and StartProbe(HOTEL, 0.0, 1) in a1
+    assert s2.state is C.PROBING and a2 == ()  # the probe is not cancelled
+    assert s3.state is C.CAPTIVE and PIN in a3
+    assert s4.state is C.ONLINE
+    assert AskNMToRecheck() not in a4  # NM cannot be asked to see what it never checks
+
+
+def test_nm_turning_its_check_on_again_counts_again() -> None:
+    session, _ = step(PROBING, UNCHECKED_FULL, 10.0)
+    session, actions = step(session, ConnectivityReported(C.CAPTIVE), 10.1)
+    assert session.nm is C.CAPTIVE and session.nm_checks
+    assert actions == ()  # a probe is running
+
+
+# --- a failed probe round ------------------------------------------------------------------------
+
+
+def test_a_failed_round_is_limited_retried_and_says_why() -> None:
+    why = "cannot start the probe process (/usr/bin/python3): Permission denied"
+    session, actions = step(PROBING, done(4, LIMITED, error=why), 10.5)
+    assert session.state is C.LIMITED and session.probe_error == why
+    assert StartProbe(HOTEL, backoff_s(0), 5) in actions
+    status_published = published(actions)
+    assert status_published is not None and status_published.probe_error == why
+    session, actions = step(session, done(5, CAPTIVE), 11.6)
+    assert session.state is C.CAPTIVE and session.probe_error == ""
+    assert published(actions) is not None
+
+
+# --- after a restart: the last network, assumed --------------------------------------------------
+
+
+def test_restore_without_a_network_is_a_new_session() -> None:
+    assert restore(None) == Session()
+
+
+def test_restore_assumes_the_network_until_the_watcher_speaks() -> None:
+    session = restore(HOTEL, ("login.hotel.test",))
+    assert session.network == HOTEL and session.assumed and session.state is C.UNKNOWN
+    # nothing happens by itself: no probe until the watcher reports
+    assert step(session, UNCHECKED_FULL, 1.0)[1] == ()
+
+
+def test_the_same_network_reported_after_a_restart_is_probed_and_keeps_its_pins() -> None:
+    session = restore(HOTEL, ("login.hotel.test",))
+    session, actions = step(session, NetworkChanged(HOTEL), 1.0)
+    assert not session.assumed and session.state is C.PROBING
+    assert StartProbe(HOTEL, 0.0, 1) in actions and UnpinPortalHosts("uuid-hotel") not in actions
+    # still captive: nothing pinned again (the pin is there), routed again
+    session, actions = step(session, done(1), 1.4)
+    assert session.state is C.CAPTIVE and PIN not in actions and ROUTE in actions
+    # online: the pins from before the restart go
+    session, actions = step(session, done(2, ONLINE), 3.0)
+    assert UnpinPortalHosts("uuid-hotel") in actions
+
+
+def test_another_network_reported_after_a_restart_unpins_the_assumed_one() -> None:
+    session = restore(HOTEL, ("login.hotel.test",))
+    session, actions = step(session, NetworkChanged(CAFE), 1.0)
+    assert session.network == CAFE and not session.assumed
+    assert UnpinPortalHosts("uuid-hotel") in actions and StartProbe(CAFE, 0.0, 1) in actions
+
+
+def test_no_network_reported_after_a_restart_drops_the_assumption() -> None:
+    session, _ = step(restore(HOTEL), NetworkChanged(None), 1.0)
+    assert session.network is None and session.state is C.OFFLINE
 
 
 # --- check and resume --------------------------------------------------------------------------
@@ -486,4 +592,9 @@ def test_core_session_is_pure() -> None:
                     else [node.module or ""]
                 )
                 for name in names:
-                    assert name.split(".")[0] in {"__future__", "dataclasses", "portal"}, name
+                    assert name.split(".")[0] in {
+                        "__future__",
+                        "collections",
+                        "dataclasses",
+                        "portal",
+                    }, name

@@ -15,10 +15,12 @@ name goes upstream again; an override scoped to a network answers only there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dns.asyncquery
 import dns.message
@@ -34,6 +36,7 @@ from portal.edges.dns_stub import DnsStub, bind_sockets
 from portal.edges.reactor import ThreadReactor
 from portal.edges.store import Store
 from portal.edges.upstream import Forwarder
+from portal.errors import NoNetwork
 from tests.support.dns import Dnsmasq, dnsmasq
 from tests.support.probes import recorded
 from tests.support.procs import free_port, need
@@ -141,52 +144,67 @@ class Running:
             await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def started(
+    state_dir: Path, upstream: Dnsmasq, venue: Dnsmasq, *, prober: Any = None
+) -> AsyncIterator[Running]:
+    """A Daemon on a loopback port of its own, with `state_dir`, run until the block ends."""
+    port = free_port()
+    config = Config(
+        listen=(f"127.0.0.1:{port}",),
+        upstreams=(Upstream(upstream.host, upstream.port),),
+        state_dir=str(state_dir),
+        probe_urls=(CHECK_URL,),
+        network_source="none",
+        wiring="none",
+    )
+    stub = DnsStub(
+        bind_sockets([("127.0.0.1", port)]), Forwarder(ThreadReactor(), config.upstreams)
+    )
+    watcher, wiring = Watcher(), Wiring()
+    prober = prober or Prober()
+    daemon = Daemon(
+        config,
+        stub=stub,
+        store=Store(config.state_dir),
+        prober=prober,
+        watcher=watcher,
+        wiring=wiring,
+    )
+    # the venue's DNS answers from loopback: the probes' source address is the network's
+    hotel = Network(
+        id="uuid-hotel",
+        name="Hotel",
+        kind="wifi",
+        addresses=("127.0.0.1",),
+        venue_dns=(f"{venue.host}:{venue.port}",),
+    )
+    cafe = Network(id="uuid-cafe", name="Cafe", addresses=("127.0.0.1",))
+    task = asyncio.create_task(daemon.run())
+    r = Running(daemon, port, watcher, prober, wiring, venue, hotel, cafe)
+    try:
+        await r.until_answer("www.example.test", ["192.0.2.20"])  # serving, forwarding
+        yield r
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(task, WAIT_S) == 0
+    assert wiring.closed
+
+
 @pytest.fixture
-async def running(tmp_path: Path) -> AsyncIterator[Running]:
+def dns_servers() -> Iterator[tuple[Dnsmasq, Dnsmasq]]:
     need("dnsmasq")
     upstream_names = {"login.hotel.test": "192.0.2.80", "api.hotel.test": "192.0.2.81",
                       "intranet.test": "192.0.2.82", "www.example.test": "192.0.2.20"}  # fmt: skip
     venue_names = {"login.hotel.test": "10.77.0.1", "api.hotel.test": "10.77.0.2"}
     with dnsmasq(upstream_names) as upstream, dnsmasq(venue_names) as venue:
-        port = free_port()
-        config = Config(
-            listen=(f"127.0.0.1:{port}",),
-            upstreams=(Upstream(upstream.host, upstream.port),),
-            state_dir=str(tmp_path / "state"),
-            probe_urls=(CHECK_URL,),
-            network_source="none",
-            wiring="none",
-        )
-        stub = DnsStub(
-            bind_sockets([("127.0.0.1", port)]), Forwarder(ThreadReactor(), config.upstreams)
-        )
-        watcher, prober, wiring = Watcher(), Prober(), Wiring()
-        daemon = Daemon(
-            config,
-            stub=stub,
-            store=Store(config.state_dir),
-            prober=prober,
-            watcher=watcher,
-            wiring=wiring,
-        )
-        # the venue's DNS answers from loopback: the probes' source address is the network's
-        hotel = Network(
-            id="uuid-hotel",
-            name="Hotel",
-            kind="wifi",
-            addresses=("127.0.0.1",),
-            venue_dns=(f"{venue.host}:{venue.port}",),
-        )
-        cafe = Network(id="uuid-cafe", name="Cafe", addresses=("127.0.0.1",))
-        task = asyncio.create_task(daemon.run())
-        r = Running(daemon, port, watcher, prober, wiring, venue, hotel, cafe)
-        try:
-            await r.until_answer("www.example.test", ["192.0.2.20"])  # serving, forwarding
-            yield r
-        finally:
-            daemon.stop()
-            assert await asyncio.wait_for(task, WAIT_S) == 0
-        assert wiring.closed
+        yield upstream, venue
+
+
+@pytest.fixture
+async def running(tmp_path: Path, dns_servers: tuple[Dnsmasq, Dnsmasq]) -> AsyncIterator[Running]:
+    async with started(tmp_path / "state", *dns_servers) as r:
+        yield r
 
 
 async def test_portal_episode_pins_routes_and_unpins(running: Running) -> None:
@@ -253,3 +271,66 @@ async def test_network_scoped_overrides_answer_only_on_their_network(running: Ru
     # and what was said is on disk: a restart answers the same
     state = (Path(daemon.config.state_dir) / "overrides.json").read_text()
     assert '"intranet.test"' in state and '"uuid-hotel"' in state
+
+
+async def test_a_restart_answers_the_last_networks_overrides_before_the_watcher_speaks(
+    tmp_path: Path, dns_servers: tuple[Dnsmasq, Dnsmasq]
+) -> None:
+    """Queries that queued while the daemon restarted must get the override, not the upstream's
+    answer: the network it was last on is assumed until the watcher reports another."""
+    state = tmp_path / "state"
+    async with started(state, *dns_servers) as r:
+        r.prober.signed_in = True
+        await r.watcher.send(NetworkChanged(r.hotel))
+        await r.until("online", lambda: r.daemon.status().state is Connectivity.ONLINE)
+        await r.daemon.add("intranet.test", ["10.1.1.1"], None, False, "uid 0")
+        await r.until("remembered", lambda: (state / "network.json").exists())
+    async with started(state, *dns_servers) as again:
+        # the watcher has said nothing yet: the override scoped to the hotel answers
+        assert await again.ask("intranet.test") == ["10.1.1.1"]
+        status = again.daemon.status()
+        assert (status.network_id, status.state) == ("uuid-hotel", Connectivity.UNKNOWN)
+        await again.watcher.send(NetworkChanged(again.cafe))
+        await again.until_answer("intranet.test", ["192.0.2.82"])  # another network: upstream
+        await again.until(
+            "cafe remembered", lambda: "uuid-cafe" in (state / "network.json").read_text()
+        )
+
+
+async def test_an_override_with_no_network_known_is_refused_not_made_global(
+    running: Running,
+) -> None:
+    with pytest.raises(NoNetwork, match="--any-network"):
+        await running.daemon.add("intranet.test", ["10.1.1.1"], None, False, "uid 0")
+    assert running.daemon.overrides() == []
+    anywhere = await running.daemon.add("printer.test", ["10.2.2.2"], None, True, "uid 0")
+    assert anywhere.scope == "" and anywhere.active
+
+
+@dataclass
+class FailingProber:
+    """A probe that cannot even start (raises), then works."""
+
+    fail_times: int = 2
+    rounds: list[str] = field(default_factory=list)
+    signed_in: bool = False
+
+    async def __call__(self, network: Network, specs: Sequence[ProbeSpec], **kw: Any) -> Any:
+        self.rounds.append(network.id)
+        if len(self.rounds) <= self.fail_times:
+            raise PermissionError(13, "Permission denied")
+        return await Prober(signed_in=True)(network, specs, **kw)
+
+
+async def test_a_probe_that_fails_is_a_failed_round_retried_and_shown(
+    tmp_path: Path, dns_servers: tuple[Dnsmasq, Dnsmasq]
+) -> None:
+    prober = FailingProber()
+    async with started(tmp_path / "state", *dns_servers, prober=prober) as r:
+        await r.watcher.send(NetworkChanged(r.hotel))
+        await r.until("failed", lambda: "Permission denied" in r.daemon.status().probe_error)
+        assert r.daemon.status().state is Connectivity.LIMITED  # never "probing" for good
+        # retried with backoff until it works, and the reason goes with the failure
+        await r.until("online", lambda: r.daemon.status().state is Connectivity.ONLINE)
+        assert r.daemon.status().probe_error == ""
+        assert len(prober.rounds) == 3

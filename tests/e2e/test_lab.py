@@ -173,7 +173,7 @@ def nameservers(ip4config: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.root
 @pytest.mark.lab
 async def test_hijack_is_portal_and_login_makes_it_full(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dns_mode="hijack")
+    lab = lab_factory(dns_mode="hijack", nm_check=True)
     async with nm_client(lab) as nm:
         await nm.wait_connectivity(PORTAL)
         assert await nm.nm("State") == CONNECTED_SITE
@@ -210,7 +210,7 @@ def _seen(nm: NMClient, value: int) -> Any:
 @pytest.mark.root
 @pytest.mark.lab
 async def test_strict_dns_is_limited(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dns_mode="strict")
+    lab = lab_factory(dns_mode="strict", nm_check=True)
     async with nm_client(lab) as nm:
         await nm.wait_connectivity(LIMITED)
     # The hotel DNS refuses foreign names but answers its own portal host.
@@ -224,7 +224,7 @@ async def test_strict_dns_is_limited(lab_factory: LabFactory) -> None:
 @pytest.mark.root
 @pytest.mark.lab
 async def test_blocked_resolver_is_limited(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dns_mode="blocked")
+    lab = lab_factory(dns_mode="blocked", nm_check=True)
     async with nm_client(lab) as nm:
         dev = await nm.device()
         ip4 = await nm.get(dev, f"{NM}.Device", "Ip4Config")
@@ -242,7 +242,7 @@ async def test_blocked_resolver_is_limited(lab_factory: LabFactory) -> None:
 @pytest.mark.root
 @pytest.mark.lab
 async def test_dhclient_shows_option_114_as_default_url(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dhcp_client="dhclient", https=True)
+    lab = lab_factory(dhcp_client="dhclient", https=True, nm_check=True)
     async with nm_client(lab) as nm:
         await nm.wait_connectivity(PORTAL)
         dev = await nm.device()
@@ -258,7 +258,7 @@ async def test_dhclient_shows_option_114_as_default_url(lab_factory: LabFactory)
 @pytest.mark.root
 @pytest.mark.lab
 def test_https_api_verifies_with_the_lab_ca(lab_factory: LabFactory) -> None:
-    lab = lab_factory(https=True)
+    lab = lab_factory(https=True, nm_check=True)
     assert lab.ca_file is not None
     api = fetch(lab, lab.api_uri, lab.ca_file)
     assert api["status"] == 200, api
@@ -286,7 +286,7 @@ def test_https_api_verifies_with_the_lab_ca(lab_factory: LabFactory) -> None:
 @pytest.mark.root
 @pytest.mark.lab
 async def test_nm_restart_is_seen_on_the_bus(lab_factory: LabFactory) -> None:
-    lab = lab_factory()
+    lab = lab_factory(nm_check=True)
     async with nm_client(lab) as nm:
         await nm.wait_connectivity(PORTAL)
         (old_owner,) = await nm.call("org.freedesktop.DBus", "/org/freedesktop/DBus",
@@ -435,8 +435,8 @@ def test_watchdog_tears_down_at_the_deadline(lab_factory: LabFactory) -> None:
 @pytest.mark.root
 @pytest.mark.lab
 async def test_two_labs_side_by_side(lab_factory: LabFactory) -> None:
-    a = lab_factory()
-    b = lab_factory()
+    a = lab_factory(nm_check=True)
+    b = lab_factory(nm_check=True)
     assert a.hotel_ns != b.hotel_ns and a.run_dir != b.run_dir
     async with nm_client(a) as nm_a, nm_client(b) as nm_b:
         await nm_a.wait_connectivity(PORTAL)

@@ -283,12 +283,17 @@ def test_blocked_resolver_sign_in_by_name_then_networkmanagers_own_again(
 
 
 @requires_lab
-@pytest.mark.xfail(reason="detection without NM's connectivity check (issue 11)")
+@pytest.mark.parametrize(
+    "nm_options",
+    [{}, {"nm_check": True, "nm_check_interval_s": 0}],
+    ids=["no-check-uri", "check-interval-0"],
+)
 def test_detection_without_networkmanagers_check_wires_the_stub(
-    lab_factory: LabFactory, portal_user: str
+    lab_factory: LabFactory, portal_user: str, nm_options: dict[str, Any]
 ) -> None:
-    # Debian's default: no connectivity check, so NetworkManager says FULL on any network.
-    laptop = captive_lab(lab_factory, portal_user, dns_mode="blocked", nm_check_interval_s=0)
+    # Debian's default (no check URI), or the check turned off: NetworkManager says FULL on any
+    # network, and portal's own probe decides.
+    laptop = captive_lab(lab_factory, portal_user, dns_mode="blocked", **nm_options)
     laptop.start_helper()
     laptop.start_daemon()
     laptop.wait_status(lambda s: s["state"] == "captive", "captive", timeout_s=20)

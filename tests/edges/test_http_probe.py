@@ -989,7 +989,15 @@ async def test_a_failing_child_is_a_failed_round_with_one_clear_line_and_never_l
         ]
         [line] = [r.getMessage() for r in caplog.records if r.name == "portal.probe"]
         assert line.startswith("probe of n1 failed: ") and match in line, line
+        assert match in got.error  # what `portal status` shows as the reason
 
+    # An interpreter this user cannot execute (a venv made from a Python under /root), or one
+    # that is gone: the child cannot even start.
+    fake_python("exit 0")
+    (tmp_path / "python").chmod(0o644)
+    await failed_round(1, "cannot start the probe process")
+    monkeypatch.setattr(probe_child, "PYTHON", str(tmp_path / "gone"))
+    await failed_round(1, "cannot start the probe process")
     fake_python("exit 3")
     await failed_round(1, "exited with status 3")
     fake_python("echo '{not json'")

@@ -30,6 +30,7 @@ from portal.edges.nm import (
     network_from_nm,
     nm_appears,
     nm_available,
+    nm_checks,
     upstreams_from_nm,
 )
 from tests.lab.lab import LAPTOP_IF, NM_CHECK_URI, PROFILE_ID, PROFILE_UUID, Lab
@@ -581,7 +582,7 @@ def expected_lab_network(lab: Lab, *, api_uri: str = "") -> Network:
 @pytest.mark.lab
 @requires_lab
 async def test_lab_hijack_network_captive_then_online(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dns_mode="hijack")
+    lab = lab_factory(dns_mode="hijack", nm_check=True)
     events = Events()
     async with watching(lab.bus_address, events) as watcher:
         assert await first_network(events) == expected_lab_network(lab)
@@ -597,7 +598,7 @@ async def test_lab_hijack_network_captive_then_online(lab_factory: LabFactory) -
 @pytest.mark.lab
 @requires_dhclient
 async def test_lab_dhclient_reports_option_114_as_api_uri(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dhcp_client="dhclient", https=True)
+    lab = lab_factory(dhcp_client="dhclient", https=True, nm_check=True)
     events = Events()
     async with watching(lab.bus_address, events):
         network = await first_network(events)
@@ -612,7 +613,7 @@ async def test_lab_dhclient_reports_option_114_as_api_uri(lab_factory: LabFactor
 async def test_lab_blocked_venue_dns_is_the_dhcp_one_not_the_pinned(
     lab_factory: LabFactory,
 ) -> None:
-    lab = lab_factory(dns_mode="blocked")
+    lab = lab_factory(dns_mode="blocked", nm_check=True)
     events = Events()
     async with watching(lab.bus_address, events):
         network = await first_network(events)
@@ -626,7 +627,7 @@ async def test_lab_blocked_venue_dns_is_the_dhcp_one_not_the_pinned(
 @pytest.mark.lab
 @requires_lab
 async def test_lab_nm_restart_mid_way_recovers(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dns_mode="hijack")
+    lab = lab_factory(dns_mode="hijack", nm_check=True)
     events = Events()
     async with watching(lab.bus_address, events) as watcher:
         before = await first_network(events)
@@ -644,6 +645,34 @@ async def test_lab_nm_restart_mid_way_recovers(lab_factory: LabFactory) -> None:
         latest = [e for e in drain(events) if isinstance(e, NetworkChanged)]
         if latest:
             assert latest[-1].network is not None and latest[-1].network.id == before.id
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@requires_lab
+async def test_lab_without_nms_own_check_its_full_is_reported_unchecked(
+    lab_factory: LabFactory,
+) -> None:
+    """NetworkManager as Debian ships it (no check URI) says FULL behind a hijacking portal:
+    the watcher passes that on as a word NM never checked, so the core ignores it."""
+    lab = lab_factory(dns_mode="hijack")
+    events = Events()
+    async with watching(lab.bus_address, events):
+        network = await first_network(events)
+        assert network.check_uri == "" and network.id == PROFILE_UUID
+        reported = await events.until(ConnectivityReported)
+        while reported.connectivity is not Connectivity.ONLINE:
+            reported = await events.until(ConnectivityReported)
+        assert reported == ConnectivityReported(Connectivity.ONLINE, checked=False)
+
+
+def test_nm_checks_only_with_a_uri_and_the_check_on() -> None:
+    assert nm_checks({"ConnectivityCheckUri": "http://x/", "ConnectivityCheckAvailable": True,
+                      "ConnectivityCheckEnabled": True})  # fmt: skip
+    assert not nm_checks({"ConnectivityCheckUri": ""})  # no [connectivity] uri
+    assert not nm_checks({"ConnectivityCheckUri": "http://x/", "ConnectivityCheckEnabled": False})
+    assert not nm_checks({"ConnectivityCheckUri": "http://x/", "ConnectivityCheckAvailable": False})
+    assert nm_checks({})  # an NM too old to say: its word is taken as before
 
 
 def drain(events: Events) -> list[object]:

@@ -41,8 +41,14 @@ Constructor options (all keyword-only):
 - ``portal_session_s`` (3600): how long a login lasts (the API's ``seconds-remaining``); when
   it runs out the laptop is captive again. ``login(session_s=)`` overrides it per login.
 - ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
-- ``nm_dns`` (NM's ``[main] dns=``, default "default"), ``nm_check_interval_s`` (10),
-  ``nm_extra_conf`` (text appended to NM's config).
+- ``nm_check`` (False): NetworkManager's own connectivity check. Off by default, as NM ships
+  on Debian (the check is the optional package network-manager-config-connectivity-debian),
+  minimal installs and privacy-minded setups: no ``[connectivity]`` section, so NM reports FULL
+  on any connected network and ``ConnectivityCheckAvailable`` is false. True configures the
+  lab's check URI (``NM_CHECK_URI``), every ``nm_check_interval_s`` (10; 0 turns the check
+  off again, the other way users do it).
+- ``nm_dns`` (NM's ``[main] dns=``, default "default"), ``nm_extra_conf`` (text appended to
+  NM's config).
 - ``nm_rc_manager``: NM's ``[main] rc-manager=``: "file" (default: NM writes /etc/resolv.conf),
   "symlink" (/etc/resolv.conf starts as a link to /run/NetworkManager/resolv.conf, as
   distributions ship it) or "resolvconf" (NM hands its servers to ``/sbin/resolvconf``; use it
@@ -457,12 +463,22 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 """
 
 
+def _connectivity_section(interval_s: int) -> str:
+    return f"""[connectivity]
+enabled=true
+uri={NM_CHECK_URI}
+response={NM_CHECK_RESPONSE}
+interval={interval_s}
+"""
+
+
 def nm_conf(
     *,
     dhcp_client: str,
     nm_dns: str,
     keyfile_dir: Path,
     check_interval_s: int,
+    check: bool = True,
     extra: str,
     rc_manager: str = "file",
 ) -> str:
@@ -486,12 +502,7 @@ path={keyfile_dir}
 # Otherwise NM 1.42 also reports lo as "connected (externally)".
 unmanaged-devices=except:interface-name:{LAPTOP_IF}
 
-[connectivity]
-enabled=true
-uri={NM_CHECK_URI}
-response={NM_CHECK_RESPONSE}
-interval={check_interval_s}
-
+{_connectivity_section(check_interval_s) if check else ""}
 [device-lab]
 match-device=interface-name:{LAPTOP_IF}
 managed=1
@@ -662,6 +673,7 @@ class Lab:
         portal_session_s: int = 3600,
         blackhole_mode: BlackholeMode = "drop",
         nm_dns: str = "default",
+        nm_check: bool = False,
         nm_check_interval_s: int = 10,
         nm_extra_conf: str = "",
         nm_rc_manager: str = "file",
@@ -689,6 +701,7 @@ class Lab:
         self.portal_session_s = portal_session_s
         self.blackhole_mode = blackhole_mode
         self.nm_dns = nm_dns
+        self.nm_check = nm_check
         self.nm_check_interval_s = nm_check_interval_s
         self.nm_extra_conf = nm_extra_conf
         if nm_rc_manager not in ("file", "symlink", "resolvconf"):
@@ -1242,6 +1255,7 @@ class Lab:
                 nm_dns=self.nm_dns,
                 keyfile_dir=nmd / "system-connections",
                 check_interval_s=self.nm_check_interval_s,
+                check=self.nm_check,
                 extra=self.nm_extra_conf,
                 rc_manager=self.nm_rc_manager,
             )
@@ -1492,6 +1506,7 @@ def _shell_main(argv: list[str]) -> int:
     p.add_argument("--dhcp-client", choices=("internal", "dhclient"), default="internal")
     p.add_argument("--https", action="store_true")
     p.add_argument("--no-nm", action="store_true", help="static address, no NetworkManager")
+    p.add_argument("--nm-check", action="store_true", help="NetworkManager's connectivity check on")
     p.add_argument("--routing-vpn", action="store_true", help="a VPN that captures 0/1, 128/1")
     p.add_argument("--offlink-portal", action="store_true", help="portal at 203.0.113.80 too")
     p.add_argument("--partner", action="store_true", help="the sign-in page loads a CDN script")
@@ -1510,6 +1525,7 @@ def _shell_main(argv: list[str]) -> int:
         dhcp_client=args.dhcp_client,
         https=args.https,
         nm=not args.no_nm,
+        nm_check=args.nm_check,
         routing_vpn=args.routing_vpn,
         offlink_portal=args.offlink_portal,
         partner_resource=args.partner,

@@ -445,16 +445,7 @@ def test_a_probe_round_runs_in_its_child_under_the_units_sandbox(c: Container) -
     over netlink and probes it. The probe fails for want of an internet, but through the child:
     a child that could not start or answer would be logged as "the probe process ..."."""
     fresh_start(c)
-    for cmd in (
-        ["ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv1"],
-        ["ip", "addr", "add", "10.99.0.2/24", "dev", "pv0"],
-        ["ip", "addr", "add", "10.99.0.1/24", "dev", "pv1"],
-        ["ip", "link", "set", "pv0", "up"],
-        ["ip", "link", "set", "pv1", "up"],
-        ["ip", "route", "add", "default", "via", "10.99.0.1", "dev", "pv0"],
-    ):
-        done = c.net(*cmd)
-        assert done.returncode == 0, (cmd, done.stderr)
+    add_network(c)
     try:
 
         def probed() -> bool:
@@ -474,6 +465,69 @@ def test_a_probe_round_runs_in_its_child_under_the_units_sandbox(c: Container) -
         assert "Traceback" not in journal, journal[-2000:]
         # netlink needs nothing from /proc beyond ProcSubset=pid (pyroute2 logged psched there)
         assert "psched" not in journal and "tc subsystem" not in journal, journal[-2000:]
+    finally:
+        c.net("ip", "link", "del", "pv0")
+
+
+def add_network(c: Container) -> None:
+    """A network in the container (a veth pair and a default route, nothing behind it), which
+    the daemon sees over netlink."""
+    for cmd in (
+        ["ip", "link", "add", "pv0", "type", "veth", "peer", "name", "pv1"],
+        ["ip", "addr", "add", "10.99.0.2/24", "dev", "pv0"],
+        ["ip", "addr", "add", "10.99.0.1/24", "dev", "pv1"],
+        ["ip", "link", "set", "pv0", "up"],
+        ["ip", "link", "set", "pv1", "up"],
+        ["ip", "route", "add", "default", "via", "10.99.0.1", "dev", "pv0"],
+    ):
+        done = c.net(*cmd)
+        assert done.returncode == 0, (cmd, done.stderr)
+
+
+def test_a_sigkill_and_a_restart_never_change_a_scoped_overrides_answer(c: Container) -> None:
+    """An override scoped to the network the daemon is on answers every query, also those
+    that queued in the socket while a SIGKILLed daemon was replaced: the restarted daemon
+    assumes its last network until the watcher reports (before, the first queries after a
+    restart got the upstream's answer)."""
+    fresh_start(c)
+    add_network(c)
+    try:
+
+        def on_pv0() -> bool:
+            out = c.run("/opt/portal/bin/portal", "status", "--json", check=False).stdout
+            return '"network_id": "link:pv0:10.99.0.1"' in out
+
+        wait_for("the daemon on pv0's network", on_pv0, timeout_s=30)
+        added = c.run("/opt/portal/bin/portal", "add", "scoped.portal.test", "10.7.7.7")
+        assert "on pv0" in added.stdout, added.stdout
+        client = subprocess.Popen(
+            ["nsenter", "-t", str(c.leader), "-n", sys.executable, "-c", QUERY_STREAM,
+             STUB, "scoped.portal.test", "10.7.7.7"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        pids = {c.main_pid()}
+        try:
+            time.sleep(1)
+            for _ in range(3):
+                pid = c.main_pid()
+                c.run("kill", "-KILL", str(pid))
+                wait_for("a new daemon", lambda: c.main_pid() not in (0, pid))  # noqa: B023
+                pids.add(c.main_pid())
+                time.sleep(1)
+            c.run("systemctl", "restart", "portal.service")
+            pids.add(c.main_pid())
+            time.sleep(1)
+        finally:
+            out, err = client.communicate(input="", timeout=60)
+        assert client.returncode == 0, err
+        result = json.loads(out)
+        print("scoped query stream:", {k: v for k, v in result.items() if k != "errors"})
+        assert len(pids) == 5, pids
+        assert result["lost"] == 0 and result["wrong"] == 0, result["errors"][:5]
+        assert result["answered"] == result["sent"] > 0
     finally:
         c.net("ip", "link", "del", "pv0")
 
