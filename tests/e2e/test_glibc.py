@@ -98,7 +98,10 @@ def test_getent_sees_the_override_and_survives_a_stopped_stub(
 ) -> None:
     n, bus, tmp = ns
     daemon = start_daemon(n, bus, tmp)
-    assert portal(n, bus, "add", "login.hotel.example", "10.0.0.1").returncode == 0
+    # this namespace has no network the daemon could scope the override to
+    added = portal(n, bus, "add", "login.hotel.example", "10.0.0.1")
+    assert added.returncode == 1 and "--any-network" in added.stderr
+    assert portal(n, bus, "add", "login.hotel.example", "10.0.0.1", "--any-network").returncode == 0
     assert n.run(["getent", "hosts", "login.hotel.example"]).stdout.split()[0] == "10.0.0.1"
     # AF_UNSPEC: A from the override and an immediate NODATA for AAAA, no upstream wait
     ahosts = n.run(["getent", "ahosts", "login.hotel.example"]).stdout.split()

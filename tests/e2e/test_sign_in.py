@@ -394,8 +394,14 @@ def test_screenshot_of_the_window_under_xvfb(lab_factory: LabFactory, tmp_path: 
         30,
     )
     shot = tmp_path / "sign-in-window.png"
-    taken = lab.run_laptop(["import", "-window", "root", str(shot)], env=x_env, timeout_s=30)
-    assert taken.returncode == 0 and shot.stat().st_size > 10_000, taken.stderr
+
+    def painted() -> bool:
+        # The title comes before the first paint on a busy machine: an unpainted screen is one
+        # colour, a PNG of about a kilobyte; the page with its text and image is far larger.
+        taken = lab.run_laptop(["import", "-window", "root", str(shot)], env=x_env, timeout_s=30)
+        return taken.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000
+
+    until(painted, "the window painted", 30)
     if ARTIFACTS is not None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, ARTIFACTS / "sign-in-window.png")

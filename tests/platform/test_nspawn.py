@@ -741,12 +741,15 @@ def test_install_upgrade_uninstall_with_systemd(install_work: Path) -> None:
         c.run("/usr/local/bin/portal", "add", NAME, ADDRESS, "--any-network")
         assert c.dig(NAME, "+short").stdout.split() == [ADDRESS]
 
-        # D-Bus activation: with the daemon stopped (the socket stays), any CLI call starts it.
-        c.run("systemctl", "stop", "portal.service")
+        # D-Bus activation: with the daemon and its socket stopped (so that no DNS query starts
+        # it: with an override the stub is first in resolv.conf, and anything in the container
+        # that looks up a name would), any CLI call starts it, and the socket with it.
+        c.run("systemctl", "stop", "portal.service", "portal.socket")
         assert c.show("portal.service", "ActiveState") == "inactive"
         listed = c.run("/usr/local/bin/portal", "list", "--json", timeout_s=60)
         assert NAME in listed.stdout, listed.stdout + listed.stderr
         assert c.show("portal.service", "ActiveState") == "active"
+        assert c.show("portal.socket", "ActiveState") == "active"
         pid = c.main_pid()
 
         # Again, as an upgrade: the running daemon is replaced, the override stays.
