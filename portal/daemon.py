@@ -33,6 +33,7 @@ from portal import __version__
 from portal.config import Config
 from portal.core import actions as act
 from portal.core import session as sess
+from portal.core import user_dns
 from portal.core.answer import local_entries
 from portal.core.events import (
     CheckRequested,
@@ -41,7 +42,7 @@ from portal.core.events import (
     UpstreamsChanged,
 )
 from portal.core.inet import parse_host_port, parse_server
-from portal.core.model import Network, Override, Source, Upstream
+from portal.core.model import Connectivity, Network, Override, Source, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
 from portal.core.probe_model import ProbeFinished, ProbeSpec, failed_round
 from portal.core.report import OverrideView, StatusReport
@@ -185,6 +186,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._exit_code = 0
         self._rewiring: asyncio.Task[None] | None = None  # the latest apply() to the wiring
+        # the user's own resolver, asked about the portal (core/user_dns.py): question, answer
+        self._user_dns: tuple[user_dns.Question | None, str] = (None, user_dns.NOT_ASKED)
         if wiring is not None:
             wiring.listen(self._wiring_changed)
 
@@ -376,6 +379,9 @@ class Daemon:
             wiring=self.wiring_text,
             portal_hosts=portal.portal_hosts,
             probe_error=portal.probe_error,
+            # NM's word is about its primary connection, which is the network portal follows.
+            nm_connectivity=self.session.nm if net else Connectivity.UNKNOWN,
+            user_dns=self._user_dns_answer(),
         )
 
     async def check(self, caller: str) -> None:
@@ -620,9 +626,49 @@ class Daemon:
                 self._spawn(self._guard(self.watcher.check_connectivity(), "asking NM"))
 
     def _publish(self) -> None:
+        self._ask_user_dns()
         systemd.notify(f"STATUS={self._status_line()}")
         if self.control is not None:
             self.control.emit_state_changed(self.status())
+
+    # -- the user's own resolver and the portal (what a desktop's own prompt would meet) --------
+
+    def _user_dns_question(self) -> user_dns.Question | None:
+        upstreams = tuple(str(u) for u in self.forwarder.upstreams)
+        return user_dns.question(sess.status(self.session), upstreams)
+
+    def _user_dns_answer(self) -> str:
+        asked, answer = self._user_dns
+        if asked is None or asked != self._user_dns_question():
+            return user_dns.NOT_ASKED  # about another portal, network or resolver
+        return answer
+
+    def _ask_user_dns(self) -> None:
+        """Ask the user's resolver about the portal, once per portal, network and resolver."""
+        question = self._user_dns_question()
+        if question is None or question == self._user_dns[0]:
+            return
+        self._user_dns = (question, user_dns.CHECKING)
+        self._spawn(self._guard(self._answer_user_dns(question), "asking the user's resolver"))
+
+    async def _answer_user_dns(self, question: user_dns.Question) -> None:
+        # Plain queries on our own sockets, routed as the system routes them (no interface
+        # binding, unlike the venue's lookups): a VPN that captures the user's resolver
+        # captures these too, as it would a desktop's sign-in window.
+        found = await self.venue(
+            question.host, question.servers, timeout_s=VENUE_LOOKUP_TIMEOUT_S, network=None
+        )
+        if self._user_dns[0] != question:
+            return  # another portal or resolver was asked about meanwhile
+        answer = user_dns.RESOLVES if found else user_dns.FAILS
+        self._user_dns = (question, answer)
+        log.info(
+            "your resolver (%s) %s %s",
+            ", ".join(question.servers),
+            "resolves" if found else "cannot resolve",
+            question.host,
+        )
+        self._publish()
 
     def _cancel_probe(self) -> None:
         if self._probe_task is not None and not self._probe_task.done():

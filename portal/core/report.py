@@ -48,6 +48,8 @@ class StatusReport:
     portal_hosts: tuple[str, ...] = ()  # names routed to the venue's DNS
     auth: str = ""  # "polkit" or "credentials"
     probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
+    nm_connectivity: Connectivity = Connectivity.UNKNOWN  # NM's own verdict (desktops act on it)
+    user_dns: str = ""  # the portal's name via the user's resolver: resolves, fails, checking
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,8 @@ STATUS_KEYS = [
     "portal_hosts",
     "auth",
     "probe_error",  # new keys are added at the end; none is ever renamed or removed
+    "nm_connectivity",
+    "user_dns",
 ]
 OVERRIDE_KEYS = [
     "name",

@@ -28,7 +28,7 @@ import dns.rcode
 import pytest
 
 from portal.config import Config
-from portal.core.events import NetworkChanged
+from portal.core.events import ConnectivityReported, NetworkChanged
 from portal.core.model import Connectivity, Network, Upstream
 from portal.core.probe_model import ProbeFinished, ProbeSpec
 from portal.daemon import Daemon
@@ -122,6 +122,7 @@ class Running:
     prober: Prober
     wiring: Wiring
     venue: Dnsmasq
+    upstream: Dnsmasq
     hotel: Network
     cafe: Network
 
@@ -181,7 +182,7 @@ async def started(
     )
     cafe = Network(id="uuid-cafe", name="Cafe", addresses=("127.0.0.1",))
     task = asyncio.create_task(daemon.run())
-    r = Running(daemon, port, watcher, prober, wiring, venue, hotel, cafe)
+    r = Running(daemon, port, watcher, prober, wiring, venue, upstream, hotel, cafe)
     try:
         await r.until_answer("www.example.test", ["192.0.2.20"])  # serving, forwarding
         yield r
@@ -191,11 +192,16 @@ async def started(
     assert wiring.closed
 
 
+UPSTREAM_NAMES = {"login.hotel.test": "192.0.2.80", "api.hotel.test": "192.0.2.81",
+                  "intranet.test": "192.0.2.82", "www.example.test": "192.0.2.20"}  # fmt: skip
+
+
 @pytest.fixture
-def dns_servers() -> Iterator[tuple[Dnsmasq, Dnsmasq]]:
+def dns_servers(request: pytest.FixtureRequest) -> Iterator[tuple[Dnsmasq, Dnsmasq]]:
+    """The user's resolver and the venue's DNS; `upstream_names` (indirect parameter) is what
+    the user's resolver knows."""
     need("dnsmasq")
-    upstream_names = {"login.hotel.test": "192.0.2.80", "api.hotel.test": "192.0.2.81",
-                      "intranet.test": "192.0.2.82", "www.example.test": "192.0.2.20"}  # fmt: skip
+    upstream_names = getattr(request, "param", UPSTREAM_NAMES)
     venue_names = {"login.hotel.test": "10.77.0.1", "api.hotel.test": "10.77.0.2"}
     with dnsmasq(upstream_names) as upstream, dnsmasq(venue_names) as venue:
         yield upstream, venue
@@ -334,3 +340,35 @@ async def test_a_probe_that_fails_is_a_failed_round_retried_and_shown(
         await r.until("online", lambda: r.daemon.status().state is Connectivity.ONLINE)
         assert r.daemon.status().probe_error == ""
         assert len(prober.rounds) == 3
+
+
+async def test_what_a_desktops_own_prompt_would_meet(running: Running) -> None:
+    """The status says whether NetworkManager itself sees the portal (so GNOME and KDE prompt
+    too) and whether the user's resolver (here the configured upstream, which knows the
+    sign-in host) resolves the portal's name, asked once the portal is seen."""
+    r, daemon = running, running.daemon
+    assert daemon.status().nm_connectivity is Connectivity.UNKNOWN
+    assert daemon.status().user_dns == ""
+    await r.watcher.send(NetworkChanged(r.hotel))
+    await r.watcher.send(ConnectivityReported(Connectivity.CAPTIVE))
+    await r.until("captive", lambda: daemon.status().state is Connectivity.CAPTIVE)
+    assert daemon.status().nm_connectivity is Connectivity.CAPTIVE
+    await r.until("asked", lambda: daemon.status().user_dns == "resolves")
+    # once per portal: later statuses keep the answer instead of asking again
+    log = r.upstream.log.read_text()
+    assert log.count("query[A] login.hotel.test") == 1, log
+
+    r.prober.signed_in = True
+    await r.until("online", lambda: daemon.status().state is Connectivity.ONLINE)
+    assert daemon.status().user_dns == ""  # no portal, nothing to ask
+
+
+@pytest.mark.parametrize("dns_servers", [{"www.example.test": "192.0.2.20"}], indirect=True)
+async def test_a_resolver_that_cannot_see_the_portal(running: Running) -> None:
+    """The user's resolver knows nothing of the venue's names (a resolver of their choosing
+    behind the portal): the status says it fails, while NM's word stays unknown (no check)."""
+    r, daemon = running, running.daemon
+    await r.watcher.send(NetworkChanged(r.hotel))
+    await r.until("captive", lambda: daemon.status().state is Connectivity.CAPTIVE)
+    await r.until("asked", lambda: daemon.status().user_dns == "fails")
+    assert daemon.status().nm_connectivity is Connectivity.UNKNOWN
