@@ -29,11 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbus_next import Message, MessageType
-from dbus_next.aio import MessageBus
-
 from portal import config
-from portal.core.report import OverrideView, StatusReport, from_plain
+from portal.core.agent_logic import OverridesListed, StatusChanged
+from portal.core.report import OverrideView, StatusReport
 from portal.core.sign_in import (
     DEFAULT_MAX_TIME_S,
     END_TEXT,
@@ -50,9 +48,9 @@ from portal.core.sign_in import (
     proxy_obstacle,
     sign_in_url,
 )
-from portal.edges.bus import call_bus_daemon, close, connect, unwrap
-from portal.edges.client import Client
-from portal.edges.control_api import BUS_NAME, INTERFACE, OBJECT_PATH, describe, resolve_bus
+from portal.edges.bus import close, connect
+from portal.edges.client import DaemonEvent, DaemonLink
+from portal.edges.control_api import describe, resolve_bus
 from portal.edges.sign_in_proxy import Limits, SignInProxy
 from portal.edges.sign_in_window import SignInWindow, which
 from portal.errors import ConfigError, DaemonUnreachable, PortalError
@@ -60,7 +58,6 @@ from portal.opener import open_url
 
 log = logging.getLogger("portal.sign_in")
 
-STATUS_READ_ATTEMPTS = 3
 EXIT_CODES = {
     EndReason.ONLINE: 0,
     EndReason.WINDOW_CLOSED: 0,
@@ -87,129 +84,27 @@ def say(text: str) -> None:
     print(f"portal: {text}", file=sys.stderr, flush=True)
 
 
-# --- the daemon, followed -------------------------------------------------------------------
+# --- the daemon, followed (edges/client.py DaemonLink, as the agent follows it) ---------------
 
 
-def _status(raw: object) -> StatusReport:
-    return from_plain(StatusReport, raw if isinstance(raw, dict) else {})
+def _take_newest(
+    heard: asyncio.Queue[DaemonEvent],
+) -> tuple[StatusReport | None, tuple[OverrideView, ...]]:
+    """Everything heard so far, newest last: the status and overrides to start from."""
+    status: StatusReport | None = None
+    overrides: tuple[OverrideView, ...] = ()
+    while not heard.empty():
+        event = heard.get_nowait()
+        if isinstance(event, StatusChanged):
+            status = event.status
+        elif isinstance(event, OverridesListed):
+            overrides = _named(event.overrides)
+    return status, overrides
 
 
-def _overrides(rows: object) -> tuple[OverrideView, ...]:
-    """`ListOverrides()` rows, skipping any without a name."""
-    views = (
-        (from_plain(OverrideView, row) for row in rows if isinstance(row, dict))
-        if isinstance(rows, list)
-        else ()
-    )
-    return tuple(v for v in views if v.name)
-
-
-@dataclass(frozen=True, slots=True)
-class StatusHeard:
-    seq: int
-    status: StatusReport
-
-
-@dataclass(frozen=True, slots=True)
-class OverridesHeard:
-    overrides: tuple[OverrideView, ...]
-
-
-Heard = StatusHeard | OverridesHeard
-
-
-class DaemonFollower:
-    """The daemon's status and overrides, read once and then followed through its signals."""
-
-    def __init__(self, bus: MessageBus, choice: str, emit: Callable[[Heard], None]) -> None:
-        self._bus = bus
-        self._choice = choice
-        self._client = Client(bus, choice)
-        self._emit = emit
-        self._owner: str | None = None
-        self._seq = 0
-        self.baseline = 0  # status signals up to this one are older than what start() read
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> tuple[StatusReport, tuple[OverrideView, ...]]:
-        # Subscribe before reading, so that no change falls between the read and the signals.
-        self._bus.add_message_handler(self._on_message)
-        for rule in (
-            f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',path='{OBJECT_PATH}'",
-            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-            f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
-        ):
-            await call_bus_daemon(self._bus, "AddMatch", "s", [rule])
-        reply = await call_bus_daemon(self._bus, "GetNameOwner", "s", [BUS_NAME])
-        if reply is None:
-            raise DaemonUnreachable(
-                f"the portal daemon is not running on {describe(self._choice)}; start it "
-                "(systemctl enable --now portal.service) or pass --bus to reach another bus"
-            )
-        self._owner = reply.body[0]
-        status = await self._read_status()
-        return status, await self._read_overrides()
-
-    def stop(self) -> None:
-        self._bus.remove_message_handler(self._on_message)
-        for task in self._tasks:
-            task.cancel()
-
-    async def _read_status(self) -> StatusReport:
-        status = StatusReport()
-        for _ in range(STATUS_READ_ATTEMPTS):
-            seen = self._seq
-            (raw,) = await self._client.call("GetStatus")
-            status = _status(raw)
-            self.baseline = seen
-            if self._seq == seen:
-                break  # no signal crossed the call: this is the newest
-        return status
-
-    async def _read_overrides(self) -> tuple[OverrideView, ...]:
-        (rows,) = await self._client.call("ListOverrides")
-        return _overrides(rows)
-
-    async def _refresh_overrides(self) -> None:
-        try:
-            self._emit(OverridesHeard(await self._read_overrides()))
-        except PortalError as exc:
-            log.warning("cannot list overrides: %s", exc)
-
-    async def _refresh(self) -> None:
-        try:
-            (raw,) = await self._client.call("GetStatus")
-        except PortalError as exc:
-            log.warning("cannot read the daemon's status: %s", exc)
-            return
-        self._seq += 1
-        self._emit(StatusHeard(self._seq, _status(raw)))
-        await self._refresh_overrides()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _on_message(self, msg: Message) -> None:
-        if msg.message_type != MessageType.SIGNAL:
-            return
-        if msg.interface == "org.freedesktop.DBus" and msg.member == "NameOwnerChanged":
-            if len(msg.body) == 3 and msg.body[0] == BUS_NAME:
-                self._owner = msg.body[2] or None
-                if self._owner is None:
-                    log.info("the portal daemon left the bus; the proxy keeps what it knew")
-                else:
-                    self._spawn(self._refresh())
-            return
-        if msg.interface != INTERFACE or msg.path != OBJECT_PATH or msg.sender != self._owner:
-            return
-        if msg.member == "StateChanged" and msg.signature == "a{sv}":
-            self._seq += 1
-            raw = unwrap(msg.body[0])
-            self._emit(StatusHeard(self._seq, _status(raw)))
-        elif msg.member == "OverridesChanged":
-            self._spawn(self._refresh_overrides())
+def _named(rows: tuple[OverrideView, ...]) -> tuple[OverrideView, ...]:
+    """Overrides with a name (a row without one, from another version, says nothing)."""
+    return tuple(row for row in rows if row.name)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -238,19 +133,28 @@ async def run(options: OpenOptions) -> int:
     """`portal open`; returns the exit status."""
     choice = resolve_bus(options.bus)
     bus = await connect(choice)
-    heard: asyncio.Queue[Heard] = asyncio.Queue()
-    follower = DaemonFollower(bus, choice, heard.put_nowait)
+    heard: asyncio.Queue[DaemonEvent] = asyncio.Queue()
+    link = DaemonLink(bus, choice, heard.put_nowait)
     try:
-        status, overrides = await follower.start()
+        if not await link.start():
+            raise DaemonUnreachable(
+                f"the portal daemon is not running on {describe(choice)}; start it "
+                "(systemctl enable --now portal.service) or pass --bus to reach another bus"
+            )
+        await link.read()
+        # What the read said is the newest; signals from now on are newer still.
+        newest, overrides = _take_newest(heard)
+        assert newest is not None  # read() emitted it or raised
+        status = newest
         if options.print_only:
             url = sign_in_url(status, options.url)
             if url is None:
                 raise PortalError(_no_page(status, options.url))
             print(url)
             return 0
-        return await _run_episode(options, follower, heard, status, overrides)
+        return await _run_episode(options, heard, status, overrides)
     finally:
-        follower.stop()
+        link.stop()
         await close(bus)
 
 
@@ -262,8 +166,7 @@ def _no_page(status: StatusReport, asked: str) -> str:
 
 async def _run_episode(
     options: OpenOptions,
-    follower: DaemonFollower,
-    heard: asyncio.Queue[Heard],
+    heard: asyncio.Queue[DaemonEvent],
     status: StatusReport,
     overrides: tuple[OverrideView, ...],
 ) -> int:
@@ -323,7 +226,7 @@ async def _run_episode(
             except PortalError as exc:
                 return _fallback(url, str(exc), everyday)
             say(f"opening {url} in a private sign-in window ({browser.name})")
-        tasks.append(asyncio.ensure_future(_follow(follower, heard, episode, proxy, end)))
+        tasks.append(asyncio.ensure_future(_follow(heard, episode, proxy, end)))
         if window is not None:
             tasks.append(asyncio.ensure_future(_watch_window(window, end, url, everyday)))
         reason = await ended
@@ -340,19 +243,19 @@ async def _run_episode(
 
 
 async def _follow(
-    follower: DaemonFollower,
-    heard: asyncio.Queue[Heard],
+    heard: asyncio.Queue[DaemonEvent],
     episode: Episode,
     proxy: SignInProxy,
     end: Callable[[EndReason], None],
 ) -> None:
     while True:
         event = await heard.get()
-        if isinstance(event, OverridesHeard):
-            proxy.update(venue_dns=proxy.venue_dns, overrides=event.overrides)
+        if isinstance(event, OverridesListed):
+            proxy.update(venue_dns=proxy.venue_dns, overrides=_named(event.overrides))
             continue
-        if event.seq <= follower.baseline:
-            continue  # older than the status read at the start
+        if not isinstance(event, StatusChanged):
+            log.info("the portal daemon left the bus; the proxy keeps what it knew")
+            continue
         status = event.status
         proxy.update(venue_dns=status.venue_dns or proxy.venue_dns, overrides=proxy.overrides)
         reason = end_reason(episode, status)
