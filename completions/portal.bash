@@ -63,6 +63,10 @@ _portal() {
         mapfile -t COMPREPLY < <(compgen -W "auto resolvconf resolved none" -- "$cur")
         return
         ;;
+    --sign-in-notification)
+        mapfile -t COMPREPLY < <(compgen -W "auto always never" -- "$cur")
+        return
+        ;;
     --config | --resolv-conf | --ca-file)
         compopt -o filenames 2>/dev/null
         mapfile -t COMPREPLY < <(compgen -f -- "$cur")
@@ -95,7 +99,7 @@ _portal() {
     open) flags+=" --print --proxy --url --max-time --browser --config --log-level" ;;
     import) flags+=" --ttl --any-network" ;;
     daemon) flags+=" --listen --upstream --state-dir --config --log-level --network-source --wiring --resolv-conf --ca-file" ;;
-    agent) flags+=" --browser --config --log-level" ;;
+    agent) flags+=" --browser --sign-in-notification --config --log-level" ;;
     wire) flags="-h --help --resolv-conf --request" ;;
     remove | check) ;;
     *) return ;;

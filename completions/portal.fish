@@ -60,5 +60,6 @@ complete -c portal -n '__fish_seen_subcommand_from daemon' -l wiring -x -a 'auto
 complete -c portal -n '__fish_seen_subcommand_from daemon' -l resolv-conf -r -F -d 'resolv.conf to read upstreams from without NetworkManager'
 complete -c portal -n '__fish_seen_subcommand_from daemon' -l ca-file -r -F -d "extra CA bundle for the portal's RFC 8908 API"
 complete -c portal -n '__fish_seen_subcommand_from agent' -l browser -x -a '(__fish_complete_command)' -d 'command that opens the sign-in page'
+complete -c portal -n '__fish_seen_subcommand_from agent' -l sign-in-notification -x -a 'auto always never' -d "when to show portal's own sign-in notification"
 complete -c portal -n '__fish_seen_subcommand_from wire' -l resolv-conf -r -F -d 'the file to edit'
 complete -c portal -n '__fish_seen_subcommand_from wire' -l request -r -F -d "the daemon's request"

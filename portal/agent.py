@@ -1,12 +1,13 @@
 """The per-user agent: the daemon's signals in, desktop notifications and a tray icon out.
 
-Wiring only: it follows the daemon on its bus (system by default), feeds what it hears to
-`portal/core/agent_logic.py`, and carries out the actions with `edges/notify.py` (notifications),
-`edges/tray.py` (StatusNotifierItem) and `portal open` (the sign-in window, a child process of
-its own: portal/sign_in.py). It decides nothing
-itself, needs no privileges, and never starts a browser as root. A daemon restart, a
-notification server that comes and goes, or no tray at all are logged and lived with; only
-losing a bus connection ends it (the user unit restarts it).
+Wiring only: it follows the daemon on its bus (system by default; edges/client.py DaemonLink)
+and the desktop's own captive-portal prompt on the session bus (edges/desktop.py), feeds what
+it hears to `portal/core/agent_logic.py`, and carries out the actions with `edges/notify.py`
+(notifications), `edges/tray.py` (StatusNotifierItem) and `portal open` (the sign-in window, a
+child process of its own: portal/sign_in.py). It decides nothing itself (not even whether to
+speak or leave the word to the desktop), needs no privileges, and never starts a browser as
+root. A daemon restart, a notification server that comes and goes, or no tray at all are
+logged and lived with; only losing a bus connection ends it (the user unit restarts it).
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from dbus_next import Message, MessageType, NameFlag, RequestNameReply
-from dbus_next.aio import MessageBus
+from dbus_next import NameFlag, RequestNameReply
 
 from portal import config
 from portal.core.agent_logic import (
+    DESKTOP_PROMPT_NAME,
     AgentAction,
     AgentEvent,
     AgentState,
@@ -32,25 +32,16 @@ from portal.core.agent_logic import (
     DaemonVanished,
     NotificationShown,
     OpenPage,
-    OverridesListed,
     RequestCheck,
     ShowNotification,
-    StatusChanged,
+    SignInNotification,
     UpdateTray,
     step,
 )
-from portal.core.report import StatusReport
-from portal.edges.bus import (
-    add_match,
-    close,
-    connect,
-    from_variants,
-    name_owner,
-    name_owner_changed,
-    name_owner_rule,
-)
-from portal.edges.client import Client
-from portal.edges.control_api import BUS_NAME, INTERFACE, OBJECT_PATH, describe, resolve_bus
+from portal.edges.bus import close, connect
+from portal.edges.client import DaemonLink
+from portal.edges.control_api import describe, resolve_bus
+from portal.edges.desktop import DesktopWatch
 from portal.edges.notify import NotificationServer, NotifyFailed
 from portal.edges.tray import Tray
 from portal.errors import ConfigError, PortalError
@@ -58,125 +49,41 @@ from portal.logsetup import setup_logging
 
 log = logging.getLogger("portal.agent")
 
-STATUS_READ_ATTEMPTS = 3
 AGENT_NAME = "org.portalhelper.PortalAgent1"  # on the session bus: one agent per session
-
-
-class DaemonLink:
-    """The daemon as the agent sees it: its signals, its status, its overrides.
-
-    Signals count only from the current owner of the daemon's name: anyone on the system bus
-    can emit a `StateChanged`, and a forged sign-in URL would be phishing.
-    """
-
-    def __init__(self, bus: MessageBus, choice: str, emit: Callable[[AgentEvent], None]) -> None:
-        self._bus = bus
-        self._choice = choice
-        self._client = Client(bus, choice)
-        self._emit = emit
-        self._owner: str | None = None
-        self._signals_seen = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        # Subscribe before reading, so that no change falls between the read and the signals.
-        self._bus.add_message_handler(self._on_message)
-        for rule in (
-            f"type='signal',sender='{BUS_NAME}',interface='{INTERFACE}',path='{OBJECT_PATH}'",
-            name_owner_rule(BUS_NAME),
-        ):
-            await add_match(self._bus, rule)
-        self._owner = await name_owner(self._bus, BUS_NAME)
-        if self._owner is None:
-            log.warning(
-                "the portal daemon is not running on %s; waiting for it", describe(self._choice)
-            )
-            self._emit(DaemonVanished())
-            return
-        await self.refresh()
-
-    def stop(self) -> None:
-        self._bus.remove_message_handler(self._on_message)
-        for task in self._tasks:
-            task.cancel()
-
-    async def check(self) -> None:
-        try:
-            await self._client.call("Check")
-        except PortalError as exc:
-            log.warning("check now: %s", exc)
-
-    async def refresh(self) -> None:
-        """Read the status (again if a signal crossed the call) and the overrides."""
-        try:
-            for _ in range(STATUS_READ_ATTEMPTS):
-                seen = self._signals_seen
-                status = await self._client.status()
-                if self._signals_seen == seen:
-                    self._emit(StatusChanged(status))
-                    break
-            await self.refresh_overrides()
-        except PortalError as exc:
-            log.warning("cannot read the daemon's status: %s", exc)
-
-    async def refresh_overrides(self) -> None:
-        try:
-            rows = await self._client.overrides()
-        except PortalError as exc:
-            log.warning("cannot list overrides: %s", exc)
-            return
-        self._emit(OverridesListed(tuple(rows)))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _on_message(self, msg: Message) -> None:
-        if msg.message_type != MessageType.SIGNAL:
-            return
-        new_owner = name_owner_changed(msg, BUS_NAME)
-        if new_owner is not None:
-            if not new_owner:
-                log.info("the portal daemon left the bus; waiting for it to come back")
-                self._owner = None
-                self._emit(DaemonVanished())
-                return
-            log.info("the portal daemon is on the bus (%s)", new_owner)
-            self._owner = new_owner
-            self._spawn(self.refresh())
-            return
-        if msg.interface != INTERFACE or msg.path != OBJECT_PATH:
-            return
-        if msg.sender != self._owner:
-            log.debug("%s from %s, not the daemon, ignoring", msg.member, msg.sender)
-            return
-        if msg.member == "StateChanged" and msg.signature == "a{sv}":
-            self._signals_seen += 1
-            self._emit(StatusChanged(from_variants(StatusReport, msg.body[0])))
-        elif msg.member == "OverridesChanged":
-            self._spawn(self.refresh_overrides())
 
 
 class Agent:
     """The loop: events → core → actions, one event at a time."""
 
     def __init__(
-        self, *, browser: str = "", bus: str = "system", config_path: str | None = None
+        self,
+        *,
+        browser: str = "",
+        bus: str = "system",
+        config_path: str | None = None,
+        sign_in_notification: SignInNotification = SignInNotification.AUTO,
     ) -> None:
         self.browser = browser
         self.bus = bus  # where the daemon is, for the sign-in window's process
         self.config_path = config_path
         self.window: asyncio.subprocess.Process | None = None  # `portal open`, while it runs
         self.events: asyncio.Queue[AgentEvent] = asyncio.Queue()
-        self.state = AgentState()
+        self.state = AgentState(setting=sign_in_notification)
         self.notifier: NotificationServer | None = None
         self.tray: Tray | None = None
         self.daemon: DaemonLink | None = None
+        self.desktop: DesktopWatch | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, event: AgentEvent) -> None:
+        before = self.state
         self.state, actions = step(self.state, event)
+        if self.state.deferred and not before.deferred:
+            who = DESKTOP_PROMPT_NAME.get(self.state.desktop)
+            if who is not None and self.state.setting is SignInNotification.AUTO:
+                log.info("no sign-in notification of portal's: %s asks for it", who)
+            else:
+                log.info("no sign-in notification: sign_in_notification is %s", self.state.setting)
         for action in actions:
             await self.perform(action)
 
@@ -246,17 +153,24 @@ async def run_agent(
     session_bus: str = "session",
     browser: str = "",
     config_path: str | None = None,
+    sign_in_notification: SignInNotification = SignInNotification.AUTO,
     ready: Callable[[Agent], None] | None = None,
 ) -> None:
     """Run until cancelled or until a bus connection is lost (then raise PortalError); return
     at once when another agent already runs in the session.
 
     `bus` is where the daemon is (default: $PORTAL_BUS or the system bus); `session_bus` is
-    where the notification server and the tray are; `browser` the everyday browser's command,
-    for when no sign-in window can be made; `config_path` the config file `portal open` reads.
+    where the notification server, the tray and the desktop's own portal prompt are; `browser`
+    the everyday browser's command, for when no sign-in window can be made; `config_path` the
+    config file `portal open` reads; `sign_in_notification` when to speak (agent_logic.py).
     """
     choice = resolve_bus(bus)
-    agent = Agent(browser=browser, bus=choice, config_path=config_path)
+    agent = Agent(
+        browser=browser,
+        bus=choice,
+        config_path=config_path,
+        sign_in_notification=sign_in_notification,
+    )
     emit = agent.events.put_nowait
     session = await connect(session_bus)
     # One agent per session: the user unit and XDG autostart may both start one, and two
@@ -275,6 +189,7 @@ async def run_agent(
     gone = {key: asyncio.ensure_future(b.wait_for_disconnect()) for key, b in buses.items()}
     agent.notifier = NotificationServer(session, emit)
     agent.tray = Tray(session, emit)
+    agent.desktop = DesktopWatch(session, emit)
     agent.daemon = DaemonLink(daemon_bus, choice, emit)
     try:
         await agent.notifier.start()
@@ -283,7 +198,13 @@ async def run_agent(
         except Exception as exc:  # a tray is a nicety: any failure of it is not the agent's
             log.warning("no tray icon: %s", exc)
             agent.tray = None
-        await agent.daemon.start()
+        # The desktop first: the first status is judged knowing who else prompts.
+        await agent.desktop.start()
+        if await agent.daemon.start():
+            await agent.daemon.refresh()
+        else:
+            log.warning("the portal daemon is not running on %s; waiting for it", describe(choice))
+            emit(DaemonVanished())
         log.info("portal agent running (daemon on %s)", describe(choice))
         if ready is not None:
             ready(agent)
@@ -302,6 +223,7 @@ async def run_agent(
         raise PortalError(f"lost the connection to the {' and '.join(lost) or 'D-Bus'} bus")
     finally:
         agent.daemon.stop()
+        agent.desktop.stop()
         agent.notifier.stop()
         if agent.tray is not None:
             agent.tray.stop()
@@ -324,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $BROWSER, xdg-open)",
     )
     p.add_argument(
+        "--sign-in-notification",
+        choices=[s.value for s in SignInNotification],
+        help="when to show portal's own sign-in notification: auto (only when the desktop's "
+        "own prompt will not come or will not work), always, never (the tray alone); "
+        "default: the config's sign_in_notification",
+    )
+    p.add_argument(
         "--config",
         help="config file for the browser and bus defaults (default: /etc/portal/portal.toml)",
     )
@@ -331,11 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _defaults(args: argparse.Namespace) -> tuple[str, str]:
-    """The bus and browser: flags, then $PORTAL_BUS (bus), then the shared config file.
+def _defaults(args: argparse.Namespace) -> tuple[str, str, SignInNotification]:
+    """The bus, browser and sign-in notification setting: flags, then $PORTAL_BUS (bus), then
+    the shared config file.
 
     The file is the daemon's; an agent that cannot read or parse it carries on with the
-    built-in defaults (the system bus; $BROWSER or xdg-open), saying so.
+    built-in defaults (the system bus; $BROWSER or xdg-open; "auto"), saying so.
     """
     try:
         cfg = config.load(args.config)
@@ -345,7 +275,8 @@ def _defaults(args: argparse.Namespace) -> tuple[str, str]:
         log.warning("%s; using the defaults", exc)
         cfg = config.Config()
     bus = args.bus or os.environ.get("PORTAL_BUS") or cfg.bus
-    return bus, args.browser or cfg.browser
+    setting = SignInNotification(args.sign_in_notification or cfg.sign_in_notification)
+    return bus, args.browser or cfg.browser, setting
 
 
 async def _main_async(args: argparse.Namespace) -> None:
@@ -355,9 +286,11 @@ async def _main_async(args: argparse.Namespace) -> None:
     # systemd stops the unit with SIGTERM: end cleanly, closing our notification bus connection.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, task.cancel)
-    bus, browser = _defaults(args)
+    bus, browser, setting = _defaults(args)
     try:
-        await run_agent(bus=bus, browser=browser, config_path=args.config)
+        await run_agent(
+            bus=bus, browser=browser, config_path=args.config, sign_in_notification=setting
+        )
     except asyncio.CancelledError:
         log.info("portal agent stopping")
 

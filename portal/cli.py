@@ -150,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ag = sub.add_parser("agent", parents=[common], help="run the per-user desktop agent")
     ag.add_argument("--browser", help="command that opens the sign-in page")
+    ag.add_argument(
+        "--sign-in-notification",
+        choices=["auto", "always", "never"],
+        help="when to show portal's own sign-in notification (default: config, auto: only "
+        "when the desktop's own prompt will not come or will not work)",
+    )
     ag.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
     ag.add_argument("--log-level", choices=["debug", "info"])
 
@@ -193,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             agent_argv = []
             if args.bus:
                 agent_argv += ["--bus", args.bus]
-            for flag in ("browser", "config", "log_level"):
+            for flag in ("browser", "sign_in_notification", "config", "log_level"):
                 if getattr(args, flag):
                     agent_argv += ["--" + flag.replace("_", "-"), getattr(args, flag)]
             return int(agent.main(agent_argv))
@@ -380,6 +386,16 @@ def format_status(s: StatusReport, overrides: list[OverrideView]) -> str:
     if s.portal_url:
         lines.append(f"sign-in:    {s.portal_url}")
         lines.append("            ('portal open' shows it in a private sign-in window)")
+    if s.nm_connectivity.value != "unknown":
+        # what GNOME Shell and KDE Plasma act on: they prompt by themselves when it is captive
+        lines.append(f"NM check:   {s.nm_connectivity.value}")
+    if s.user_dns:
+        your_dns = {
+            "resolves": "resolves the portal's name",
+            "fails": "cannot resolve the portal's name (a desktop's own sign-in window fails)",
+            "checking": "being asked about the portal's name",
+        }
+        lines.append(f"your DNS:   {your_dns.get(s.user_dns, s.user_dns)}")
     if s.seconds_remaining >= 0:
         from portal.core.timefmt import format_duration
 

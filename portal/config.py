@@ -39,6 +39,9 @@ class Config:
     wiring: str = "auto"  # auto | resolvconf | resolved | none
     browser: str = ""  # the everyday browser, when no sign-in window can be made
     sign_in_browser: str = ""  # the sign-in window's browser: "" = search, "none" = no window
+    # the agent's own sign-in notification: "auto" (when the desktop's prompt will not come or
+    # not work), "always", "never" (the tray alone)
+    sign_in_notification: str = "auto"
     ca_file: str = ""  # extra CA bundle for the portal's RFC 8908 API (default: system store)
     network_source: str = (
         "auto"  # auto (NetworkManager if on the bus, else netlink) | nm | netlink | none
@@ -94,6 +97,10 @@ def apply(base: Config, data: dict[str, Any]) -> Config:
         elif key == "network_source":
             if value not in ("auto", "nm", "netlink", "none"):
                 raise ConfigError("invalid network_source: auto, nm, netlink or none")
+            changes[key] = value
+        elif key == "sign_in_notification":
+            if value not in ("auto", "always", "never"):
+                raise ConfigError("invalid sign_in_notification: auto, always or never")
             changes[key] = value
         elif key == "wiring":
             if value not in ("auto", "resolvconf", "resolved", "none"):

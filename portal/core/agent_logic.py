@@ -16,6 +16,14 @@ The rules, one place:
   when the session is extended above the threshold.
 - Without the "actions" capability the sign-in URL goes into the body, since there is no button.
 - Only http(s) URLs are ever opened: the URL comes from the venue's network, not from the user.
+- One prompt, not two. GNOME Shell and plasma-nm prompt by themselves whenever NetworkManager
+  says PORTAL (`desktop_prompt`). With `sign_in_notification = "auto"` the agent stays quiet
+  (the tray still shows the state) only when such a prompt will come and can work: a desktop
+  handler is present, NetworkManager itself says captive, and the user's own resolver resolves
+  the portal's name; while the daemon is still asking that resolver it waits. Otherwise it
+  speaks: no desktop handler, only portal's own probe saw the portal (NetworkManager's check
+  host unresolvable, no check at all), or the desktop's window would fail. A notification of
+  ours already up when the desktop's prompt takes over is closed.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from portal.core import user_dns
 from portal.core.model import Connectivity
 from portal.core.report import OverrideView, StatusReport
 
@@ -63,6 +72,98 @@ class Notification:
     expire_timeout_ms: int = 0  # 0: stays until acted on
     transient: bool = False
     category: str = "network"
+
+
+# ---- the desktop's own prompt ----
+
+
+class DesktopHandler(enum.StrEnum):
+    """The desktop component that prompts by itself when NetworkManager says PORTAL."""
+
+    NONE = "none"
+    # GNOME Shell (js/ui/status/network.js `_syncConnectivity`): when NM's Connectivity is
+    # PORTAL and the primary connection is activated (not on the greeter), it calls
+    # org.gnome.Shell.PortalHelper.Authenticate(connection, NM's check URI), once per
+    # connection: a D-Bus activated "Hotspot Login" window (js/portalHelper/main.js), an
+    # ephemeral WebKit session with no proxy, resolving names the system's way.
+    GNOME = "gnome"
+    # plasma-nm's kded module "networkmanagement" (kded/connectivitymonitor.cpp): when NM's
+    # Connectivity turns Portal, a persistent notification "You need to log in to this network"
+    # whose "Log in" opens http://networkcheck.kde.org in the everyday browser.
+    KDE = "kde"
+
+
+def desktop_handler(*, gnome_shell: bool, gnome_helper: bool, plasma_nm: bool) -> DesktopHandler:
+    """Which handler answers in this session, from what the session bus shows.
+
+    GNOME Shell counts only with its portal helper installed (activatable or running): without
+    it Shell's call fails and nothing appears ("Error launching the portal helper"). plasma-nm
+    counts only with its kded module loaded, which kded does only in a KDE session (the
+    module's "OnlyShowIn": "KDE;"), so a kded started by a KDE application under GNOME is none.
+    """
+    if gnome_shell and gnome_helper:
+        return DesktopHandler.GNOME
+    if plasma_nm:
+        return DesktopHandler.KDE
+    return DesktopHandler.NONE
+
+
+class SignInNotification(enum.StrEnum):
+    """The `sign_in_notification` setting: when portal shows its own sign-in notification."""
+
+    AUTO = "auto"  # when the desktop's own prompt will not come, or will not work
+    ALWAYS = "always"  # every portal episode, whatever the desktop does
+    NEVER = "never"  # never: the tray alone
+
+
+class DesktopPrompt(enum.StrEnum):
+    """What the desktop's own prompt will do about the portal in a status."""
+
+    ABSENT = "absent"  # no desktop handler in this session
+    SILENT = "silent"  # NetworkManager does not say PORTAL: the desktop shows nothing
+    CHECKING = "checking"  # it prompts; the daemon is still asking the user's resolver
+    FAILS = "fails"  # it prompts, but the user's resolver cannot resolve the portal's name
+    WORKS = "works"  # it prompts, and the user's resolver resolves the portal's name
+    UNSURE = "unsure"  # it prompts; whether it can reach the portal is not known
+
+
+class Voice(enum.Enum):
+    SPEAK = "speak"
+    WAIT = "wait"
+    QUIET = "quiet"
+
+
+def desktop_prompt(handler: DesktopHandler, status: StatusReport) -> DesktopPrompt:
+    if handler is DesktopHandler.NONE:
+        return DesktopPrompt.ABSENT
+    if status.nm_connectivity is not Connectivity.CAPTIVE:
+        # Only portal's own probe saw the portal: NM's check host did not resolve through the
+        # user's resolver (NM then says LIMITED), NM runs no check, or no NM at all.
+        return DesktopPrompt.SILENT
+    return {
+        user_dns.RESOLVES: DesktopPrompt.WORKS,
+        user_dns.FAILS: DesktopPrompt.FAILS,
+        user_dns.CHECKING: DesktopPrompt.CHECKING,
+    }.get(status.user_dns, DesktopPrompt.UNSURE)
+
+
+def voice(setting: SignInNotification, prompt: DesktopPrompt) -> Voice:
+    """Whether portal's own sign-in notification speaks, waits or stays quiet."""
+    if setting is SignInNotification.ALWAYS:
+        return Voice.SPEAK
+    if setting is SignInNotification.NEVER:
+        return Voice.QUIET
+    if prompt is DesktopPrompt.WORKS:
+        return Voice.QUIET
+    if prompt is DesktopPrompt.CHECKING:
+        return Voice.WAIT  # a few seconds at most: the daemon's lookup is bounded
+    return Voice.SPEAK
+
+
+DESKTOP_PROMPT_NAME: dict[DesktopHandler, str] = {
+    DesktopHandler.GNOME: "GNOME's own sign-in window",
+    DesktopHandler.KDE: "KDE's own sign-in notification",
+}
 
 
 # ---- events (what happened) ----
@@ -140,6 +241,13 @@ class MenuClicked:
     item_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class DesktopChanged:
+    """The desktop's own captive-portal handler in this session came, went or was first seen."""
+
+    handler: DesktopHandler
+
+
 AgentEvent = (
     StatusChanged
     | OverridesListed
@@ -149,6 +257,7 @@ AgentEvent = (
     | NotificationClosed
     | ActionInvoked
     | MenuClicked
+    | DesktopChanged
 )
 
 
@@ -202,6 +311,9 @@ class AgentState:
     shown_for: str = ""  # network_id the shown notification is about
     shown_serial: int = 0  # serial of the server's reply that gave `shown_id`
     page_url: str = ""  # what "Open sign-in page" opens right now
+    desktop: DesktopHandler = DesktopHandler.NONE  # the desktop's own portal prompt
+    setting: SignInNotification = SignInNotification.AUTO
+    deferred: bool = False  # this episode's sign-in was left to the desktop's own prompt
 
 
 # ---- formatting ----
@@ -232,9 +344,13 @@ def _network_label(status: StatusReport) -> str:
 
 
 def sign_in_notification(
-    status: StatusReport, overrides: Sequence[OverrideView], capabilities: frozenset[str]
+    status: StatusReport,
+    overrides: Sequence[OverrideView],
+    capabilities: frozenset[str],
+    desktop: DesktopHandler = DesktopHandler.NONE,
 ) -> Notification:
-    """The "Sign in to <network>" notification for a captive status."""
+    """The "Sign in to <network>" notification for a captive status; `desktop` is the
+    desktop's own handler, whose failure it explains."""
     host = url_host(status.portal_url)
     lines = []
     if host:
@@ -249,6 +365,11 @@ def sign_in_notification(
         lines.append(f"portal pinned {host} so the page loads despite your DNS settings.")
     elif host and (host in status.portal_hosts or status.venue_dns):
         lines.append("portal sends the sign-in page's names to the network's own DNS.")
+    if desktop_prompt(desktop, status) is DesktopPrompt.FAILS:
+        lines.append(
+            f"{DESKTOP_PROMPT_NAME[desktop]} cannot reach it: your DNS cannot resolve "
+            f"{host or 'the sign-in page'}."
+        )
     has_actions = "actions" in capabilities
     if has_actions:
         lines.append("The page opens in a private sign-in window.")
@@ -339,11 +460,8 @@ def _on_status(state: AgentState, status: StatusReport) -> tuple[AgentState, lis
 
     if status.state is Connectivity.CAPTIVE:
         if state.episode != net:
-            state = replace(state, episode=net, dismissed=False)
-        if state.dismissed:
-            return state, []
-        note = sign_in_notification(status, state.overrides, caps)
-        return _show(state, note, status.portal_url or FALLBACK_URL, net)
+            state = replace(state, episode=net, dismissed=False, deferred=False)
+        return _sign_in(state, status, caps)
 
     if state.episode == net and status.state in (
         Connectivity.PROBING,
@@ -355,8 +473,11 @@ def _on_status(state: AgentState, status: StatusReport) -> tuple[AgentState, lis
 
     actions: list[AgentAction] = []
     if state.episode is not None:
-        ended_online = status.state is Connectivity.ONLINE and state.episode == net
-        state = replace(state, episode=None, dismissed=False)
+        # "Connected" answers our own prompt; after the desktop's, the desktop had the word.
+        ended_online = (
+            status.state is Connectivity.ONLINE and state.episode == net and not state.deferred
+        )
+        state = replace(state, episode=None, dismissed=False, deferred=False)
         if ended_online:
             state, actions = _show(state, connected_notification(status), "", net)
     shown = state.shown
@@ -368,6 +489,27 @@ def _on_status(state: AgentState, status: StatusReport) -> tuple[AgentState, lis
         actions += closed
     state, more = _reminder(state, status, caps)
     return state, actions + more
+
+
+def _sign_in(
+    state: AgentState, status: StatusReport, caps: frozenset[str]
+) -> tuple[AgentState, list[AgentAction]]:
+    """Within a portal episode: show the sign-in notification, or leave it to the desktop."""
+    url = status.portal_url or FALLBACK_URL
+    if state.dismissed:
+        return state, []
+    match voice(state.setting, desktop_prompt(state.desktop, status)):
+        case Voice.SPEAK:
+            note = sign_in_notification(status, state.overrides, caps, state.desktop)
+            return _show(replace(state, deferred=False), note, url, status.network_id)
+        case Voice.WAIT:
+            return replace(state, page_url=url), []
+    # Quiet: the tray still offers the page. A note of ours already up (NetworkManager said
+    # PORTAL after portal's own probe did) gives way: one prompt, not two.
+    actions: list[AgentAction] = []
+    if state.shown is not None and state.shown.kind is Kind.SIGN_IN:
+        state, actions = _close(state)
+    return replace(state, page_url=url, deferred=True), actions
 
 
 def _reminder(
@@ -395,10 +537,14 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
             # a row without a name (a daemon from another version) has nothing to show
             state = replace(state, overrides=tuple(row for row in rows if row.name))
             actions = []
-            if state.status is not None and state.episode is not None and not state.dismissed:
-                # A new pin changes the body ("portal pinned ..."); _show skips equal content.
-                note = sign_in_notification(state.status, rows, state.capabilities or frozenset())
-                state, actions = _show(state, note, state.page_url, state.episode)
+            shown = state.shown
+            if state.status is not None and state.episode is not None and shown is not None:
+                if shown.kind is Kind.SIGN_IN:
+                    # A new pin changes the body ("portal pinned ..."); _show skips equal
+                    # content.
+                    caps = state.capabilities or frozenset()
+                    note = sign_in_notification(state.status, state.overrides, caps, state.desktop)
+                    state, actions = _show(state, note, state.page_url, state.episode)
             return state, [*actions, UpdateTray(tray_view(state))]
         case DaemonVanished():
             # Keep the notification: the daemon restarts and re-publishes; the portal is
@@ -416,7 +562,7 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
             note = state.shown
             if state.status is not None and note.kind is Kind.SIGN_IN:
                 # Re-render: the new server's capabilities decide buttons vs. URL in the body.
-                note = sign_in_notification(state.status, state.overrides, caps)
+                note = sign_in_notification(state.status, state.overrides, caps, state.desktop)
             elif state.status is not None and note.kind is Kind.REMINDER:
                 note = reminder_notification(state.status, caps)
             return replace(state, shown=note), [ShowNotification(note)]
@@ -458,6 +604,13 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
             if item_id == MENU_CHECK:
                 return state, [RequestCheck()]
             return state, []
+        case DesktopChanged(handler):
+            state = replace(state, desktop=handler)
+            actions = []
+            now = state.status
+            if now is not None and now.state is Connectivity.CAPTIVE:
+                state, actions = _sign_in(state, now, state.capabilities or frozenset())
+            return state, [*actions, UpdateTray(tray_view(state))]
     raise TypeError(f"not an agent event: {event!r}")  # pragma: no cover
 
 
@@ -498,7 +651,8 @@ class TrayView:
     menu: MenuItem = field(default_factory=lambda: MenuItem(MENU_ROOT))
 
 
-def _describe(status: StatusReport | None) -> tuple[TrayStatus, str, str]:
+def _describe(state: AgentState) -> tuple[TrayStatus, str, str]:
+    status = state.status
     if status is None:
         return TrayStatus.PASSIVE, "network-offline", "portal daemon not running"
     where = f" on {status.network}" if status.network else ""
@@ -506,7 +660,10 @@ def _describe(status: StatusReport | None) -> tuple[TrayStatus, str, str]:
         case Connectivity.ONLINE:
             return TrayStatus.ACTIVE, "network-transmit-receive", f"Online{where}"
         case Connectivity.CAPTIVE:
-            return TrayStatus.NEEDS_ATTENTION, "dialog-password", f"Sign-in needed{where}"
+            text = f"Sign-in needed{where}"
+            if state.deferred and state.desktop in DESKTOP_PROMPT_NAME:
+                text += f" ({DESKTOP_PROMPT_NAME[state.desktop]} asks for it)"
+            return TrayStatus.NEEDS_ATTENTION, "dialog-password", text
         case Connectivity.LIMITED:
             return TrayStatus.ACTIVE, "network-error", f"Limited connectivity{where}"
         case Connectivity.PROBING | Connectivity.UNKNOWN:
@@ -538,7 +695,7 @@ def tray_menu(state: AgentState) -> MenuItem:
     return MenuItem(
         MENU_ROOT,
         children=(
-            MenuItem(MENU_OPEN, "Open sign-in page", enabled=can_open),
+            MenuItem(MENU_OPEN, "Open sign-in page (private window)", enabled=can_open),
             MenuItem(MENU_CHECK, "Check now", enabled=state.status is not None),
             MenuItem(MENU_SEPARATOR, separator=True),
             MenuItem(MENU_OVERRIDES, f"Overrides ({len(state.overrides)})", children=children),
@@ -547,7 +704,7 @@ def tray_menu(state: AgentState) -> MenuItem:
 
 
 def tray_view(state: AgentState) -> TrayView:
-    tray_status, icon, text = _describe(state.status)
+    tray_status, icon, text = _describe(state)
     return TrayView(
         status=tray_status, icon=icon, title="portal", tooltip=text, menu=tray_menu(state)
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import pytest
 
+from portal.core import user_dns
 from portal.core.agent_logic import (
     ACTION_LATER,
     ACTION_OPEN,
@@ -22,6 +24,9 @@ from portal.core.agent_logic import (
     AgentState,
     CloseNotification,
     DaemonVanished,
+    DesktopChanged,
+    DesktopHandler,
+    DesktopPrompt,
     Kind,
     MenuClicked,
     NotificationClosed,
@@ -31,15 +36,20 @@ from portal.core.agent_logic import (
     RequestCheck,
     ServerChanged,
     ShowNotification,
+    SignInNotification,
     StatusChanged,
     TrayStatus,
     UpdateTray,
+    Voice,
+    desktop_handler,
+    desktop_prompt,
     escape_markup,
     is_openable,
     sign_in_notification,
     step,
     tray_view,
     url_host,
+    voice,
 )
 from portal.core.model import Connectivity
 from portal.core.report import OverrideView, StatusReport, from_plain
@@ -506,7 +516,7 @@ def test_tray_states() -> None:
 
 def test_tray_menu_and_overrides() -> None:
     assert _labels(AgentState()) == [
-        "Open sign-in page",
+        "Open sign-in page (private window)",
         "Check now",
         "",
         "Overrides (0)",
@@ -551,3 +561,175 @@ def test_every_status_updates_the_tray() -> None:
     for event in (CAPTIVE, OverridesListed(()), DaemonVanished()):
         _, actions = step(AgentState(), event)
         assert isinstance(actions[-1], UpdateTray)
+
+
+# ---- one prompt, not two: the desktop's own prompt ----
+
+GNOME = DesktopHandler.GNOME
+KDE = DesktopHandler.KDE
+NO_DESKTOP = DesktopHandler.NONE
+
+
+def desk(
+    nm: Connectivity = Connectivity.CAPTIVE, dns: str = user_dns.RESOLVES, *, url: str = URL
+) -> StatusChanged:
+    """A captive status as the daemon reports it: NM's own word and the user's resolver's."""
+    report = CAPTIVE.status
+    return StatusChanged(replace(report, portal_url=url, nm_connectivity=nm, user_dns=dns))
+
+
+def on(
+    handler: DesktopHandler, setting: SignInNotification = SignInNotification.AUTO
+) -> AgentState:
+    return replace(with_server(), desktop=handler, setting=setting)
+
+
+@pytest.mark.parametrize(
+    ("gnome_shell", "gnome_helper", "plasma_nm", "handler"),
+    [
+        (False, False, False, NO_DESKTOP),
+        (True, True, False, GNOME),
+        (True, False, False, NO_DESKTOP),  # Shell without its helper: its call fails, no window
+        (False, True, False, NO_DESKTOP),  # a helper alone is never called
+        (False, False, True, KDE),
+        (True, True, True, GNOME),  # GNOME's window is the one that opens
+        (True, False, True, KDE),
+    ],
+)
+def test_desktop_handler_from_what_the_bus_shows(
+    gnome_shell: bool, gnome_helper: bool, plasma_nm: bool, handler: DesktopHandler
+) -> None:
+    found = desktop_handler(gnome_shell=gnome_shell, gnome_helper=gnome_helper, plasma_nm=plasma_nm)
+    assert found is handler
+
+
+@pytest.mark.parametrize(
+    ("handler", "nm", "dns", "prompt"),
+    [
+        (NO_DESKTOP, Connectivity.CAPTIVE, user_dns.RESOLVES, DesktopPrompt.ABSENT),
+        (GNOME, Connectivity.CAPTIVE, user_dns.RESOLVES, DesktopPrompt.WORKS),
+        (KDE, Connectivity.CAPTIVE, user_dns.RESOLVES, DesktopPrompt.WORKS),
+        (GNOME, Connectivity.CAPTIVE, user_dns.FAILS, DesktopPrompt.FAILS),
+        (KDE, Connectivity.CAPTIVE, user_dns.CHECKING, DesktopPrompt.CHECKING),
+        (GNOME, Connectivity.CAPTIVE, user_dns.NOT_ASKED, DesktopPrompt.UNSURE),
+        (GNOME, Connectivity.CAPTIVE, "something newer", DesktopPrompt.UNSURE),
+        # NM did not say PORTAL: its check host did not resolve (LIMITED), it runs no check
+        # (UNKNOWN), or it has not spoken yet: the desktop shows nothing.
+        (GNOME, Connectivity.LIMITED, user_dns.RESOLVES, DesktopPrompt.SILENT),
+        (KDE, Connectivity.UNKNOWN, user_dns.RESOLVES, DesktopPrompt.SILENT),
+        (GNOME, Connectivity.ONLINE, user_dns.FAILS, DesktopPrompt.SILENT),
+    ],
+)
+def test_what_the_desktops_own_prompt_will_do(
+    handler: DesktopHandler, nm: Connectivity, dns: str, prompt: DesktopPrompt
+) -> None:
+    assert desktop_prompt(handler, desk(nm, dns).status) is prompt
+
+
+AUTO, ALWAYS, NEVER = SignInNotification.AUTO, SignInNotification.ALWAYS, SignInNotification.NEVER
+
+
+@pytest.mark.parametrize(
+    ("setting", "prompt", "said"),
+    [
+        (AUTO, DesktopPrompt.ABSENT, Voice.SPEAK),
+        (AUTO, DesktopPrompt.SILENT, Voice.SPEAK),
+        (AUTO, DesktopPrompt.FAILS, Voice.SPEAK),
+        (AUTO, DesktopPrompt.UNSURE, Voice.SPEAK),
+        (AUTO, DesktopPrompt.CHECKING, Voice.WAIT),
+        (AUTO, DesktopPrompt.WORKS, Voice.QUIET),
+        *((ALWAYS, p, Voice.SPEAK) for p in DesktopPrompt),
+        *((NEVER, p, Voice.QUIET) for p in DesktopPrompt),
+    ],
+)
+def test_when_portal_speaks(
+    setting: SignInNotification, prompt: DesktopPrompt, said: Voice
+) -> None:
+    assert voice(setting, prompt) is said
+
+
+def test_the_desktops_working_prompt_is_left_alone_and_the_tray_still_offers_the_page() -> None:
+    state, actions = run([desk(dns=user_dns.CHECKING)], on(GNOME))
+    assert actions == []  # the daemon is still asking the user's resolver: wait
+    state, actions = run([desk(dns=user_dns.RESOLVES), OverridesListed(())], state)
+    assert actions == [] and state.deferred
+    view = tray_view(state)
+    assert view.status is TrayStatus.NEEDS_ATTENTION
+    assert view.tooltip == "Sign-in needed on Hotel (GNOME's own sign-in window asks for it)"
+    assert step(state, MenuClicked(MENU_OPEN))[1] == [OpenPage(URL)]
+    # Signed in through the desktop's window: "Connected" would answer a prompt we never made.
+    state, actions = run([ONLINE], state)
+    assert actions == [] and state.episode is None and not state.deferred
+
+
+def test_the_desktops_failing_prompt_is_answered_with_ours_saying_why() -> None:
+    state, actions = run([desk(dns=user_dns.CHECKING), desk(dns=user_dns.FAILS)], on(KDE))
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    (note,) = [a.notification for a in actions if isinstance(a, ShowNotification)]
+    assert (
+        "KDE's own sign-in notification cannot reach it: your DNS cannot resolve "
+        "login.hotel.test." in note.body
+    )
+    assert note.actions[0] == (ACTION_OPEN, "Open sign-in page")
+    state, actions = run([ONLINE], state)
+    assert shows(actions) == [(Kind.CONNECTED, 1)]
+
+
+@pytest.mark.parametrize("nm", [Connectivity.LIMITED, Connectivity.UNKNOWN])
+def test_a_portal_only_portal_saw_is_ours_to_announce(nm: Connectivity) -> None:
+    """GNOME Shell prompts only on NM's PORTAL: when NM's check host did not resolve through
+    the user's resolver (LIMITED) or NM checks nothing, portal is the only one to speak."""
+    state, actions = run([desk(nm, user_dns.RESOLVES)], on(GNOME))
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    (note,) = [a.notification for a in actions if isinstance(a, ShowNotification)]
+    assert "GNOME" not in note.body
+
+
+def test_ours_gives_way_when_the_desktops_prompt_takes_over() -> None:
+    """portal's probe saw the portal first; NM says PORTAL a moment later and the user's
+    resolver can see the portal: GNOME's window opens, ours closes. One prompt, not two."""
+    state, actions = run([desk(Connectivity.UNKNOWN)], on(GNOME))
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    state, actions = run([desk(dns=user_dns.CHECKING)], state)
+    assert actions == []  # ours stays while the daemon asks
+    state, actions = run([desk(dns=user_dns.RESOLVES)], state)
+    assert actions == [CloseNotification(1)]
+    assert state.shown is None and state.page_url == URL
+    # The close was ours (reason 3): it is no dismissal, so ours can come back in this episode.
+    state, _ = step(state, NotificationClosed(1, CLOSED_BY_CALL))
+    state, actions = run([desk(Connectivity.LIMITED)], state)  # NM's recheck failed
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+
+
+def test_a_desktop_handler_that_comes_or_goes_mid_episode() -> None:
+    state, actions = run([desk()], with_server())
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]  # no desktop handler: ours
+    state, actions = run([DesktopChanged(KDE)], state)
+    assert actions == [CloseNotification(1)]
+    state, actions = run([DesktopChanged(NO_DESKTOP)], state)  # plasma-nm's kded went away
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    # Outside an episode a desktop change shows nothing, and only updates the tray.
+    state, _ = run([ONLINE], state)
+    state, actions = step(state, DesktopChanged(GNOME))
+    assert actions == [UpdateTray(tray_view(state))]
+
+
+def test_quiet_stays_quiet_through_pins_and_a_new_notification_server() -> None:
+    # Without a server what should be shown waits for one; with nothing to show, nothing comes.
+    state, actions = run([desk(), ServerChanged(CAPS)], AgentState())
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]
+    quiet = replace(AgentState(), desktop=GNOME)
+    state, actions = run([desk(), ServerChanged(CAPS)], quiet)
+    assert actions == []
+    pinned = rows_of([{"name": "login.hotel.test", "addresses": ["10.0.0.1"], "active": True}])
+    state, actions = run([OverridesListed(pinned)], state)
+    assert actions == []
+
+
+def test_the_setting_always_and_never() -> None:
+    state, actions = run([desk()], on(GNOME, ALWAYS))
+    assert shows(actions) == [(Kind.SIGN_IN, 0)]  # even where GNOME's window works
+    state, actions = run([desk(Connectivity.LIMITED)], on(NO_DESKTOP, NEVER))
+    assert actions == []
+    assert tray_view(state).status is TrayStatus.NEEDS_ATTENTION  # the tray alone
+    assert tray_view(state).tooltip == "Sign-in needed on Hotel"  # no desktop to name

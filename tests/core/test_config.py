@@ -51,6 +51,7 @@ def test_default_ttl_never() -> None:
         ('default_ttl = "forty"', "default_ttl"),
         ("max_overrides = 0", "max_overrides"),
         ('wiring = "magic"', "wiring"),
+        ('sign_in_notification = "sometimes"', "sign_in_notification: auto, always or never"),
         ("state_dir = 5", "expected text"),
         ('colour = "blue"', "unknown config key"),
         ("listen = 5", "expected a list"),
@@ -106,6 +107,11 @@ def test_sign_in_browser() -> None:
     assert c.sign_in_browser == "firefox --kiosk" and c.browser.endswith("%s")
     with pytest.raises(ConfigError, match="expected text"):
         parse("sign_in_browser = false")
+
+
+def test_sign_in_notification() -> None:
+    assert Config().sign_in_notification == "auto"
+    assert parse('sign_in_notification = "never"').sign_in_notification == "never"
 
 
 def test_the_sample_config_parses() -> None:

@@ -25,7 +25,7 @@ from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
 from portal.agent import Agent, _defaults, build_parser, main, run_agent
-from portal.core.agent_logic import Kind
+from portal.core.agent_logic import Kind, SignInNotification
 from portal.edges.bus import call_bus_daemon
 from portal.edges.bus import close as close_bus
 from portal.edges.control_api import INTERFACE, OBJECT_PATH
@@ -50,6 +50,7 @@ from tests.support.procs import LIFETIME_S, REPO, eventually, stop_pid
 pytest_plugins = ["tests.lab.fixtures"]
 
 URL = "http://login.hotel.test/portal?room=12&lang=en"
+AUTO, ALWAYS, NEVER = SignInNotification.AUTO, SignInNotification.ALWAYS, SignInNotification.NEVER
 POLICY = REPO / "dbus" / "org.portalhelper.Portal1.conf"
 ARTIFACTS = (
     Path(os.environ.get("PORTAL_TEST_ARTIFACTS", ""))
@@ -667,14 +668,23 @@ def test_main_reports_a_missing_bus(capsys: pytest.CaptureFixture[str], short_tm
     assert err.startswith("portal: error: ") and err.count("\n") == 1
 
 
-def test_config_file_gives_bus_and_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_file_gives_bus_browser_and_when_to_speak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("PORTAL_BUS", raising=False)
     cfg = tmp_path / "portal.toml"
-    cfg.write_text('bus = "unix:path=/run/elsewhere"\nbrowser = "firefox --new-tab %s"\n')
+    cfg.write_text(
+        'bus = "unix:path=/run/elsewhere"\nbrowser = "firefox --new-tab %s"\n'
+        'sign_in_notification = "never"\n'
+    )
     args = build_parser().parse_args(["--config", str(cfg)])
-    assert _defaults(args) == ("unix:path=/run/elsewhere", "firefox --new-tab %s")
-    flags = build_parser().parse_args(["--config", str(cfg), "--bus", "session", "--browser", "b"])
-    assert _defaults(flags) == ("session", "b")
+    assert _defaults(args) == ("unix:path=/run/elsewhere", "firefox --new-tab %s", NEVER)
+    flags = build_parser().parse_args(
+        ["--config", str(cfg), "--bus", "session", "--browser", "b"]
+        + ["--sign-in-notification", "always"]
+    )
+    assert _defaults(flags) == ("session", "b", ALWAYS)
+    assert _defaults(build_parser().parse_args(["--config", "/dev/null"]))[2] is AUTO
     monkeypatch.setenv("PORTAL_BUS", "system")
     assert _defaults(args)[0] == "system"
     cfg.write_text("bus = [\n")

@@ -143,7 +143,7 @@ async def test_tray_registers_and_shows_state_menu_and_clicks(
                 await menu_has("  100: login.hotel.test → 10.77.0.1 (Hotel Wi-Fi) (disabled)")
                 revision, menu = await layout(h, service)
                 assert menu == [
-                    "1: Open sign-in page",
+                    "1: Open sign-in page (private window)",
                     "2: Check now",
                     "3: ---",
                     "4: Overrides (1)",
