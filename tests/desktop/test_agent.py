@@ -32,6 +32,7 @@ from portal.edges.control_api import INTERFACE, OBJECT_PATH
 from portal.edges.notify import DESKTOP_ENTRY
 from portal.errors import PortalError
 from tests.lab.marks import LabFactory, requires_lab
+from tests.support.daemon import spawn_in_lab
 from tests.support.dbus import PrivateBus, connected
 from tests.support.desktop import (
     DUNSTRC,
@@ -400,15 +401,7 @@ async def test_real_daemon_in_the_lab_to_dunst(
             pytest.skip(f"{tool} is not installed (apt: util-linux xdotool)")
     lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY], nm_check_interval_s=3)
     started = time.perf_counter()
-    daemon = lab.spawn_laptop(
-        [
-            sys.executable, "-m", "portal", "daemon", "--log-level", "debug",
-            "--listen", "127.0.0.153:53", "--state-dir", str(lab.run_dir / "portal-state"),
-            "--config", "/dev/null", "--wiring", "none",
-        ],
-        env={"PYTHONPATH": str(REPO)},
-        name="portal-daemon",
-    )  # fmt: skip
+    daemon = spawn_in_lab(lab)
     browser, record = recorder(short_tmp)
     log_path = tmp_path / "agent.log"
     # The laptop's system bus is a filesystem socket: the agent reaches it from the host.

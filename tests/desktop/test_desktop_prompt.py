@@ -22,8 +22,11 @@ from dbus_next.aio import MessageBus
 
 from portal.agent import Agent
 from portal.core.agent_logic import DesktopHandler
+from portal.core.model import Connectivity
 from portal.edges.bus import call_bus_daemon
 from portal.edges.bus import close as close_bus
+from tests.lab.marks import LabFactory, requires_lab
+from tests.support.daemon import spawn_in_lab
 from tests.support.dbus import PrivateBus, connected
 from tests.support.desktop import (
     ONLINE,
@@ -33,9 +36,13 @@ from tests.support.desktop import (
     running_agent,
     start_bus,
 )
-from tests.support.procs import eventually, stop_pid
+from tests.support.procs import REPO, eventually, stop_pid
 
+# The lab's fixtures (lab_factory), registered by name as the e2e tests do.
+pytest_plugins = ["tests.lab.fixtures"]
 pytestmark = pytest.mark.desktop
+
+POLICY = REPO / "dbus" / "org.portalhelper.Portal1.conf"
 
 URL = "http://login.hotel.test/portal?room=12&lang=en"
 HELPER_SERVICE = """[D-BUS Service]
@@ -90,6 +97,15 @@ async def owner(session: str, name: str, modules: list[str] | None = None) -> As
         await close_bus(bus)
 
 
+@contextlib.asynccontextmanager
+async def agent_beside_gnome(system: str, session: str, services: Path) -> AsyncIterator[Agent]:
+    """ "GNOME Shell" with its portal helper installed, and the agent once it has seen them."""
+    await install_portal_helper(services, session)
+    async with owner(session, "org.gnome.Shell"), running_agent(system, session) as agent:
+        await until(lambda: agent.state.desktop is DesktopHandler.GNOME, "GNOME to be seen")
+        yield agent
+
+
 def status(nm: str = "captive", dns: str = "resolves") -> dict[str, Any]:
     """A captive status with NetworkManager's own word and the user's resolver's answer."""
     return {**captive(URL), "nm_connectivity": nm, "user_dns": dns}
@@ -122,12 +138,7 @@ async def test_gnome_shells_working_window_is_the_only_prompt(
     """NetworkManager says PORTAL and the user's resolver resolves the portal's name: GNOME's
     window opens and works, so portal says nothing (while the daemon still asks the resolver,
     it waits). When NM's recheck no longer sees the portal, GNOME is silent: portal speaks."""
-    await install_portal_helper(services, session_bus.address)
-    async with (
-        owner(session_bus.address, "org.gnome.Shell"),
-        running_agent(system_bus.address, session_bus.address) as agent,
-    ):
-        await until(lambda: agent.state.desktop is DesktopHandler.GNOME, "GNOME to be seen")
+    async with agent_beside_gnome(system_bus.address, session_bus.address, services) as agent:
         for sent in (status(dns="checking"), status(dns="resolves")):
             stand_in.set_status(sent)
             await heard(agent, sent)
@@ -151,12 +162,7 @@ async def test_portals_note_gives_way_when_gnome_shell_takes_over(
     """portal's probe saw the portal before NetworkManager said PORTAL: portal's note is up,
     then GNOME's window opens and portal's note is closed. After signing in through GNOME's
     window, no "Connected" from portal either."""
-    await install_portal_helper(services, session_bus.address)
-    async with (
-        owner(session_bus.address, "org.gnome.Shell"),
-        running_agent(system_bus.address, session_bus.address) as agent,
-    ):
-        await until(lambda: agent.state.desktop is DesktopHandler.GNOME, "GNOME to be seen")
+    async with agent_beside_gnome(system_bus.address, session_bus.address, services) as agent:
         stand_in.set_status(status(nm="unknown", dns="checking"))
         await until(lambda: desktop.displayed() == 1, "portal's own notification")
         stand_in.set_status(status(nm="captive", dns="resolves"))
@@ -174,12 +180,7 @@ async def test_gnome_shells_window_would_fail_so_portal_says_why(
     session_bus: PrivateBus,
     services: Path,
 ) -> None:
-    await install_portal_helper(services, session_bus.address)
-    async with (
-        owner(session_bus.address, "org.gnome.Shell"),
-        running_agent(system_bus.address, session_bus.address) as agent,
-    ):
-        await until(lambda: agent.state.desktop is DesktopHandler.GNOME, "GNOME to be seen")
+    async with agent_beside_gnome(system_bus.address, session_bus.address, services):
         stand_in.set_status(status(dns="fails"))
         await until(lambda: desktop.displayed() == 1, "portal's own notification")
         desktop.ctl("close")
@@ -245,3 +246,66 @@ async def test_a_kded_without_plasma_nm_is_no_prompt_until_the_module_registers(
         )  # fmt: skip
         await until(lambda: agent.state.desktop is DesktopHandler.KDE, "plasma-nm to be seen")
         await until(lambda: desktop.displayed() == 0, "portal's notification to give way")
+
+
+# ---- with real NetworkManager and the real daemon, in the lab ----
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@requires_lab
+@pytest.mark.parametrize("dns_mode", ["hijack", "blocked"])
+async def test_real_networkmanager_and_daemon_beside_gnome_shell(
+    lab_factory: LabFactory,
+    desktop: Desktop,
+    session_bus: PrivateBus,
+    services: Path,
+    dns_mode: str,
+) -> None:
+    """All real but GNOME Shell itself: NetworkManager joins the hotel network, the daemon on
+    the laptop finds the portal and asks the laptop's resolver, and the agent beside "GNOME
+    Shell" decides. The hotel that hijacks every DNS query lets NetworkManager's check see the
+    portal (PORTAL) and the laptop's resolver resolve its name: GNOME's window would open and
+    work, so portal stays quiet. With the laptop's resolver blocked by the hotel, NetworkManager
+    cannot resolve its check host (LIMITED): GNOME shows nothing, and portal speaks."""
+    lab = lab_factory(dns_mode=dns_mode, bus_policy_files=[POLICY], nm_check_interval_s=3)
+    daemon = spawn_in_lab(lab)
+    try:
+        # The laptop's system bus is a filesystem socket: the agent reaches it from here.
+        async with agent_beside_gnome(lab.bus_address, session_bus.address, services) as agent:
+
+            def asked() -> bool:
+                now = agent.state.status
+                return (
+                    now is not None
+                    and now.state is Connectivity.CAPTIVE
+                    and now.user_dns in ("resolves", "fails")
+                )
+
+            await eventually(asked, 45, "the daemon to see the portal and ask the resolver")
+            now = agent.state.status
+            assert now is not None
+            if dns_mode == "hijack":
+                await eventually(
+                    lambda: (
+                        agent.state.status is not None
+                        and agent.state.status.nm_connectivity is Connectivity.CAPTIVE
+                    ),
+                    30,
+                    "NetworkManager's PORTAL",
+                )
+                assert now.user_dns == "resolves", daemon.read_log()[-3000:]
+                await until(lambda: agent.state.deferred, "the agent to leave it to GNOME")
+                assert desktop.displayed() == 0
+                flashed = [n["summary"] for n in desktop.history()]
+                print(f"\nlab, hijacking hotel: GNOME's prompt alone; flashed first: {flashed}")
+            else:
+                assert now.user_dns == "fails", daemon.read_log()[-3000:]
+                assert now.nm_connectivity is not Connectivity.CAPTIVE
+                await until(lambda: desktop.displayed() == 1, "portal's own notification")
+                desktop.ctl("close")
+                (note,) = desktop.history()
+                assert note["summary"] == "Sign in to hotel-wifi"
+                assert "GNOME" not in note["body"]  # GNOME shows nothing: nothing to explain
+    finally:
+        daemon.stop()

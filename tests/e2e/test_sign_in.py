@@ -31,6 +31,7 @@ import pytest
 
 from tests.lab.lab import PARTNER_HOST, PORTAL_HOST, Lab, LabProcess
 from tests.lab.marks import LabFactory, requires_lab
+from tests.support.daemon import spawn_in_lab
 
 pytest_plugins = ["tests.lab.fixtures"]
 pytestmark = [pytest.mark.root, pytest.mark.lab, requires_lab]
@@ -73,7 +74,7 @@ class Venue:
             nm_check_interval_s=3,
         )
         lab = self.lab
-        self.daemon = self.start_daemon()
+        self.daemon = spawn_in_lab(lab)
         self.home = lab.run_dir / "home"
         self.runtime = lab.run_dir / "runtime"  # the user's XDG_RUNTIME_DIR
         self.home.mkdir()
@@ -89,18 +90,6 @@ class Venue:
             lab.write_laptop_file(path, text + line)
         self.config = lab.run_dir / "portal.toml"
         self.status = self.wait_state("captive", 30)
-
-    def start_daemon(self) -> LabProcess:
-        return self.lab.spawn_laptop(
-            [
-                sys.executable, "-m", "portal", "daemon", "--log-level", "debug",
-                "--listen", "127.0.0.153:53",
-                "--state-dir", str(self.lab.run_dir / "portal-state"),
-                "--config", "/dev/null", "--wiring", "none",
-            ],
-            env=ENV,
-            name="portal-daemon",
-        )  # fmt: skip
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.lab.run_laptop([sys.executable, "-m", "portal", *args], env=ENV, timeout_s=30)
@@ -154,6 +143,14 @@ class Venue:
             assert proc.alive(), proc.read_log()[-4000:]
             time.sleep(0.05)
         raise AssertionError(f"no request for {host}{path}:\n{proc.read_log()[-4000:]}")
+
+    def page_and_script(self, proc: LabProcess, what: str) -> tuple[float, float]:
+        """Seconds from `open()` (or a click) to the sign-in page and its third-party script,
+        as the portal saw the requests; printed as `what -> ...`."""
+        page_s = self.wait_request(PORTAL_HOST, "/portal", proc)
+        script_s = self.wait_request(PARTNER_HOST, "/partner.js", proc)
+        print(f"\n{what} -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
+        return page_s, script_s
 
     def profiles(self) -> list[Path]:
         """Sign-in profiles of the user, wherever `portal open` may put them."""
@@ -219,9 +216,7 @@ def test_chromium_window_reaches_the_page_where_the_everyday_browser_cannot(
     assert venue.requests(PORTAL_HOST, "/portal") == []
 
     window = venue.open(sign_in_browser="chromium --headless=new")
-    page_s = venue.wait_request(PORTAL_HOST, "/portal", window)
-    script_s = venue.wait_request(PARTNER_HOST, "/partner.js", window)
-    print(f"\nchromium: portal open -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
+    venue.page_and_script(window, "chromium: portal open")
     (profile,) = venue.profiles()
     assert profile.parent == venue.runtime and (profile / "Default").is_dir()
     log = window.read_log()
@@ -271,9 +266,7 @@ def test_firefox_window_despite_a_dns_over_https_only_profile(lab_factory: LabFa
     assert venue.requests(PORTAL_HOST, "/portal") == []
 
     window = venue.open(sign_in_browser="firefox-esr --headless")
-    page_s = venue.wait_request(PORTAL_HOST, "/portal", window)
-    script_s = venue.wait_request(PARTNER_HOST, "/partner.js", window)
-    print(f"\nfirefox: portal open -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
+    venue.page_and_script(window, "firefox: portal open")
     (profile,) = venue.profiles()
     user_js = (profile / "user.js").read_text()
     assert 'user_pref("network.trr.mode", 5);' in user_js
@@ -314,7 +307,7 @@ def test_proxy_alone_and_a_window_out_of_reach(lab_factory: LabFactory) -> None:
         line for line in proxy.read_log().splitlines() if line.startswith("socks5://")
     ).removeprefix("socks5://")
     venue.daemon.stop()
-    venue.daemon = venue.start_daemon()
+    venue.daemon = spawn_in_lab(venue.lab)
     venue.wait_state("captive", 30)
     assert proxy.alive(), proxy.read_log()[-3000:]
     curl = ["curl", "-sS", "--max-time", "5", "--socks5-hostname", socks]
@@ -380,9 +373,7 @@ def test_screenshot_of_the_window_under_xvfb(lab_factory: LabFactory, tmp_path: 
         sign_in_browser="chromium --window-position=0,0 --window-size=1280,800",
         DISPLAY=display,
     )
-    page_s = venue.wait_request(PORTAL_HOST, "/portal", window)
-    script_s = venue.wait_request(PARTNER_HOST, "/partner.js", window)
-    print(f"\nheaded: portal open -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
+    venue.page_and_script(window, "headed: portal open")
     until(
         lambda: (
             lab.run_laptop(
@@ -480,9 +471,7 @@ def test_the_notifications_button_opens_the_window(lab_factory: LabFactory) -> N
     until(lambda: dunst("count", "displayed") == "1", "the notification", 30)
     venue.started = time.time()
     dunst("action", "0")  # "Open sign-in page", as a click on the notification does
-    page_s = venue.wait_request(PORTAL_HOST, "/portal", agent)
-    script_s = venue.wait_request(PARTNER_HOST, "/partner.js", agent)
-    print(f"\nclick -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
+    venue.page_and_script(agent, "click")
     assert "opened http://login.hotel.test/portal" in agent.read_log()
     assert "in a private sign-in window (chromium)" in agent.read_log()
     until(lambda: dunst("count", "history") == "1", "the note in dunst's history")

@@ -6,6 +6,7 @@ from portal.cli import format_status
 from portal.core.model import Connectivity
 from portal.core.report import StatusReport
 
+
 def test_nm_and_the_users_resolver_are_said_while_known() -> None:
     text = format_status(
         StatusReport(

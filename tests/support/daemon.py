@@ -10,8 +10,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.support.procs import PORTAL, REPO, free_port, stop_pid
+
+if TYPE_CHECKING:
+    from tests.lab.lab import Lab, LabProcess
 
 
 @dataclass
@@ -226,3 +230,17 @@ def start_daemon(
     if start:
         d.start()
     return d
+
+
+def spawn_in_lab(lab: Lab) -> LabProcess:
+    """The real daemon on the lab's laptop, as root: NetworkManager's network, the stub on
+    127.0.0.153:53, its state in the lab's run directory, no resolver wiring."""
+    return lab.spawn_laptop(
+        [
+            sys.executable, "-m", "portal", "daemon", "--log-level", "debug",
+            "--listen", "127.0.0.153:53", "--state-dir", str(lab.run_dir / "portal-state"),
+            "--config", "/dev/null", "--wiring", "none",
+        ],
+        env={"PYTHONPATH": str(REPO)},
+        name="portal-daemon",
+    )  # fmt: skip
