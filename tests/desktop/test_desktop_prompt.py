@@ -254,21 +254,34 @@ async def test_a_kded_without_plasma_nm_is_no_prompt_until_the_module_registers(
 @pytest.mark.root
 @pytest.mark.lab
 @requires_lab
-@pytest.mark.parametrize("dns_mode", ["hijack", "blocked"])
+@pytest.mark.parametrize(
+    ("dns_mode", "nm_check"),
+    [("hijack", True), ("blocked", True), ("hijack", False)],
+    ids=["nm-sees-it", "resolver-blocked", "nm-checks-nothing"],
+)
 async def test_real_networkmanager_and_daemon_beside_gnome_shell(
     lab_factory: LabFactory,
     desktop: Desktop,
     session_bus: PrivateBus,
     services: Path,
     dns_mode: str,
+    nm_check: bool,
 ) -> None:
     """All real but GNOME Shell itself: NetworkManager joins the hotel network, the daemon on
     the laptop finds the portal and asks the laptop's resolver, and the agent beside "GNOME
-    Shell" decides. The hotel that hijacks every DNS query lets NetworkManager's check see the
-    portal (PORTAL) and the laptop's resolver resolve its name: GNOME's window would open and
-    work, so portal stays quiet. With the laptop's resolver blocked by the hotel, NetworkManager
-    cannot resolve its check host (LIMITED): GNOME shows nothing, and portal speaks."""
-    lab = lab_factory(dns_mode=dns_mode, bus_policy_files=[POLICY], nm_check_interval_s=3)
+    Shell" decides.
+
+    - The hotel hijacks every DNS query and NetworkManager checks: its check sees the portal
+      (PORTAL) and the laptop's resolver resolves the portal's name. GNOME's window opens and
+      works: portal stays quiet.
+    - The hotel blocks the laptop's resolver: NetworkManager cannot resolve its check host
+      (LIMITED), GNOME shows nothing, portal speaks.
+    - NetworkManager as distributions ship it, without a check of its own: it never says
+      PORTAL, GNOME shows nothing, portal speaks.
+    """
+    lab = lab_factory(
+        dns_mode=dns_mode, nm_check=nm_check, nm_check_interval_s=3, bus_policy_files=[POLICY]
+    )
     daemon = spawn_in_lab(lab)
     try:
         # The laptop's system bus is a filesystem socket: the agent reaches it from here.
@@ -285,7 +298,10 @@ async def test_real_networkmanager_and_daemon_beside_gnome_shell(
             await eventually(asked, 45, "the daemon to see the portal and ask the resolver")
             now = agent.state.status
             assert now is not None
-            if dns_mode == "hijack":
+            assert now.user_dns == ("fails" if dns_mode == "blocked" else "resolves"), (
+                daemon.read_log()[-3000:]
+            )
+            if nm_check and dns_mode == "hijack":
                 await eventually(
                     lambda: (
                         agent.state.status is not None
@@ -294,18 +310,18 @@ async def test_real_networkmanager_and_daemon_beside_gnome_shell(
                     30,
                     "NetworkManager's PORTAL",
                 )
-                assert now.user_dns == "resolves", daemon.read_log()[-3000:]
                 await until(lambda: agent.state.deferred, "the agent to leave it to GNOME")
                 assert desktop.displayed() == 0
                 flashed = [n["summary"] for n in desktop.history()]
-                print(f"\nlab, hijacking hotel: GNOME's prompt alone; flashed first: {flashed}")
-            else:
-                assert now.user_dns == "fails", daemon.read_log()[-3000:]
-                assert now.nm_connectivity is not Connectivity.CAPTIVE
-                await until(lambda: desktop.displayed() == 1, "portal's own notification")
-                desktop.ctl("close")
-                (note,) = desktop.history()
-                assert note["summary"] == "Sign in to hotel-wifi"
-                assert "GNOME" not in note["body"]  # GNOME shows nothing: nothing to explain
+                print(f"\nlab, NM sees the portal: GNOME's prompt alone; flashed first: {flashed}")
+                return
+            await until(lambda: desktop.displayed() == 1, "portal's own notification")
+            assert now.nm_connectivity is not Connectivity.CAPTIVE
+            if not nm_check:
+                assert now.nm_connectivity is Connectivity.UNKNOWN  # its FULL means nothing
+            desktop.ctl("close")
+            (note,) = desktop.history()
+            assert note["summary"] == "Sign in to hotel-wifi"
+            assert "GNOME" not in note["body"]  # GNOME shows nothing: nothing to explain
     finally:
         daemon.stop()
