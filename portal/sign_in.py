@@ -4,9 +4,9 @@ The process runs as the user who asked (the agent starts it as a child when "Ope
 page" is clicked; the tray and the CLI do the same), so the proxy never outlives its window,
 costs the agent and the daemon nothing, and needs no privilege: "only this uid" is the uid of
 this process. It reads the network's interface, venue DNS, sign-in URL and overrides from the
-daemon over D-Bus, follows `StateChanged` and `OverridesChanged` (from the daemon's own bus
-name only: anyone on the bus can emit a signal, and a forged venue DNS would be phishing),
-runs portal/edges/sign_in_proxy.py and portal/edges/sign_in_window.py, and ends when the
+daemon over D-Bus and follows `StateChanged` and `OverridesChanged` as the agent does
+(edges/client.py DaemonLink: from the daemon's own bus name only, since anyone on the bus can
+emit a signal and a forged venue DNS would be phishing), runs portal/edges/sign_in_proxy.py and portal/edges/sign_in_window.py, and ends when the
 network turns online, changes, the time bound passes, the window is closed, or on Ctrl-C,
 saying which. Every rule is in portal/core/sign_in.py; this module only wires.
 

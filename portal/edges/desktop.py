@@ -104,7 +104,10 @@ class DesktopWatch:
         while True:
             await self._again.wait()
             self._again.clear()
-            await self.look()
+            try:
+                await self.look()
+            except Exception as exc:  # a bus going away ends the agent elsewhere; not here
+                log.warning("cannot look for the desktop's portal prompt: %s, ignoring", exc)
 
     def _on_message(self, msg: Message) -> None:
         if msg.message_type != MessageType.SIGNAL:
