@@ -6,9 +6,10 @@ costs the agent and the daemon nothing, and needs no privilege: "only this uid" 
 this process. It reads the network's interface, venue DNS, sign-in URL and overrides from the
 daemon over D-Bus and follows `StateChanged` and `OverridesChanged` as the agent does
 (edges/client.py DaemonLink: from the daemon's own bus name only, since anyone on the bus can
-emit a signal and a forged venue DNS would be phishing), runs portal/edges/sign_in_proxy.py and portal/edges/sign_in_window.py, and ends when the
-network turns online, changes, the time bound passes, the window is closed, or on Ctrl-C,
-saying which. Every rule is in portal/core/sign_in.py; this module only wires.
+emit a signal and a forged venue DNS would be phishing), runs portal/edges/sign_in_proxy.py
+and portal/edges/sign_in_window.py, and ends when the network turns online, changes, the time
+bound passes, the window is closed, or on Ctrl-C, saying which. Every rule is in
+portal/core/sign_in.py; this module only wires.
 
 Where a window cannot work (no sign-in browser installed, `sign_in_browser = "none"`, no
 interface or venue DNS known, the daemon in another network namespace) it opens the page the
