@@ -20,6 +20,19 @@ from tests.support.system import Users
 
 
 @pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short, world-traversable directory: socket paths have a 108-byte limit, and the
+    programs under test (the agent, systemd-resolved, a helper in a container) run as other
+    users that must reach the sockets in it."""
+    path = Path(tempfile.mkdtemp(prefix="portal-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def bus() -> Iterator[PrivateBus]:
     need("dbus-daemon")
     with private_bus() as b:

@@ -4,7 +4,6 @@ from tests.support.desktop import (  # noqa: F401  (pytest finds fixtures by nam
     desktop,
     fake_server,
     session_bus,
-    short_tmp,
     stand_in,
     system_bus,
 )

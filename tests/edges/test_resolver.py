@@ -29,6 +29,8 @@ import pytest
 
 from portal.core.wiring import render_resolv_conf
 from portal.edges.resolver import ResolverWiring
+from tests.support.dbus import BUS_CONFIG
+from tests.support.procs import stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
 STUB = "127.0.0.153"
@@ -78,13 +80,7 @@ class Processes:
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_pid(proc)
 
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
@@ -172,7 +168,7 @@ def start_dnsmasq_stub(ns: str, procs: Processes, *, port: int = 53) -> subproce
 def start_bus(procs: Processes, directory: Path) -> str:
     """A private dbus-daemon (everyone may own and call); its socket is world-reachable."""
     sock = directory / "bus.sock"
-    (directory / "bus.conf").write_text(BUS_CONF.format(path=sock))
+    (directory / "bus.conf").write_text(BUS_CONFIG.format(kind="system", socket=sock, extra=""))
     procs.start(["dbus-daemon", f"--config-file={directory / 'bus.conf'}", "--nofork",
                  "--nopidfile"])  # fmt: skip
     deadline = time.monotonic() + 10
@@ -390,21 +386,6 @@ def _resolved_binary() -> tuple[Path | None, str]:
         shutil.rmtree(dl, ignore_errors=True)
 
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
-
 RESOLVED_CONF = f"""[Resolve]
 # the network's server, as NM would push it for the Wi-Fi link
 DNS={NETWORK_DNS}
@@ -461,17 +442,6 @@ def drive(ns: str, **args: object) -> dict[str, str]:
     assert res.returncode == 0, res.stderr
     result: dict[str, str] = json.loads(res.stdout)
     return result
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A world-traversable directory: resolved runs as nobody and must reach the bus socket."""
-    path = Path(tempfile.mkdtemp(prefix="portal-resolved-"))
-    os.chmod(path, 0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def start_resolved(

@@ -55,7 +55,7 @@ from tests.platform.test_nspawn import (
 )
 from tests.platform.test_polkit import POLKITD, Stack, add_user, bus_config, holder_script
 from tests.platform.test_units import analyze, needs_analyze, unit_copy, values
-from tests.support.procs import wait_until
+from tests.support.procs import stop_pid, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LINK_UNIT = ROOT / "systemd/portal-link.service"
@@ -151,26 +151,6 @@ def test_dropin_wants_the_link_and_leaves_the_service_alone() -> None:
     assert values(DROPIN, "Unit", "Requires") == []
     assert values(DROPIN, "Service", "ExecStopPost") == [f"-+resolvectl revert {LINK}"]
     assert "portal-link" not in (ROOT / "systemd/portal.service").read_text()
-
-
-@pytest.mark.parametrize("path", [LINK_UNIT, DROPIN], ids=lambda p: p.name)
-def test_every_setting_says_why(path: Path) -> None:
-    # As in portal.service: every group of settings is introduced by a comment.
-    previous = ""
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        stripped = line.strip()
-        is_setting = bool(stripped) and stripped[0] not in "#;[" and "=" in stripped
-        if is_setting and stripped.startswith("Description="):
-            previous = "comment"
-            continue
-        if is_setting and previous in ("", "section"):
-            pytest.fail(f"{path.name}:{number}: {stripped!r} has no comment above it")
-        if not stripped:
-            previous = ""
-        elif stripped.startswith("["):
-            previous = "section"
-        else:
-            previous = "comment" if stripped.startswith("#") else "setting"
 
 
 # --- the unit's commands in a network namespace ----------------------------------------------
@@ -429,12 +409,7 @@ def private_polkit(
         yield s
     finally:
         for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_pid(proc, timeout_s=10)
         if holder is not None:
             holder.send_signal(signal.SIGKILL)
             holder.wait(timeout=10)

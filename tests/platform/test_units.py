@@ -150,25 +150,47 @@ def test_start_limit_is_reachable() -> None:
     assert 2 * burst * restart < interval
 
 
-def test_every_service_setting_says_why() -> None:
-    # Every group of settings in [Service] and [Unit] is introduced by a comment.
-    lines = (SYSTEMD / "portal.service").read_text().splitlines()
+def settings_without_a_comment(path: Path) -> list[str]:
+    """Settings whose group has no comment above it (a blank line or a section header starts a
+    group); `Description=` says what it is by itself."""
+    missing = []
     previous = ""
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
         is_setting = bool(stripped) and stripped[0] not in "#;[" and "=" in stripped
-        # Description= says what it is by itself.
         if is_setting and stripped.startswith("Description="):
             previous = "comment"
             continue
         if is_setting and previous in ("", "section"):
-            pytest.fail(f"portal.service:{number}: {stripped!r} has no comment above it")
+            missing.append(f"{path.name}:{number}: {stripped!r} has no comment above it")
         if not stripped:
             previous = ""
         elif stripped.startswith("["):
             previous = "section"
         else:
             previous = "comment" if stripped.startswith("#") else "setting"
+    return missing
+
+
+COMMENTED_UNITS = (
+    "portal.service",
+    "portal-link.service",
+    "portal.service.d/link.conf",
+    "portal-wire.path",
+    "portal-wire.service",
+)
+
+
+@pytest.mark.parametrize("name", COMMENTED_UNITS)
+def test_every_setting_says_why(name: str) -> None:
+    assert settings_without_a_comment(SYSTEMD / name) == []
+
+
+def test_a_setting_without_a_comment_is_found(tmp_path: Path) -> None:
+    unit = tmp_path / "x.service"
+    unit.write_text("[Unit]\nDescription=x\n\n[Service]\n# why\nType=simple\n\nUser=nobody\n")
+    found = settings_without_a_comment(unit)
+    assert found == ["x.service:8: 'User=nobody' has no comment above it"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers missing")

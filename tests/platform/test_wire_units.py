@@ -19,9 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +36,6 @@ from tests.platform.test_nspawn import (
     uninstall,
     wait_for,
 )
-from tests.platform.test_resolved_link import test_every_setting_says_why as says_why
 from tests.platform.test_units import analyze, needs_analyze, values
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,11 +75,6 @@ def test_the_helper_is_sandboxed(tmp_path: Path) -> None:
     rated = analyze("security", "--offline=yes", "--threshold=20", "./portal-wire.service",
                     cwd=tmp_path)  # fmt: skip
     assert rated.returncode == 0, rated.stdout[-2000:]
-
-
-@pytest.mark.parametrize("path", [PATH_UNIT, SERVICE], ids=lambda p: p.name)
-def test_every_setting_says_why(path: Path) -> None:
-    says_why(path)
 
 
 def test_the_units_contract_with_the_daemon() -> None:
@@ -137,16 +129,6 @@ def timed_lookups(c: Container, seconds: float) -> list[float]:
     return took
 
 
-@pytest.fixture
-def work() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="portal-wire-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 needs_nspawn = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run systemd-nspawn"),
@@ -187,15 +169,15 @@ def _apply(marks: list[pytest.MarkDecorator]) -> object:
 
 
 @_apply(needs_nspawn)
-def test_installed_helper_wires_only_while_needed_and_nothing_strands_dns(work: Path) -> None:
+def test_installed_helper_wires_only_while_needed_and_nothing_strands_dns(short_tmp: Path) -> None:
     # --resolv-conf=off: the container's resolv.conf is its own file, not the host's. The
     # helper runs the test's Python, which may live where ProtectHome= hides it: the same
     # drop-in the daemon gets (test_nspawn.py) lets it through.
-    (work / "wire.conf").write_text(service_dropin(python_paths()))
+    (short_tmp / "wire.conf").write_text(service_dropin(python_paths()))
     dropin = "/etc/systemd/system/portal-wire.service.d/test.conf"
-    binds = [*install_binds(work, boot=True), "--resolv-conf=off",
-             f"--bind-ro={work / 'wire.conf'}:{dropin}"]  # fmt: skip
-    with launch(work, binds, boot=True) as c:
+    binds = [*install_binds(short_tmp, boot=True), "--resolv-conf=off",
+             f"--bind-ro={short_tmp / 'wire.conf'}:{dropin}"]  # fmt: skip
+    with launch(short_tmp, binds, boot=True) as c:
         dns = network_dns(c)
         try:
             write_as_owner(c, OWNERS_FILE)
@@ -287,7 +269,7 @@ def nm_file(c: Container) -> str:
 
 @_apply(needs_nspawn)
 @pytest.mark.timeout(600)
-def test_networkmanager_and_systemd_install_wire_uninstall(work: Path) -> None:
+def test_networkmanager_and_systemd_install_wire_uninstall(short_tmp: Path) -> None:
     """The whole distribution stack: systemd as PID 1, NetworkManager with its defaults (no
     configuration file, no connectivity check, the automatic "Wired connection 1" on DHCP) on
     the namespace lab's laptop link, portal installed by scripts/install. Uninstalled while
@@ -297,16 +279,16 @@ def test_networkmanager_and_systemd_install_wire_uninstall(work: Path) -> None:
     why = unavailable_reason(nm=False)
     if why:
         pytest.skip(why)
-    (work / "wire.conf").write_text(service_dropin(python_paths()))
+    (short_tmp / "wire.conf").write_text(service_dropin(python_paths()))
     dropin = "/etc/systemd/system/portal-wire.service.d/test.conf"
-    binds = [*install_binds(work, boot=True), "--resolv-conf=off",
-             f"--bind-ro={work / 'wire.conf'}:{dropin}"]  # fmt: skip
+    binds = [*install_binds(short_tmp, boot=True), "--resolv-conf=off",
+             f"--bind-ro={short_tmp / 'wire.conf'}:{dropin}"]  # fmt: skip
     with Lab(dns_mode="hijack", nm=False, bare=True, lifetime_s=550) as lab:
         # The laptop's link, in the container; NetworkManager needs CAP_NET_ADMIN there (an
         # nspawn container gets it with a network of its own, not with a joined one).
         network = (f"--network-namespace-path=/run/netns/{lab.laptop_ns}",
                    "--capability=CAP_NET_ADMIN")  # fmt: skip
-        with launch(work, binds, boot=True, network=network) as c:
+        with launch(short_tmp, binds, boot=True, network=network) as c:
             c.run("systemctl", "start", "NetworkManager.service")
             wait_for(
                 "NetworkManager's DHCP lease",

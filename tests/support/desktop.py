@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -49,18 +48,6 @@ DUNSTRC = """[global]
     match_transient = yes
     history_ignore = no
 """
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A short, world-readable directory: socket paths have a 108-byte limit, and the agent
-    under test runs as another user."""
-    path = Path(tempfile.mkdtemp(prefix="portal-agent-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def start_bus(directory: Path, name: str, extra: str = "") -> PrivateBus:
