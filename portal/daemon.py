@@ -6,7 +6,7 @@ the daemon was given, serve the control API.
 
 `Daemon(config, *, stub, store, prober, watcher, wiring, bus, venue)` takes its edges as
 arguments, the way httpx's `Client(transport=...)` does, so a test builds it in-process with a
-real stub on loopback and stand-ins for what cannot exist there (tests/e2e/test_daemon.py).
+real stub on loopback and stand-ins for what cannot exist there (tests/test_daemon.py).
 What the daemon holds: the session (core/session.py: everything about the portal state; the
 status is read from it alone), the override service (portal/overrides_service.py: the table,
 its lock and its save policy), and which upstreams the stub forwards to.
