@@ -160,7 +160,10 @@ def test_bad_upstream_gives_servfail_and_overrides_stay_instant(
             assert q.is_response(tcp) and not tcp.answer
         else:
             assert msg.rcode() == dns.rcode.SERVFAIL
-        assert order[0] == "override"  # answered while the forward was still waiting
+        if BAD[fault] is not _truncated:
+            # answered while the forward was still waiting (a TC answer comes back at once, so
+            # there the two replies race and either may come first)
+            assert order[0] == "override"
         print(f"{fault}: {dns.rcode.to_text(msg.rcode())} after {took:.2f} s")
         assert bad.received, "the bad upstream was never asked"
         if BAD[fault] is not _truncated:  # a TC answer is an answer: no next upstream then
