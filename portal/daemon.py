@@ -38,9 +38,11 @@ from portal.core.answer import local_entries
 from portal.core.events import (
     CheckRequested,
     ConnectivityReported,
+    DnsTroubleSeen,
     NetworkChanged,
     UpstreamsChanged,
 )
+from portal.core.expiry import AnswerWatch
 from portal.core.inet import parse_host_port, parse_server
 from portal.core.model import Connectivity, Network, Override, Source, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
@@ -382,6 +384,8 @@ class Daemon:
             # NM's word is about its primary connection, which is the network portal follows.
             nm_connectivity=self.session.nm if net else Connectivity.UNKNOWN,
             user_dns=self._user_dns_answer(),
+            expired=portal.expired,
+            expiry_watch=portal.expiry_watch,
         )
 
     async def check(self, caller: str) -> None:
@@ -577,6 +581,8 @@ class Daemon:
                 event.connectivity.value,
                 "" if event.checked else " (it runs no check of its own: portal's probe decides)",
             )
+        elif isinstance(event, DnsTroubleSeen):
+            log.info("the DNS stub saw a burst of %s answers", event.reason)
         before = self.session
         self.session, actions = sess.step(before, event, now=time.monotonic())
         for action in actions:
@@ -624,6 +630,14 @@ class Daemon:
         elif isinstance(action, act.AskNMToRecheck):
             if self.watcher is not None:
                 self._spawn(self._guard(self.watcher.check_connectivity(), "asking NM"))
+        elif isinstance(action, act.WatchDns):
+            self.stub.set_watch(AnswerWatch(action.portal_addresses), self._dns_alarm)
+        elif isinstance(action, act.StopWatchingDns):
+            self.stub.set_watch(None, self._dns_alarm)
+
+    def _dns_alarm(self, reason: str) -> None:
+        """The stub's DNS alarm fired (called on the loop, once per arming)."""
+        self.emit(DnsTroubleSeen(reason))
 
     def _publish(self) -> None:
         self._ask_user_dns()
@@ -689,6 +703,9 @@ class Daemon:
     async def _probe(self, action: act.StartProbe) -> None:
         if action.delay_s > 0:
             await asyncio.sleep(action.delay_s)
+            if sess.status(self.session).expiry_watch:
+                # the sparse re-probe of a network that was captive (core/expiry.py)
+                log.debug("re-probing %s for the portal's return", action.network.id)
         network = action.network
         if not network.api_uri and self.config.portal_api_uri:
             network = replace(network, api_uri=self.config.portal_api_uri)

@@ -353,6 +353,9 @@ def sign_in_notification(
     desktop's own handler, whose failure it explains."""
     host = url_host(status.portal_url)
     lines = []
+    if status.expired:
+        # The portal took the network back (its session ran out, or it signed us out).
+        lines.append(f"Your session on {_network_label(status)} has ended.")
     if host:
         lines.append(f"{_network_label(status)} asks you to sign in at {host}.")
     else:
@@ -384,12 +387,18 @@ def sign_in_notification(
     actions = ((ACTION_OPEN, "Open sign-in page"), (ACTION_LATER, "Not now")) if has_actions else ()
     return Notification(
         kind=Kind.SIGN_IN,
-        summary=f"Sign in to {status.network}" if status.network else "Sign in to the network",
+        summary=sign_in_summary(status),
         body=body,
         actions=actions,
         urgency=1,
         expire_timeout_ms=0,
     )
+
+
+def sign_in_summary(status: StatusReport) -> str:
+    """The notification's title: "Sign in to <network>", or "Sign in again to ..." after expiry."""
+    verb = "Sign in again to" if status.expired else "Sign in to"
+    return f"{verb} {status.network}" if status.network else f"{verb} the network"
 
 
 def reminder_notification(status: StatusReport, capabilities: frozenset[str]) -> Notification:

@@ -54,3 +54,14 @@ class Resumed:
 @dataclass(frozen=True, slots=True)
 class CheckRequested:
     """Someone asked for a probe now (`portal check`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTroubleSeen:
+    """The DNS stub saw a burst of failing or hijacked answers from the user's resolvers
+    (core/expiry.py AnswerWatch): on a network that was captive, the portal may be back.
+
+    `reason` is "failing" (SERVFAIL, REFUSED, no answer) or "hijacked" (the portal's address).
+    """
+
+    reason: str

@@ -93,3 +93,7 @@ class PortalStatus:
     seconds_remaining: int = -1
     portal_hosts: tuple[str, ...] = field(default=())  # names routed to the venue DNS
     probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
+    # the network was signed in to in this connection and the portal took it back
+    expired: bool = False
+    # re-probing while online, because the network was captive in this connection
+    expiry_watch: bool = False

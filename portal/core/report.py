@@ -50,6 +50,9 @@ class StatusReport:
     probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
     nm_connectivity: Connectivity = Connectivity.UNKNOWN  # NM's own verdict (desktops act on it)
     user_dns: str = ""  # the portal's name via the user's resolver: resolves, fails, checking
+    # -- staying signed in (issue 15)
+    expired: bool = False  # signed in on this connection, and the portal took the network back
+    expiry_watch: bool = False  # re-probing while online: the network was captive
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ STATUS_KEYS = [
     "probe_error",  # new keys are added at the end; none is ever renamed or removed
     "nm_connectivity",
     "user_dns",
+    "expired",
+    "expiry_watch",
 ]
 OVERRIDE_KEYS = [
     "name",
