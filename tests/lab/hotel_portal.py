@@ -34,6 +34,8 @@ Behaviour, per client (clients are told apart by source IP):
 - ``--partner-host NAME``: the sign-in page loads ``<scheme>://NAME/partner.js``, a script from a
   third party (a CDN) that is reachable before login, like the walled garden of a real portal;
   the script writes "Wi-Fi by Venue Partner" into the page.
+- ``--open-network``: no portal at all: every client is online from its first request (a
+  network that is never captive), until ``/__lab/logout`` says otherwise for one.
 
 It must not: import anything outside the standard library (it runs with whatever python3 the
 machine has), listen anywhere but the addresses it is given, or run longer than ``--lifetime``
@@ -79,6 +81,7 @@ class Settings:
     unauth_style: str = "redirect"  # or "page"
     session_s: int = 3600
     partner_host: str = ""  # a third-party host the sign-in page loads a script from
+    open_network: bool = False  # no portal: every client is online unless logged out
 
     @property
     def base_url(self) -> str:
@@ -106,6 +109,7 @@ class PortalState:
         self._state_file = state_file
         self._lock = threading.Lock()
         self._logins: dict[str, float] = {}  # client IP -> monotonic end of its session
+        self._logged_out: set[str] = set()  # open network: clients sent back to the portal
         self._requests: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=REQUEST_LOG_LEN
         )
@@ -117,16 +121,19 @@ class PortalState:
         length = self._settings.session_s if session_s is None else session_s
         with self._lock:
             self._logins[ip] = time.monotonic() + length
+            self._logged_out.discard(ip)
         self._write()
 
     def logout(self, ip: str) -> None:
         with self._lock:
             self._logins.pop(ip, None)
+            self._logged_out.add(ip)
         self._write()
 
     def reset(self) -> None:
         with self._lock:
             self._logins.clear()
+            self._logged_out.clear()
             self._requests.clear()
             self._dns_queries = 0
         self._write()
@@ -134,10 +141,15 @@ class PortalState:
     def seconds_remaining(self, ip: str) -> int | None:
         """Seconds left in `ip`'s session, or None when it is not logged in (or it expired)."""
         with self._lock:
+            now = time.monotonic()
             ends = self._logins.get(ip)
+            if self._settings.open_network and ip not in self._logged_out:
+                if ends is None or ends <= now:
+                    # no portal here: a session as long as the portal's default, renewed
+                    ends = self._logins[ip] = now + self._settings.session_s
             if ends is None:
                 return None
-            left = ends - time.monotonic()
+            left = ends - now
             if left <= 0:
                 # The session ran out: the client is captive again, like a real hotel.
                 del self._logins[ip]
@@ -385,6 +397,7 @@ class PortalHandler(BaseHTTPRequestHandler):
                     "host": host,
                     "path": self.path,
                     "status": resp.status,
+                    "agent": self.headers.get("User-Agent") or "",
                 }
             )
         self.send_response(resp.status)
@@ -501,6 +514,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blackhole-mode", choices=sorted(BLACKHOLE_RCODES), default="drop")
     p.add_argument("--also-listen", action="append", default=[], help="another address to serve on")
     p.add_argument("--partner-host", default="", help="third-party host of the sign-in page")
+    p.add_argument("--open-network", action="store_true", help="no portal: every client online")
     return p.parse_args(argv)
 
 
@@ -518,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         unauth_style=args.unauth_style,
         session_s=args.session_seconds,
         partner_host=args.partner_host.lower(),
+        open_network=args.open_network,
     )
     state = PortalState(settings, args.state_file)
     stop = threading.Event()

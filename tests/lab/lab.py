@@ -39,7 +39,11 @@ Constructor options (all keyword-only):
   statically, and /etc/resolv.conf names the hotel DNS (192.0.2.53 when blocked).
 - ``unauth_style``: "redirect" (302 to the sign-in page) or "page" (200 with the page).
 - ``portal_session_s`` (3600): how long a login lasts (the API's ``seconds-remaining``); when
-  it runs out the laptop is captive again. ``login(session_s=)`` overrides it per login.
+  it runs out the laptop is captive again, as a portal taking the network back: its web
+  answers turn back into the sign-in redirect (DNS answers as before: see ``dns_mode``).
+  ``login(session_s=)`` overrides it per login; ``logout()`` takes the network back at once.
+- ``captive`` (True): False makes a network with no portal at all (every client online from
+  its first request; ``logout()`` still sends one back to the portal).
 - ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
 - ``nm_check`` (False): NetworkManager's own connectivity check. Off by default, as NM ships
   on Debian (the check is the optional package network-manager-config-connectivity-debian),
@@ -685,6 +689,7 @@ class Lab:
         partner_resource: bool = False,
         ipv6: bool = False,
         hostname_in_hosts: bool = False,
+        captive: bool = True,
         lifetime_s: float = 600.0,
         prefix: str | None = None,
         run_root: str | os.PathLike[str] | None = None,
@@ -717,6 +722,7 @@ class Lab:
         self.partner_resource = partner_resource
         self.ipv6 = ipv6
         self.hostname_in_hosts = hostname_in_hosts
+        self.captive = captive
         #: The address the venue's DNS gives for the sign-in host.
         self.portal_address = OFFLINK_PORTAL_IP if offlink_portal else HOTEL_IP
         self.lifetime_s = lifetime_s
@@ -1114,6 +1120,8 @@ class Lab:
             portal += ["--also-listen", HOTEL_IP6]
         if self.partner_resource:
             portal += ["--partner-host", PARTNER_HOST]
+        if not self.captive:
+            portal.append("--open-network")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         proc = self._spawn(self.hotel_argv(portal), env, "hotel_portal", self.portal_log)
         conf = d / "dnsmasq.conf"
