@@ -10,12 +10,13 @@ Prints how long each return took to be noticed (docs/benchmarks.md); bounds only
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_detection import POLICY, Portal
-from tests.lab.lab import Lab
+from tests.lab.lab import INTERNET_IP, Lab
 from tests.lab.marks import LabFactory, requires_dhclient, requires_lab
 
 pytest_plugins = ["tests.lab.fixtures"]
@@ -87,6 +88,34 @@ def test_the_announced_session_end_is_probed_right_after(lab_factory: LabFactory
     late = time.monotonic() - ends
     print(f"\nannounced session end noticed {late:.1f} s after it ran out")
     assert s["expired"] is True
+
+
+@requires_lab
+def test_failing_dns_after_the_portal_came_back_probes_at_once(lab_factory: LabFactory) -> None:
+    """A hotel that blocks the user's resolver until sign-in blocks it again when it takes the
+    network back: the programs' lookups through the stub fail, and that alone (ahead of the
+    schedule) makes the daemon look."""
+    lab = lab_factory(
+        dns_mode="blocked",
+        dns_after_login=True,
+        bus_policy_files=[POLICY],
+        nm_check_interval_s=CHECK_SLOW,
+    )
+    p = Portal(lab)
+    p.wait_state("captive")
+    lab.login()
+    p.wait_state("online", 40)
+    assert p.dig("www.example.org") == [INTERNET_IP]  # the user's resolver, open now
+    lab.logout()
+    with ThreadPoolExecutor(6) as pool:  # programs keep looking names up, and get SERVFAIL
+        answers = list(pool.map(p.dig, [f"n{i}.example.org" for i in range(6)]))
+    assert answers == [[]] * 6
+    s = p.wait_state("captive", NOTICE_S)
+    assert s["expired"] is True
+    log = p.log()
+    assert "the DNS stub saw a burst of failing answers" in log
+    # the alarm's probe, not the schedule's, found the portal back
+    assert log.index("saw a burst") < log.rindex("state captive")
 
 
 def context_switches(pid: int) -> int:

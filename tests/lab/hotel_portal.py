@@ -28,7 +28,10 @@ Behaviour, per client (clients are told apart by source IP):
   ``--session-seconds``; when it runs out the client is captive again),
   ``GET|POST /__lab/logout?ip=A``, ``GET|POST /__lab/reset``.
 - ``--blackhole-dns ADDR`` also listens on UDP ADDR:53 and drops every query (or answers
-  REFUSED / SERVFAIL / NXDOMAIN): the "user's public resolver" a hotel blocks.
+  REFUSED / SERVFAIL / NXDOMAIN, or ``hijack``: every A query with the portal's address): the
+  "user's public resolver" a hotel blocks. With ``--dns-after-login ADDR`` it answers signed-in
+  clients as a resolver of the internet would (every A query with ADDR, an address the portal
+  also serves on), so a portal that takes the network back takes DNS back too.
 - ``--also-listen ADDR`` (repeatable, IPv4 or IPv6) serves the same on more addresses (an
   off-link one that clients reach through the venue's gateway, an IPv6 one).
 - ``--partner-host NAME``: the sign-in page loads ``<scheme>://NAME/partner.js``, a script from a
@@ -451,11 +454,30 @@ def _dns_reply(query: bytes, rcode: int) -> bytes | None:
     return struct.pack("!HHHHHH", qid, reply_flags, 1, 0, 0, 0) + query[12:end]
 
 
-BLACKHOLE_RCODES = {"drop": None, "servfail": 2, "nxdomain": 3, "refused": 5}
+BLACKHOLE_RCODES = {"drop": None, "servfail": 2, "nxdomain": 3, "refused": 5, "hijack": 0}
+
+
+def _dns_answer(query: bytes, address: str) -> bytes | None:
+    """A reply with one A record `address` for an A query, NODATA for any other type."""
+    reply = _dns_reply(query, 0)
+    if reply is None:
+        return None
+    qtype = struct.unpack("!H", reply[-4:-2])[0]
+    if qtype != 1:
+        return reply
+    # ANCOUNT 1; the record names the question by a pointer to offset 12 (RFC 1035 4.1.4)
+    record = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton(address)
+    return reply[:6] + struct.pack("!H", 1) + reply[8:] + record
 
 
 def blackhole_dns(
-    sock: socket.socket, mode: str, state: PortalState, stop: threading.Event
+    sock: socket.socket,
+    mode: str,
+    state: PortalState,
+    stop: threading.Event,
+    *,
+    portal_ip: str = "",
+    after_login: str = "",
 ) -> None:
     rcode = BLACKHOLE_RCODES[mode]
     while not stop.is_set():
@@ -467,10 +489,17 @@ def blackhole_dns(
         except OSError:
             continue
         state.record_dns_query()
-        sys.stderr.write(f"{time.time():.3f} dns {peer[0]} {mode} {len(data)} bytes\n")
-        if rcode is None:
+        signed_in = bool(after_login) and state.seconds_remaining(peer[0]) is not None
+        how = "answered" if signed_in else mode
+        sys.stderr.write(f"{time.time():.3f} dns {peer[0]} {how} {len(data)} bytes\n")
+        if signed_in:
+            reply = _dns_answer(data, after_login)
+        elif mode == "hijack":
+            reply = _dns_answer(data, portal_ip)
+        elif rcode is None:
             continue
-        reply = _dns_reply(data, rcode)
+        else:
+            reply = _dns_reply(data, rcode)
         if reply is not None:
             sock.sendto(reply, peer)
 
@@ -512,6 +541,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blackhole-dns", help="address whose UDP port 53 swallows DNS queries")
     p.add_argument("--blackhole-port", type=int, default=53)
     p.add_argument("--blackhole-mode", choices=sorted(BLACKHOLE_RCODES), default="drop")
+    p.add_argument("--dns-after-login", default="", help="the blackhole answers signed-in clients")
     p.add_argument("--also-listen", action="append", default=[], help="another address to serve on")
     p.add_argument("--partner-host", default="", help="third-party host of the sign-in page")
     p.add_argument("--open-network", action="store_true", help="no portal: every client online")
@@ -568,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(
                 target=blackhole_dns,
                 args=(dns_sock, args.blackhole_mode, state, stop),
+                kwargs={"portal_ip": settings.portal_ip, "after_login": args.dns_after_login},
                 daemon=True,
             )
         )

@@ -44,7 +44,12 @@ Constructor options (all keyword-only):
   ``login(session_s=)`` overrides it per login; ``logout()`` takes the network back at once.
 - ``captive`` (True): False makes a network with no portal at all (every client online from
   its first request; ``logout()`` still sends one back to the portal).
-- ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
+- ``blackhole_mode``: "drop", "refused", "servfail", "nxdomain" or "hijack" (every A query
+  answered with the portal's address) (blocked mode).
+- ``dns_after_login`` (False, blocked mode): the user's resolver (192.0.2.53) answers signed-in
+  clients, as the internet's would: every A query with ``INTERNET_IP`` (198.51.100.80, on the
+  hotel's lo; the portal serves the "simulated internet" there too). So a portal that takes
+  the network back takes the user's DNS back as well (to ``blackhole_mode``).
 - ``nm_check`` (False): NetworkManager's own connectivity check. Off by default, as NM ships
   on Debian (the check is the optional package network-manager-config-connectivity-debian),
   minimal installs and privacy-minded setups: no ``[connectivity]`` section, so NM reports FULL
@@ -159,6 +164,7 @@ PROFILE_UUID = "6d0a6f7e-4b1c-4c55-9a61-0c0ffee00001"
 HOTEL_IF = "hotel0"
 LAPTOP_IF = "lap0"
 OFFLINK_PORTAL_IP = "203.0.113.80"  # TEST-NET-3, on the hotel's lo: off-link for the laptop
+INTERNET_IP = "198.51.100.80"  # TEST-NET-2, on the hotel's lo: "the internet" once signed in
 PARTNER_HOST = "cdn.venue-partner.test"
 HOTEL_IP6 = "fd77::1"
 STATIC_LAPTOP_IP6 = "fd77::50"
@@ -172,7 +178,7 @@ VPN_GATEWAY_MAC = "02:00:5e:00:00:01"  # no interface has it: the far end drops 
 DnsMode = Literal["hijack", "strict", "blocked"]
 DhcpClient = Literal["internal", "dhclient"]
 UnauthStyle = Literal["redirect", "page"]
-BlackholeMode = Literal["drop", "refused", "servfail", "nxdomain"]
+BlackholeMode = Literal["drop", "refused", "servfail", "nxdomain", "hijack"]
 
 # Where root's tools live; PATH may lack the sbin directories when run from a user's shell.
 _SEARCH_PATH = os.pathsep.join(
@@ -690,6 +696,7 @@ class Lab:
         ipv6: bool = False,
         hostname_in_hosts: bool = False,
         captive: bool = True,
+        dns_after_login: bool = False,
         lifetime_s: float = 600.0,
         prefix: str | None = None,
         run_root: str | os.PathLike[str] | None = None,
@@ -723,6 +730,7 @@ class Lab:
         self.ipv6 = ipv6
         self.hostname_in_hosts = hostname_in_hosts
         self.captive = captive
+        self.dns_after_login = dns_after_login
         #: The address the venue's DNS gives for the sign-in host.
         self.portal_address = OFFLINK_PORTAL_IP if offlink_portal else HOTEL_IP
         self.lifetime_s = lifetime_s
@@ -1068,6 +1076,8 @@ class Lab:
         self._ip("addr", "add", f"{HOTEL_IP}/{PREFIX_LEN}", "dev", HOTEL_IF, ns=self.hotel_ns)
         if self.offlink_portal:
             self._ip("addr", "add", f"{OFFLINK_PORTAL_IP}/32", "dev", "lo", ns=self.hotel_ns)
+        if self.dns_after_login:
+            self._ip("addr", "add", f"{INTERNET_IP}/32", "dev", "lo", ns=self.hotel_ns)
         if self.ipv6:
             self._ip("addr", "add", f"{HOTEL_IP6}/64", "dev", HOTEL_IF, "nodad", ns=self.hotel_ns)
         self._ip("link", "set", HOTEL_IF, "up", ns=self.hotel_ns)
@@ -1114,6 +1124,8 @@ class Lab:
             portal += ["--https-port", "443", "--cert", str(cert), "--key", str(key)]
         if self.dns_mode == "blocked":
             portal += ["--blackhole-dns", PUBLIC_DNS, "--blackhole-mode", self.blackhole_mode]
+        if self.dns_after_login:
+            portal += ["--dns-after-login", INTERNET_IP, "--also-listen", INTERNET_IP]
         if self.offlink_portal:
             portal += ["--also-listen", OFFLINK_PORTAL_IP]
         if self.ipv6:
