@@ -192,6 +192,8 @@ def variant_status(status: dict[str, Any]) -> dict[str, Variant]:
     for key, value in status.items():
         if isinstance(value, list):
             out[key] = Variant("as", value)
+        elif isinstance(value, bool):
+            out[key] = Variant("b", value)
         else:
             out[key] = Variant(types.get(key, "s"), value)
     return out
