@@ -23,7 +23,11 @@ pytest_plugins = ["tests.lab.fixtures"]
 pytestmark = [pytest.mark.root, pytest.mark.lab]
 
 NOTICE_S = 60.0  # the promise: the portal's return is noticed within a minute
-CHECK_OFF, CHECK_SLOW = 0, 300  # NM's [connectivity] interval: none (Debian), NM's default
+# NetworkManager's own connectivity check: none (the lab's default, as Debian ships NM), on
+# every 10 s, and on at NM's default interval of 300 s (slower than the promise)
+CHECK_OFF: dict[str, object] = {}
+CHECK_ON: dict[str, object] = {"nm_check": True}
+CHECK_SLOW: dict[str, object] = {"nm_check": True, "nm_check_interval_s": 300}
 
 
 def signed_in(lab_factory: LabFactory, **options: object) -> tuple[Portal, dict[str, object]]:
@@ -38,23 +42,23 @@ def signed_in(lab_factory: LabFactory, **options: object) -> tuple[Portal, dict[
 
 
 @requires_lab
-@pytest.mark.parametrize("interval_s", [CHECK_OFF, CHECK_SLOW], ids=["nm-check-off", "nm-slow"])
-def test_logout_is_noticed_within_a_minute(lab_factory: LabFactory, interval_s: int) -> None:
-    p, _ = signed_in(lab_factory, nm_check_interval_s=interval_s)
+@pytest.mark.parametrize("nm", [CHECK_OFF, CHECK_SLOW], ids=["nm-check-off", "nm-check-slow"])
+def test_logout_is_noticed_within_a_minute(lab_factory: LabFactory, nm: dict[str, object]) -> None:
+    p, _ = signed_in(lab_factory, **nm)
     started = time.monotonic()
     p.lab.logout()  # the portal takes the network back, now
     s = p.wait_state("captive", NOTICE_S)
     took = time.monotonic() - started
     assert s["expired"] is True and s["portal_url"].startswith("http://login.hotel.test/")
     assert s["network"] == "hotel-wifi"
-    print(f"\nlogout noticed in {took:.1f} s (NM check interval {interval_s} s)")
+    print(f"\nlogout noticed in {took:.1f} s (NetworkManager's check: {nm or 'none'})")
     # noticed by the daemon's own re-probe (NetworkManager says nothing new meanwhile)
     assert "for the portal's return" in p.log()
 
 
 @requires_lab
 def test_a_session_running_out_is_noticed_within_a_minute(lab_factory: LabFactory) -> None:
-    lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY], nm_check_interval_s=CHECK_OFF)
+    lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY], **CHECK_OFF)
     p = Portal(lab)
     p.wait_state("captive")
     session_s = 20
@@ -75,7 +79,7 @@ def test_the_announced_session_end_is_probed_right_after(lab_factory: LabFactory
         https=True,
         dhcp_client="dhclient",
         bus_policy_files=[POLICY],
-        nm_check_interval_s=CHECK_OFF,
+        **CHECK_OFF,
     )
     p = Portal(lab)
     p.wait_state("captive")
@@ -99,7 +103,7 @@ def test_failing_dns_after_the_portal_came_back_probes_at_once(lab_factory: LabF
         dns_mode="blocked",
         dns_after_login=True,
         bus_policy_files=[POLICY],
-        nm_check_interval_s=CHECK_SLOW,
+        **CHECK_SLOW,
     )
     p = Portal(lab)
     p.wait_state("captive")
@@ -133,9 +137,11 @@ def context_switches(pid: int) -> int:
 
 
 @requires_lab
-@pytest.mark.parametrize("interval_s", [CHECK_OFF, 10], ids=["nm-check-off", "nm-check-on"])
-def test_a_network_never_captive_costs_no_wakeups(lab_factory: LabFactory, interval_s: int) -> None:
-    lab = lab_factory(captive=False, bus_policy_files=[POLICY], nm_check_interval_s=interval_s)
+@pytest.mark.parametrize("nm", [CHECK_OFF, CHECK_ON], ids=["nm-check-off", "nm-check-on"])
+def test_a_network_never_captive_costs_no_wakeups(
+    lab_factory: LabFactory, nm: dict[str, object]
+) -> None:
+    lab = lab_factory(captive=False, bus_policy_files=[POLICY], **nm)
     p = Portal(lab)
     s = p.wait_state("online")
     assert s["expiry_watch"] is False and s["expired"] is False
@@ -147,7 +153,7 @@ def test_a_network_never_captive_costs_no_wakeups(lab_factory: LabFactory, inter
     print(f"\nnever captive: {woke} wakeups of the daemon in 10 s")
     assert woke == 0
     # and no probe went out after the first round (NetworkManager's own check may)
-    assert probes(lab) == requests
+    assert probes(lab) == requests >= 1
 
 
 def probes(lab: Lab) -> int:
