@@ -35,6 +35,7 @@ from portal.core import actions as act
 from portal.core import session as sess
 from portal.core import user_dns
 from portal.core.answer import local_entries
+from portal.core.choices import Choices, NetworkChoice
 from portal.core.events import (
     CheckRequested,
     ConnectivityReported,
@@ -55,7 +56,7 @@ from portal.edges.network_source import NetworkSource
 from portal.edges.reactor import ThreadReactor
 from portal.edges.store import Store
 from portal.edges.upstream import Forwarder
-from portal.errors import InvalidAddress, NoNetwork, PortalError
+from portal.errors import InvalidAddress, NoNetwork, NoSuchNetwork, PortalError, StateError
 from portal.logsetup import setup_logging
 from portal.overrides_service import OverrideService
 
@@ -174,6 +175,8 @@ class Daemon:
             store, limits=Limits(max_overrides=config.max_overrides), on_change=self._changed
         )
         self.session = sess.Session()
+        self.choices = Choices()  # the user's "don't ask again", loaded by run()
+        self._choices_lock = asyncio.Lock()
         self.upstream_source = "config" if config.upstreams else "none"
         # never forward to ourselves: the addresses we listen on, as configured and as bound
         self.own_addresses = {parse_host_port(a)[0] for a in config.listen} | {
@@ -365,7 +368,7 @@ class Daemon:
         """Read from the session alone (and the edges' facts: listen, upstreams, wiring)."""
         portal = sess.status(self.session)
         net = portal.network
-        return StatusReport(
+        report = StatusReport(
             version=__version__,
             listen=tuple(self.stub.addresses()),
             upstreams=tuple(str(u) for u in self.forwarder.upstreams),
@@ -387,6 +390,69 @@ class Daemon:
             expired=portal.expired,
             expiry_watch=portal.expiry_watch,
         )
+        return self._on_this_network(report)
+
+    # -- on real networks: the user's choices, and what the network's paths look like ---------
+
+    def _on_this_network(self, report: StatusReport) -> StatusReport:
+        """The status fields about this network beyond the portal's state (issue 15)."""
+        return replace(
+            report,
+            quiet=self.choices.is_quiet(self.network_id),
+            quiet_networks=self.choices.labels(),
+        )
+
+    async def dont_ask(self, network: str, caller: str) -> str:
+        """Remember not to ask to sign in on the current network; return its name. `network`
+        "" means the current one; else it must name it (its id or name): a click on a
+        notification about a network we left since must not mark the new one."""
+        net = self.network
+        if net is None:
+            raise NoNetwork("no network to remember: not connected")
+        if network and network not in (net.id, net.name):
+            raise NoSuchNetwork(f"not on {network} any more (now on {net.name or net.id})")
+
+        def remember(choices: Choices) -> Choices:
+            try:
+                return choices.dont_ask(net.id, net.name, now=time.time())
+            except ValueError as exc:
+                raise StateError(str(exc)) from exc
+
+        await self._change_choices(remember)
+        label = net.name or net.id
+        log.info("not asking again on %s (by %s)", label, caller)
+        return label
+
+    async def ask_again(self, network: str, caller: str) -> list[str]:
+        """Forget "don't ask again" for `network` (an id or name; "" the current network, "*"
+        every one); return the names forgotten. NoSuchNetwork when none matched."""
+        query = network.strip() or (self.network_id or "")
+        if not query:
+            raise NoNetwork("no network named and not connected: name one (portal status)")
+        gone: tuple[NetworkChoice, ...] = ()
+
+        def forget(choices: Choices) -> Choices:
+            nonlocal gone
+            choices, gone = choices.ask_again(query)
+            return choices
+
+        await self._change_choices(forget)
+        if not gone:
+            raise NoSuchNetwork(f"portal asks on {network.strip() or 'this network'} already")
+        labels = [c.label for c in gone]
+        log.info("asking again on %s (by %s)", ", ".join(labels), caller)
+        return labels
+
+    async def _change_choices(self, change: Callable[[Choices], Choices]) -> None:
+        """Apply `change`, save, and only then make it the daemon's (a user's call gets the
+        save's error, and nothing changes)."""
+        async with self._choices_lock:
+            new = change(self.choices)
+            if new == self.choices:
+                return
+            await asyncio.to_thread(self.store.save_choices, new)
+            self.choices = new
+        self._publish()
 
     async def check(self, caller: str) -> None:
         log.info("check requested by %s", caller)
@@ -407,6 +473,7 @@ class Daemon:
     async def run(self) -> int:
         """Serve until stop(); return the exit code."""
         self.overrides_service.load()
+        self.choices = self.store.load_choices()
         self._assume_the_last_network()
         self._use_fallback_upstreams()
         # the overrides first: the DNS thread answers what queued in the kernel at once

@@ -53,6 +53,8 @@ class StatusReport:
     # -- staying signed in (issue 15)
     expired: bool = False  # signed in on this connection, and the portal took the network back
     expiry_watch: bool = False  # re-probing while online: the network was captive
+    quiet: bool = False  # the user asked not to be asked to sign in on this network
+    quiet_networks: tuple[str, ...] = ()  # the names of every such network
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ STATUS_KEYS = [
     "user_dns",
     "expired",
     "expiry_watch",
+    "quiet",
+    "quiet_networks",
 ]
 OVERRIDE_KEYS = [
     "name",

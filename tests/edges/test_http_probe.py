@@ -37,6 +37,7 @@ from portal.core.detect import (
     classify_all,
 )
 from portal.core.events import NetworkChanged
+from portal.core.expiry import watch_delay_s
 from portal.core.model import Connectivity, Network
 from portal.core.probe_model import ProbeSpec
 from portal.edges import http_probe
@@ -783,7 +784,9 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
     )
     s, actions = session_mod.step(s, finished, now=2.0)
     assert s.state is Connectivity.ONLINE
-    assert not any(isinstance(a, StartProbe) for a in actions)
+    # no retry: only the sparse re-probe of a network that was captive (core/expiry.py)
+    [watch] = [a for a in actions if isinstance(a, StartProbe)]
+    assert watch.delay_s == watch_delay_s(0, key=net.id)
     assert any(isinstance(a, UnpinPortalHosts) for a in actions)
 
 
@@ -921,7 +924,9 @@ async def test_lab_portal_sign_in_episode(
     assert s.state is Connectivity.ONLINE
     assert 0 < s.seconds_remaining <= 3600  # from the API once signed in
     assert UnpinPortalHosts("uuid-hotel") in actions
-    assert not any(isinstance(a, StartProbe) for a in actions)
+    # no retry: only the sparse re-probe of a network that was captive (core/expiry.py)
+    [watch] = [a for a in actions if isinstance(a, StartProbe)]
+    assert watch.delay_s == watch_delay_s(0, key="uuid-hotel")
 
 
 # --- the same in a child process (what the daemon runs) ----------------------------------------
