@@ -41,12 +41,15 @@ from portal.core.events import (
     ConnectivityReported,
     DnsTroubleSeen,
     NetworkChanged,
+    PathsObserved,
     UpstreamsChanged,
+    VpnsReported,
 )
 from portal.core.expiry import AnswerWatch
 from portal.core.inet import parse_host_port, parse_server
 from portal.core.model import Connectivity, Network, Override, Source, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
+from portal.core.paths import NmVpn, PathFacts, PathReport, PathTarget, assess
 from portal.core.probe_model import ProbeFinished, ProbeSpec, failed_round
 from portal.core.report import OverrideView, StatusReport
 from portal.core.resolvconf import parse_resolv_conf
@@ -106,6 +109,14 @@ class VenueLookup(Protocol):
     ) -> list[str]: ...
 
 
+class PathSource(Protocol):
+    """Where the network's traffic goes (portal/edges/paths.py `PathWatcher`): emits
+    PathsObserved for what `watch()` names, until cancelled."""
+
+    def watch(self, target: PathTarget | None) -> None: ...
+    async def run(self, emit: Emit) -> None: ...
+
+
 class Wiring(Protocol):
     """How the stub joins name resolution (portal/edges/resolver.py)."""
 
@@ -159,6 +170,7 @@ class Daemon:
         wiring: Wiring | None = None,
         bus: BusKeeper | None = None,
         venue: VenueLookup | None = None,
+        paths: PathSource | None = None,
     ) -> None:
         self.config = config
         self.stub = stub
@@ -176,6 +188,10 @@ class Daemon:
         )
         self.session = sess.Session()
         self.choices = Choices()  # the user's "don't ask again", loaded by run()
+        self.path_watcher = paths
+        self.paths_report = PathReport()  # the VPN and clashes on the current network
+        self._path_facts: PathFacts | None = None
+        self._nm_vpns: tuple[NmVpn, ...] = ()
         self._choices_lock = asyncio.Lock()
         self.upstream_source = "config" if config.upstreams else "none"
         # never forward to ourselves: the addresses we listen on, as configured and as bound
@@ -212,6 +228,7 @@ class Daemon:
     def _changed(self) -> None:
         """The overrides changed: new view for the stub, tell listeners."""
         self._refresh_view()
+        self._watch_paths()  # a pin is the portal's address
         if self.control is not None:
             self.control.emit_overrides_changed()
 
@@ -396,11 +413,73 @@ class Daemon:
 
     def _on_this_network(self, report: StatusReport) -> StatusReport:
         """The status fields about this network beyond the portal's state (issue 15)."""
+        paths = self.paths_report
         return replace(
             report,
             quiet=self.choices.is_quiet(self.network_id),
             quiet_networks=self.choices.labels(),
+            vpn=paths.vpn,
+            vpn_name=paths.vpn_name,
+            vpn_routing=paths.vpn_routing,
+            vpn_dns=paths.vpn_dns,
+            vpn_bypass=paths.vpn_bypass,
+            clashes=tuple(c.format() for c in paths.clashes),
         )
+
+    def _watch_paths(self) -> None:
+        """Tell the paths edge what to ask the kernel about now: the network's interface, the
+        venue's DNS and portal addresses, the user's resolvers (None: no network)."""
+        if self.path_watcher is None:
+            return
+        net = self.network
+        if net is None or not net.interface:
+            self.path_watcher.watch(None)
+            return
+        pinned = [
+            a
+            for o in self.overrides_service.table.entries()
+            if o.source is Source.AUTO and o.scope == net.id
+            for a in o.addresses
+        ]
+        portal = dict.fromkeys((*self.session.portal_addresses, *pinned))
+        venue = [("dns", parse_host_port(d)[0]) for d in net.venue_dns if _is_address(d)]
+        self.path_watcher.watch(
+            PathTarget(
+                interface=net.interface,
+                venue=(*venue, *(("portal", a) for a in portal)),
+                resolvers=tuple(u.host for u in self.forwarder.upstreams),
+            )
+        )
+
+    def _paths_seen(self, event: PathsObserved | VpnsReported) -> None:
+        if isinstance(event, PathsObserved):
+            self._path_facts = event.facts
+        else:
+            self._nm_vpns = event.vpns
+        facts = self._path_facts
+        if facts is None or self.network is None or facts.interface != self.network.interface:
+            report = PathReport()
+        else:
+            report = assess(facts, vpns=self._nm_vpns)
+        if report != self.paths_report:
+            if report.vpn != self.paths_report.vpn:
+                log.info(
+                    "VPN: %s",
+                    f"{report.vpn_name} on {report.vpn} ({report.vpn_routing or 'DNS only'})"
+                    if report.vpn
+                    else "none in the way",
+                )
+            for clash in report.clashes:
+                if clash not in self.paths_report.clashes:
+                    log.warning(
+                        "the venue's %s %s is routed into %s, not %s",
+                        clash.role,
+                        clash.address,
+                        clash.interface,
+                        self.network.interface if self.network else "?",
+                    )
+            self.paths_report = report
+            self._publish()
 
     async def dont_ask(self, network: str, caller: str) -> str:
         """Remember not to ask to sign in on the current network; return its name. `network`
@@ -504,6 +583,9 @@ class Daemon:
         self._rewire()
         if self.watcher is not None:
             self._spawn(self._guard(self.watcher.run(self.emit), "network watcher"))
+        if self.path_watcher is not None:
+            self._spawn(self._guard(self.path_watcher.run(self.emit), "route watcher"))
+            self._watch_paths()
         interval = systemd.watchdog_interval_s()
         if interval:
             self._spawn(self._watchdog(interval))
@@ -627,10 +709,14 @@ class Daemon:
             log.exception("handling %s failed, ignoring", type(event).__name__)
 
     def handle(self, event: object) -> None:
+        if isinstance(event, PathsObserved | VpnsReported):
+            self._paths_seen(event)  # where traffic goes: beside the session, as upstreams are
+            return
         if isinstance(event, UpstreamsChanged):
             # Which servers the stub forwards to is no part of the portal state: the session
             # never sees it; the status reports it beside the session's.
             self._set_upstreams(event.upstreams, event.source)
+            self._watch_paths()
             return
         if isinstance(event, NetworkChanged):
             net = event.network
@@ -660,6 +746,7 @@ class Daemon:
             self._changed()  # network-scoped overrides start or stop answering
         else:
             self._rewire()  # a portal episode began or ended, or its routed names changed
+        self._watch_paths()
 
     def perform(self, action: act.Action, before: sess.Session) -> None:
         """Carry out one action; failures are logged by the task, never raised."""
@@ -932,6 +1019,17 @@ async def _resolve_via(
     return await resolve_via(host, servers, timeout_s=timeout_s, network=network)
 
 
+def _is_address(text: str) -> bool:
+    """An IP address (with or without a port), not a name: only addresses have routes."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(parse_host_port(text)[0].partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 # --- the composition root --------------------------------------------------------------------
 
 
@@ -967,6 +1065,11 @@ def build(config: Config) -> Daemon:
         wiring = _ResolverWiring(
             stub=host, port=port, mode=config.wiring, bus=config.bus, resolv_conf=config.resolv_conf
         )
+    paths = None
+    if config.network_source != "none":
+        from portal.edges.paths import PathWatcher
+
+        paths = PathWatcher()
     return Daemon(
         config,
         stub=stub,
@@ -976,6 +1079,7 @@ def build(config: Config) -> Daemon:
         wiring=wiring,
         bus=functools.partial(_keep_bus, config.bus, admin_group=config.admin_group),
         venue=_resolve_via,
+        paths=paths,
     )
 
 

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from portal.core import user_dns
 from portal.core.model import Connectivity
+from portal.core.notes import network_notes
 from portal.core.report import OverrideView, StatusReport
 
 REMINDER_THRESHOLD_S = 300  # five minutes: time enough to find the sign-in page and pay
@@ -389,6 +390,8 @@ def sign_in_notification(
             f"{_network_label(status)} asks you to sign in. Opening any plain http:// page "
             "should lead to its sign-in page."
         )
+    # what stands in the way of this sign-in here (a VPN, an address clash: core/notes.py)
+    lines += [note.text + "." for note in network_notes(status) if note.sign_in]
     pinned = host and any(o.active and o.name == host for o in overrides)
     if pinned:
         lines.append(f"portal pinned {host} so the page loads despite your DNS settings.")

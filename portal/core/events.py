@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from portal.core.model import Connectivity, Network, Upstream
+from portal.core.paths import NmVpn, PathFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +66,17 @@ class DnsTroubleSeen:
     """
 
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathsObserved:
+    """What the kernel answered about where the network's traffic goes (core/paths.py)."""
+
+    facts: PathFacts
+
+
+@dataclass(frozen=True, slots=True)
+class VpnsReported:
+    """The VPN and WireGuard connections NetworkManager has active (none: empty)."""
+
+    vpns: tuple[NmVpn, ...]

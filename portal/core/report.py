@@ -55,6 +55,13 @@ class StatusReport:
     expiry_watch: bool = False  # re-probing while online: the network was captive
     quiet: bool = False  # the user asked not to be asked to sign in on this network
     quiet_networks: tuple[str, ...] = ()  # the names of every such network
+    # -- where the traffic goes (issue 15): a VPN in the way, venue addresses routed elsewhere
+    vpn: str = ""  # the VPN's interface, "" when none carries the traffic or the DNS
+    vpn_name: str = ""  # NetworkManager's name for it, else its kind ("WireGuard", "tun/tap")
+    vpn_routing: str = ""  # "policy" (wg-quick's rules), "split" (def1), "default", "" (DNS only)
+    vpn_dns: bool = False  # the user's resolvers are reached through the VPN
+    vpn_bypass: bool = True  # a socket bound to the network's interface gets around it
+    clashes: tuple[str, ...] = ()  # "ROLE ADDRESS INTERFACE": venue addresses routed elsewhere
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,7 @@ _REPLY = {
     rtnl.RTM_GETLINK: rtnl.RTM_NEWLINK,
     rtnl.RTM_GETADDR: rtnl.RTM_NEWADDR,
     rtnl.RTM_GETROUTE: rtnl.RTM_NEWROUTE,
+    rtnl.RTM_GETRULE: rtnl.RTM_NEWRULE,
 }
 
 

@@ -27,9 +27,15 @@ from typing import Any
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
-from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
+from portal.core.events import (
+    ConnectivityReported,
+    NetworkChanged,
+    UpstreamsChanged,
+    VpnsReported,
+)
 from portal.core.inet import parse_server
 from portal.core.model import Connectivity, Network, Upstream
+from portal.core.paths import NmVpn
 from portal.edges.bus import (
     PROPERTIES,
     CallFailed,
@@ -342,6 +348,8 @@ class NetworkManagerWatcher:
         self._last_upstreams: tuple[Upstream, ...] = _UNSET
         self._last_connectivity: tuple[Connectivity, bool] = _UNSET
         self._checks = True  # NM runs a connectivity check (see nm_checks)
+        self._vpns: tuple[NmVpn, ...] = ()  # NM's active VPN and WireGuard connections
+        self._last_vpns: tuple[NmVpn, ...] = ()
 
     # -- public --------------------------------------------------------------------------------
 
@@ -477,6 +485,9 @@ class NetworkManagerWatcher:
             self._last_upstreams = upstreams
             self._emit(UpstreamsChanged(upstreams))
         self._publish_connectivity(connectivity)
+        if self._vpns != self._last_vpns:
+            self._last_vpns = self._vpns
+            self._emit(VpnsReported(self._vpns))
 
     async def _read(
         self, bus: MessageBus
@@ -521,6 +532,7 @@ class NetworkManagerWatcher:
                     watched.add(ap_path)
                     access_point = await self._optional(bus, ap_path, AP_IFACE)
         configuration = (await self._optional(bus, DNS_PATH, DNS_IFACE)).get("Configuration")
+        self._vpns = await self._read_vpns(bus, manager)
         self._watched = watched
         self._ap_path = ap_path
         network = network_from_nm(
@@ -537,6 +549,28 @@ class NetworkManagerWatcher:
         )
         self._checks = nm_checks(manager)
         return network, upstreams, connectivity_from_nm(manager.get("Connectivity"))
+
+    async def _read_vpns(self, bus: MessageBus, manager: Mapping[str, Any]) -> tuple[NmVpn, ...]:
+        """The VPN (plugin) and WireGuard connections among NM's active ones. A WireGuard
+        connection's device is its own link; a VPN plugin's Devices name the base connection's
+        device, and NM exposes no tunnel interface for it (core/paths.py then names the one
+        VPN it sees by the kernel's routes)."""
+        out: list[NmVpn] = []
+        for path in manager.get("ActiveConnections") or []:
+            active = await self._optional(bus, str(path), ACTIVE_IFACE)
+            if active.get("Vpn") is True:
+                out.append(NmVpn(name=str(active.get("Id") or ""), kind="vpn"))
+            elif active.get("Type") == "wireguard":
+                devices = [str(d) for d in active.get("Devices") or []]
+                device = await self._optional(bus, devices[0], DEVICE_IFACE) if devices else {}
+                out.append(
+                    NmVpn(
+                        name=str(active.get("Id") or ""),
+                        kind="wireguard",
+                        interface=str(device.get("IpInterface") or device.get("Interface") or ""),
+                    )
+                )
+        return tuple(out)
 
     async def _optional(self, bus: MessageBus, path: str, interface: str) -> dict[str, Any]:
         """Read an object NM may lack (DnsManager before 1.12; an access point that vanished)."""

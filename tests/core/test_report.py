@@ -30,6 +30,12 @@ STATUS_KEYS = [
     "expiry_watch",
     "quiet",
     "quiet_networks",
+    "vpn",
+    "vpn_name",
+    "vpn_routing",
+    "vpn_dns",
+    "vpn_bypass",
+    "clashes",
 ]
 OVERRIDE_KEYS = [
     "name",

@@ -20,8 +20,14 @@ import pytest
 from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
+from portal.core.events import (
+    ConnectivityReported,
+    NetworkChanged,
+    UpstreamsChanged,
+    VpnsReported,
+)
 from portal.core.model import Connectivity, Network, Upstream
+from portal.core.paths import NmVpn
 from portal.edges import nm
 from portal.edges.bus import close, unwrap
 from portal.edges.nm import (
@@ -444,6 +450,10 @@ async def test_reads_current_state_then_follows_changes_once_each(
             await mock.set_property(NM_PATH, NM_IFACE, "PrimaryConnection", Variant("o", vpn))
             await mock.set_property(NM_PATH, NM_IFACE, "Connectivity", Variant("u", 4))
             assert await events.next() == ConnectivityReported(Connectivity.ONLINE)
+            # ...and NM lists it among its active connections: the VPN is reported by name
+            # (a VPN plugin's tunnel interface is not on NM's bus)
+            await mock.set_property(NM_PATH, NM_IFACE, "ActiveConnections", Variant("ao", [vpn]))
+            assert await events.next() == VpnsReported((NmVpn("work-vpn", "vpn"),))
 
             # Disconnect: no primary connection.
             await mock.set_property(NM_PATH, NM_IFACE, "PrimaryConnection", Variant("o", "/"))
