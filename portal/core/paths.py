@@ -23,8 +23,9 @@ VPNs: traffic to the internet leaving by another interface than the network's is
   DNS through a VPN: the user's resolvers are reached through it (also when only DNS is).
 
 Clashes: a venue address (gateway, DNS, portal, part of its subnet) that the kernel sends out
-another interface than the network's: Docker's bridges (docker0, br-*), libvirt's virbr*,
-Podman's and CNI's, LXC's, VirtualBox's, or any other. The usual fix depends on who made it.
+another interface than the network's by a route of its own (not a VPN's catch-all): Docker's
+bridges (docker0, br-*), libvirt's virbr*, Podman's and CNI's, LXC's, VirtualBox's, or any
+other. The usual fix depends on who made it.
 
 Pure: plain data in (core/rtnetlink.py values and text), plain data out; no sockets.
 """
@@ -261,6 +262,11 @@ def _clashes(facts: PathFacts) -> tuple[Clash, ...]:
     for role, hop in facts.venue:
         # a local hop counts too: the venue's address is this machine's own, on a bridge
         if not hop.interface or hop.interface == facts.interface:
+            continue
+        if not hop.local and _routing(hop) != "default":
+            # caught by a VPN's catch-all (def1's halves, wg-quick's table) like all the
+            # internet: the VPN's report says what that does; a route for the venue's own
+            # addresses (a VPN pushing 10.0.0.0/8) is a clash
             continue
         clash = Clash(role, hop.address, hop.interface, owner_of(hop.interface)[0])
         if clash not in out:

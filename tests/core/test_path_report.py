@@ -91,6 +91,23 @@ def test_clashes_name_each_venue_address_routed_elsewhere() -> None:
     assert report.vpn == ""
 
 
+def test_a_vpns_catch_all_is_no_clash_but_its_route_for_the_venue_is() -> None:
+    """An off-link portal caught by def1's halves or wg-quick's table is the VPN's doing (its
+    report says so); a VPN that pushes a route for the venue's own range clashes."""
+    wg = Hop("1.1.1.1", interface="wg0", kind="tun", table=51820)
+    report = assess(
+        facts(
+            wg,
+            venue=(
+                ("portal", Hop("203.0.113.80", interface="wg0", kind="tun", table=51820)),
+                ("dns", Hop("198.18.0.53", interface="tun0", kind="tun", prefix_len=1)),
+                ("gateway", Hop("10.77.0.1", interface="tun0", kind="tun", prefix_len=8)),
+            ),
+        )
+    )
+    assert [c.format() for c in report.clashes] == ["gateway 10.77.0.1 tun0"]
+
+
 def test_subnet_probes_find_a_narrower_route_elsewhere_and_skip_link_local() -> None:
     def route(dst: str, plen: int, oif: int) -> RouteEntry:
         return RouteEntry(4 if ":" not in dst else 6, dst, plen, RT_TABLE_MAIN, RTN_UNICAST, oif)

@@ -71,9 +71,22 @@ Constructor options (all keyword-only):
   ``redirect-gateway def1`` set it up: ``0.0.0.0/1`` and ``128.0.0.0/1`` via ``vpn0``, a veth
   whose far end drops everything (frames to a MAC nobody has). Every off-link destination,
   the user's resolver included, is captured, unless a socket is bound to ``lap0``.
+- ``policy_vpn`` (False): a VPN as wg-quick sets one up for ``AllowedIPs = 0.0.0.0/0``, on a
+  tun device ``wg0`` as wireguard-go makes it (no process reads it: it delivers nothing): a
+  default route in table 51820 and the rules ``not fwmark 0xca6c lookup 51820`` and
+  ``lookup main suppress_prefixlength 0``. Every destination off the subnet is captured by the
+  rule, unless a socket carries the mark or is bound to ``lap0``.
+- ``venue_bridge`` (""): a local bridge of that name (Docker names its networks ``br-<id>``)
+  on the venue's subnet, made once the laptop is connected, as a ``docker network create``
+  with an overlapping subnet or a container's start does: ``10.77.0.254/24``, whose connected
+  route (metric 0) wins over NetworkManager's (metric 100) for the whole subnet, the gateway,
+  its DNS and the portal included.
 - ``offlink_portal`` (False): the portal is also served from ``203.0.113.80`` (the hotel's lo,
   reached through the gateway, so a VPN's routes capture it), and the venue's DNS answers
   the sign-in host with that address instead of 10.77.0.1.
+- ``offlink_hijack`` (False, with ``offlink_portal``): the venue's DNS answers every other
+  name (hijack and blocked modes) with ``203.0.113.80`` too, so portal's probes (and any
+  program's page) go off-link, through the gateway, where a VPN's routes or rules capture them.
 - ``partner_resource`` (False): the sign-in page loads a script from
   ``cdn.venue-partner.test`` (``PARTNER_HOST``), a third-party name only the venue's DNS
   resolves, reachable before login (the portal's log shows the request).
@@ -119,7 +132,8 @@ also /run/dbus/system_bus_socket), ``bus_policy_dir``, ``ca_file`` (None without
 DNS answers for the sign-in host), ``timings`` (seconds, measured).
 
 By hand (as root): ``python3 tests/lab/lab.py shell [--dns-mode blocked] [--https] [--no-nm]
-[--dhcp-client dhclient] [--routing-vpn] [--offlink-portal] [--partner] [--ipv6] [COMMAND...]``
+[--dhcp-client dhclient] [--routing-vpn] [--policy-vpn] [--venue-bridge NAME]
+[--offlink-portal] [--partner] [--ipv6] [COMMAND...]``
 builds a lab, runs COMMAND (default: a shell) on the laptop, and removes the lab when it exits.
 
 The module is stdlib only: run as ``python3 lab.py --reap RECORD --watch PID`` it is the
@@ -174,6 +188,11 @@ VPN_FAR_IF = "vpn0far"
 VPN_IP = "10.200.0.2"
 VPN_GATEWAY = "10.200.0.1"
 VPN_GATEWAY_MAC = "02:00:5e:00:00:01"  # no interface has it: the far end drops every frame
+POLICY_VPN_IF = "wg0"
+POLICY_VPN_IP = "10.201.0.2"
+WG_TABLE = "51820"  # wg-quick's table and fwmark: the port, 51820 = 0xca6c
+WG_FWMARK = "0xca6c"
+BRIDGE_IP = "10.77.0.254"
 
 DnsMode = Literal["hijack", "strict", "blocked"]
 DhcpClient = Literal["internal", "dhclient"]
@@ -550,6 +569,7 @@ def dnsmasq_conf(
     leases: Path,
     pid_file: Path,
     portal_address: str = HOTEL_IP,
+    catch_all: str = HOTEL_IP,
     partner: bool = False,
     ipv6: bool = False,
 ) -> str:
@@ -589,7 +609,7 @@ def dnsmasq_conf(
             f"local=/{V6ONLY_HOST}/",
         ]
     if dns_mode in ("hijack", "blocked"):
-        lines.append(f"address=/#/{HOTEL_IP}")
+        lines.append(f"address=/#/{catch_all}")
     if dns_mode == "hijack":
         # Hotels that hijack DNS answer queries sent to any resolver, the "public" one too.
         lines.append(f"listen-address={PUBLIC_DNS}")
@@ -691,7 +711,10 @@ class Lab:
         bare: bool = False,
         bus_policy_files: Iterable[str | os.PathLike[str]] = (),
         routing_vpn: bool = False,
+        policy_vpn: bool = False,
+        venue_bridge: str = "",
         offlink_portal: bool = False,
+        offlink_hijack: bool = False,
         partner_resource: bool = False,
         ipv6: bool = False,
         hostname_in_hosts: bool = False,
@@ -725,7 +748,12 @@ class Lab:
         if ipv6 and nm:
             raise ValueError("ipv6=True needs nm=False (the NM profile disables IPv6)")
         self.routing_vpn = routing_vpn
+        self.policy_vpn = policy_vpn
+        self.venue_bridge = venue_bridge
         self.offlink_portal = offlink_portal
+        if offlink_hijack and not offlink_portal:
+            raise ValueError("offlink_hijack=True needs offlink_portal=True")
+        self.offlink_hijack = offlink_hijack
         self.partner_resource = partner_resource
         self.ipv6 = ipv6
         self.hostname_in_hosts = hostname_in_hosts
@@ -1144,6 +1172,7 @@ class Lab:
                 leases=d / "dnsmasq.leases",
                 pid_file=d / "dnsmasq.pid",
                 portal_address=self.portal_address,
+                catch_all=self.portal_address if self.offlink_hijack else HOTEL_IP,
                 partner=self.partner_resource,
                 ipv6=self.ipv6,
             )
@@ -1233,6 +1262,10 @@ class Lab:
                 self._ip("-6", "route", "add", "default", "via", HOTEL_IP6, ns=self.laptop_ns)
         if self.routing_vpn:
             self._add_vpn()
+        if self.policy_vpn:
+            self._add_policy_vpn()
+        if self.venue_bridge:
+            self._add_venue_bridge()
 
     def _add_vpn(self) -> None:
         """A VPN that captures every off-link destination by routes more specific than the
@@ -1249,6 +1282,22 @@ class Lab:
         )  # fmt: skip
         for half in ("0.0.0.0/1", "128.0.0.0/1"):
             self._ip("route", "add", half, "via", VPN_GATEWAY, "dev", VPN_IF, ns=ns)
+
+    def _add_policy_vpn(self) -> None:
+        """wg-quick's routing for AllowedIPs = 0.0.0.0/0 (its `add_default`), on a tun device."""
+        ns = self.laptop_ns
+        self._ip("tuntap", "add", "dev", POLICY_VPN_IF, "mode", "tun", ns=ns)
+        self._ip("addr", "add", f"{POLICY_VPN_IP}/32", "dev", POLICY_VPN_IF, ns=ns)
+        self._ip("link", "set", POLICY_VPN_IF, "up", ns=ns)
+        self._ip("route", "add", "default", "dev", POLICY_VPN_IF, "table", WG_TABLE, ns=ns)
+        self._ip("rule", "add", "not", "fwmark", WG_FWMARK, "table", WG_TABLE, ns=ns)
+        self._ip("rule", "add", "table", "main", "suppress_prefixlength", "0", ns=ns)
+
+    def _add_venue_bridge(self) -> None:
+        ns = self.laptop_ns
+        self._ip("link", "add", self.venue_bridge, "type", "bridge", ns=ns)
+        self._ip("addr", "add", f"{BRIDGE_IP}/{PREFIX_LEN}", "dev", self.venue_bridge, ns=ns)
+        self._ip("link", "set", self.venue_bridge, "up", ns=ns)
 
     def _start_bus(self) -> None:
         for f in self.bus_policy_files:
@@ -1528,6 +1577,8 @@ def _shell_main(argv: list[str]) -> int:
     p.add_argument("--no-nm", action="store_true", help="static address, no NetworkManager")
     p.add_argument("--nm-check", action="store_true", help="NetworkManager's connectivity check on")
     p.add_argument("--routing-vpn", action="store_true", help="a VPN that captures 0/1, 128/1")
+    p.add_argument("--policy-vpn", action="store_true", help="wg-quick's rules on a tun wg0")
+    p.add_argument("--venue-bridge", default="", metavar="NAME", help="a bridge on the subnet")
     p.add_argument("--offlink-portal", action="store_true", help="portal at 203.0.113.80 too")
     p.add_argument("--partner", action="store_true", help="the sign-in page loads a CDN script")
     p.add_argument("--ipv6", action="store_true", help="IPv6 on the hotel link (with --no-nm)")
@@ -1547,6 +1598,8 @@ def _shell_main(argv: list[str]) -> int:
         nm=not args.no_nm,
         nm_check=args.nm_check,
         routing_vpn=args.routing_vpn,
+        policy_vpn=args.policy_vpn,
+        venue_bridge=args.venue_bridge,
         offlink_portal=args.offlink_portal,
         partner_resource=args.partner,
         ipv6=args.ipv6,
