@@ -64,3 +64,27 @@ async def test_dont_ask_again_button_asks_the_daemon(
         stand_in.set_status(ONLINE)
         connected = await fake_server.wait_shown(2)
     assert connected.summary == "Connected to Hotel Wi-Fi"
+
+
+async def test_the_notification_says_what_a_vpn_and_a_clash_do_to_the_sign_in(
+    desktop: Desktop, stand_in: StandInDaemon, system_bus: PrivateBus, session_bus: PrivateBus
+) -> None:
+    """The status keys as a daemon behind wg-quick, with Docker's bridge on the venue's
+    gateway, sends them over D-Bus; dunst shows what to do about each."""
+    stand_in.status = {
+        **captive(),
+        "interface": "wlan0",
+        "vpn": "wg0",
+        "vpn_name": "office",
+        "vpn_routing": "policy",
+        "vpn_bypass": True,
+        "clashes": ["gateway 10.77.0.1 br-5e2f1c0d9a7b"],
+    }
+    async with running_agent(system_bus.address, session_bus.address):
+        await until(lambda: desktop.displayed() == 1, "the sign-in notification")
+        desktop.ctl("close-all")
+        body = desktop.history()[0]["body"]
+    assert "office (wg0) carries your traffic" in body and "through wlan0" in body
+    assert "kill switch" in body
+    assert "routes into br-5e2f1c0d9a7b (Docker), not wlan0" in body
+    assert "docker network prune" in body
