@@ -13,7 +13,14 @@ import pytest
 from portal.core.agent_logic import sign_in_notification
 from portal.core.report import StatusReport, from_plain
 from tests.e2e.test_detection import POLICY, Portal
-from tests.lab.lab import BRIDGE_IP, HOTEL_IP, LAPTOP_IF, OFFLINK_PORTAL_IP, Lab
+from tests.lab.lab import (
+    BRIDGE_IP,
+    HOTEL_IP,
+    LAPTOP_IF,
+    OFFLINK_PORTAL_IP,
+    STATIC_LAPTOP_IP,
+    Lab,
+)
 from tests.lab.marks import LabFactory, requires_lab
 
 pytest_plugins = ["tests.lab.fixtures"]
@@ -21,6 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.lab, requires_lab]
 
 CHECK_OFF: dict[str, object] = {}
 CHECK_ON: dict[str, object] = {"nm_check": True}
+NO_NM: dict[str, object] = {"nm": False}  # the daemon reads the kernel's links itself
 CAPS = frozenset({"actions", "body"})
 
 # style → (lab option, the VPN's interface, its routing, its name in status)
@@ -41,7 +49,9 @@ def route_of(lab: Lab, address: str) -> str:
     return words[words.index("dev") + 1]
 
 
-@pytest.mark.parametrize("nm", [CHECK_OFF, CHECK_ON], ids=["nm-check-off", "nm-check-on"])
+@pytest.mark.parametrize(
+    "nm", [CHECK_OFF, CHECK_ON, NO_NM], ids=["nm-check-off", "nm-check-on", "no-nm"]
+)
 @pytest.mark.parametrize("style", list(VPNS))
 def test_a_vpn_is_reported_and_detection_still_works(
     lab_factory: LabFactory, style: str, nm: dict[str, object]
@@ -65,7 +75,7 @@ def test_a_vpn_is_reported_and_detection_still_works(
     assert s["clashes"] == []
     # the probes left through lap0 (the VPN delivers nothing): the portal saw them, off-link
     seen = probes_seen(lab)
-    assert seen and {r["client"] for r in seen} == {lab.laptop_ip()}
+    assert seen and {r["client"] for r in seen} == {lab.laptop_ip() or STATIC_LAPTOP_IP}
     assert f"VPN: {name} on {interface} ({routing})" in p.log()
     # what the agent would show for this very status, and what portal status prints
     body = sign_in_notification(from_plain(StatusReport, s), (), CAPS).body
