@@ -65,6 +65,7 @@ DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
 IP4_IFACE = "org.freedesktop.NetworkManager.IP4Config"
 IP6_IFACE = "org.freedesktop.NetworkManager.IP6Config"
 DHCP4_IFACE = "org.freedesktop.NetworkManager.DHCP4Config"
+DHCP6_IFACE = "org.freedesktop.NetworkManager.DHCP6Config"
 AP_IFACE = "org.freedesktop.NetworkManager.AccessPoint"
 
 NO_PATH = "/"
@@ -191,6 +192,7 @@ def network_from_nm(
     ip6: Mapping[str, Any],
     dhcp4: Mapping[str, Any],
     access_point: Mapping[str, Any],
+    dhcp6: Mapping[str, Any] | None = None,
 ) -> Network | None:
     """The primary network from the properties of NM's objects; None without an active one."""
     uuid = active.get("Uuid")
@@ -205,8 +207,13 @@ def network_from_nm(
     # the venue's DNS, which can resolve its sign-in host when the user's pinned resolver can't.
     dhcp_dns = [a for w in str(options.get("domain_name_servers") or "").split() if (a := _ip(w))]
     venue = dhcp_dns or nameservers_from_ip_config(ip4, {})
+    venue += venue_dns_v6(ip6=ip6, dhcp6=dhcp6 or {}, interface=interface)
     # dhclient names DHCP option 114 by its RFC 3679 name, default_url (NM's internal client
     # does not expose it at all in 1.42). Reported as given: core/detect.py judges it (https).
+    # Its IPv6 twins are out of reach under NM 1.42: NM takes router advertisements itself
+    # (the kernel's accept_ra is off, so no RTM_NEWNDUSEROPT either) and IP6Config has no
+    # property for RA option 37; DHCP6Config's Options show only dhcp6_name_servers,
+    # dhcp6_client_id and iaid, never option 103, though the venue sends it.
     api_uri = str(options.get("default_url") or "").strip()
     addresses = _address_data(ip4) + [
         a for a in _address_data(ip6) if not ipaddress.ip_address(a).is_link_local
@@ -221,6 +228,22 @@ def network_from_nm(
         api_uri=api_uri,
         check_uri=str(manager.get("ConnectivityCheckUri") or ""),
     )
+
+
+def venue_dns_v6(*, ip6: Mapping[str, Any], dhcp6: Mapping[str, Any], interface: str) -> list[str]:
+    """The venue's IPv6 DNS servers: DHCPv6's (option 23, which NM's DHCP6Config shows as
+    `dhcp6_name_servers` even when the profile ignores them), else IP6Config's, where NM
+    merges the router advertisements' RDNSS (RFC 8106) with DHCPv6's. A link-local server is
+    given with its interface (fe80::1%wlan0), the only way to reach it."""
+    options = dhcp6.get("Options")
+    options = options if isinstance(options, dict) else {}
+    found = [a for w in str(options.get("dhcp6_name_servers") or "").split() if (a := _ip(w))]
+    if not found:
+        found = nameservers_from_ip_config({}, ip6)
+    return [
+        f"{a}%{interface}" if interface and ipaddress.ip_address(a).is_link_local else a
+        for a in found
+    ]
 
 
 def upstreams_from_nm(
@@ -500,6 +523,7 @@ class NetworkManagerWatcher:
         ip4: dict[str, Any] = {}
         ip6: dict[str, Any] = {}
         dhcp4: dict[str, Any] = {}
+        dhcp6: dict[str, Any] = {}
         access_point: dict[str, Any] = {}
         ap_path = NO_PATH
         if primary != NO_PATH:
@@ -521,6 +545,7 @@ class NetworkManagerWatcher:
                 ("Ip4Config", IP4_IFACE, ip4),
                 ("Ip6Config", IP6_IFACE, ip6),
                 ("Dhcp4Config", DHCP4_IFACE, dhcp4),
+                ("Dhcp6Config", DHCP6_IFACE, dhcp6),
             ):
                 path = str(active.get(key) or NO_PATH)
                 if path != NO_PATH:
@@ -543,6 +568,7 @@ class NetworkManagerWatcher:
             ip6=ip6,
             dhcp4=dhcp4,
             access_point=access_point,
+            dhcp6=dhcp6,
         )
         upstreams = upstreams_from_nm(
             configuration, ip4=ip4, ip6=ip6, interface=network.interface if network else ""

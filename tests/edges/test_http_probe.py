@@ -363,6 +363,25 @@ async def test_ipv6_only_probe_host(
 
 
 @needs_dnsmasq
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 on this machine")
+async def test_a_network_without_ipv4_probes_over_ipv6_first(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    """A NAT64 venue's DNS64 answers A as well as AAAA; with no IPv4 address of our own the A
+    is unreachable (here: nothing listens there), so the probe asks for AAAA first. The same
+    name on a network with IPv4 still goes to the A record."""
+    web = await portal_server(online_routes, ip="::1")
+    dns_server = dnsmasq({"dual.probe.test": ["127.0.0.1", "::1"]})
+    url = f"http://dual.probe.test:{web.port}/generate_204"
+    v6_only = Network(id="n1", interface="lo", addresses=("::1",), venue_dns=(dns_server.server,))
+    got = await probe(v6_only, spec(url), timeout_s=5)
+    assert (got.status, got.error, got.addresses) == (204, "", ("::1",))
+    dual = replace(v6_only, addresses=("127.0.0.1", "::1"))
+    got = await probe(dual, spec(url), timeout_s=5)
+    assert (got.error, got.addresses) == ("connect-refused", ("127.0.0.1",))
+
+
+@needs_dnsmasq
 async def test_dns_failures_are_data(dnsmasq: Callable[..., Dnsmasq]) -> None:
     dns_server = dnsmasq({"nx.test": "", "only6.test": "fd00::5"})
     net = Network(id="n1", venue_dns=(dns_server.server,))

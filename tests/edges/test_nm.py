@@ -139,6 +139,46 @@ def test_network_from_nm_legacy_nameservers_property() -> None:
     assert network is not None and network.venue_dns == ("10.77.0.1",)
 
 
+def test_network_from_nm_takes_the_venue_dns_from_ipv6_too() -> None:
+    """What NM 1.42 showed in the lab's IPv6-only venue: IP6Config.Nameservers (RDNSS and
+    DHCPv6 merged) and DHCP6Config's dhcp6_name_servers; IPv4 servers stay first."""
+    v6 = bytes.fromhex("fd770000000000000000000000000001")
+    lan = bytes.fromhex("fe800000000000000000000000000001")
+    only6 = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0"},
+        ip4={},
+        ip6={"AddressData": [{"address": "fd77::5"}], "Nameservers": [v6, b"short"]},
+        dhcp4={},
+        access_point={},
+    )
+    assert only6 is not None and only6.venue_dns == ("fd77::1",)
+    # DHCPv6's own list wins over IP6Config's (which a profile's ignore-auto-dns empties)
+    dual = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0"},
+        ip4={"NameserverData": [{"address": "10.77.0.1"}]},
+        ip6={"Nameservers": [lan]},
+        dhcp4={},
+        dhcp6={"Options": {"dhcp6_name_servers": "fd77::53 junk", "iaid": "17:32:56:d8"}},
+        access_point={},
+    )
+    assert dual is not None and dual.venue_dns == ("10.77.0.1", "fd77::53")
+    # a link-local server carries its interface, the only way to reach it
+    lan_only = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0"},
+        ip4={},
+        ip6={"Nameservers": [lan]},
+        dhcp4={},
+        access_point={},
+    )
+    assert lan_only is not None and lan_only.venue_dns == ("fe80::1%lap0",)
+
+
 def test_network_from_nm_without_active_connection_is_none() -> None:
     kwargs: dict[str, Any] = dict(device={}, ip4={}, ip6={}, dhcp4={}, access_point={})
     assert network_from_nm(manager=MANAGER, active={}, **kwargs) is None

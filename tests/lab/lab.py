@@ -93,6 +93,16 @@ Constructor options (all keyword-only):
 - ``ipv6`` (False, with ``nm=False`` only): hotel0 also has ``fd77::1/64`` and lap0
   ``fd77::50/64`` with a default route; the portal serves on fd77::1, and the venue's DNS
   answers the sign-in host and ``v6only.hotel.test`` with AAAA fd77::1 (the latter has no A).
+- ``ipv6_only`` (False): an IPv6-only venue, as NAT64 networks are: the laptop gets no IPv4 at
+  all; the hotel's dnsmasq sends router advertisements (``enable-ra``: SLAAC on fd77::/64, the
+  RDNSS option naming fd77::1) and answers stateless DHCPv6 (DNS fd77::1 and the RFC 8910
+  option 103, the API URI). Its DNS answers every name with AAAA fd77::1 (the portal serves
+  there) and, like a DNS64 resolver's real A records, with an A the laptop cannot reach.
+  With NM the profile turns IPv4 off and IPv6 to auto; without NM the kernel takes the RA.
+  ``send_ra(captive_portal=URI)`` sends one more RA from the hotel's router carrying the RFC
+  8910 option 37 (dnsmasq has no way to). ``laptop_ip()`` is then the SLAAC address.
+- ``cloned_mac`` (""): the profile's ``ethernet.cloned-mac-address`` ("random", "stable", ...),
+  as NM writes it on a per-network random MAC (with NM only).
 - ``hostname_in_hosts`` (False): the laptop's /etc/hosts (still read-only) also names its
   hostname ``laptop`` (``127.0.1.1``), as Debian's installer and NixOS write it. Without it,
   programs that look up their own hostname at start (Firefox's profile lock does) wait for
@@ -540,11 +550,29 @@ managed=1
 """
 
 
-def nm_profile(*, dns_mode: str) -> str:
+def nm_profile(*, dns_mode: str, ipv6_only: bool = False, cloned_mac: str = "") -> str:
     pin = ""
     if dns_mode == "blocked":
         # The user's own resolver, which the hotel blackholes: NM must not use the DHCP DNS.
         pin = f"ignore-auto-dns=true\ndns={PUBLIC_DNS};\n"
+    ethernet = f"cloned-mac-address={cloned_mac}\n" if cloned_mac else ""
+    if ipv6_only:
+        return f"""[connection]
+id={PROFILE_ID}
+uuid={PROFILE_UUID}
+type=ethernet
+interface-name={LAPTOP_IF}
+autoconnect=true
+
+[ethernet]
+{ethernet}
+[ipv4]
+method=disabled
+
+[ipv6]
+method=auto
+addr-gen-mode=eui64
+"""
     return f"""[connection]
 id={PROFILE_ID}
 uuid={PROFILE_UUID}
@@ -553,7 +581,7 @@ interface-name={LAPTOP_IF}
 autoconnect=true
 
 [ethernet]
-
+{ethernet}
 [ipv4]
 method=auto
 {pin}
@@ -572,6 +600,7 @@ def dnsmasq_conf(
     catch_all: str = HOTEL_IP,
     partner: bool = False,
     ipv6: bool = False,
+    ipv6_only: bool = False,
 ) -> str:
     lines = [
         f"interface={HOTEL_IF}",
@@ -608,6 +637,26 @@ def dnsmasq_conf(
             f"address=/{V6ONLY_HOST}/{HOTEL_IP6}",
             f"local=/{V6ONLY_HOST}/",
         ]
+    if ipv6_only:
+        # No IPv4 lease; the sign-in host has only AAAA.
+        v4_only = ("dhcp-range=", f"address=/{PORTAL_HOST}/")
+        lines = [line for line in lines if not line.startswith(v4_only)]
+        lines += [
+            f"listen-address={HOTEL_IP6}",
+            # RAs (SLAAC, RDNSS: dnsmasq names its own address) and stateless DHCPv6.
+            "enable-ra",
+            f"dhcp-range=::,constructor:{HOTEL_IF},ra-stateless,64,10m",
+            f"dhcp-option=option6:dns-server,[{HOTEL_IP6}]",
+            # RFC 8910 §2.2: DHCPv6 option 103, the captive-portal API URI.
+            f'dhcp-option-force=option6:103,"{api_uri}"',
+            # AAAA only: `local=` keeps the catch-all's A away from them (NODATA instead).
+            f"address=/{PORTAL_HOST}/{HOTEL_IP6}",
+            f"local=/{PORTAL_HOST}/",
+            f"address=/{V6ONLY_HOST}/{HOTEL_IP6}",
+            f"local=/{V6ONLY_HOST}/",
+        ]
+        if dns_mode in ("hijack", "blocked"):
+            lines.append(f"address=/#/{HOTEL_IP6}")
     if dns_mode in ("hijack", "blocked"):
         lines.append(f"address=/#/{catch_all}")
     if dns_mode == "hijack":
@@ -689,6 +738,23 @@ exec sleep "$LIFETIME"
 """
 
 
+# One router advertisement (RFC 4861 §4.2) with RDNSS (RFC 8106) and captive-portal (RFC 8910
+# §2.3) options, sent from a raw ICMPv6 socket (the kernel fills in the checksum).
+_SEND_RA = r"""
+import ipaddress, socket, struct, sys
+ifname, uri, lifetime, dns = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4]
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0x40, lifetime, 0, 0)  # O: DHCPv6 for the rest
+rdnss = struct.pack("!BBHI", 25, 3, 0, lifetime) + ipaddress.IPv6Address(dns).packed
+pad = (-(len(uri) + 2)) % 8
+cp = struct.pack("!BB", 37, (len(uri) + 2 + pad) // 8) + uri + b"\0" * pad
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.SOL_SOCKET, 25, ifname.encode())
+s.sendto(ra + rdnss + cp, ("ff02::1", 0, 0, socket.if_nametoindex(ifname)))
+"""
+
+
 class Lab:
     """One hotel + laptop lab. See the module docstring for the API."""
 
@@ -717,6 +783,8 @@ class Lab:
         offlink_hijack: bool = False,
         partner_resource: bool = False,
         ipv6: bool = False,
+        ipv6_only: bool = False,
+        cloned_mac: str = "",
         hostname_in_hosts: bool = False,
         captive: bool = True,
         dns_after_login: bool = False,
@@ -756,6 +824,10 @@ class Lab:
         self.offlink_hijack = offlink_hijack
         self.partner_resource = partner_resource
         self.ipv6 = ipv6
+        if ipv6_only and (ipv6 or dns_mode != "hijack"):
+            raise ValueError("ipv6_only=True goes with dns_mode='hijack' and without ipv6")
+        self.ipv6_only = ipv6_only
+        self.cloned_mac = cloned_mac
         self.hostname_in_hosts = hostname_in_hosts
         self.captive = captive
         self.dns_after_login = dns_after_login
@@ -1106,7 +1178,7 @@ class Lab:
             self._ip("addr", "add", f"{OFFLINK_PORTAL_IP}/32", "dev", "lo", ns=self.hotel_ns)
         if self.dns_after_login:
             self._ip("addr", "add", f"{INTERNET_IP}/32", "dev", "lo", ns=self.hotel_ns)
-        if self.ipv6:
+        if self.ipv6 or self.ipv6_only:
             self._ip("addr", "add", f"{HOTEL_IP6}/64", "dev", HOTEL_IF, "nodad", ns=self.hotel_ns)
         self._ip("link", "set", HOTEL_IF, "up", ns=self.hotel_ns)
         self._ip("link", "set", "lo", "up", ns=self.laptop_ns)
@@ -1156,7 +1228,7 @@ class Lab:
             portal += ["--dns-after-login", INTERNET_IP, "--also-listen", INTERNET_IP]
         if self.offlink_portal:
             portal += ["--also-listen", OFFLINK_PORTAL_IP]
-        if self.ipv6:
+        if self.ipv6 or self.ipv6_only:
             portal += ["--also-listen", HOTEL_IP6]
         if self.partner_resource:
             portal += ["--partner-host", PARTNER_HOST]
@@ -1175,6 +1247,7 @@ class Lab:
                 catch_all=self.portal_address if self.offlink_hijack else HOTEL_IP,
                 partner=self.partner_resource,
                 ipv6=self.ipv6,
+                ipv6_only=self.ipv6_only,
             )
         )
         dnsmasq = self._spawn(
@@ -1242,6 +1315,10 @@ class Lab:
             self._write_nm_config()
             self.start_nm()
         elif self.bare:
+            self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
+        elif self.ipv6_only:
+            # The kernel takes the hotel's RA: SLAAC address, default route, and RDNSS passed
+            # to userspace (RTM_NEWNDUSEROPT). Nothing writes resolv.conf.
             self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
         else:
             self._ip(
@@ -1330,7 +1407,9 @@ class Lab:
             )
         )
         profile = nmd / "system-connections" / f"{PROFILE_ID}.nmconnection"
-        profile.write_text(nm_profile(dns_mode=self.dns_mode))
+        profile.write_text(
+            nm_profile(dns_mode=self.dns_mode, ipv6_only=self.ipv6_only, cloned_mac=self.cloned_mac)
+        )
         # NM ignores keyfiles that others can read.
         profile.chmod(0o600)
 
@@ -1421,18 +1500,28 @@ class Lab:
     # --- the laptop's address and the portal --------------------------------------------------
 
     def laptop_ip(self) -> str | None:
-        """lap0's IPv4 address, or None before it has one."""
+        """lap0's IPv4 address (its global IPv6 address when ipv6_only), or None before it has
+        one."""
+        family, word = ("-6", "inet6") if self.ipv6_only else ("-4", "inet")
         res = subprocess.run(
-            [_tool("ip"), "-n", self.laptop_ns, "-4", "-o", "addr", "show", "dev", LAPTOP_IF],
+            [_tool("ip"), "-n", self.laptop_ns, family, "-o", "addr", "show", "dev", LAPTOP_IF,
+             "scope", "global"],
             capture_output=True,
             text=True,
             check=False,
-        )
+        )  # fmt: skip
         for line in res.stdout.splitlines():
             fields = line.split()
-            if "inet" in fields:
-                return fields[fields.index("inet") + 1].split("/")[0]
+            if word in fields:
+                return fields[fields.index(word) + 1].split("/")[0]
         return None
+
+    def send_ra(self, *, captive_portal: str, lifetime_s: int = 1800) -> None:
+        """Send one router advertisement from the hotel's router (hotel0's link-local address,
+        as dnsmasq's) to every node, carrying the RFC 8910 option 37 with `captive_portal`, a
+        router lifetime of `lifetime_s` and the RDNSS option (RFC 8106) naming fd77::1."""
+        self.run_hotel([sys.executable, "-c", _SEND_RA, HOTEL_IF, captive_portal,
+                        str(lifetime_s), HOTEL_IP6], check=True)  # fmt: skip
 
     def _control(self, path: str) -> dict[str, Any]:
         conn = _UnixHTTPConnection(str(self.control_socket), timeout_s=10)
@@ -1582,6 +1671,8 @@ def _shell_main(argv: list[str]) -> int:
     p.add_argument("--offlink-portal", action="store_true", help="portal at 203.0.113.80 too")
     p.add_argument("--partner", action="store_true", help="the sign-in page loads a CDN script")
     p.add_argument("--ipv6", action="store_true", help="IPv6 on the hotel link (with --no-nm)")
+    p.add_argument("--ipv6-only", action="store_true", help="an IPv6-only venue (RA, DHCPv6)")
+    p.add_argument("--cloned-mac", default="", help="the profile's ethernet.cloned-mac-address")
     p.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default 3600)")
     p.add_argument("command", nargs="*", help="command to run on the laptop")
     args = p.parse_args(argv)
@@ -1603,6 +1694,8 @@ def _shell_main(argv: list[str]) -> int:
         offlink_portal=args.offlink_portal,
         partner_resource=args.partner,
         ipv6=args.ipv6,
+        ipv6_only=args.ipv6_only,
+        cloned_mac=args.cloned_mac,
         lifetime_s=args.lifetime,
     ) as lab:
         print(f"lab {lab.prefix}: run dir {lab.run_dir}, up in {lab.timings['up_s']:.2f} s")
