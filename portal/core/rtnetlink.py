@@ -82,6 +82,8 @@ IF_OPER_UP = 6
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RT_SCOPE_LINK = 253
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 
 RTA_DST = 1
 RTA_OIF = 4
@@ -335,7 +337,12 @@ def parse_address(payload: bytes) -> Address | None:
     """An RTM_NEWADDR payload; None when it is not a readable IPv4/IPv6 one."""
     if len(payload) < _IFADDRMSG.size:
         return None
-    family, _prefixlen, _flags, scope, index = _IFADDRMSG.unpack_from(payload)
+    family, _prefixlen, flags, scope, index = _IFADDRMSG.unpack_from(payload)
+    if flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
+        # Not ours yet (duplicate address detection runs, about a second for a new IPv6
+        # address) or never: binding to it fails with EADDRNOTAVAIL. Its RTM_NEWADDR when DAD
+        # ends brings a fresh dump.
+        return None
     attrs = parse_attrs(payload[_IFADDRMSG.size :])
     # IFA_LOCAL is our address on point-to-point links, where IFA_ADDRESS is the peer's.
     text = _ip(family, attrs.get(IFA_LOCAL)) or _ip(family, attrs.get(IFA_ADDRESS))
@@ -522,3 +529,43 @@ def parse_rule(payload: bytes) -> Rule | None:
         iif=_text(attrs.get(FRA_IIFNAME)),
         oif=_text(attrs.get(FRA_OIFNAME)),
     )
+
+
+# --- router advertisement options the kernel passes on (RTM_NEWNDUSEROPT) ----------------------
+
+# linux/rtnetlink.h, linux/icmpv6.h
+RTM_NEWNDUSEROPT = 68
+RTNLGRP_ND_USEROPT = 20  # joined with setsockopt(NETLINK_ADD_MEMBERSHIP): past the old bitmask
+ND_ROUTER_ADVERT = 134
+# struct nduseroptmsg: family, pad, opts_len, ifindex, icmp_type, icmp_code, pad, pad
+_NDUSEROPTMSG = struct.Struct("=BxHiBBHI")
+_ND_OPT = struct.Struct("=BB")  # type, length in units of 8 octets (RFC 4861 §4.6)
+
+
+@dataclass(frozen=True, slots=True)
+class NdUserOptions:
+    """The options of one router advertisement that the kernel handed to userspace: it passes
+    prefix information (3), RDNSS (25), DNSSL (31), captive portal (37) and PREF64 (38)
+    (net/ipv6/ndisc.c, ndisc_is_useropt), one RTM_NEWNDUSEROPT per option."""
+
+    index: int  # the interface it came in on
+    options: tuple[tuple[int, bytes], ...]  # (type, the option's bytes after type and length)
+
+
+def parse_nduseropt(payload: bytes) -> NdUserOptions | None:
+    """An RTM_NEWNDUSEROPT's payload → its RA options; None when it is not one of an RA."""
+    if len(payload) < _NDUSEROPTMSG.size:
+        return None
+    family, opts_len, index, icmp_type, _code, _, _ = _NDUSEROPTMSG.unpack_from(payload)
+    if family != AF_INET6 or icmp_type != ND_ROUTER_ADVERT:
+        return None
+    data = payload[_NDUSEROPTMSG.size : _NDUSEROPTMSG.size + opts_len]
+    options: list[tuple[int, bytes]] = []
+    pos = 0
+    while len(data) - pos >= _ND_OPT.size:
+        otype, units = _ND_OPT.unpack_from(data, pos)
+        if units == 0 or pos + units * 8 > len(data):
+            break  # RFC 4861 §4.6: a zero length is invalid; a short one is cut off
+        options.append((otype, bytes(data[pos + 2 : pos + units * 8])))
+        pos += units * 8
+    return NdUserOptions(index, tuple(options))

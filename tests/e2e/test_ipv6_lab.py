@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.test_detection import POLICY, Portal
 from tests.lab.lab import HOTEL_IP6, PORTAL_HOST, V6ONLY_HOST
-from tests.lab.marks import LabFactory, requires_lab
+from tests.lab.marks import LabFactory, requires_lab, requires_static_lab
 
 pytest_plugins = ["tests.lab.fixtures"]
 pytestmark = [pytest.mark.root, pytest.mark.lab]
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.root, pytest.mark.lab]
 def check_ipv6_only_venue(p: Portal) -> None:
     s = p.wait_state("captive", 40)
     assert s["venue_dns"] == [HOTEL_IP6], s
-    assert s["portal_url"].startswith(f"http://{PORTAL_HOST}/"), s
+    assert s["portal_url"].startswith(p.lab.portal_url), s
     # the sign-in host has only AAAA at the venue: it is pinned with it
     pinned = p.wait(
         lambda s: any(o["name"] == PORTAL_HOST and o["active"] for o in s["overrides"]), 15
@@ -41,7 +41,7 @@ def check_ipv6_only_venue(p: Portal) -> None:
     assert p.dig(V6ONLY_HOST, "AAAA") == [HOTEL_IP6]
     # signing in (the portal knows the laptop by its IPv6 address) is seen as well
     p.lab.login()
-    s = p.wait_state("online", 40)
+    p.wait_state("online", 40)
 
 
 @requires_lab
@@ -50,3 +50,20 @@ def test_ipv6_only_venue_with_networkmanager(lab_factory: LabFactory, nm_check: 
     lab = lab_factory(ipv6_only=True, nm_check=nm_check, bus_policy_files=[POLICY])
     p = Portal(lab)
     check_ipv6_only_venue(p)
+
+
+@requires_static_lab
+def test_ipv6_only_venue_without_networkmanager(lab_factory: LabFactory) -> None:
+    """The kernel takes the RA; the venue's DNS and the RFC 8908 API URI come from its options
+    (RDNSS, RFC 8910 option 37), which the kernel passes on as RTM_NEWNDUSEROPT. They are not
+    kept anywhere: a daemon started after an RA learns them at the next one."""
+    lab = lab_factory(ipv6_only=True, nm=False, https=True, bus_policy_files=[POLICY])
+    p = Portal(lab)
+    # dnsmasq's RAs may have come before the daemon (and carry no option 37): one more RA
+    lab.send_ra(captive_portal=lab.api_uri)
+    check_ipv6_only_venue(p)
+    s = p.wait(lambda s: s["seconds_remaining"] > 0, 40)
+    # only the RA named the API (no DHCPv4, no networkd): its answer gives the session time
+    assert s is not None, p.log()[-3000:]
+    assert s["upstreams"] == [f"[{HOTEL_IP6}]:53"] and "RDNSS" in s["upstream_source"], s
+    assert "watching the kernel's links (netlink)" in p.log()

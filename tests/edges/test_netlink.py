@@ -207,6 +207,9 @@ def test_dumps_span_datagrams_and_a_small_buffer_regrows(watched: Watched) -> No
         (link["ifindex"], info["local"])
         for link in json.loads(w.ip("-j", "addr", "show"))
         for info in link["addr_info"]
+        # IPv6 link-local ones may still be in duplicate address detection, left out until it
+        # ends, which may happen between iproute2's look and ours
+        if not info["local"].startswith("fe80:")
     }
     assert len(want) > 300
     for buffer_bytes in (65536, 256):
@@ -220,7 +223,8 @@ def test_dumps_span_datagrams_and_a_small_buffer_regrows(watched: Watched) -> No
         )
         assert out.returncode == 0, out.stderr
         tables = json.loads(out.stdout)
-        assert {(a["index"], a["address"]) for a in tables["addresses"]} == want
+        got = {(a["index"], a["address"]) for a in tables["addresses"]}
+        assert {a for a in got if not a[1].startswith("fe80:")} == want
         names = {link["name"] for link in tables["links"]}
         assert {"lo", "nl0", "nl0p", "nl1", "nl1p"} <= names
         assert tables["routes"] == [

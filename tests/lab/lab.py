@@ -741,13 +741,26 @@ exec sleep "$LIFETIME"
 # One router advertisement (RFC 4861 §4.2) with RDNSS (RFC 8106) and captive-portal (RFC 8910
 # §2.3) options, sent from a raw ICMPv6 socket (the kernel fills in the checksum).
 _SEND_RA = r"""
-import ipaddress, socket, struct, sys
+import ipaddress, socket, struct, sys, time
 ifname, uri, lifetime, dns = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4]
 ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0x40, lifetime, 0, 0)  # O: DHCPv6 for the rest
 rdnss = struct.pack("!BBHI", 25, 3, 0, lifetime) + ipaddress.IPv6Address(dns).packed
 pad = (-(len(uri) + 2)) % 8
 cp = struct.pack("!BB", 37, (len(uri) + 2 + pad) // 8) + uri + b"\0" * pad
+def link_local():  # hotel0's, once duplicate address detection is over (else no RA leaves)
+    for line in open("/proc/net/if_inet6"):
+        addr, _index, _plen, scope, flags, name = line.split()
+        if name == ifname and scope == "20" and not int(flags, 16) & 0x40:
+            return str(ipaddress.IPv6Address(bytes.fromhex(addr)))
+for _ in range(100):
+    source = link_local()
+    if source:
+        break
+    time.sleep(0.05)
+else:
+    sys.exit(f"{ifname} has no usable link-local address")
 s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.bind((source, 0, 0, socket.if_nametoindex(ifname)))
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
 s.setsockopt(socket.SOL_SOCKET, 25, ifname.encode())
@@ -1270,6 +1283,9 @@ class Lab:
             resolv = "# written by the laptop's NetworkManager once it connects\n"
         elif self.bare:
             resolv = "# written by whatever configures the network\n"
+        elif self.ipv6_only:
+            # Nothing here turns the RA's RDNSS into a nameserver line (no rdnssd).
+            resolv = "# the network has no IPv4; its DNS comes by router advertisement\n"
         else:
             ns = PUBLIC_DNS if self.dns_mode == "blocked" else HOTEL_IP
             resolv = f"nameserver {ns}\nsearch {HOTEL_DOMAIN}\n"
