@@ -407,7 +407,7 @@ class Daemon:
             expired=portal.expired,
             expiry_watch=portal.expiry_watch,
         )
-        return self._on_this_network(report)
+        return self._on_this_network(with_mac(report, net))
 
     # -- on real networks: the user's choices, and what the network's paths look like ---------
 
@@ -1186,3 +1186,12 @@ def run(config: Config) -> int:
     except PortalError as exc:
         log.error("%s", exc)
         return 1
+
+
+def with_mac(report: StatusReport, network: Network | None) -> StatusReport:
+    """The status with what core/mac.py says of the connection's MAC address (issue 15)."""
+    from portal.core.mac import random_mac, stable_mac_command
+
+    if not random_mac(network) or network is None:
+        return report
+    return replace(report, random_mac=True, stable_mac_command=stable_mac_command(network))

@@ -53,6 +53,20 @@ def network_notes(status: StatusReport) -> tuple[Note, ...]:
         )
     notes += vpn_notes(status)
     notes += clash_notes(status)
+    if status.random_mac:
+        fix = (
+            f"; to keep one MAC on this network only: {status.stable_mac_command}"
+            if status.stable_mac_command
+            else ""
+        )
+        notes.append(
+            Note(
+                "MAC",
+                f"this computer shows {here} a new random MAC address at each connection, so "
+                f"its portal sees a new device and asks again every time{fix}",
+                sign_in=True,
+            )
+        )
     return tuple(notes)
 
 

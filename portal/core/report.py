@@ -62,6 +62,9 @@ class StatusReport:
     vpn_dns: bool = False  # the user's resolvers are reached through the VPN
     vpn_bypass: bool = True  # a socket bound to the network's interface gets around it
     clashes: tuple[str, ...] = ()  # "ROLE ADDRESS INTERFACE": venue addresses routed elsewhere
+    # -- the MAC address the network knows us by (issue 15)
+    random_mac: bool = False  # a new random MAC each connection: why the portal asks again
+    stable_mac_command: str = ""  # how to keep one MAC on this network only, "" when unknown
 
 
 @dataclass(frozen=True, slots=True)

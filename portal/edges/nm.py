@@ -67,6 +67,15 @@ IP6_IFACE = "org.freedesktop.NetworkManager.IP6Config"
 DHCP4_IFACE = "org.freedesktop.NetworkManager.DHCP4Config"
 DHCP6_IFACE = "org.freedesktop.NetworkManager.DHCP6Config"
 AP_IFACE = "org.freedesktop.NetworkManager.AccessPoint"
+WIRED_IFACE = "org.freedesktop.NetworkManager.Device.Wired"
+WIRELESS_IFACE = "org.freedesktop.NetworkManager.Device.Wireless"
+SETTINGS_CONNECTION_IFACE = "org.freedesktop.NetworkManager.Settings.Connection"
+# Where a device's PermHwAddress lives, and the profile's section with its cloned MAC, by the
+# connection's type.
+HARDWARE_IFACES: Mapping[str, str] = {
+    "802-3-ethernet": WIRED_IFACE,
+    "802-11-wireless": WIRELESS_IFACE,
+}
 
 NO_PATH = "/"
 
@@ -193,6 +202,8 @@ def network_from_nm(
     dhcp4: Mapping[str, Any],
     access_point: Mapping[str, Any],
     dhcp6: Mapping[str, Any] | None = None,
+    hardware: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Network | None:
     """The primary network from the properties of NM's objects; None without an active one."""
     uuid = active.get("Uuid")
@@ -227,7 +238,31 @@ def network_from_nm(
         venue_dns=_unique(venue),
         api_uri=api_uri,
         check_uri=str(manager.get("ConnectivityCheckUri") or ""),
+        mac_address=str(device.get("HwAddress") or (hardware or {}).get("HwAddress") or ""),
+        permanent_mac=str((hardware or {}).get("PermHwAddress") or ""),
+        mac_setting=cloned_mac_setting(settings or {}, conn_type),
+        profile=str(active.get("Id") or ""),
     )
+
+
+def cloned_mac_setting(settings: Mapping[str, Any], conn_type: str) -> str:
+    """The profile's cloned-mac-address from Settings.Connection.GetSettings: "random",
+    "stable", "preserve", "permanent", "stable-ssid", an address, or "" when unset. NM 1.4 and
+    later put it in `assigned-mac-address` (text); `cloned-mac-address` (bytes) carries only
+    a fixed address."""
+    section = settings.get(conn_type)
+    if not isinstance(section, dict):
+        return ""
+    text = section.get("assigned-mac-address")
+    if isinstance(text, str):
+        return text.strip()
+    raw = section.get("cloned-mac-address")
+    if isinstance(raw, bytes | bytearray | list) and len(raw) == 6:
+        try:
+            return ":".join(f"{b:02X}" for b in bytes(raw))
+        except (TypeError, ValueError):
+            return ""
+    return ""
 
 
 def venue_dns_v6(*, ip6: Mapping[str, Any], dhcp6: Mapping[str, Any], interface: str) -> list[str]:
@@ -524,6 +559,8 @@ class NetworkManagerWatcher:
         ip6: dict[str, Any] = {}
         dhcp4: dict[str, Any] = {}
         dhcp6: dict[str, Any] = {}
+        hardware: dict[str, Any] = {}
+        settings: dict[str, Any] = {}
         access_point: dict[str, Any] = {}
         ap_path = NO_PATH
         if primary != NO_PATH:
@@ -541,6 +578,10 @@ class NetworkManagerWatcher:
             if devices:
                 watched.add(devices[0])
                 device = await _get_all(bus, devices[0], DEVICE_IFACE)
+                hardware_iface = HARDWARE_IFACES.get(str(active.get("Type") or ""))
+                if hardware_iface is not None:
+                    hardware = await self._optional(bus, devices[0], hardware_iface)
+            settings = await self._settings(bus, str(active.get("Connection") or NO_PATH))
             for key, iface, target in (
                 ("Ip4Config", IP4_IFACE, ip4),
                 ("Ip6Config", IP6_IFACE, ip6),
@@ -569,6 +610,8 @@ class NetworkManagerWatcher:
             dhcp4=dhcp4,
             access_point=access_point,
             dhcp6=dhcp6,
+            hardware=hardware,
+            settings=settings,
         )
         upstreams = upstreams_from_nm(
             configuration, ip4=ip4, ip6=ip6, interface=network.interface if network else ""
@@ -605,6 +648,19 @@ class NetworkManagerWatcher:
         except CallFailed as exc:
             log.debug("NetworkManager %s %s: %s, ignoring", path, interface, exc)
             return {}
+
+    async def _settings(self, bus: MessageBus, path: str) -> dict[str, Any]:
+        """The profile's settings (no secrets), {} when NM will not say. A change to them takes
+        effect at the next activation, which brings a new active connection and a new read."""
+        if path == NO_PATH:
+            return {}
+        try:
+            reply = await call(bus, NM_NAME, path, SETTINGS_CONNECTION_IFACE, "GetSettings")
+        except CallFailed as exc:
+            log.debug("NetworkManager %s GetSettings: %s, ignoring", path, exc)
+            return {}
+        settings = unwrap(reply.body[0]) if reply.body else {}
+        return settings if isinstance(settings, dict) else {}
 
     def _publish_network(self, network: Network | None) -> None:
         if network != self._last_network:

@@ -119,3 +119,23 @@ def test_notes_about_expiry_and_choices() -> None:
     assert "took the network back" in network_notes(EXPIRED)[0].text
     assert topics(QUIET) == ["asking"]
     assert "portal ask-again" in network_notes(QUIET)[0].text
+
+
+COMMAND = "nmcli connection modify Hotel 802-11-wireless.cloned-mac-address stable"
+RANDOM_MAC = replace(CAPTIVE, random_mac=True, stable_mac_command=COMMAND)
+
+
+def test_a_random_mac_is_named_in_status_and_the_sign_in_notification() -> None:
+    assert topics(replace(BASE, random_mac=True, stable_mac_command=COMMAND)) == ["MAC"]
+    [note] = network_notes(RANDOM_MAC)
+    assert "asks again every time" in note.text and note.text.endswith(COMMAND)
+    _, actions = run([StatusChanged(RANDOM_MAC)], with_server())
+    body = notes(actions)[0].notification.body
+    assert "shows Hotel a new random MAC address at each connection, so its portal" in body
+    assert COMMAND in body
+    # a random MAC with no known fix (no NM profile) still says why; no command
+    bare = replace(RANDOM_MAC, stable_mac_command="")
+    assert "nmcli" not in network_notes(bare)[0].text
+    # without a random MAC the notification says nothing of it
+    _, actions = run([StatusChanged(CAPTIVE)], with_server())
+    assert "MAC" not in notes(actions)[0].notification.body

@@ -36,6 +36,8 @@ STATUS_KEYS = [
     "vpn_dns",
     "vpn_bypass",
     "clashes",
+    "random_mac",
+    "stable_mac_command",
 ]
 OVERRIDE_KEYS = [
     "name",

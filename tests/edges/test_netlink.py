@@ -37,6 +37,9 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip)"),
 ]
 
+# without NetworkManager nothing names a profile or its cloned MAC
+NO_MAC = {"mac_address": "", "permanent_mac": "", "mac_setting": "", "profile": ""}
+
 
 class Watched:
     """The watcher child process and the namespace it watches."""
@@ -145,6 +148,7 @@ def test_default_route_address_and_dns_sources(watched: Watched) -> None:
         "venue_dns": ["10.99.0.1"],
         "api_uri": "",
         "check_uri": "",
+        **NO_MAC,
     }
 
     # networkd's state file for the link wins over resolv.conf and brings the RFC 8910 URI;
@@ -273,6 +277,7 @@ def test_lab_laptop_without_nm(lab_factory: LabFactory) -> None:
         "venue_dns": [lab.hotel_ip],
         "api_uri": "",
         "check_uri": "",
+        **NO_MAC,
     }
     lab.run_laptop(["ip", "route", "del", "default"], check=True)
     while (event := events.next())["type"] != "NetworkChanged":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -104,6 +105,7 @@ def test_network_from_nm_blocked_profile_uses_dhcp_dns_not_pinned() -> None:
         venue_dns=("10.77.0.1", "10.77.0.2"),
         api_uri="https://login.hotel.test/captive-portal/api",
         check_uri=MANAGER["ConnectivityCheckUri"],
+        profile="hotel-wifi",
     )
 
 
@@ -177,6 +179,44 @@ def test_network_from_nm_takes_the_venue_dns_from_ipv6_too() -> None:
         access_point={},
     )
     assert lan_only is not None and lan_only.venue_dns == ("fe80::1%lap0",)
+
+
+def test_network_from_nm_reads_the_mac_and_the_profiles_cloned_mac() -> None:
+    """As NM 1.42 showed them in the lab: Device.HwAddress, Device.Wired.PermHwAddress ("" on a
+    veth) and the profile's GetSettings, where `assigned-mac-address` holds "random"."""
+    network = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0", "HwAddress": "EA:0F:5C:BE:73:3F"},
+        ip4={},
+        ip6={},
+        dhcp4={},
+        access_point={},
+        hardware={"HwAddress": "EA:0F:5C:BE:73:3F", "PermHwAddress": ""},
+        settings={
+            "connection": {"id": "hotel-wifi"},
+            "802-3-ethernet": {"assigned-mac-address": "random"},
+        },
+    )
+    assert network is not None
+    assert (network.mac_address, network.permanent_mac) == ("EA:0F:5C:BE:73:3F", "")
+    assert (network.mac_setting, network.profile) == ("random", "hotel-wifi")
+
+
+@pytest.mark.parametrize(
+    ("section", "want"),
+    [
+        ({"assigned-mac-address": "stable"}, "stable"),
+        ({"cloned-mac-address": b"\x02\x11\x22\x33\x44\x55"}, "02:11:22:33:44:55"),
+        ({"cloned-mac-address": b"\x02"}, ""),
+        ({"assigned-mac-address": 5}, ""),
+        ({}, ""),
+        ("junk", ""),
+    ],
+)
+def test_cloned_mac_setting(section: object, want: str) -> None:
+    assert nm.cloned_mac_setting({"802-11-wireless": section}, "802-11-wireless") == want
+    assert nm.cloned_mac_setting({"802-11-wireless": section}, "802-3-ethernet") == ""
 
 
 def test_network_from_nm_without_active_connection_is_none() -> None:
@@ -413,6 +453,7 @@ def hotel_network(conn_uuid: str, ssid: str = "Hotel Guest") -> Network:
         venue_dns=("10.77.0.1",),
         api_uri="https://login.hotel.test/captive-portal/api",
         check_uri="http://check.test/",
+        profile="hotel-profile",
     )
 
 
@@ -625,7 +666,20 @@ def expected_lab_network(lab: Lab, *, api_uri: str = "") -> Network:
         venue_dns=(lab.hotel_ip,),
         api_uri=api_uri,
         check_uri=NM_CHECK_URI,
+        # a veth: its MAC (chosen by the kernel), no permanent one; the profile sets none
+        mac_address=lab_mac(lab),
+        profile=PROFILE_ID,
     )
+
+
+def lab_mac(lab: Lab) -> str:
+    out = subprocess.run(
+        ["ip", "-n", lab.laptop_ns, "-j", "link", "show", LAPTOP_IF],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(json.loads(out.stdout)[0]["address"]).upper()
 
 
 @pytest.mark.root
