@@ -88,3 +88,18 @@ async def test_the_notification_says_what_a_vpn_and_a_clash_do_to_the_sign_in(
     assert "kill switch" in body
     assert "routes into br-5e2f1c0d9a7b (Docker), not wlan0" in body
     assert "docker network prune" in body
+
+
+async def test_the_notification_says_a_random_mac_is_why_the_portal_asks_again(
+    desktop: Desktop, stand_in: StandInDaemon, system_bus: PrivateBus, session_bus: PrivateBus
+) -> None:
+    """The status keys a daemon on a connection with a random MAC of its own sends over D-Bus;
+    dunst shows why the portal asks again and the command that keeps one MAC there."""
+    command = "nmcli connection modify 'Hotel Wi-Fi' 802-11-wireless.cloned-mac-address stable"
+    stand_in.status = {**captive(), "random_mac": True, "stable_mac_command": command}
+    async with running_agent(system_bus.address, session_bus.address):
+        await until(lambda: desktop.displayed() == 1, "the sign-in notification")
+        desktop.ctl("close-all")
+        body = desktop.history()[0]["body"]
+    assert "a new random MAC address at each connection" in body
+    assert "asks again every time" in body and command in body
