@@ -406,6 +406,8 @@ class NetworkManagerWatcher:
         self._last_upstreams: tuple[Upstream, ...] = _UNSET
         self._last_connectivity: tuple[Connectivity, bool] = _UNSET
         self._checks = True  # NM runs a connectivity check (see nm_checks)
+        # (active connection, its profile, the profile's settings) as last read
+        self._settings_read: tuple[str, str, dict[str, Any]] = ("", "", {})
         self._vpns: tuple[NmVpn, ...] = ()  # NM's active VPN and WireGuard connections
         self._last_vpns: tuple[NmVpn, ...] = ()
 
@@ -581,7 +583,7 @@ class NetworkManagerWatcher:
                 hardware_iface = HARDWARE_IFACES.get(str(active.get("Type") or ""))
                 if hardware_iface is not None:
                     hardware = await self._optional(bus, devices[0], hardware_iface)
-            settings = await self._settings(bus, str(active.get("Connection") or NO_PATH))
+            settings = await self._settings(bus, primary, str(active.get("Connection") or NO_PATH))
             for key, iface, target in (
                 ("Ip4Config", IP4_IFACE, ip4),
                 ("Ip6Config", IP6_IFACE, ip6),
@@ -649,18 +651,23 @@ class NetworkManagerWatcher:
             log.debug("NetworkManager %s %s: %s, ignoring", path, interface, exc)
             return {}
 
-    async def _settings(self, bus: MessageBus, path: str) -> dict[str, Any]:
-        """The profile's settings (no secrets), {} when NM will not say. A change to them takes
-        effect at the next activation, which brings a new active connection and a new read."""
+    async def _settings(self, bus: MessageBus, active: str, path: str) -> dict[str, Any]:
+        """The profile's settings (no secrets), {} when NM will not say. Read once per
+        activation: a change to them takes effect at the next one, which brings a new active
+        connection (a new object path) and so a new read."""
         if path == NO_PATH:
             return {}
+        if self._settings_read[:2] == (active, path):
+            return self._settings_read[2]
         try:
             reply = await call(bus, NM_NAME, path, SETTINGS_CONNECTION_IFACE, "GetSettings")
         except CallFailed as exc:
             log.debug("NetworkManager %s GetSettings: %s, ignoring", path, exc)
             return {}
         settings = unwrap(reply.body[0]) if reply.body else {}
-        return settings if isinstance(settings, dict) else {}
+        settings = settings if isinstance(settings, dict) else {}
+        self._settings_read = (active, path, settings)
+        return settings
 
     def _publish_network(self, network: Network | None) -> None:
         if network != self._last_network:
