@@ -1,5 +1,6 @@
-# bash completion for portal(1): commands, their flags and values, and for `portal remove` the
-# names of the current overrides (asked from the daemon with `portal list --json`).
+# bash completion for portal(1): commands, their flags and values, for `portal remove` the
+# names of the current overrides (asked from the daemon with `portal list --json`), and for
+# `portal ask-again` the networks it does not ask about (`portal status --json`).
 #
 # Installed as /usr/local/share/bash-completion/completions/portal (scripts/install) or
 # share/bash-completion/completions/portal (package.nix); bash-completion loads it on demand.
@@ -11,10 +12,16 @@ _portal_overrides() {
     portal list --json ${1:+--bus "$1"} 2>/dev/null | grep -o '"name": *"[^"]*"' | cut -d'"' -f4
 }
 
+# The networks the daemon does not ask about, one per line. $1: the bus, if any.
+_portal_quiet() {
+    portal status --json ${1:+--bus "$1"} 2>/dev/null | tr -d '\n' |
+        grep -o '"quiet_networks": *\[[^]]*\]' | grep -o '"[^"]*"' | tail -n +2 | cut -d'"' -f2
+}
+
 _portal() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=''
     ((COMP_CWORD > 0)) && prev=${COMP_WORDS[COMP_CWORD - 1]}
-    local commands="add remove list status check open import daemon agent wire"
+    local commands="add remove list status check dont-ask ask-again open import daemon agent wire"
     local command='' i word positional=0 bus=''
     # The first word that is not an option is the command; count positionals after it.
     for ((i = 1; i < COMP_CWORD; i++)); do
@@ -101,7 +108,8 @@ _portal() {
     daemon) flags+=" --listen --upstream --state-dir --config --log-level --network-source --wiring --resolv-conf --ca-file" ;;
     agent) flags+=" --browser --sign-in-notification --config --log-level" ;;
     wire) flags="-h --help --resolv-conf --request" ;;
-    remove | check) ;;
+    ask-again) flags+=" --all" ;;
+    remove | check | dont-ask) ;;
     *) return ;;
     esac
     if [[ $cur == -* ]]; then
@@ -112,6 +120,12 @@ _portal() {
     remove)
         if [ "$positional" = 0 ]; then
             mapfile -t COMPREPLY < <(compgen -W "$(_portal_overrides "$bus")" -- "$cur")
+        fi
+        ;;
+    ask-again)
+        if [ "$positional" = 0 ]; then
+            local IFS=$'\n'
+            mapfile -t COMPREPLY < <(compgen -W "$(_portal_quiet "$bus")" -- "$cur")
         fi
         ;;
     import)

@@ -1,10 +1,11 @@
-# fish completion for portal(1): commands, their flags and values, and for `portal remove` the
-# names of the current overrides (asked from the daemon with `portal list --json`).
+# fish completion for portal(1): commands, their flags and values, for `portal remove` the
+# names of the current overrides (asked from the daemon with `portal list --json`), and for
+# `portal ask-again` the networks it does not ask about (`portal status --json`).
 #
 # Installed as /usr/local/share/fish/vendor_completions.d/portal.fish (scripts/install) or
 # share/fish/vendor_completions.d/portal.fish (package.nix).
 
-set -l commands add remove list status check open import daemon agent wire
+set -l commands add remove list status check dont-ask ask-again open import daemon agent wire
 
 # The names of the overrides the daemon holds; nothing when it cannot be reached.
 function __portal_overrides
@@ -16,6 +17,16 @@ function __portal_overrides
     portal list --json $bus 2>/dev/null | string match -r -g '"name": *"([^"]*)"'
 end
 
+# The networks the daemon does not ask about; nothing when it cannot be reached.
+function __portal_quiet
+    set -l bus
+    set -l words (commandline -opc)
+    if set -l at (contains -i -- --bus $words); and test (count $words) -gt $at
+        set bus --bus $words[(math $at + 1)]
+    end
+    portal status --json $bus 2>/dev/null | string join ' ' | string match -r -g '"quiet_networks": \[([^\]]*)\]' | string match -r -a -g '"([^"]*)"'
+end
+
 complete -c portal -f
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -s h -l help -d 'show help and exit'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -l version -d 'show the version and exit'
@@ -25,6 +36,8 @@ complete -c portal -n "not __fish_seen_subcommand_from $commands" -a remove -d '
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a list -d 'list overrides'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a status -d 'network, portal state, DNS, overrides'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a check -d 'probe the current network now'
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a dont-ask -d "don't ask to sign in on the current network again"
+complete -c portal -n "not __fish_seen_subcommand_from $commands" -a ask-again -d 'ask to sign in on NETWORK again (undo dont-ask)'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a open -d 'open the sign-in page in a browser'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a import -d 'add overrides from hosts-file lines'
 complete -c portal -n "not __fish_seen_subcommand_from $commands" -a daemon -d 'run the daemon (system service)'
@@ -40,6 +53,8 @@ complete -c portal -n '__fish_seen_subcommand_from add import' -l any-network -d
 complete -c portal -n '__fish_seen_subcommand_from add' -l until-removed -d 'never expire'
 
 complete -c portal -n '__fish_seen_subcommand_from remove' -a '(__portal_overrides)' -d override
+complete -c portal -n '__fish_seen_subcommand_from ask-again' -a '(__portal_quiet)' -d network
+complete -c portal -n '__fish_seen_subcommand_from ask-again' -l all -d 'every network'
 
 complete -c portal -n '__fish_seen_subcommand_from list status' -l json -d 'machine-readable output'
 complete -c portal -n '__fish_seen_subcommand_from status' -l watch -d 'keep printing changes'

@@ -102,8 +102,9 @@ in
       type = types.str;
       default = "networkmanager";
       description = ''
-        Members of this group may add and remove overrides and ask for a portal check without a
-        password (a polkit rule). Everyone else is asked for an administrator's password.
+        Members of this group may add and remove overrides, ask for a portal check and choose
+        not to be asked to sign in on a network, without a password (a polkit rule). Everyone
+        else is asked for an administrator's password.
       '';
     };
 
@@ -216,10 +217,12 @@ in
       };
 
       security.polkit.extraConfig = ''
-        // portal: members of ${cfg.group} may manage DNS overrides and ask for a portal check.
+        // portal: members of ${cfg.group} may manage DNS overrides, ask for a portal check and
+        // choose networks not to be asked about.
         polkit.addRule(function (action, subject) {
           if ((action.id == "org.portalhelper.portal.manage-overrides" ||
-               action.id == "org.portalhelper.portal.check") &&
+               action.id == "org.portalhelper.portal.check" ||
+               action.id == "org.portalhelper.portal.network-choices") &&
               subject.isInGroup("${cfg.group}")) {
             return polkit.Result.YES;
           }

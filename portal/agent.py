@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dbus_next import NameFlag, RequestNameReply
 
@@ -32,7 +33,9 @@ from portal.core.agent_logic import (
     DaemonVanished,
     NotificationShown,
     OpenPage,
+    RequestAskAgain,
     RequestCheck,
+    RequestDontAsk,
     ShowNotification,
     SignInNotification,
     UpdateTray,
@@ -117,6 +120,18 @@ class Agent:
             case UpdateTray(view):
                 if self.tray is not None:
                     self.tray.update(view)
+            case RequestDontAsk(network_id):
+                if self.daemon is not None:
+                    self._background(self.daemon.dont_ask(network_id))
+            case RequestAskAgain(network_id):
+                if self.daemon is not None:
+                    self._background(self.daemon.ask_again(network_id))
+
+    def _background(self, coro: Any) -> None:
+        """A call to the daemon that polkit may hold for a password: never block the loop."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _open_window(self, url: str) -> None:
         """`portal open --url URL` as a child: the private sign-in window, one at a time."""

@@ -78,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--watch", action="store_true", help="keep printing changes")
 
     sub.add_parser("check", parents=[common], help="probe the current network now")
+    sub.add_parser(
+        "dont-ask",
+        parents=[common],
+        help="don't ask to sign in on the current network again",
+        description="Remember the current network (by its identity: NetworkManager's connection, "
+        "or the interface and gateway) as one where portal no longer asks you to sign in. "
+        "Detection goes on; `portal status` lists these networks; `portal ask-again` undoes it.",
+    )
+    again = sub.add_parser(
+        "ask-again",
+        parents=[common],
+        help="ask to sign in on NETWORK again (undo dont-ask)",
+        description="Forget 'don't ask again' for NETWORK (its name or id, as `portal status` "
+        "lists it; default: the current network), or for every network with --all.",
+    )
+    again.add_argument("network", nargs="?", default="", help="name or id (default: this one)")
+    again.add_argument("--all", action="store_true", help="every network")
     o = sub.add_parser(
         "open",
         parents=[common],
@@ -230,6 +247,11 @@ def fail(message: str, code: int) -> int:
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Validate input before connecting anywhere."""
     req: dict[str, Any] = {}
+    if args.command == "ask-again":
+        if args.all and args.network:
+            raise InvalidDomain("give a network or --all, not both")
+        req["network"] = "*" if args.all else args.network
+        return req
     if args.command not in ("add", "remove", "import"):
         return req  # read-only commands: nothing to validate, nothing more to import
     from portal.core import overrides as ov
@@ -409,9 +431,21 @@ def format_status(s: StatusReport, overrides: list[OverrideView]) -> str:
         f"wiring:     {s.wiring or 'none'}",
         f"overrides:  {s.overrides} active",
     ]
+    lines += network_lines(s)
     if overrides:
         lines += ["", format_overrides(overrides)]
     return "\n".join(lines)
+
+
+def network_lines(s: StatusReport) -> list[str]:
+    """What portal says about this network beyond its state (core/notes.py), and the networks
+    it does not ask about."""
+    from portal.core.notes import network_notes
+
+    lines = [f"{note.topic + ':':<11} {note.text}" for note in network_notes(s)]
+    if s.quiet_networks:
+        lines.append(f"don't ask:  {', '.join(s.quiet_networks)}")
+    return lines
 
 
 def print_status(args: argparse.Namespace, status: StatusReport, items: list[OverrideView]) -> None:
@@ -463,6 +497,18 @@ def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int
     return 0
 
 
+def cmd_dont_ask(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (label,) = client.call("DontAskAgain", "s", [""])
+    print(f"portal will not ask you to sign in on {label} again ('portal ask-again' undoes it)")
+    return 0
+
+
+def cmd_ask_again(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    (labels,) = client.call("AskAgain", "s", [req["network"]])
+    print(f"portal asks you to sign in again on {', '.join(labels)}")
+    return 0
+
+
 def run_open(args: argparse.Namespace) -> int:
     """`portal open`: the sign-in window (portal/sign_in.py), or only its proxy."""
     from portal.core.overrides import parse_duration
@@ -507,6 +553,8 @@ ONE_SHOT = {
     "list": cmd_list,
     "status": cmd_status,
     "check": cmd_check,
+    "dont-ask": cmd_dont_ask,
+    "ask-again": cmd_ask_again,
 }
 
 #: Commands on the dbus-next client.

@@ -35,15 +35,21 @@ from portal.core import actions as act
 from portal.core import session as sess
 from portal.core import user_dns
 from portal.core.answer import local_entries
+from portal.core.choices import Choices, NetworkChoice
 from portal.core.events import (
     CheckRequested,
     ConnectivityReported,
+    DnsTroubleSeen,
     NetworkChanged,
+    PathsObserved,
     UpstreamsChanged,
+    VpnsReported,
 )
+from portal.core.expiry import AnswerWatch
 from portal.core.inet import parse_host_port, parse_server
 from portal.core.model import Connectivity, Network, Override, Source, Upstream
 from portal.core.overrides import Limits, OverrideTable, format_duration, parse_domain
+from portal.core.paths import NmVpn, PathFacts, PathReport, PathTarget, assess
 from portal.core.probe_model import ProbeFinished, ProbeSpec, failed_round
 from portal.core.report import OverrideView, StatusReport
 from portal.core.resolvconf import parse_resolv_conf
@@ -53,7 +59,7 @@ from portal.edges.network_source import NetworkSource
 from portal.edges.reactor import ThreadReactor
 from portal.edges.store import Store
 from portal.edges.upstream import Forwarder
-from portal.errors import InvalidAddress, NoNetwork, PortalError
+from portal.errors import InvalidAddress, NoNetwork, NoSuchNetwork, PortalError, StateError
 from portal.logsetup import setup_logging
 from portal.overrides_service import OverrideService
 
@@ -101,6 +107,14 @@ class VenueLookup(Protocol):
     async def __call__(
         self, host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None
     ) -> list[str]: ...
+
+
+class PathSource(Protocol):
+    """Where the network's traffic goes (portal/edges/paths.py `PathWatcher`): emits
+    PathsObserved for what `watch()` names, until cancelled."""
+
+    def watch(self, target: PathTarget | None) -> None: ...
+    async def run(self, emit: Emit) -> None: ...
 
 
 class Wiring(Protocol):
@@ -156,6 +170,7 @@ class Daemon:
         wiring: Wiring | None = None,
         bus: BusKeeper | None = None,
         venue: VenueLookup | None = None,
+        paths: PathSource | None = None,
     ) -> None:
         self.config = config
         self.stub = stub
@@ -172,6 +187,12 @@ class Daemon:
             store, limits=Limits(max_overrides=config.max_overrides), on_change=self._changed
         )
         self.session = sess.Session()
+        self.choices = Choices()  # the user's "don't ask again", loaded by run()
+        self.path_watcher = paths
+        self.paths_report = PathReport()  # the VPN and clashes on the current network
+        self._path_facts: PathFacts | None = None
+        self._nm_vpns: tuple[NmVpn, ...] = ()
+        self._choices_lock = asyncio.Lock()
         self.upstream_source = "config" if config.upstreams else "none"
         # never forward to ourselves: the addresses we listen on, as configured and as bound
         self.own_addresses = {parse_host_port(a)[0] for a in config.listen} | {
@@ -207,6 +228,7 @@ class Daemon:
     def _changed(self) -> None:
         """The overrides changed: new view for the stub, tell listeners."""
         self._refresh_view()
+        self._watch_paths()  # a pin is the portal's address
         if self.control is not None:
             self.control.emit_overrides_changed()
 
@@ -363,7 +385,7 @@ class Daemon:
         """Read from the session alone (and the edges' facts: listen, upstreams, wiring)."""
         portal = sess.status(self.session)
         net = portal.network
-        return StatusReport(
+        report = StatusReport(
             version=__version__,
             listen=tuple(self.stub.addresses()),
             upstreams=tuple(str(u) for u in self.forwarder.upstreams),
@@ -382,7 +404,134 @@ class Daemon:
             # NM's word is about its primary connection, which is the network portal follows.
             nm_connectivity=self.session.nm if net else Connectivity.UNKNOWN,
             user_dns=self._user_dns_answer(),
+            expired=portal.expired,
+            expiry_watch=portal.expiry_watch,
         )
+        return self._on_this_network(with_mac(report, net))
+
+    # -- on real networks: the user's choices, and what the network's paths look like ---------
+
+    def _on_this_network(self, report: StatusReport) -> StatusReport:
+        """The status fields about this network beyond the portal's state (issue 15)."""
+        paths = self.paths_report
+        return replace(
+            report,
+            quiet=self.choices.is_quiet(self.network_id),
+            quiet_networks=self.choices.labels(),
+            vpn=paths.vpn,
+            vpn_name=paths.vpn_name,
+            vpn_routing=paths.vpn_routing,
+            vpn_dns=paths.vpn_dns,
+            vpn_bypass=paths.vpn_bypass,
+            clashes=tuple(c.format() for c in paths.clashes),
+        )
+
+    def _watch_paths(self) -> None:
+        """Tell the paths edge what to ask the kernel about now: the network's interface, the
+        venue's DNS and portal addresses, the user's resolvers (None: no network)."""
+        if self.path_watcher is None:
+            return
+        net = self.network
+        if net is None or not net.interface:
+            self.path_watcher.watch(None)
+            return
+        pinned = [
+            a
+            for o in self.overrides_service.table.entries()
+            if o.source is Source.AUTO and o.scope == net.id
+            for a in o.addresses
+        ]
+        portal = dict.fromkeys((*self.session.portal_addresses, *pinned))
+        venue = [("dns", parse_host_port(d)[0]) for d in net.venue_dns if _is_address(d)]
+        self.path_watcher.watch(
+            PathTarget(
+                interface=net.interface,
+                venue=(*venue, *(("portal", a) for a in portal)),
+                resolvers=tuple(u.host for u in self.forwarder.upstreams),
+            )
+        )
+
+    def _paths_seen(self, event: PathsObserved | VpnsReported) -> None:
+        if isinstance(event, PathsObserved):
+            self._path_facts = event.facts
+        else:
+            self._nm_vpns = event.vpns
+        facts = self._path_facts
+        if facts is None or self.network is None or facts.interface != self.network.interface:
+            report = PathReport()
+        else:
+            report = assess(facts, vpns=self._nm_vpns)
+        if report != self.paths_report:
+            if report.vpn != self.paths_report.vpn:
+                log.info(
+                    "VPN: %s",
+                    f"{report.vpn_name} on {report.vpn} ({report.vpn_routing or 'DNS only'})"
+                    if report.vpn
+                    else "none in the way",
+                )
+            for clash in report.clashes:
+                if clash not in self.paths_report.clashes:
+                    log.warning(
+                        "the venue's %s %s is routed into %s, not %s",
+                        clash.role,
+                        clash.address,
+                        clash.interface,
+                        self.network.interface if self.network else "?",
+                    )
+            self.paths_report = report
+            self._publish()
+
+    async def dont_ask(self, network: str, caller: str) -> str:
+        """Remember not to ask to sign in on the current network; return its name. `network`
+        "" means the current one; else it must name it (its id or name): a click on a
+        notification about a network we left since must not mark the new one."""
+        net = self.network
+        if net is None:
+            raise NoNetwork("no network to remember: not connected")
+        if network and network not in (net.id, net.name):
+            raise NoSuchNetwork(f"not on {network} any more (now on {net.name or net.id})")
+
+        def remember(choices: Choices) -> Choices:
+            try:
+                return choices.dont_ask(net.id, net.name, now=time.time())
+            except ValueError as exc:
+                raise StateError(str(exc)) from exc
+
+        await self._change_choices(remember)
+        label = net.name or net.id
+        log.info("not asking again on %s (by %s)", label, caller)
+        return label
+
+    async def ask_again(self, network: str, caller: str) -> list[str]:
+        """Forget "don't ask again" for `network` (an id or name; "" the current network, "*"
+        every one); return the names forgotten. NoSuchNetwork when none matched."""
+        query = network.strip() or (self.network_id or "")
+        if not query:
+            raise NoNetwork("no network named and not connected: name one (portal status)")
+        gone: tuple[NetworkChoice, ...] = ()
+
+        def forget(choices: Choices) -> Choices:
+            nonlocal gone
+            choices, gone = choices.ask_again(query)
+            return choices
+
+        await self._change_choices(forget)
+        if not gone:
+            raise NoSuchNetwork(f"portal asks on {network.strip() or 'this network'} already")
+        labels = [c.label for c in gone]
+        log.info("asking again on %s (by %s)", ", ".join(labels), caller)
+        return labels
+
+    async def _change_choices(self, change: Callable[[Choices], Choices]) -> None:
+        """Apply `change`, save, and only then make it the daemon's (a user's call gets the
+        save's error, and nothing changes)."""
+        async with self._choices_lock:
+            new = change(self.choices)
+            if new == self.choices:
+                return
+            await asyncio.to_thread(self.store.save_choices, new)
+            self.choices = new
+        self._publish()
 
     async def check(self, caller: str) -> None:
         log.info("check requested by %s", caller)
@@ -403,6 +552,7 @@ class Daemon:
     async def run(self) -> int:
         """Serve until stop(); return the exit code."""
         self.overrides_service.load()
+        self.choices = self.store.load_choices()
         self._assume_the_last_network()
         self._use_fallback_upstreams()
         # the overrides first: the DNS thread answers what queued in the kernel at once
@@ -433,6 +583,9 @@ class Daemon:
         self._rewire()
         if self.watcher is not None:
             self._spawn(self._guard(self.watcher.run(self.emit), "network watcher"))
+        if self.path_watcher is not None:
+            self._spawn(self._guard(self.path_watcher.run(self.emit), "route watcher"))
+            self._watch_paths()
         interval = systemd.watchdog_interval_s()
         if interval:
             self._spawn(self._watchdog(interval))
@@ -556,10 +709,14 @@ class Daemon:
             log.exception("handling %s failed, ignoring", type(event).__name__)
 
     def handle(self, event: object) -> None:
+        if isinstance(event, PathsObserved | VpnsReported):
+            self._paths_seen(event)  # where traffic goes: beside the session, as upstreams are
+            return
         if isinstance(event, UpstreamsChanged):
             # Which servers the stub forwards to is no part of the portal state: the session
             # never sees it; the status reports it beside the session's.
             self._set_upstreams(event.upstreams, event.source)
+            self._watch_paths()
             return
         if isinstance(event, NetworkChanged):
             net = event.network
@@ -577,6 +734,8 @@ class Daemon:
                 event.connectivity.value,
                 "" if event.checked else " (it runs no check of its own: portal's probe decides)",
             )
+        elif isinstance(event, DnsTroubleSeen):
+            log.info("the DNS stub saw a burst of %s answers", event.reason)
         before = self.session
         self.session, actions = sess.step(before, event, now=time.monotonic())
         for action in actions:
@@ -587,6 +746,7 @@ class Daemon:
             self._changed()  # network-scoped overrides start or stop answering
         else:
             self._rewire()  # a portal episode began or ended, or its routed names changed
+        self._watch_paths()
 
     def perform(self, action: act.Action, before: sess.Session) -> None:
         """Carry out one action; failures are logged by the task, never raised."""
@@ -624,6 +784,14 @@ class Daemon:
         elif isinstance(action, act.AskNMToRecheck):
             if self.watcher is not None:
                 self._spawn(self._guard(self.watcher.check_connectivity(), "asking NM"))
+        elif isinstance(action, act.WatchDns):
+            self.stub.set_watch(AnswerWatch(action.portal_addresses), self._dns_alarm)
+        elif isinstance(action, act.StopWatchingDns):
+            self.stub.set_watch(None, self._dns_alarm)
+
+    def _dns_alarm(self, reason: str) -> None:
+        """The stub's DNS alarm fired (called on the loop, once per arming)."""
+        self.emit(DnsTroubleSeen(reason))
 
     def _publish(self) -> None:
         self._ask_user_dns()
@@ -689,6 +857,9 @@ class Daemon:
     async def _probe(self, action: act.StartProbe) -> None:
         if action.delay_s > 0:
             await asyncio.sleep(action.delay_s)
+            if sess.status(self.session).expiry_watch:
+                # the sparse re-probe of a network that was captive (core/expiry.py)
+                log.debug("re-probing %s for the portal's return", action.network.id)
         network = action.network
         if not network.api_uri and self.config.portal_api_uri:
             network = replace(network, api_uri=self.config.portal_api_uri)
@@ -848,6 +1019,17 @@ async def _resolve_via(
     return await resolve_via(host, servers, timeout_s=timeout_s, network=network)
 
 
+def _is_address(text: str) -> bool:
+    """An IP address (with or without a port), not a name: only addresses have routes."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(parse_host_port(text)[0].partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
 # --- the composition root --------------------------------------------------------------------
 
 
@@ -883,6 +1065,11 @@ def build(config: Config) -> Daemon:
         wiring = _ResolverWiring(
             stub=host, port=port, mode=config.wiring, bus=config.bus, resolv_conf=config.resolv_conf
         )
+    paths = None
+    if config.network_source != "none":
+        from portal.edges.paths import PathWatcher
+
+        paths = PathWatcher()
     return Daemon(
         config,
         stub=stub,
@@ -892,6 +1079,7 @@ def build(config: Config) -> Daemon:
         wiring=wiring,
         bus=functools.partial(_keep_bus, config.bus, admin_group=config.admin_group),
         venue=_resolve_via,
+        paths=paths,
     )
 
 
@@ -998,3 +1186,12 @@ def run(config: Config) -> int:
     except PortalError as exc:
         log.error("%s", exc)
         return 1
+
+
+def with_mac(report: StatusReport, network: Network | None) -> StatusReport:
+    """The status with what core/mac.py says of the connection's MAC address (issue 15)."""
+    from portal.core.mac import random_mac, stable_mac_command
+
+    if not random_mac(network) or network is None:
+        return report
+    return replace(report, random_mac=True, stable_mac_command=stable_mac_command(network))

@@ -9,6 +9,7 @@
      │    ├── TooManyOverrides
      │    ├── NoNetwork                    no network to scope an override to
      │    └── NoSuchOverride(LookupError)
+     ├── NoSuchNetwork(LookupError)        no remembered choice about that network
      ├── StateError                        the state file cannot be read or written
      ├── NotAuthorized(PermissionError)    the caller may not change overrides
      └── DaemonUnreachable                 the CLI cannot reach the daemon on its bus
@@ -51,6 +52,10 @@ class NoNetwork(OverrideError):
 
 class NoSuchOverride(LookupError, OverrideError):
     """No override exists for the name."""
+
+
+class NoSuchNetwork(LookupError, PortalError):
+    """No network the user chose "don't ask again" for goes by that name or id."""
 
 
 class StateError(PortalError):

@@ -17,6 +17,10 @@ and log its own failure ("…, ignoring"), so one failed action never stops DNS 
     PublishStatus(status)                    emit StateChanged / answer GetStatus with it
     AskNMToRecheck()                         NetworkManager CheckConnectivity(), so desktops
                                              see the change now rather than at NM's next check
+    WatchDns(portal_addresses)               arm the stub's alarm (core/expiry.py AnswerWatch)
+                                             afresh: emit DnsTroubleSeen once at a burst of
+                                             failing or hijacked answers
+    StopWatchingDns()                        disarm it
 
 Plain frozen dataclasses; nothing here does I/O.
 """
@@ -82,6 +86,19 @@ class AskNMToRecheck:
     """Ask NetworkManager to run its own connectivity check now."""
 
 
+@dataclass(frozen=True, slots=True)
+class WatchDns:
+    """Arm the stub's DNS alarm anew (new counters): answers pointing at `portal_addresses`, or
+    failing, in a burst, make it emit DnsTroubleSeen once."""
+
+    portal_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StopWatchingDns:
+    """Disarm the stub's DNS alarm."""
+
+
 Action = (
     StartProbe
     | CancelProbe
@@ -91,4 +108,6 @@ Action = (
     | UnpinPortalHosts
     | PublishStatus
     | AskNMToRecheck
+    | WatchDns
+    | StopWatchingDns
 )

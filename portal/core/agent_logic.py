@@ -24,6 +24,9 @@ The rules, one place:
   speaks: no desktop handler, only portal's own probe saw the portal (NetworkManager's check
   host unresolvable, no check at all), or the desktop's window would fail. A notification of
   ours already up when the desktop's prompt takes over is closed.
+- "Don't ask again" (a button of the sign-in notification, an entry of the tray's menu) asks the
+  daemon to remember the network; on such a network (`status.quiet`) no sign-in notification
+  is shown, the tray still says "Sign-in needed", and its menu offers "Ask again".
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from urllib.parse import urlsplit
 
 from portal.core import user_dns
 from portal.core.model import Connectivity
+from portal.core.notes import network_notes
 from portal.core.report import OverrideView, StatusReport
 
 REMINDER_THRESHOLD_S = 300  # five minutes: time enough to find the sign-in page and pay
@@ -45,6 +49,7 @@ FALLBACK_URL = "http://neverssl.com/"
 
 ACTION_OPEN = "default"  # the spec's key for clicking the notification itself
 ACTION_LATER = "later"
+ACTION_NEVER = "never"  # "Don't ask again" for this network
 
 # NotificationClosed reasons (Desktop Notifications spec 1.2).
 CLOSED_EXPIRED = 1
@@ -292,7 +297,29 @@ class UpdateTray:
     view: TrayView
 
 
-AgentAction = ShowNotification | CloseNotification | OpenPage | RequestCheck | UpdateTray
+@dataclass(frozen=True, slots=True)
+class RequestDontAsk:
+    """Ask the daemon not to ask about this network again (its `DontAskAgain()`)."""
+
+    network_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAskAgain:
+    """Ask the daemon to ask about this network again (its `AskAgain()`)."""
+
+    network_id: str
+
+
+AgentAction = (
+    ShowNotification
+    | CloseNotification
+    | OpenPage
+    | RequestCheck
+    | UpdateTray
+    | RequestDontAsk
+    | RequestAskAgain
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +380,9 @@ def sign_in_notification(
     desktop's own handler, whose failure it explains."""
     host = url_host(status.portal_url)
     lines = []
+    if status.expired:
+        # The portal took the network back (its session ran out, or it signed us out).
+        lines.append(f"Your session on {_network_label(status)} has ended.")
     if host:
         lines.append(f"{_network_label(status)} asks you to sign in at {host}.")
     else:
@@ -360,6 +390,8 @@ def sign_in_notification(
             f"{_network_label(status)} asks you to sign in. Opening any plain http:// page "
             "should lead to its sign-in page."
         )
+    # what stands in the way of this sign-in here (a VPN, an address clash: core/notes.py)
+    lines += [note.text + "." for note in network_notes(status) if note.sign_in]
     pinned = host and any(o.active and o.name == host for o in overrides)
     if pinned:
         lines.append(f"portal pinned {host} so the page loads despite your DNS settings.")
@@ -381,15 +413,29 @@ def sign_in_notification(
     body = "\n".join(lines)
     if "body-markup" in capabilities:
         body = escape_markup(body)
-    actions = ((ACTION_OPEN, "Open sign-in page"), (ACTION_LATER, "Not now")) if has_actions else ()
+    actions = (
+        (
+            (ACTION_OPEN, "Open sign-in page"),
+            (ACTION_LATER, "Not now"),
+            (ACTION_NEVER, "Don't ask again"),
+        )
+        if has_actions
+        else ()
+    )
     return Notification(
         kind=Kind.SIGN_IN,
-        summary=f"Sign in to {status.network}" if status.network else "Sign in to the network",
+        summary=sign_in_summary(status),
         body=body,
         actions=actions,
         urgency=1,
         expire_timeout_ms=0,
     )
+
+
+def sign_in_summary(status: StatusReport) -> str:
+    """The notification's title: "Sign in to <network>", or "Sign in again to ..." after expiry."""
+    verb = "Sign in again to" if status.expired else "Sign in to"
+    return f"{verb} {status.network}" if status.network else f"{verb} the network"
 
 
 def reminder_notification(status: StatusReport, capabilities: frozenset[str]) -> Notification:
@@ -461,6 +507,12 @@ def _on_status(state: AgentState, status: StatusReport) -> tuple[AgentState, lis
     if status.state is Connectivity.CAPTIVE:
         if state.episode != net:
             state = replace(state, episode=net, dismissed=False, deferred=False)
+        if status.quiet:
+            # The user asked not to be asked here: no prompt, and none left on screen.
+            state = replace(state, dismissed=True)
+            if state.shown is not None and state.shown.kind is Kind.SIGN_IN:
+                return _close(state)
+            return state, []
         return _sign_in(state, status, caps)
 
     if state.episode == net and status.state in (
@@ -587,6 +639,11 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
                 state = replace(state, dismissed=state.episode is not None)
                 state, actions = _close(state)
                 return state, actions
+            if key == ACTION_NEVER and state.shown_for:
+                network_id = state.shown_for
+                state = replace(state, dismissed=state.episode is not None)
+                state, actions = _close(state)
+                return state, [RequestDontAsk(network_id), *actions]
             if key == ACTION_OPEN and is_openable(state.page_url):
                 # The user acted: the note is done with (some servers keep it after an
                 # action), and this episode needs no second one.
@@ -603,6 +660,11 @@ def step(state: AgentState, event: AgentEvent) -> tuple[AgentState, list[AgentAc
                 return state, [OpenPage(url)] if is_openable(url) else []
             if item_id == MENU_CHECK:
                 return state, [RequestCheck()]
+            if item_id == MENU_ASKING and state.status is not None and state.status.network_id:
+                network_id = state.status.network_id
+                if state.status.quiet:
+                    return state, [RequestAskAgain(network_id)]
+                return state, [RequestDontAsk(network_id)]
             return state, []
         case DesktopChanged(handler):
             state = replace(state, desktop=handler)
@@ -621,6 +683,7 @@ MENU_OPEN = 1
 MENU_CHECK = 2
 MENU_SEPARATOR = 3
 MENU_OVERRIDES = 4
+MENU_ASKING = 5  # "Don't ask again for this network" / "Ask again on this network"
 MENU_FIRST_OVERRIDE = 100
 MAX_MENU_OVERRIDES = 50  # a menu is not a table; `portal list` shows them all
 
@@ -692,11 +755,19 @@ def tray_menu(state: AgentState) -> MenuItem:
         children += (MenuItem(MENU_FIRST_OVERRIDE + len(rows), f"… {more} more", enabled=False),)
     if not children:
         children = (MenuItem(MENU_FIRST_OVERRIDE, "No overrides", enabled=False),)
+    status = state.status
     return MenuItem(
         MENU_ROOT,
         children=(
             MenuItem(MENU_OPEN, "Open sign-in page (private window)", enabled=can_open),
-            MenuItem(MENU_CHECK, "Check now", enabled=state.status is not None),
+            MenuItem(MENU_CHECK, "Check now", enabled=status is not None),
+            MenuItem(
+                MENU_ASKING,
+                "Ask again on this network"
+                if status is not None and status.quiet
+                else "Don't ask again for this network",
+                enabled=status is not None and bool(status.network_id),
+            ),
             MenuItem(MENU_SEPARATOR, separator=True),
             MenuItem(MENU_OVERRIDES, f"Overrides ({len(state.overrides)})", children=children),
         ),

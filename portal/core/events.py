@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from portal.core.model import Connectivity, Network, Upstream
+from portal.core.paths import NmVpn, PathFacts
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +55,28 @@ class Resumed:
 @dataclass(frozen=True, slots=True)
 class CheckRequested:
     """Someone asked for a probe now (`portal check`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DnsTroubleSeen:
+    """The DNS stub saw a burst of failing or hijacked answers from the user's resolvers
+    (core/expiry.py AnswerWatch): on a network that was captive, the portal may be back.
+
+    `reason` is "failing" (SERVFAIL, REFUSED, no answer) or "hijacked" (the portal's address).
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathsObserved:
+    """What the kernel answered about where the network's traffic goes (core/paths.py)."""
+
+    facts: PathFacts
+
+
+@dataclass(frozen=True, slots=True)
+class VpnsReported:
+    """The VPN and WireGuard connections NetworkManager has active (none: empty)."""
+
+    vpns: tuple[NmVpn, ...]

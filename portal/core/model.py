@@ -70,6 +70,11 @@ class Network:
     venue_dns: tuple[str, ...] = ()  # the network's own DNS servers (DHCP-given)
     api_uri: str = ""  # RFC 8910 captive-portal API URI, when known
     check_uri: str = ""  # the NM connectivity check URI, when known
+    # The MAC address the network knows us by (portals remember signed-in devices by it):
+    mac_address: str = ""  # the interface's now (NM: the device's HwAddress)
+    permanent_mac: str = ""  # the hardware's own ("" where there is none, as on a veth)
+    mac_setting: str = ""  # the profile's cloned-mac-address ("random", "stable", ...; "" unset)
+    profile: str = ""  # the NM connection profile's id (what nmcli takes), "" without NM
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +98,7 @@ class PortalStatus:
     seconds_remaining: int = -1
     portal_hosts: tuple[str, ...] = field(default=())  # names routed to the venue DNS
     probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
+    # the network was signed in to in this connection and the portal took it back
+    expired: bool = False
+    # re-probing while online, because the network was captive in this connection
+    expiry_watch: bool = False

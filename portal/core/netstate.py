@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from portal.core.inet import MAX_SERVERS, is_loopback, parse_servers
 from portal.core.model import Network, Upstream
+from portal.core.ra import RaLink, live_dns
 
 # A state file larger than this is not a real one; parse only its start.
 MAX_TEXT_CHARS = 64 * 1024
@@ -96,11 +97,15 @@ def network_from_tables(
     *,
     link_states: Mapping[int, NetworkdLink],
     resolv_conf: tuple[Upstream, ...] = (),
+    ra: Mapping[int, RaLink] | None = None,
+    now: float = 0.0,
 ) -> Network | None:
     """The primary network as seen from kernel tables plus networkd's or resolv.conf's DNS.
 
     venue_dns: networkd's DNS for the route's link, else the non-loopback resolv.conf servers
-    (a loopback server is a local resolver — possibly portal's own stub — not the venue's).
+    (a loopback server is a local resolver — possibly portal's own stub — not the venue's),
+    then the RDNSS servers of the link's router advertisements (`ra`, whose lifetimes are
+    judged at `now`, monotonic). api_uri: networkd's, else the RAs' RFC 8910 option.
     """
     route = primary_route(routes, links)
     if route is None:
@@ -109,14 +114,17 @@ def network_from_tables(
     state = link_states.get(route.index, NetworkdLink())
     own = tuple(a.address for a in addresses if a.index == route.index and not a.link_local)
     venue = state.dns or tuple(s for s in resolv_conf if not is_loopback(s.host))
+    advertised = (ra or {}).get(route.index, RaLink())
+    venue_hosts = tuple(s.host for s in venue)
+    venue_hosts += tuple(s for s in live_dns(advertised, now=now) if s not in venue_hosts)
     return Network(
         id=f"link:{link.name}:{route.gateway}",
         name=link.name,
         interface=link.name,
         kind=link.kind,
         addresses=tuple(sorted(own, key=lambda a: (":" in a, a))),
-        venue_dns=tuple(s.host for s in venue),
-        api_uri=state.captive_portal,
+        venue_dns=venue_hosts,
+        api_uri=state.captive_portal or advertised.captive_portal,
     )
 
 

@@ -50,6 +50,21 @@ class StatusReport:
     probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
     nm_connectivity: Connectivity = Connectivity.UNKNOWN  # NM's own verdict (desktops act on it)
     user_dns: str = ""  # the portal's name via the user's resolver: resolves, fails, checking
+    # -- staying signed in (issue 15)
+    expired: bool = False  # signed in on this connection, and the portal took the network back
+    expiry_watch: bool = False  # re-probing while online: the network was captive
+    quiet: bool = False  # the user asked not to be asked to sign in on this network
+    quiet_networks: tuple[str, ...] = ()  # the names of every such network
+    # -- where the traffic goes (issue 15): a VPN in the way, venue addresses routed elsewhere
+    vpn: str = ""  # the VPN's interface, "" when none carries the traffic or the DNS
+    vpn_name: str = ""  # NetworkManager's name for it, else its kind ("WireGuard", "tun/tap")
+    vpn_routing: str = ""  # "policy" (wg-quick's rules), "split" (def1), "default", "" (DNS only)
+    vpn_dns: bool = False  # the user's resolvers are reached through the VPN
+    vpn_bypass: bool = True  # a socket bound to the network's interface gets around it
+    clashes: tuple[str, ...] = ()  # "ROLE ADDRESS INTERFACE": venue addresses routed elsewhere
+    # -- the MAC address the network knows us by (issue 15)
+    random_mac: bool = False  # a new random MAC each connection: why the portal asks again
+    stable_mac_command: str = ""  # how to keep one MAC on this network only, "" when unknown
 
 
 @dataclass(frozen=True, slots=True)

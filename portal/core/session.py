@@ -23,9 +23,14 @@ Rules worth knowing:
   that assumption (and probes, even when it names the same network).
 - One probe at a time. Every StartProbe carries a new `probe_id`; a ProbeFinished for another
   network or an older probe is ignored, so a slow probe can never overwrite a newer answer.
-- While captive or limited, re-probe with backoff: 1 s, doubling, capped at 60 s. Online and
-  offline schedule nothing: no periodic work while online (NM's own check, a link change, a
-  resume or `portal check` start the next probe).
+- While captive or limited, re-probe with backoff: 1 s, doubling, capped at 60 s. Offline
+  schedules nothing, and neither does online on a network that was never captive: no periodic
+  work there (NM's own check, a link change, a resume or `portal check` start the next probe).
+- Online on a network that was captive in this connection: re-probe on core/expiry.py's
+  schedule (under 50 s apart, sooner when the portal's announced session ends) and keep the
+  stub's DNS alarm armed (WatchDns); its DnsTroubleSeen re-probes at once. A captive verdict
+  after that is the portal taking the network back: `expired` until online again. An alarm
+  that the probe contradicts mutes the alarm on that network for a while.
 - A captive verdict pins the portal's names (overrides scoped to the network, source "auto")
   and routes them to the venue's DNS; going online or leaving the network undoes both.
 - RFC 8910's `urn:ietf:params:capport:unrestricted` as the network's API URI means no portal:
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from portal.core import expiry
 from portal.core.actions import (
     Action,
     AskNMToRecheck,
@@ -50,10 +56,24 @@ from portal.core.actions import (
     RouteToVenue,
     StartProbe,
     StopRouting,
+    StopWatchingDns,
     UnpinPortalHosts,
+    WatchDns,
 )
-from portal.core.detect import api_uri_to_fetch, classify_all, is_unrestricted, routing_names
-from portal.core.events import CheckRequested, ConnectivityReported, NetworkChanged, Resumed
+from portal.core.detect import (
+    KNOWN_PUBLIC_PROBE_HOSTS,
+    api_uri_to_fetch,
+    classify_all,
+    is_unrestricted,
+    routing_names,
+)
+from portal.core.events import (
+    CheckRequested,
+    ConnectivityReported,
+    DnsTroubleSeen,
+    NetworkChanged,
+    Resumed,
+)
 from portal.core.model import Connectivity, Network, PortalStatus
 from portal.core.probe_model import ProbeFinished
 
@@ -63,7 +83,14 @@ BACKOFF_CAP_S = 60.0
 # answer somewhere (a crashed task) and must not hold back the next one.
 PROBE_RUN_LIMIT_S = 30.0
 
-Event = NetworkChanged | ConnectivityReported | ProbeFinished | CheckRequested | Resumed
+Event = (
+    NetworkChanged
+    | ConnectivityReported
+    | ProbeFinished
+    | CheckRequested
+    | Resumed
+    | DnsTroubleSeen
+)
 
 _NOT_ONLINE = (Connectivity.CAPTIVE, Connectivity.LIMITED)
 
@@ -89,6 +116,15 @@ class Session:
     episode: bool = False
     assumed: bool = False  # `network` is the one before a restart, not reported in this run
     probe_error: str = ""  # why the last probe round failed as a whole, "" when it ran
+    # -- expiry (core/expiry.py): all of it is about this connection to the network
+    was_captive: bool = False  # a captive verdict came
+    signed_in: bool = False  # online after that
+    expired: bool = False  # captive again after being signed in: the portal took it back
+    watch_round: int = 0  # re-probes since the network went online (the schedule's step)
+    portal_addresses: tuple[str, ...] = ()  # where the venue's DNS pointed hijacked names
+    dns_watch: bool = False  # the stub's DNS alarm is armed
+    alarm_probe: int = 0  # probe_id of the probe the DNS alarm started
+    alarm_muted_until: float = 0.0  # after a false alarm (monotonic)
 
 
 def restore(network: Network | None, pinned: tuple[str, ...] = ()) -> Session:
@@ -109,6 +145,8 @@ def status(session: Session) -> PortalStatus:
         seconds_remaining=session.seconds_remaining,
         portal_hosts=session.portal_hosts,
         probe_error=session.probe_error,
+        expired=session.expired,
+        expiry_watch=session.state is Connectivity.ONLINE and session.was_captive,
     )
 
 
@@ -121,6 +159,7 @@ def step(session: Session, event: object, now: float) -> tuple[Session, tuple[Ac
     """Advance the session by one event; return the new session and what to do."""
     actions: list[Action] = []
     new = _step(session, event, now, actions)
+    new = _expiry(session, new, event, now, actions)
     if status(new) != status(session):
         actions.append(PublishStatus(status(new)))
     return new, tuple(actions)
@@ -151,6 +190,8 @@ def _step(s: Session, event: object, now: float, out: list[Action]) -> Session:
             return _probe(replace(s, state=state, retries=0), now, 0.0, out)
         case ProbeFinished():
             return _finished(s, event, now, out)
+        case DnsTroubleSeen():
+            return _dns_alarm(s, now, out)
     return s
 
 
@@ -308,3 +349,93 @@ def _clear_portal(s: Session, out: list[Action]) -> Session:
     if s.pinned and s.network is not None:
         out.append(UnpinPortalHosts(s.network.id))
     return replace(s, routed=(), pinned=(), episode=False)
+
+
+# --- expiry: noticing that the portal took the network back (core/expiry.py) -------------------
+#
+# One pass after every step, so that it holds whichever way the state was reached (a probe, NM's
+# word, a resume): online on a network that was captive in this connection, with no probe
+# outstanding, means the next re-probe is scheduled and the stub's DNS alarm armed; anywhere
+# else the alarm is off.
+
+
+def _expiry(before: Session, s: Session, event: object, now: float, out: list[Action]) -> Session:
+    if s.network is None:
+        return _alarm_off(before, s, event, out)
+    if s.state is Connectivity.CAPTIVE and isinstance(event, ProbeFinished):
+        s = _captive_seen(s, event)
+    elif s.state is Connectivity.ONLINE and s.was_captive:
+        first = not s.signed_in
+        s = replace(s, signed_in=True, expired=False, watch_round=0 if first else s.watch_round)
+        if (
+            isinstance(event, ProbeFinished)
+            and event.probe_id == before.probe_id == s.alarm_probe
+            and before.probe_due is not None
+        ):
+            # The alarm's probe found the network online: this resolver fails, or answers
+            # like the portal, for reasons of its own. The schedule goes on; the alarm rests.
+            s = replace(s, alarm_probe=0, alarm_muted_until=now + expiry.FALSE_ALARM_MUTE_S)
+        if s.probe_due is None:
+            s = _schedule_watch(s, now, out)
+    return _alarm_off(before, s, event, out)
+
+
+def _captive_seen(s: Session, event: ProbeFinished) -> Session:
+    """Captive: remember it for this connection (and whether it follows a sign-in), and where
+    the venue's DNS pointed well-known probe hosts (a hijacking portal's address, which the
+    stub's alarm looks for)."""
+    hijacked = [
+        address
+        for spec, response in event.results
+        if _host(spec.url) in KNOWN_PUBLIC_PROBE_HOSTS
+        for address in response.addresses
+    ]
+    return replace(
+        s,
+        was_captive=True,
+        expired=s.expired or s.signed_in,
+        signed_in=False,
+        portal_addresses=tuple(dict.fromkeys((*s.portal_addresses, *hijacked))),
+    )
+
+
+def _host(url: str) -> str:
+    rest = url.partition("://")[2]
+    return rest.split("/", 1)[0].rsplit("@", 1)[-1].split(":", 1)[0].lower()
+
+
+def _schedule_watch(s: Session, now: float, out: list[Action]) -> Session:
+    """The next re-probe on the expiry schedule, and the DNS alarm armed afresh (unless it
+    rests after a false alarm)."""
+    assert s.network is not None
+    left = float(s.seconds_remaining) if s.seconds_remaining >= 0 else None
+    delay = expiry.watch_delay_s(s.watch_round, key=s.network.id, seconds_left=left)
+    s = _probe(replace(s, watch_round=s.watch_round + 1), now, delay, out)
+    if now >= s.alarm_muted_until:
+        out.append(WatchDns(s.portal_addresses))
+        s = replace(s, dns_watch=True)
+    return s
+
+
+def _alarm_off(before: Session, s: Session, event: object, out: list[Action]) -> Session:
+    """The alarm is armed only while online on the network it was armed for."""
+    if s.dns_watch and s.state is not Connectivity.ONLINE:
+        out.append(StopWatchingDns())
+        return replace(s, dns_watch=False)
+    if before.dns_watch and not s.dns_watch and not isinstance(event, DnsTroubleSeen):
+        out.append(StopWatchingDns())  # a fresh session: the network changed or went away
+    return s
+
+
+def _dns_alarm(s: Session, now: float, out: list[Action]) -> Session:
+    """The stub saw a burst of failing or hijacked answers: probe now, if we were watching."""
+    if (
+        s.network is None
+        or not s.dns_watch
+        or s.state is not Connectivity.ONLINE
+        or now < s.alarm_muted_until
+    ):
+        return s
+    # the stub disarmed itself when it fired
+    s = _probe(replace(s, dns_watch=False), now, 0.0, out)
+    return replace(s, alarm_probe=s.probe_id)

@@ -179,6 +179,19 @@ class DaemonLink:
         except PortalError as exc:
             log.warning("check now: %s", exc)
 
+    async def dont_ask(self, network_id: str) -> None:
+        try:
+            (label,) = await self._client.call("DontAskAgain", "s", [network_id])
+            log.info("portal will not ask to sign in on %s again", label)
+        except PortalError as exc:
+            log.warning("don't ask again: %s", exc)
+
+    async def ask_again(self, network_id: str) -> None:
+        try:
+            await self._client.call("AskAgain", "s", [network_id])
+        except PortalError as exc:
+            log.warning("ask again: %s", exc)
+
     async def _refresh_overrides(self) -> None:
         try:
             rows = await self._client.overrides()

@@ -36,6 +36,9 @@ log = logging.getLogger("portal.control")
 
 ACTION_MANAGE = "org.portalhelper.portal.manage-overrides"
 ACTION_CHECK = "org.portalhelper.portal.check"
+ACTION_CHOOSE = "org.portalhelper.portal.network-choices"
+# what each action lets a caller do, for the refusal's one line
+_DOES = {ACTION_CHOOSE: "change portal's choices about networks"}
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
 MAX_STRING = 1024  # longest string argument accepted (a name is at most 253)
 MAX_IMPORT = 1024
@@ -57,6 +60,12 @@ INTROSPECTION = f"""<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Intr
   <method name="ListOverrides"><arg name="overrides" type="aa{{sv}}" direction="out"/></method>
   <method name="GetStatus"><arg name="status" type="a{{sv}}" direction="out"/></method>
   <method name="Check"/>
+  <method name="DontAskAgain">
+   <arg name="network" type="s" direction="in"/><arg name="name" type="s" direction="out"/>
+  </method>
+  <method name="AskAgain">
+   <arg name="network" type="s" direction="in"/><arg name="networks" type="as" direction="out"/>
+  </method>
   <signal name="OverridesChanged"/>
   <signal name="StateChanged"><arg name="status" type="a{{sv}}"/></signal>
  </interface>
@@ -87,6 +96,8 @@ class Service(Protocol):
     def overrides(self) -> list[OverrideView]: ...
     def status(self) -> StatusReport: ...
     async def check(self, caller: str) -> None: ...
+    async def dont_ask(self, network: str, caller: str) -> str: ...
+    async def ask_again(self, network: str, caller: str) -> list[str]: ...
 
 
 class ControlServer:
@@ -174,6 +185,8 @@ class ControlServer:
             "ListOverrides": self._list,
             "GetStatus": self._status,
             "Check": self._check,
+            "DontAskAgain": self._dont_ask,
+            "AskAgain": self._ask_again,
         }
 
     async def _run(self, msg: Message, handler: Callable[[Message], Awaitable[Message]]) -> None:
@@ -237,6 +250,20 @@ class ControlServer:
         await self.service.check(caller)
         return Message.new_method_return(msg)
 
+    async def _dont_ask(self, msg: Message) -> Message:
+        _expect(msg, "s")
+        _check_strings(msg.body)
+        caller = await self.authorize(msg, ACTION_CHOOSE)
+        label = await self.service.dont_ask(msg.body[0], caller)
+        return Message.new_method_return(msg, "s", [label])
+
+    async def _ask_again(self, msg: Message) -> Message:
+        _expect(msg, "s")
+        _check_strings(msg.body)
+        caller = await self.authorize(msg, ACTION_CHOOSE)
+        labels = await self.service.ask_again(msg.body[0], caller)
+        return Message.new_method_return(msg, "as", [labels])
+
     # -- authorisation -----------------------------------------------------------------------
 
     async def _credentials(self, sender: str) -> dict[str, Any]:
@@ -292,7 +319,9 @@ class ControlServer:
                     if challenge
                     else "ask an administrator"
                 )
-                raise NotAuthorized(f"not authorised to change overrides; {hint}")
+                raise NotAuthorized(
+                    f"not authorised to {_DOES.get(action, 'change overrides')}; {hint}"
+                )
             return caller
         self.auth_mode = "credentials"
         if not self._warned_no_polkit:
@@ -314,7 +343,7 @@ class ControlServer:
                 return caller
         log.info("refused %s for %s (credentials)", action, caller)
         raise NotAuthorized(
-            "not authorised to change overrides: run as root"
+            f"not authorised to {_DOES.get(action, 'change overrides')}: run as root"
             + (f" or join group {self.admin_group!r}" if self.admin_group else "")
         )
 

@@ -16,6 +16,7 @@ from portal.errors import (
     InvalidDomain,
     InvalidTTL,
     NoNetwork,
+    NoSuchNetwork,
     NoSuchOverride,
     NotAuthorized,
     PortalError,
@@ -36,6 +37,7 @@ ERRORS: dict[str, type[PortalError]] = {
     "TooManyOverrides": TooManyOverrides,
     "NoSuchOverride": NoSuchOverride,
     "NoNetwork": NoNetwork,
+    "NoSuchNetwork": NoSuchNetwork,
     "StateError": StateError,
     "NotAuthorized": NotAuthorized,
 }

@@ -7,6 +7,11 @@ awaits D-Bus or disk: the overrides and the portal's routes arrive as one ready 
 swapped whole (`set_entries`, `set_portal_routes`). Hostile input is logged at debug level and
 dropped or answered FORMERR; nothing here raises out of a read callback.
 
+On a network that was captive, the daemon arms an alarm (`set_watch`, core/expiry.py
+AnswerWatch): the DNS thread shows it every UDP answer it relays from the user's resolvers, and
+when it fires (a burst of failing or hijacked answers) hands one callback to the asyncio loop.
+Unarmed, it costs one attribute read per forwarded answer.
+
 The UDP side runs in the DNS thread and TCP clients on the asyncio loop; which thread owns what
 is the table in portal/edges/reactor.py.
 """
@@ -20,10 +25,11 @@ import resource
 import socket
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from portal.core.answer import Answers, Forward, LocalEntry, relay
+from portal.core.expiry import AnswerWatch
 from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_SERVFAIL, build_error
@@ -84,6 +90,8 @@ class DnsStub:
         self._tcp_idle: set[asyncio.Task[Any]] = set()  # those waiting for their next query
         self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
         self.max_pending = forward_limit()
+        # the DNS alarm and what to call (on the loop) when it fires: swapped as one
+        self._watch: tuple[AnswerWatch, Callable[[str], None]] | None = None
 
     @property
     def entries(self) -> Mapping[str, LocalEntry]:
@@ -99,6 +107,11 @@ class DnsStub:
     def set_portal_routes(self, routes: Mapping[str, tuple[Upstream, ...]]) -> None:
         """While a portal is up, names under these domains go to the venue's DNS."""
         self._answers = self._answers.with_routes(dict(routes))
+
+    def set_watch(self, watch: AnswerWatch | None, on_alarm: Callable[[str], None]) -> None:
+        """Arm `watch` (None: disarm). When it fires, `on_alarm(reason)` runs on the asyncio
+        loop that started the stub. The watch is the DNS thread's from here on."""
+        self._watch = None if watch is None else (watch, on_alarm)
 
     def listen_addresses(self) -> list[tuple[str, int]]:
         """(host, port) of every UDP socket, as bound."""
@@ -207,6 +220,13 @@ class DnsStub:
         if left > 0:
             self._pending[addr] = left
         _sendto(sock, relay(forward.query, answer), addr)
+        watched = self._watch
+        if watched is not None and forward.upstreams is None:
+            watch, on_alarm = watched
+            if watch.note(answer, time.monotonic(), len(forward.query.question)):
+                loop = self.reactor.main_loop
+                if loop is not None:
+                    loop.call_soon_threadsafe(on_alarm, watch.reason)
 
     # -- TCP (on the asyncio loop) -----------------------------------------------------------
 

@@ -76,26 +76,45 @@ USER_AGENT = "portal (captive-portal check)"
 async def _resolve_for_request(
     host: str, network: Network, *, deadline: float, device: list[tuple[int, int, bytes]]
 ) -> list[str]:
-    """IPv4 first (portals often intercept only IPv4), IPv6 when there is no A record."""
+    """IPv4 first (portals often intercept only IPv4), IPv6 when there is no A record; IPv6
+    first on a network where we have no IPv4 address (NAT64 venues: DNS64 still answers the
+    real A records, which such a network cannot reach)."""
     if _is_literal(host):
         return [host]
     servers = _servers(network.venue_dns)
+    first_type, second_type = dns.rdatatype.A, dns.rdatatype.AAAA
+    if _ipv6_only(network):
+        first_type, second_type = second_type, first_type
     try:
         return await _lookup(
-            host, dns.rdatatype.A, servers, deadline=deadline, network=network, device=device
+            host, first_type, servers, deadline=deadline, network=network, device=device
         )
     except _Failure as failure:
-        # No A record (or a server that will not say, as dnsmasq answers REFUSED for a name it
-        # only knows as IPv6): try AAAA, but report the A failure if that fails too.
+        # No record of that type (or a server that will not say, as dnsmasq answers REFUSED for
+        # a name it only knows in the other family): try the other, but report the first
+        # failure if that fails too.
         if failure.code not in ("dns-nodata", "dns-error"):
             raise
         first = failure
     try:
         return await _lookup(
-            host, dns.rdatatype.AAAA, servers, deadline=deadline, network=network, device=device
+            host, second_type, servers, deadline=deadline, network=network, device=device
         )
     except _Failure as failure:
         raise (failure if first.code == "dns-nodata" else first) from None
+
+
+def _ipv6_only(network: Network) -> bool:
+    """Whether the network gave us IPv6 addresses (beyond link-local) and no IPv4 one."""
+    versions = set()
+    for text in network.addresses:
+        try:
+            ip = ipaddress.ip_address(text.split("/", 1)[0])
+        except ValueError:
+            continue
+        if not ip.is_link_local:
+            versions.add(ip.version)
+    return versions == {6}
 
 
 # --- HTTP --------------------------------------------------------------------------------------

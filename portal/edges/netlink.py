@@ -7,6 +7,11 @@ applying deltas can after the kernel drops notifications with ENOBUFS). From the
 systemd-networkd's link state files or a resolv.conf, core/netstate.py derives the network and
 the upstreams; this module emits `NetworkChanged` and `UpstreamsChanged` when they change.
 
+The one kind of notification that is read is RTM_NEWNDUSEROPT (group RTNLGRP_ND_USEROPT): the
+options of an IPv6 router advertisement that the kernel has no use for, RDNSS (the venue's DNS
+on an IPv6-only network) and RFC 8910's captive-portal URI among them. No table holds them, so
+core/ra.py keeps them, per interface, until their lifetimes run out.
+
 The sockets are plain `AF_NETLINK` ones: core/rtnetlink.py builds the requests and reads the
 replies. A dump is answered by the kernel while we read it (the next part of the reply is made
 during each recvmsg), so reading it blocks only for that: the socket's timeout is a guard.
@@ -23,12 +28,14 @@ import errno
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from portal.core import rtnetlink as rtnl
 from portal.core.events import NetworkChanged, UpstreamsChanged
+from portal.core.inet import parse_server
 from portal.core.model import Network, Upstream
 from portal.core.netstate import (
     Address,
@@ -39,6 +46,7 @@ from portal.core.netstate import (
     parse_link_state,
     upstreams_from_tables,
 )
+from portal.core.ra import RaLink, apply_options, live_dns, next_expiry
 from portal.core.resolvconf import parse_resolv_conf
 
 log = logging.getLogger(__name__)
@@ -68,6 +76,8 @@ DEFAULT_SYSFS_NET = Path("/sys/class/net")
 # resolv.conf lists the stub first on resolv.conf systems; never forward to it. The daemon
 # should pass its real listen addresses; this default covers the default one.
 DEFAULT_EXCLUDE = (Upstream("127.0.0.153"),)
+SOL_NETLINK = getattr(socket, "SOL_NETLINK", 270)
+NETLINK_ADD_MEMBERSHIP = 1  # linux/netlink.h
 
 _UNSET: Any = object()
 
@@ -76,6 +86,7 @@ _REPLY = {
     rtnl.RTM_GETLINK: rtnl.RTM_NEWLINK,
     rtnl.RTM_GETADDR: rtnl.RTM_NEWADDR,
     rtnl.RTM_GETROUTE: rtnl.RTM_NEWROUTE,
+    rtnl.RTM_GETRULE: rtnl.RTM_NEWRULE,
 }
 
 
@@ -226,6 +237,9 @@ class NetlinkWatcher:
         self._rechecks: list[asyncio.TimerHandle] = []
         self._last_network: Network | None = _UNSET
         self._last_upstreams: tuple[Upstream, ...] = _UNSET
+        self._links: dict[int, Link] = {}
+        self._ra: dict[int, RaLink] = {}  # what router advertisements said, per interface
+        self._ra_expiry: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Watch until cancelled. Never raises for kernel or file trouble."""
@@ -243,6 +257,11 @@ class NetlinkWatcher:
         # Subscribe first: the multicast socket exists before the dump starts.
         sock = open_socket(groups=GROUPS)
         try:
+            try:
+                # Group 20 is past what bind()'s bitmask of groups can name.
+                sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, rtnl.RTNLGRP_ND_USEROPT)
+            except OSError as exc:
+                log.warning("cannot hear router advertisements' options: %s, ignoring", exc)
             sock.setblocking(False)
             loop.add_reader(sock.fileno(), self._on_readable, sock)
             dumper = Dumper()
@@ -259,6 +278,9 @@ class NetlinkWatcher:
             for handle in self._rechecks:
                 handle.cancel()
             self._rechecks.clear()
+            if self._ra_expiry is not None:
+                self._ra_expiry.cancel()
+                self._ra_expiry = None
             loop.remove_reader(sock.fileno())
             sock.close()
 
@@ -266,8 +288,11 @@ class NetlinkWatcher:
         # Drain everything queued; the content does not matter, only that something changed.
         while True:
             try:
-                if not sock.recv(65536):
+                data, (sender, _groups) = sock.recvfrom(65536)
+                if not data:
                     break
+                if sender == 0:  # only the kernel speaks for the tables
+                    self._take_ra(data)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -277,6 +302,43 @@ class NetlinkWatcher:
                 # The kernel dropped notifications: a dump resynchronises anyway.
                 log.debug("netlink receive buffer overflowed; re-reading the tables")
         self._dirty.set()
+
+    def _take_ra(self, data: bytes) -> None:
+        """Keep the options of a router advertisement (RTM_NEWNDUSEROPT); ignore the rest."""
+        messages, _ = rtnl.split_messages(data)
+        for msg in messages:
+            if msg.type != rtnl.RTM_NEWNDUSEROPT:
+                continue
+            got = rtnl.parse_nduseropt(msg.payload)
+            if got is None:
+                continue
+            link = self._links.get(got.index)
+            name = link.name if link is not None else ""
+            before = self._ra.get(got.index, RaLink())
+            after = apply_options(before, got.options, ifname=name, now=time.monotonic())
+            if after != before:
+                log.debug("router advertisement on %s: %s", name or got.index, after)
+                self._ra[got.index] = after
+
+    def _ra_dns(self, network: Network | None) -> tuple[Upstream, ...]:
+        """The primary link's RDNSS servers, as upstreams."""
+        for index, link in self._links.items():
+            if network is not None and link.name == network.interface:
+                ra = self._ra.get(index, RaLink())
+                servers = live_dns(ra, now=time.monotonic())
+                return tuple(u for s in servers if (u := parse_server(s)) is not None)
+        return ()
+
+    def _schedule_ra_expiry(self) -> None:
+        if self._ra_expiry is not None:
+            self._ra_expiry.cancel()
+            self._ra_expiry = None
+        now = time.monotonic()
+        when = next_expiry(self._ra.values(), now=now)
+        if when is not None:  # only while a server with a lifetime is known: no idle wakeups
+            self._ra_expiry = asyncio.get_running_loop().call_later(
+                when - now + 0.01, self._dirty.set
+            )
 
     def _refresh(self, dumper: Dumper) -> None:
         try:
@@ -288,6 +350,9 @@ class NetlinkWatcher:
         if tables != self._tables:
             self._tables = tables
             self._schedule_rechecks()
+        self._links = links
+        self._ra = {i: ra for i, ra in self._ra.items() if i in links}  # a link gone: forget it
+        self._schedule_ra_expiry()
         states: dict[int, NetworkdLink] = {}
         for index, link in links.items():
             if link.up and not link.loopback:
@@ -298,7 +363,13 @@ class NetlinkWatcher:
             parse_resolv_conf(_read_text(self._resolv_conf)).upstreams if self._resolv_conf else ()
         )
         network = network_from_tables(
-            links, addresses, routes, link_states=states, resolv_conf=resolv
+            links,
+            addresses,
+            routes,
+            link_states=states,
+            resolv_conf=resolv,
+            ra=self._ra,
+            now=time.monotonic(),
         )
         upstreams = upstreams_from_tables(
             links, routes, link_states=states, resolv_conf=resolv, exclude=self._exclude
@@ -306,14 +377,18 @@ class NetlinkWatcher:
         if network != self._last_network:
             self._last_network = network
             self._emit(NetworkChanged(network))
+        # networkd's per-link servers win over resolv.conf (netstate.upstreams_from_tables)
+        source = (
+            "systemd-networkd"
+            if any(s.dns for s in states.values())
+            else f"resolv.conf ({self._resolv_conf})"
+        )
+        if not upstreams and (advertised := self._ra_dns(network)):
+            # Nothing else names a server (an IPv6-only network with no RDNSS daemon writing
+            # resolv.conf): the router's RDNSS is the only DNS there is.
+            upstreams, source = advertised, "router advertisement (RDNSS)"
         if upstreams != self._last_upstreams:
             self._last_upstreams = upstreams
-            # networkd's per-link servers win over resolv.conf (netstate.upstreams_from_tables)
-            source = (
-                "systemd-networkd"
-                if any(s.dns for s in states.values())
-                else f"resolv.conf ({self._resolv_conf})"
-            )
             self._emit(UpstreamsChanged(upstreams, source=source))
 
     def _schedule_rechecks(self) -> None:

@@ -27,9 +27,15 @@ from typing import Any
 from dbus_next import Message, MessageType
 from dbus_next.aio import MessageBus
 
-from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
+from portal.core.events import (
+    ConnectivityReported,
+    NetworkChanged,
+    UpstreamsChanged,
+    VpnsReported,
+)
 from portal.core.inet import parse_server
 from portal.core.model import Connectivity, Network, Upstream
+from portal.core.paths import NmVpn
 from portal.edges.bus import (
     PROPERTIES,
     CallFailed,
@@ -59,7 +65,17 @@ DEVICE_IFACE = "org.freedesktop.NetworkManager.Device"
 IP4_IFACE = "org.freedesktop.NetworkManager.IP4Config"
 IP6_IFACE = "org.freedesktop.NetworkManager.IP6Config"
 DHCP4_IFACE = "org.freedesktop.NetworkManager.DHCP4Config"
+DHCP6_IFACE = "org.freedesktop.NetworkManager.DHCP6Config"
 AP_IFACE = "org.freedesktop.NetworkManager.AccessPoint"
+WIRED_IFACE = "org.freedesktop.NetworkManager.Device.Wired"
+WIRELESS_IFACE = "org.freedesktop.NetworkManager.Device.Wireless"
+SETTINGS_CONNECTION_IFACE = "org.freedesktop.NetworkManager.Settings.Connection"
+# Where a device's PermHwAddress lives, and the profile's section with its cloned MAC, by the
+# connection's type.
+HARDWARE_IFACES: Mapping[str, str] = {
+    "802-3-ethernet": WIRED_IFACE,
+    "802-11-wireless": WIRELESS_IFACE,
+}
 
 NO_PATH = "/"
 
@@ -185,6 +201,9 @@ def network_from_nm(
     ip6: Mapping[str, Any],
     dhcp4: Mapping[str, Any],
     access_point: Mapping[str, Any],
+    dhcp6: Mapping[str, Any] | None = None,
+    hardware: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Network | None:
     """The primary network from the properties of NM's objects; None without an active one."""
     uuid = active.get("Uuid")
@@ -199,8 +218,13 @@ def network_from_nm(
     # the venue's DNS, which can resolve its sign-in host when the user's pinned resolver can't.
     dhcp_dns = [a for w in str(options.get("domain_name_servers") or "").split() if (a := _ip(w))]
     venue = dhcp_dns or nameservers_from_ip_config(ip4, {})
+    venue += venue_dns_v6(ip6=ip6, dhcp6=dhcp6 or {}, interface=interface)
     # dhclient names DHCP option 114 by its RFC 3679 name, default_url (NM's internal client
     # does not expose it at all in 1.42). Reported as given: core/detect.py judges it (https).
+    # Its IPv6 twins are out of reach under NM 1.42: NM takes router advertisements itself
+    # (the kernel's accept_ra is off, so no RTM_NEWNDUSEROPT either) and IP6Config has no
+    # property for RA option 37; DHCP6Config's Options show only dhcp6_name_servers,
+    # dhcp6_client_id and iaid, never option 103, though the venue sends it.
     api_uri = str(options.get("default_url") or "").strip()
     addresses = _address_data(ip4) + [
         a for a in _address_data(ip6) if not ipaddress.ip_address(a).is_link_local
@@ -214,7 +238,47 @@ def network_from_nm(
         venue_dns=_unique(venue),
         api_uri=api_uri,
         check_uri=str(manager.get("ConnectivityCheckUri") or ""),
+        mac_address=str(device.get("HwAddress") or (hardware or {}).get("HwAddress") or ""),
+        permanent_mac=str((hardware or {}).get("PermHwAddress") or ""),
+        mac_setting=cloned_mac_setting(settings or {}, conn_type),
+        profile=str(active.get("Id") or ""),
     )
+
+
+def cloned_mac_setting(settings: Mapping[str, Any], conn_type: str) -> str:
+    """The profile's cloned-mac-address from Settings.Connection.GetSettings: "random",
+    "stable", "preserve", "permanent", "stable-ssid", an address, or "" when unset. NM 1.4 and
+    later put it in `assigned-mac-address` (text); `cloned-mac-address` (bytes) carries only
+    a fixed address."""
+    section = settings.get(conn_type)
+    if not isinstance(section, dict):
+        return ""
+    text = section.get("assigned-mac-address")
+    if isinstance(text, str):
+        return text.strip()
+    raw = section.get("cloned-mac-address")
+    if isinstance(raw, bytes | bytearray | list) and len(raw) == 6:
+        try:
+            return ":".join(f"{b:02X}" for b in bytes(raw))
+        except (TypeError, ValueError):
+            return ""
+    return ""
+
+
+def venue_dns_v6(*, ip6: Mapping[str, Any], dhcp6: Mapping[str, Any], interface: str) -> list[str]:
+    """The venue's IPv6 DNS servers: DHCPv6's (option 23, which NM's DHCP6Config shows as
+    `dhcp6_name_servers` even when the profile ignores them), else IP6Config's, where NM
+    merges the router advertisements' RDNSS (RFC 8106) with DHCPv6's. A link-local server is
+    given with its interface (fe80::1%wlan0), the only way to reach it."""
+    options = dhcp6.get("Options")
+    options = options if isinstance(options, dict) else {}
+    found = [a for w in str(options.get("dhcp6_name_servers") or "").split() if (a := _ip(w))]
+    if not found:
+        found = nameservers_from_ip_config({}, ip6)
+    return [
+        f"{a}%{interface}" if interface and ipaddress.ip_address(a).is_link_local else a
+        for a in found
+    ]
 
 
 def upstreams_from_nm(
@@ -342,6 +406,10 @@ class NetworkManagerWatcher:
         self._last_upstreams: tuple[Upstream, ...] = _UNSET
         self._last_connectivity: tuple[Connectivity, bool] = _UNSET
         self._checks = True  # NM runs a connectivity check (see nm_checks)
+        # (active connection, its profile, the profile's settings) as last read
+        self._settings_read: tuple[str, str, dict[str, Any]] = ("", "", {})
+        self._vpns: tuple[NmVpn, ...] = ()  # NM's active VPN and WireGuard connections
+        self._last_vpns: tuple[NmVpn, ...] = ()
 
     # -- public --------------------------------------------------------------------------------
 
@@ -477,6 +545,9 @@ class NetworkManagerWatcher:
             self._last_upstreams = upstreams
             self._emit(UpstreamsChanged(upstreams))
         self._publish_connectivity(connectivity)
+        if self._vpns != self._last_vpns:
+            self._last_vpns = self._vpns
+            self._emit(VpnsReported(self._vpns))
 
     async def _read(
         self, bus: MessageBus
@@ -489,6 +560,9 @@ class NetworkManagerWatcher:
         ip4: dict[str, Any] = {}
         ip6: dict[str, Any] = {}
         dhcp4: dict[str, Any] = {}
+        dhcp6: dict[str, Any] = {}
+        hardware: dict[str, Any] = {}
+        settings: dict[str, Any] = {}
         access_point: dict[str, Any] = {}
         ap_path = NO_PATH
         if primary != NO_PATH:
@@ -506,10 +580,15 @@ class NetworkManagerWatcher:
             if devices:
                 watched.add(devices[0])
                 device = await _get_all(bus, devices[0], DEVICE_IFACE)
+                hardware_iface = HARDWARE_IFACES.get(str(active.get("Type") or ""))
+                if hardware_iface is not None:
+                    hardware = await self._optional(bus, devices[0], hardware_iface)
+            settings = await self._settings(bus, primary, str(active.get("Connection") or NO_PATH))
             for key, iface, target in (
                 ("Ip4Config", IP4_IFACE, ip4),
                 ("Ip6Config", IP6_IFACE, ip6),
                 ("Dhcp4Config", DHCP4_IFACE, dhcp4),
+                ("Dhcp6Config", DHCP6_IFACE, dhcp6),
             ):
                 path = str(active.get(key) or NO_PATH)
                 if path != NO_PATH:
@@ -521,6 +600,7 @@ class NetworkManagerWatcher:
                     watched.add(ap_path)
                     access_point = await self._optional(bus, ap_path, AP_IFACE)
         configuration = (await self._optional(bus, DNS_PATH, DNS_IFACE)).get("Configuration")
+        self._vpns = await self._read_vpns(bus, manager)
         self._watched = watched
         self._ap_path = ap_path
         network = network_from_nm(
@@ -531,12 +611,37 @@ class NetworkManagerWatcher:
             ip6=ip6,
             dhcp4=dhcp4,
             access_point=access_point,
+            dhcp6=dhcp6,
+            hardware=hardware,
+            settings=settings,
         )
         upstreams = upstreams_from_nm(
             configuration, ip4=ip4, ip6=ip6, interface=network.interface if network else ""
         )
         self._checks = nm_checks(manager)
         return network, upstreams, connectivity_from_nm(manager.get("Connectivity"))
+
+    async def _read_vpns(self, bus: MessageBus, manager: Mapping[str, Any]) -> tuple[NmVpn, ...]:
+        """The VPN (plugin) and WireGuard connections among NM's active ones. A WireGuard
+        connection's device is its own link; a VPN plugin's Devices name the base connection's
+        device, and NM exposes no tunnel interface for it (core/paths.py then names the one
+        VPN it sees by the kernel's routes)."""
+        out: list[NmVpn] = []
+        for path in manager.get("ActiveConnections") or []:
+            active = await self._optional(bus, str(path), ACTIVE_IFACE)
+            if active.get("Vpn") is True:
+                out.append(NmVpn(name=str(active.get("Id") or ""), kind="vpn"))
+            elif active.get("Type") == "wireguard":
+                devices = [str(d) for d in active.get("Devices") or []]
+                device = await self._optional(bus, devices[0], DEVICE_IFACE) if devices else {}
+                out.append(
+                    NmVpn(
+                        name=str(active.get("Id") or ""),
+                        kind="wireguard",
+                        interface=str(device.get("IpInterface") or device.get("Interface") or ""),
+                    )
+                )
+        return tuple(out)
 
     async def _optional(self, bus: MessageBus, path: str, interface: str) -> dict[str, Any]:
         """Read an object NM may lack (DnsManager before 1.12; an access point that vanished)."""
@@ -545,6 +650,24 @@ class NetworkManagerWatcher:
         except CallFailed as exc:
             log.debug("NetworkManager %s %s: %s, ignoring", path, interface, exc)
             return {}
+
+    async def _settings(self, bus: MessageBus, active: str, path: str) -> dict[str, Any]:
+        """The profile's settings (no secrets), {} when NM will not say. Read once per
+        activation: a change to them takes effect at the next one, which brings a new active
+        connection (a new object path) and so a new read."""
+        if path == NO_PATH:
+            return {}
+        if self._settings_read[:2] == (active, path):
+            return self._settings_read[2]
+        try:
+            reply = await call(bus, NM_NAME, path, SETTINGS_CONNECTION_IFACE, "GetSettings")
+        except CallFailed as exc:
+            log.debug("NetworkManager %s GetSettings: %s, ignoring", path, exc)
+            return {}
+        settings = unwrap(reply.body[0]) if reply.body else {}
+        settings = settings if isinstance(settings, dict) else {}
+        self._settings_read = (active, path, settings)
+        return settings
 
     def _publish_network(self, network: Network | None) -> None:
         if network != self._last_network:

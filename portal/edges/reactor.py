@@ -9,12 +9,18 @@ do what the last column says.
     (portal-dns,    replies); the forwarder's upstream      read Forwarder.in_flight
     this reactor)   sockets, queries in flight, expiry
                     timer and pools (edges/upstream.py);
-                    the stub's forwards per client
+                    the stub's forwards per client; the
+                    counters of an armed DNS alarm
+                    (core/expiry.py AnswerWatch)
     asyncio loop    TCP clients and their forwards; D-Bus,  replace the stub's Answers: one
     (main)          detection, probes, the overrides and    reference to the overrides, routes
                     the state file, resolver wiring; the    and answer cache together (the DNS
                     TCP retry of a truncated UDP answer     thread reads it per packet); replace
-                    (run_coroutine)                         the forwarder's upstreams (one tuple)
+                    (run_coroutine)                         the forwarder's upstreams (one tuple);
+                                                            arm or disarm the DNS alarm (one
+                                                            reference to a new AnswerWatch; the
+                                                            thread calls back with
+                                                            call_soon_threadsafe, once)
 
 The forwarder needs five things from a loop: the time, read callbacks on its sockets, timers, a
 way to be called from another thread, and a coroutine run for it (the rare TCP retry).

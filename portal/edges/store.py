@@ -8,7 +8,9 @@ The file is one JSON object (core/overrides.py `format_state` / `parse_state`): 
 state can be kept beside the overrides under a key of its own (a reader ignores keys it does not
 know), written by the same atomic save. Only portal/overrides_service.py calls `Store` for the
 overrides. The network the daemon was last on is kept in a small file of its own
-(network.json, core/remembered.py), written the same way by the daemon when it changes.
+(network.json, core/remembered.py), written the same way by the daemon when it changes, and so
+are the user's choices about networks ("don't ask again": choices.json, core/choices.py; a
+corrupt one is moved aside like the overrides).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from portal.core.choices import Choices, format_choices, parse_choices
 from portal.core.model import Network
 from portal.core.overrides import Limits, OverrideTable, format_state, parse_state
 from portal.core.remembered import format_network, parse_network
@@ -27,6 +30,7 @@ log = logging.getLogger("portal.store")
 
 STATE_FILE = "overrides.json"
 NETWORK_FILE = "network.json"  # the network the daemon was last on (core/remembered.py)
+CHOICES_FILE = "choices.json"  # networks not to ask about again (core/choices.py)
 
 
 def state_path(state_dir: str | os.PathLike[str]) -> Path:
@@ -50,6 +54,12 @@ class Store:
 
     def save_network(self, network: Network | None) -> None:
         save_network(self.state_dir, network)
+
+    def load_choices(self) -> Choices:
+        return load_choices(self.state_dir)
+
+    def save_choices(self, choices: Choices) -> None:
+        save_choices(self.state_dir, choices)
 
 
 def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> OverrideTable:
@@ -123,6 +133,37 @@ def load_network(state_dir: str | os.PathLike[str]) -> Network | None:
 def save_network(state_dir: str | os.PathLike[str], network: Network | None) -> None:
     """Remember the network the daemon is on. Raises StateError with a one-line reason."""
     _write_atomic(Path(state_dir), NETWORK_FILE, format_network(network).encode(), "the network")
+
+
+def load_choices(state_dir: str | os.PathLike[str]) -> Choices:
+    """The user's choices about networks; none when there is no file. A file that does not
+    parse is moved aside (nothing is lost) and the daemon starts with none."""
+    path = Path(state_dir) / CHOICES_FILE
+    _sweep_temp_files(path)
+    try:
+        return parse_choices(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return Choices()
+    except (ValueError, UnicodeDecodeError) as exc:
+        aside = path.with_name(
+            f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        )
+        try:
+            os.rename(path, aside)
+            log.error(
+                "%s is corrupt (%s); moved it to %s and remember no choices", path, exc, aside
+            )
+        except OSError as err:
+            log.error("%s is corrupt (%s) and could not be moved aside (%s)", path, exc, err)
+        return Choices()
+    except OSError as exc:
+        log.error("cannot read %s: %s; remembering no choices", path, exc.strerror or exc)
+        return Choices()
+
+
+def save_choices(state_dir: str | os.PathLike[str], choices: Choices) -> None:
+    """Write the choices durably. Raises StateError with a one-line reason on failure."""
+    _write_atomic(Path(state_dir), CHOICES_FILE, format_choices(choices).encode(), "choices")
 
 
 def _write_atomic(directory: Path, name: str, data: bytes, what: str) -> None:

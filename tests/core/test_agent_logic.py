@@ -10,6 +10,7 @@ import pytest
 from portal.core import user_dns
 from portal.core.agent_logic import (
     ACTION_LATER,
+    ACTION_NEVER,
     ACTION_OPEN,
     CLOSED_BY_CALL,
     CLOSED_DISMISSED,
@@ -124,7 +125,11 @@ def test_captive_shows_one_sign_in_notification_with_actions() -> None:
     note = actions[0].notification  # type: ignore[union-attr]
     assert note.summary == "Sign in to Hotel"
     assert "login.hotel.test" in note.body
-    assert note.actions == ((ACTION_OPEN, "Open sign-in page"), (ACTION_LATER, "Not now"))
+    assert note.actions == (
+        (ACTION_OPEN, "Open sign-in page"),
+        (ACTION_LATER, "Not now"),
+        (ACTION_NEVER, "Don't ask again"),
+    )
     assert note.expire_timeout_ms == 0
     assert state.shown_id == 1 and state.episode == "uuid-hotel"
 
@@ -518,6 +523,7 @@ def test_tray_menu_and_overrides() -> None:
     assert _labels(AgentState()) == [
         "Open sign-in page (private window)",
         "Check now",
+        "Don't ask again for this network",
         "",
         "Overrides (0)",
         "  No overrides",
@@ -529,14 +535,14 @@ def test_tray_menu_and_overrides() -> None:
         ]
     )
     state, _ = run([CAPTIVE, OverridesListed(rows)], with_server())
-    assert _labels(state)[3:] == [
+    assert _labels(state)[4:] == [
         "Overrides (2)",
         "  a.test → 10.0.0.1, fd00::1",
         "  b.test → venue DNS (Hotel) [inactive]",
     ]
     menu = tray_view(state).menu
-    assert [c.enabled for c in menu.children[:2]] == [True, True]
-    assert menu.children[3].id == MENU_OVERRIDES
+    assert [c.enabled for c in menu.children[:3]] == [True, True, True]
+    assert menu.children[4].id == MENU_OVERRIDES
     many = tuple(OverrideView(f"n{i}.test") for i in range(60))
     assert _labels(run([OverridesListed(many)])[0])[-1] == "  … 10 more"
 

@@ -26,6 +26,18 @@ STATUS_KEYS = [
     "probe_error",  # new keys are added at the end; none is ever renamed or removed
     "nm_connectivity",
     "user_dns",
+    "expired",
+    "expiry_watch",
+    "quiet",
+    "quiet_networks",
+    "vpn",
+    "vpn_name",
+    "vpn_routing",
+    "vpn_dns",
+    "vpn_bypass",
+    "clashes",
+    "random_mac",
+    "stable_mac_command",
 ]
 OVERRIDE_KEYS = [
     "name",

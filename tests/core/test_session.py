@@ -16,6 +16,7 @@ from portal.core.actions import (
     StartProbe,
     StopRouting,
     UnpinPortalHosts,
+    WatchDns,
 )
 from portal.core.detect import FIREFOX_CANONICAL_BODY, UNRESTRICTED_URN
 from portal.core.events import (
@@ -25,6 +26,7 @@ from portal.core.events import (
     Resumed,
     UpstreamsChanged,
 )
+from portal.core.expiry import watch_delay_s
 from portal.core.model import Connectivity, Network, PortalStatus
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
 from portal.core.session import BACKOFF_CAP_S, Session, backoff_s, restore, status, step
@@ -114,15 +116,19 @@ def test_hotel_episode() -> None:
     )
     # still captive: nothing new to pin or publish, the next probe waits twice as long
     assert a3 == (StartProbe(HOTEL, 2.0, 3),)
-    # signed in: undo pins and routes, tell NM, stop probing
+    # signed in: undo pins and routes, tell NM; the network was captive, so watch for the
+    # portal's return (tests/core/test_session_expiry.py): a sparse re-probe, the DNS alarm
     assert s4.state is C.ONLINE
+    watch = watch_delay_s(0, key="uuid-hotel")
     assert a4 == (
         StopRouting(),
         UnpinPortalHosts("uuid-hotel"),
         AskNMToRecheck(),
-        PublishStatus(PortalStatus(network=HOTEL, state=C.ONLINE)),
+        StartProbe(HOTEL, watch, 4),
+        WatchDns(()),
+        PublishStatus(PortalStatus(network=HOTEL, state=C.ONLINE, expiry_watch=True)),
     )
-    assert (s4.pinned, s4.routed, s4.probe_due, s4.retries) == ((), (), None, 0)
+    assert (s4.pinned, s4.routed, s4.probe_due, s4.retries) == ((), (), 103.4 + watch, 0)
 
 
 def test_backoff_doubles_to_the_cap_and_online_stops_it() -> None:

@@ -468,7 +468,9 @@ async def test_started_while_captive_notifies_at_once_with_actions(
     stand_in.status = captive(URL)
     async with running_agent(system_bus.address, session_bus.address):
         note = await fake_server.wait_shown(1)
-        assert note.actions == ["default", "Open sign-in page", "later", "Not now"]
+        assert note.actions == [
+            "default", "Open sign-in page", "later", "Not now", "never", "Don't ask again"
+        ]  # fmt: skip
         assert URL not in note.body
         # "Not now": closed, and this portal episode stays quiet.
         fake_server.signal("ActionInvoked", "us", [note.id, "later"])

@@ -145,6 +145,7 @@ async def test_tray_registers_and_shows_state_menu_and_clicks(
                 assert menu == [
                     "1: Open sign-in page (private window)",
                     "2: Check now",
+                    "5: Don't ask again for this network",
                     "3: ---",
                     "4: Overrides (1)",
                     "  100: login.hotel.test → 10.77.0.1 (Hotel Wi-Fi) (disabled)",

@@ -37,6 +37,7 @@ from portal.core.detect import (
     classify_all,
 )
 from portal.core.events import NetworkChanged
+from portal.core.expiry import watch_delay_s
 from portal.core.model import Connectivity, Network
 from portal.core.probe_model import ProbeSpec
 from portal.edges import http_probe
@@ -359,6 +360,25 @@ async def test_ipv6_only_probe_host(
     got = await probe(net, spec(url), timeout_s=5)
     assert (got.status, got.error, got.addresses) == (204, "", ("::1",))
     assert web.seen[0].headers["host"] == f"v6only.probe.test:{web.port}"
+
+
+@needs_dnsmasq
+@pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 on this machine")
+async def test_a_network_without_ipv4_probes_over_ipv6_first(
+    dnsmasq: Callable[..., Dnsmasq], portal_server: Callable[..., Awaitable[PortalServer]]
+) -> None:
+    """A NAT64 venue's DNS64 answers A as well as AAAA; with no IPv4 address of our own the A
+    is unreachable (here: nothing listens there), so the probe asks for AAAA first. The same
+    name on a network with IPv4 still goes to the A record."""
+    web = await portal_server(online_routes, ip="::1")
+    dns_server = dnsmasq({"dual.probe.test": ["127.0.0.1", "::1"]})
+    url = f"http://dual.probe.test:{web.port}/generate_204"
+    v6_only = Network(id="n1", interface="lo", addresses=("::1",), venue_dns=(dns_server.server,))
+    got = await probe(v6_only, spec(url), timeout_s=5)
+    assert (got.status, got.error, got.addresses) == (204, "", ("::1",))
+    dual = replace(v6_only, addresses=("127.0.0.1", "::1"))
+    got = await probe(dual, spec(url), timeout_s=5)
+    assert (got.error, got.addresses) == ("connect-refused", ("127.0.0.1",))
 
 
 @needs_dnsmasq
@@ -783,7 +803,9 @@ async def test_probe_round_drives_the_session_to_captive_and_online(
     )
     s, actions = session_mod.step(s, finished, now=2.0)
     assert s.state is Connectivity.ONLINE
-    assert not any(isinstance(a, StartProbe) for a in actions)
+    # no retry: only the sparse re-probe of a network that was captive (core/expiry.py)
+    [watch] = [a for a in actions if isinstance(a, StartProbe)]
+    assert watch.delay_s == watch_delay_s(0, key=net.id)
     assert any(isinstance(a, UnpinPortalHosts) for a in actions)
 
 
@@ -921,7 +943,9 @@ async def test_lab_portal_sign_in_episode(
     assert s.state is Connectivity.ONLINE
     assert 0 < s.seconds_remaining <= 3600  # from the API once signed in
     assert UnpinPortalHosts("uuid-hotel") in actions
-    assert not any(isinstance(a, StartProbe) for a in actions)
+    # no retry: only the sparse re-probe of a network that was captive (core/expiry.py)
+    [watch] = [a for a in actions if isinstance(a, StartProbe)]
+    assert watch.delay_s == watch_delay_s(0, key="uuid-hotel")
 
 
 # --- the same in a child process (what the daemon runs) ----------------------------------------

@@ -37,6 +37,9 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2 (ip)"),
 ]
 
+# without NetworkManager nothing names a profile or its cloned MAC
+NO_MAC = {"mac_address": "", "permanent_mac": "", "mac_setting": "", "profile": ""}
+
 
 class Watched:
     """The watcher child process and the namespace it watches."""
@@ -145,6 +148,7 @@ def test_default_route_address_and_dns_sources(watched: Watched) -> None:
         "venue_dns": ["10.99.0.1"],
         "api_uri": "",
         "check_uri": "",
+        **NO_MAC,
     }
 
     # networkd's state file for the link wins over resolv.conf and brings the RFC 8910 URI;
@@ -207,6 +211,9 @@ def test_dumps_span_datagrams_and_a_small_buffer_regrows(watched: Watched) -> No
         (link["ifindex"], info["local"])
         for link in json.loads(w.ip("-j", "addr", "show"))
         for info in link["addr_info"]
+        # IPv6 link-local ones may still be in duplicate address detection, left out until it
+        # ends, which may happen between iproute2's look and ours
+        if not info["local"].startswith("fe80:")
     }
     assert len(want) > 300
     for buffer_bytes in (65536, 256):
@@ -220,7 +227,8 @@ def test_dumps_span_datagrams_and_a_small_buffer_regrows(watched: Watched) -> No
         )
         assert out.returncode == 0, out.stderr
         tables = json.loads(out.stdout)
-        assert {(a["index"], a["address"]) for a in tables["addresses"]} == want
+        got = {(a["index"], a["address"]) for a in tables["addresses"]}
+        assert {a for a in got if not a[1].startswith("fe80:")} == want
         names = {link["name"] for link in tables["links"]}
         assert {"lo", "nl0", "nl0p", "nl1", "nl1p"} <= names
         assert tables["routes"] == [
@@ -269,6 +277,7 @@ def test_lab_laptop_without_nm(lab_factory: LabFactory) -> None:
         "venue_dns": [lab.hotel_ip],
         "api_uri": "",
         "check_uri": "",
+        **NO_MAC,
     }
     lab.run_laptop(["ip", "route", "del", "default"], check=True)
     while (event := events.next())["type"] != "NetworkChanged":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -20,8 +21,14 @@ import pytest
 from dbus_next import Message, MessageType, Variant
 from dbus_next.aio import MessageBus
 
-from portal.core.events import ConnectivityReported, NetworkChanged, UpstreamsChanged
+from portal.core.events import (
+    ConnectivityReported,
+    NetworkChanged,
+    UpstreamsChanged,
+    VpnsReported,
+)
 from portal.core.model import Connectivity, Network, Upstream
+from portal.core.paths import NmVpn
 from portal.edges import nm
 from portal.edges.bus import close, unwrap
 from portal.edges.nm import (
@@ -98,6 +105,7 @@ def test_network_from_nm_blocked_profile_uses_dhcp_dns_not_pinned() -> None:
         venue_dns=("10.77.0.1", "10.77.0.2"),
         api_uri="https://login.hotel.test/captive-portal/api",
         check_uri=MANAGER["ConnectivityCheckUri"],
+        profile="hotel-wifi",
     )
 
 
@@ -131,6 +139,84 @@ def test_network_from_nm_legacy_nameservers_property() -> None:
         access_point={},
     )
     assert network is not None and network.venue_dns == ("10.77.0.1",)
+
+
+def test_network_from_nm_takes_the_venue_dns_from_ipv6_too() -> None:
+    """What NM 1.42 showed in the lab's IPv6-only venue: IP6Config.Nameservers (RDNSS and
+    DHCPv6 merged) and DHCP6Config's dhcp6_name_servers; IPv4 servers stay first."""
+    v6 = bytes.fromhex("fd770000000000000000000000000001")
+    lan = bytes.fromhex("fe800000000000000000000000000001")
+    only6 = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0"},
+        ip4={},
+        ip6={"AddressData": [{"address": "fd77::5"}], "Nameservers": [v6, b"short"]},
+        dhcp4={},
+        access_point={},
+    )
+    assert only6 is not None and only6.venue_dns == ("fd77::1",)
+    # DHCPv6's own list wins over IP6Config's (which a profile's ignore-auto-dns empties)
+    dual = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0"},
+        ip4={"NameserverData": [{"address": "10.77.0.1"}]},
+        ip6={"Nameservers": [lan]},
+        dhcp4={},
+        dhcp6={"Options": {"dhcp6_name_servers": "fd77::53 junk", "iaid": "17:32:56:d8"}},
+        access_point={},
+    )
+    assert dual is not None and dual.venue_dns == ("10.77.0.1", "fd77::53")
+    # a link-local server carries its interface, the only way to reach it
+    lan_only = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0"},
+        ip4={},
+        ip6={"Nameservers": [lan]},
+        dhcp4={},
+        access_point={},
+    )
+    assert lan_only is not None and lan_only.venue_dns == ("fe80::1%lap0",)
+
+
+def test_network_from_nm_reads_the_mac_and_the_profiles_cloned_mac() -> None:
+    """As NM 1.42 showed them in the lab: Device.HwAddress, Device.Wired.PermHwAddress ("" on a
+    veth) and the profile's GetSettings, where `assigned-mac-address` holds "random"."""
+    network = network_from_nm(
+        manager={},
+        active=ACTIVE,
+        device={"Interface": "lap0", "HwAddress": "EA:0F:5C:BE:73:3F"},
+        ip4={},
+        ip6={},
+        dhcp4={},
+        access_point={},
+        hardware={"HwAddress": "EA:0F:5C:BE:73:3F", "PermHwAddress": ""},
+        settings={
+            "connection": {"id": "hotel-wifi"},
+            "802-3-ethernet": {"assigned-mac-address": "random"},
+        },
+    )
+    assert network is not None
+    assert (network.mac_address, network.permanent_mac) == ("EA:0F:5C:BE:73:3F", "")
+    assert (network.mac_setting, network.profile) == ("random", "hotel-wifi")
+
+
+@pytest.mark.parametrize(
+    ("section", "want"),
+    [
+        ({"assigned-mac-address": "stable"}, "stable"),
+        ({"cloned-mac-address": b"\x02\x11\x22\x33\x44\x55"}, "02:11:22:33:44:55"),
+        ({"cloned-mac-address": b"\x02"}, ""),
+        ({"assigned-mac-address": 5}, ""),
+        ({}, ""),
+        ("junk", ""),
+    ],
+)
+def test_cloned_mac_setting(section: object, want: str) -> None:
+    assert nm.cloned_mac_setting({"802-11-wireless": section}, "802-11-wireless") == want
+    assert nm.cloned_mac_setting({"802-11-wireless": section}, "802-3-ethernet") == ""
 
 
 def test_network_from_nm_without_active_connection_is_none() -> None:
@@ -367,6 +453,7 @@ def hotel_network(conn_uuid: str, ssid: str = "Hotel Guest") -> Network:
         venue_dns=("10.77.0.1",),
         api_uri="https://login.hotel.test/captive-portal/api",
         check_uri="http://check.test/",
+        profile="hotel-profile",
     )
 
 
@@ -444,6 +531,10 @@ async def test_reads_current_state_then_follows_changes_once_each(
             await mock.set_property(NM_PATH, NM_IFACE, "PrimaryConnection", Variant("o", vpn))
             await mock.set_property(NM_PATH, NM_IFACE, "Connectivity", Variant("u", 4))
             assert await events.next() == ConnectivityReported(Connectivity.ONLINE)
+            # ...and NM lists it among its active connections: the VPN is reported by name
+            # (a VPN plugin's tunnel interface is not on NM's bus)
+            await mock.set_property(NM_PATH, NM_IFACE, "ActiveConnections", Variant("ao", [vpn]))
+            assert await events.next() == VpnsReported((NmVpn("work-vpn", "vpn"),))
 
             # Disconnect: no primary connection.
             await mock.set_property(NM_PATH, NM_IFACE, "PrimaryConnection", Variant("o", "/"))
@@ -575,7 +666,20 @@ def expected_lab_network(lab: Lab, *, api_uri: str = "") -> Network:
         venue_dns=(lab.hotel_ip,),
         api_uri=api_uri,
         check_uri=NM_CHECK_URI,
+        # a veth: its MAC (chosen by the kernel), no permanent one; the profile sets none
+        mac_address=lab_mac(lab),
+        profile=PROFILE_ID,
     )
+
+
+def lab_mac(lab: Lab) -> str:
+    out = subprocess.run(
+        ["ip", "-n", lab.laptop_ns, "-j", "link", "show", LAPTOP_IF],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return str(json.loads(out.stdout)[0]["address"]).upper()
 
 
 @pytest.mark.root

@@ -28,12 +28,17 @@ Behaviour, per client (clients are told apart by source IP):
   ``--session-seconds``; when it runs out the client is captive again),
   ``GET|POST /__lab/logout?ip=A``, ``GET|POST /__lab/reset``.
 - ``--blackhole-dns ADDR`` also listens on UDP ADDR:53 and drops every query (or answers
-  REFUSED / SERVFAIL / NXDOMAIN): the "user's public resolver" a hotel blocks.
+  REFUSED / SERVFAIL / NXDOMAIN, or ``hijack``: every A query with the portal's address): the
+  "user's public resolver" a hotel blocks. With ``--dns-after-login ADDR`` it answers signed-in
+  clients as a resolver of the internet would (every A query with ADDR, an address the portal
+  also serves on), so a portal that takes the network back takes DNS back too.
 - ``--also-listen ADDR`` (repeatable, IPv4 or IPv6) serves the same on more addresses (an
   off-link one that clients reach through the venue's gateway, an IPv6 one).
 - ``--partner-host NAME``: the sign-in page loads ``<scheme>://NAME/partner.js``, a script from a
   third party (a CDN) that is reachable before login, like the walled garden of a real portal;
   the script writes "Wi-Fi by Venue Partner" into the page.
+- ``--open-network``: no portal at all: every client is online from its first request (a
+  network that is never captive), until ``/__lab/logout`` says otherwise for one.
 
 It must not: import anything outside the standard library (it runs with whatever python3 the
 machine has), listen anywhere but the addresses it is given, or run longer than ``--lifetime``
@@ -79,6 +84,7 @@ class Settings:
     unauth_style: str = "redirect"  # or "page"
     session_s: int = 3600
     partner_host: str = ""  # a third-party host the sign-in page loads a script from
+    open_network: bool = False  # no portal: every client is online unless logged out
 
     @property
     def base_url(self) -> str:
@@ -106,6 +112,7 @@ class PortalState:
         self._state_file = state_file
         self._lock = threading.Lock()
         self._logins: dict[str, float] = {}  # client IP -> monotonic end of its session
+        self._logged_out: set[str] = set()  # open network: clients sent back to the portal
         self._requests: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=REQUEST_LOG_LEN
         )
@@ -117,16 +124,19 @@ class PortalState:
         length = self._settings.session_s if session_s is None else session_s
         with self._lock:
             self._logins[ip] = time.monotonic() + length
+            self._logged_out.discard(ip)
         self._write()
 
     def logout(self, ip: str) -> None:
         with self._lock:
             self._logins.pop(ip, None)
+            self._logged_out.add(ip)
         self._write()
 
     def reset(self) -> None:
         with self._lock:
             self._logins.clear()
+            self._logged_out.clear()
             self._requests.clear()
             self._dns_queries = 0
         self._write()
@@ -134,10 +144,15 @@ class PortalState:
     def seconds_remaining(self, ip: str) -> int | None:
         """Seconds left in `ip`'s session, or None when it is not logged in (or it expired)."""
         with self._lock:
+            now = time.monotonic()
             ends = self._logins.get(ip)
+            if self._settings.open_network and ip not in self._logged_out:
+                if ends is None or ends <= now:
+                    # no portal here: a session as long as the portal's default, renewed
+                    ends = self._logins[ip] = now + self._settings.session_s
             if ends is None:
                 return None
-            left = ends - time.monotonic()
+            left = ends - now
             if left <= 0:
                 # The session ran out: the client is captive again, like a real hotel.
                 del self._logins[ip]
@@ -385,6 +400,7 @@ class PortalHandler(BaseHTTPRequestHandler):
                     "host": host,
                     "path": self.path,
                     "status": resp.status,
+                    "agent": self.headers.get("User-Agent") or "",
                 }
             )
         self.send_response(resp.status)
@@ -438,11 +454,30 @@ def _dns_reply(query: bytes, rcode: int) -> bytes | None:
     return struct.pack("!HHHHHH", qid, reply_flags, 1, 0, 0, 0) + query[12:end]
 
 
-BLACKHOLE_RCODES = {"drop": None, "servfail": 2, "nxdomain": 3, "refused": 5}
+BLACKHOLE_RCODES = {"drop": None, "servfail": 2, "nxdomain": 3, "refused": 5, "hijack": 0}
+
+
+def _dns_answer(query: bytes, address: str) -> bytes | None:
+    """A reply with one A record `address` for an A query, NODATA for any other type."""
+    reply = _dns_reply(query, 0)
+    if reply is None:
+        return None
+    qtype = struct.unpack("!H", reply[-4:-2])[0]
+    if qtype != 1:
+        return reply
+    # ANCOUNT 1; the record names the question by a pointer to offset 12 (RFC 1035 4.1.4)
+    record = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton(address)
+    return reply[:6] + struct.pack("!H", 1) + reply[8:] + record
 
 
 def blackhole_dns(
-    sock: socket.socket, mode: str, state: PortalState, stop: threading.Event
+    sock: socket.socket,
+    mode: str,
+    state: PortalState,
+    stop: threading.Event,
+    *,
+    portal_ip: str = "",
+    after_login: str = "",
 ) -> None:
     rcode = BLACKHOLE_RCODES[mode]
     while not stop.is_set():
@@ -454,10 +489,17 @@ def blackhole_dns(
         except OSError:
             continue
         state.record_dns_query()
-        sys.stderr.write(f"{time.time():.3f} dns {peer[0]} {mode} {len(data)} bytes\n")
-        if rcode is None:
+        signed_in = bool(after_login) and state.seconds_remaining(peer[0]) is not None
+        how = "answered" if signed_in else mode
+        sys.stderr.write(f"{time.time():.3f} dns {peer[0]} {how} {len(data)} bytes\n")
+        if signed_in:
+            reply = _dns_answer(data, after_login)
+        elif mode == "hijack":
+            reply = _dns_answer(data, portal_ip)
+        elif rcode is None:
             continue
-        reply = _dns_reply(data, rcode)
+        else:
+            reply = _dns_reply(data, rcode)
         if reply is not None:
             sock.sendto(reply, peer)
 
@@ -499,8 +541,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--blackhole-dns", help="address whose UDP port 53 swallows DNS queries")
     p.add_argument("--blackhole-port", type=int, default=53)
     p.add_argument("--blackhole-mode", choices=sorted(BLACKHOLE_RCODES), default="drop")
+    p.add_argument("--dns-after-login", default="", help="the blackhole answers signed-in clients")
     p.add_argument("--also-listen", action="append", default=[], help="another address to serve on")
     p.add_argument("--partner-host", default="", help="third-party host of the sign-in page")
+    p.add_argument("--open-network", action="store_true", help="no portal: every client online")
     return p.parse_args(argv)
 
 
@@ -518,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         unauth_style=args.unauth_style,
         session_s=args.session_seconds,
         partner_host=args.partner_host.lower(),
+        open_network=args.open_network,
     )
     state = PortalState(settings, args.state_file)
     stop = threading.Event()
@@ -553,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             threading.Thread(
                 target=blackhole_dns,
                 args=(dns_sock, args.blackhole_mode, state, stop),
+                kwargs={"portal_ip": settings.portal_ip, "after_login": args.dns_after_login},
                 daemon=True,
             )
         )

@@ -39,8 +39,17 @@ Constructor options (all keyword-only):
   statically, and /etc/resolv.conf names the hotel DNS (192.0.2.53 when blocked).
 - ``unauth_style``: "redirect" (302 to the sign-in page) or "page" (200 with the page).
 - ``portal_session_s`` (3600): how long a login lasts (the API's ``seconds-remaining``); when
-  it runs out the laptop is captive again. ``login(session_s=)`` overrides it per login.
-- ``blackhole_mode``: "drop", "refused", "servfail" or "nxdomain" (blocked mode).
+  it runs out the laptop is captive again, as a portal taking the network back: its web
+  answers turn back into the sign-in redirect (DNS answers as before: see ``dns_mode``).
+  ``login(session_s=)`` overrides it per login; ``logout()`` takes the network back at once.
+- ``captive`` (True): False makes a network with no portal at all (every client online from
+  its first request; ``logout()`` still sends one back to the portal).
+- ``blackhole_mode``: "drop", "refused", "servfail", "nxdomain" or "hijack" (every A query
+  answered with the portal's address) (blocked mode).
+- ``dns_after_login`` (False, blocked mode): the user's resolver (192.0.2.53) answers signed-in
+  clients, as the internet's would: every A query with ``INTERNET_IP`` (198.51.100.80, on the
+  hotel's lo; the portal serves the "simulated internet" there too). So a portal that takes
+  the network back takes the user's DNS back as well (to ``blackhole_mode``).
 - ``nm_check`` (False): NetworkManager's own connectivity check. Off by default, as NM ships
   on Debian (the check is the optional package network-manager-config-connectivity-debian),
   minimal installs and privacy-minded setups: no ``[connectivity]`` section, so NM reports FULL
@@ -62,15 +71,38 @@ Constructor options (all keyword-only):
   ``redirect-gateway def1`` set it up: ``0.0.0.0/1`` and ``128.0.0.0/1`` via ``vpn0``, a veth
   whose far end drops everything (frames to a MAC nobody has). Every off-link destination,
   the user's resolver included, is captured, unless a socket is bound to ``lap0``.
+- ``policy_vpn`` (False): a VPN as wg-quick sets one up for ``AllowedIPs = 0.0.0.0/0``, on a
+  tun device ``wg0`` as wireguard-go makes it (no process reads it: it delivers nothing): a
+  default route in table 51820 and the rules ``not fwmark 0xca6c lookup 51820`` and
+  ``lookup main suppress_prefixlength 0``. Every destination off the subnet is captured by the
+  rule, unless a socket carries the mark or is bound to ``lap0``.
+- ``venue_bridge`` (""): a local bridge of that name (Docker names its networks ``br-<id>``)
+  on the venue's subnet, made once the laptop is connected, as a ``docker network create``
+  with an overlapping subnet or a container's start does: ``10.77.0.254/24``, whose connected
+  route (metric 0) wins over NetworkManager's (metric 100) for the whole subnet, the gateway,
+  its DNS and the portal included.
 - ``offlink_portal`` (False): the portal is also served from ``203.0.113.80`` (the hotel's lo,
   reached through the gateway, so a VPN's routes capture it), and the venue's DNS answers
   the sign-in host with that address instead of 10.77.0.1.
+- ``offlink_hijack`` (False, with ``offlink_portal``): the venue's DNS answers every other
+  name (hijack and blocked modes) with ``203.0.113.80`` too, so portal's probes (and any
+  program's page) go off-link, through the gateway, where a VPN's routes or rules capture them.
 - ``partner_resource`` (False): the sign-in page loads a script from
   ``cdn.venue-partner.test`` (``PARTNER_HOST``), a third-party name only the venue's DNS
   resolves, reachable before login (the portal's log shows the request).
 - ``ipv6`` (False, with ``nm=False`` only): hotel0 also has ``fd77::1/64`` and lap0
   ``fd77::50/64`` with a default route; the portal serves on fd77::1, and the venue's DNS
   answers the sign-in host and ``v6only.hotel.test`` with AAAA fd77::1 (the latter has no A).
+- ``ipv6_only`` (False): an IPv6-only venue, as NAT64 networks are: the laptop gets no IPv4 at
+  all; the hotel's dnsmasq sends router advertisements (``enable-ra``: SLAAC on fd77::/64, the
+  RDNSS option naming fd77::1) and answers stateless DHCPv6 (DNS fd77::1 and the RFC 8910
+  option 103, the API URI). Its DNS answers every name with AAAA fd77::1 (the portal serves
+  there) and, like a DNS64 resolver's real A records, with an A the laptop cannot reach.
+  With NM the profile turns IPv4 off and IPv6 to auto; without NM the kernel takes the RA.
+  ``send_ra(captive_portal=URI)`` sends one more RA from the hotel's router carrying the RFC
+  8910 option 37 (dnsmasq has no way to). ``laptop_ip()`` is then the SLAAC address.
+- ``cloned_mac`` (""): the profile's ``ethernet.cloned-mac-address`` ("random", "stable", ...),
+  as NM writes it on a per-network random MAC (with NM only).
 - ``hostname_in_hosts`` (False): the laptop's /etc/hosts (still read-only) also names its
   hostname ``laptop`` (``127.0.1.1``), as Debian's installer and NixOS write it. Without it,
   programs that look up their own hostname at start (Firefox's profile lock does) wait for
@@ -110,7 +142,8 @@ also /run/dbus/system_bus_socket), ``bus_policy_dir``, ``ca_file`` (None without
 DNS answers for the sign-in host), ``timings`` (seconds, measured).
 
 By hand (as root): ``python3 tests/lab/lab.py shell [--dns-mode blocked] [--https] [--no-nm]
-[--dhcp-client dhclient] [--routing-vpn] [--offlink-portal] [--partner] [--ipv6] [COMMAND...]``
+[--dhcp-client dhclient] [--routing-vpn] [--policy-vpn] [--venue-bridge NAME]
+[--offlink-portal] [--partner] [--ipv6] [COMMAND...]``
 builds a lab, runs COMMAND (default: a shell) on the laptop, and removes the lab when it exits.
 
 The module is stdlib only: run as ``python3 lab.py --reap RECORD --watch PID`` it is the
@@ -155,6 +188,7 @@ PROFILE_UUID = "6d0a6f7e-4b1c-4c55-9a61-0c0ffee00001"
 HOTEL_IF = "hotel0"
 LAPTOP_IF = "lap0"
 OFFLINK_PORTAL_IP = "203.0.113.80"  # TEST-NET-3, on the hotel's lo: off-link for the laptop
+INTERNET_IP = "198.51.100.80"  # TEST-NET-2, on the hotel's lo: "the internet" once signed in
 PARTNER_HOST = "cdn.venue-partner.test"
 HOTEL_IP6 = "fd77::1"
 STATIC_LAPTOP_IP6 = "fd77::50"
@@ -164,11 +198,16 @@ VPN_FAR_IF = "vpn0far"
 VPN_IP = "10.200.0.2"
 VPN_GATEWAY = "10.200.0.1"
 VPN_GATEWAY_MAC = "02:00:5e:00:00:01"  # no interface has it: the far end drops every frame
+POLICY_VPN_IF = "wg0"
+POLICY_VPN_IP = "10.201.0.2"
+WG_TABLE = "51820"  # wg-quick's table and fwmark: the port, 51820 = 0xca6c
+WG_FWMARK = "0xca6c"
+BRIDGE_IP = "10.77.0.254"
 
 DnsMode = Literal["hijack", "strict", "blocked"]
 DhcpClient = Literal["internal", "dhclient"]
 UnauthStyle = Literal["redirect", "page"]
-BlackholeMode = Literal["drop", "refused", "servfail", "nxdomain"]
+BlackholeMode = Literal["drop", "refused", "servfail", "nxdomain", "hijack"]
 
 # Where root's tools live; PATH may lack the sbin directories when run from a user's shell.
 _SEARCH_PATH = os.pathsep.join(
@@ -511,11 +550,29 @@ managed=1
 """
 
 
-def nm_profile(*, dns_mode: str) -> str:
+def nm_profile(*, dns_mode: str, ipv6_only: bool = False, cloned_mac: str = "") -> str:
     pin = ""
     if dns_mode == "blocked":
         # The user's own resolver, which the hotel blackholes: NM must not use the DHCP DNS.
         pin = f"ignore-auto-dns=true\ndns={PUBLIC_DNS};\n"
+    ethernet = f"cloned-mac-address={cloned_mac}\n" if cloned_mac else ""
+    if ipv6_only:
+        return f"""[connection]
+id={PROFILE_ID}
+uuid={PROFILE_UUID}
+type=ethernet
+interface-name={LAPTOP_IF}
+autoconnect=true
+
+[ethernet]
+{ethernet}
+[ipv4]
+method=disabled
+
+[ipv6]
+method=auto
+addr-gen-mode=eui64
+"""
     return f"""[connection]
 id={PROFILE_ID}
 uuid={PROFILE_UUID}
@@ -524,7 +581,7 @@ interface-name={LAPTOP_IF}
 autoconnect=true
 
 [ethernet]
-
+{ethernet}
 [ipv4]
 method=auto
 {pin}
@@ -540,8 +597,10 @@ def dnsmasq_conf(
     leases: Path,
     pid_file: Path,
     portal_address: str = HOTEL_IP,
+    catch_all: str = HOTEL_IP,
     partner: bool = False,
     ipv6: bool = False,
+    ipv6_only: bool = False,
 ) -> str:
     lines = [
         f"interface={HOTEL_IF}",
@@ -578,8 +637,28 @@ def dnsmasq_conf(
             f"address=/{V6ONLY_HOST}/{HOTEL_IP6}",
             f"local=/{V6ONLY_HOST}/",
         ]
+    if ipv6_only:
+        # No IPv4 lease; the sign-in host has only AAAA.
+        v4_only = ("dhcp-range=", f"address=/{PORTAL_HOST}/")
+        lines = [line for line in lines if not line.startswith(v4_only)]
+        lines += [
+            f"listen-address={HOTEL_IP6}",
+            # RAs (SLAAC, RDNSS: dnsmasq names its own address) and stateless DHCPv6.
+            "enable-ra",
+            f"dhcp-range=::,constructor:{HOTEL_IF},ra-stateless,64,10m",
+            f"dhcp-option=option6:dns-server,[{HOTEL_IP6}]",
+            # RFC 8910 §2.2: DHCPv6 option 103, the captive-portal API URI.
+            f'dhcp-option-force=option6:103,"{api_uri}"',
+            # AAAA only: `local=` keeps the catch-all's A away from them (NODATA instead).
+            f"address=/{PORTAL_HOST}/{HOTEL_IP6}",
+            f"local=/{PORTAL_HOST}/",
+            f"address=/{V6ONLY_HOST}/{HOTEL_IP6}",
+            f"local=/{V6ONLY_HOST}/",
+        ]
+        if dns_mode in ("hijack", "blocked"):
+            lines.append(f"address=/#/{HOTEL_IP6}")
     if dns_mode in ("hijack", "blocked"):
-        lines.append(f"address=/#/{HOTEL_IP}")
+        lines.append(f"address=/#/{catch_all}")
     if dns_mode == "hijack":
         # Hotels that hijack DNS answer queries sent to any resolver, the "public" one too.
         lines.append(f"listen-address={PUBLIC_DNS}")
@@ -659,6 +738,36 @@ exec sleep "$LIFETIME"
 """
 
 
+# One router advertisement (RFC 4861 §4.2) with RDNSS (RFC 8106) and captive-portal (RFC 8910
+# §2.3) options, sent from a raw ICMPv6 socket (the kernel fills in the checksum).
+_SEND_RA = r"""
+import ipaddress, socket, struct, sys, time
+ifname, uri, lifetime, dns = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4]
+ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0x40, lifetime, 0, 0)  # O: DHCPv6 for the rest
+rdnss = struct.pack("!BBHI", 25, 3, 0, lifetime) + ipaddress.IPv6Address(dns).packed
+pad = (-(len(uri) + 2)) % 8
+cp = struct.pack("!BB", 37, (len(uri) + 2 + pad) // 8) + uri + b"\0" * pad
+def link_local():  # hotel0's, once duplicate address detection is over (else no RA leaves)
+    for line in open("/proc/net/if_inet6"):
+        addr, _index, _plen, scope, flags, name = line.split()
+        if name == ifname and scope == "20" and not int(flags, 16) & 0x40:
+            return str(ipaddress.IPv6Address(bytes.fromhex(addr)))
+for _ in range(100):
+    source = link_local()
+    if source:
+        break
+    time.sleep(0.05)
+else:
+    sys.exit(f"{ifname} has no usable link-local address")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.bind((source, 0, 0, socket.if_nametoindex(ifname)))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.SOL_SOCKET, 25, ifname.encode())
+s.sendto(ra + rdnss + cp, ("ff02::1", 0, 0, socket.if_nametoindex(ifname)))
+"""
+
+
 class Lab:
     """One hotel + laptop lab. See the module docstring for the API."""
 
@@ -681,10 +790,17 @@ class Lab:
         bare: bool = False,
         bus_policy_files: Iterable[str | os.PathLike[str]] = (),
         routing_vpn: bool = False,
+        policy_vpn: bool = False,
+        venue_bridge: str = "",
         offlink_portal: bool = False,
+        offlink_hijack: bool = False,
         partner_resource: bool = False,
         ipv6: bool = False,
+        ipv6_only: bool = False,
+        cloned_mac: str = "",
         hostname_in_hosts: bool = False,
+        captive: bool = True,
+        dns_after_login: bool = False,
         lifetime_s: float = 600.0,
         prefix: str | None = None,
         run_root: str | os.PathLike[str] | None = None,
@@ -713,10 +829,21 @@ class Lab:
         if ipv6 and nm:
             raise ValueError("ipv6=True needs nm=False (the NM profile disables IPv6)")
         self.routing_vpn = routing_vpn
+        self.policy_vpn = policy_vpn
+        self.venue_bridge = venue_bridge
         self.offlink_portal = offlink_portal
+        if offlink_hijack and not offlink_portal:
+            raise ValueError("offlink_hijack=True needs offlink_portal=True")
+        self.offlink_hijack = offlink_hijack
         self.partner_resource = partner_resource
         self.ipv6 = ipv6
+        if ipv6_only and (ipv6 or dns_mode != "hijack"):
+            raise ValueError("ipv6_only=True goes with dns_mode='hijack' and without ipv6")
+        self.ipv6_only = ipv6_only
+        self.cloned_mac = cloned_mac
         self.hostname_in_hosts = hostname_in_hosts
+        self.captive = captive
+        self.dns_after_login = dns_after_login
         #: The address the venue's DNS gives for the sign-in host.
         self.portal_address = OFFLINK_PORTAL_IP if offlink_portal else HOTEL_IP
         self.lifetime_s = lifetime_s
@@ -1062,7 +1189,9 @@ class Lab:
         self._ip("addr", "add", f"{HOTEL_IP}/{PREFIX_LEN}", "dev", HOTEL_IF, ns=self.hotel_ns)
         if self.offlink_portal:
             self._ip("addr", "add", f"{OFFLINK_PORTAL_IP}/32", "dev", "lo", ns=self.hotel_ns)
-        if self.ipv6:
+        if self.dns_after_login:
+            self._ip("addr", "add", f"{INTERNET_IP}/32", "dev", "lo", ns=self.hotel_ns)
+        if self.ipv6 or self.ipv6_only:
             self._ip("addr", "add", f"{HOTEL_IP6}/64", "dev", HOTEL_IF, "nodad", ns=self.hotel_ns)
         self._ip("link", "set", HOTEL_IF, "up", ns=self.hotel_ns)
         self._ip("link", "set", "lo", "up", ns=self.laptop_ns)
@@ -1108,12 +1237,16 @@ class Lab:
             portal += ["--https-port", "443", "--cert", str(cert), "--key", str(key)]
         if self.dns_mode == "blocked":
             portal += ["--blackhole-dns", PUBLIC_DNS, "--blackhole-mode", self.blackhole_mode]
+        if self.dns_after_login:
+            portal += ["--dns-after-login", INTERNET_IP, "--also-listen", INTERNET_IP]
         if self.offlink_portal:
             portal += ["--also-listen", OFFLINK_PORTAL_IP]
-        if self.ipv6:
+        if self.ipv6 or self.ipv6_only:
             portal += ["--also-listen", HOTEL_IP6]
         if self.partner_resource:
             portal += ["--partner-host", PARTNER_HOST]
+        if not self.captive:
+            portal.append("--open-network")
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         proc = self._spawn(self.hotel_argv(portal), env, "hotel_portal", self.portal_log)
         conf = d / "dnsmasq.conf"
@@ -1124,8 +1257,10 @@ class Lab:
                 leases=d / "dnsmasq.leases",
                 pid_file=d / "dnsmasq.pid",
                 portal_address=self.portal_address,
+                catch_all=self.portal_address if self.offlink_hijack else HOTEL_IP,
                 partner=self.partner_resource,
                 ipv6=self.ipv6,
+                ipv6_only=self.ipv6_only,
             )
         )
         dnsmasq = self._spawn(
@@ -1148,6 +1283,9 @@ class Lab:
             resolv = "# written by the laptop's NetworkManager once it connects\n"
         elif self.bare:
             resolv = "# written by whatever configures the network\n"
+        elif self.ipv6_only:
+            # Nothing here turns the RA's RDNSS into a nameserver line (no rdnssd).
+            resolv = "# the network has no IPv4; its DNS comes by router advertisement\n"
         else:
             ns = PUBLIC_DNS if self.dns_mode == "blocked" else HOTEL_IP
             resolv = f"nameserver {ns}\nsearch {HOTEL_DOMAIN}\n"
@@ -1194,6 +1332,10 @@ class Lab:
             self.start_nm()
         elif self.bare:
             self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
+        elif self.ipv6_only:
+            # The kernel takes the hotel's RA: SLAAC address, default route, and RDNSS passed
+            # to userspace (RTM_NEWNDUSEROPT). Nothing writes resolv.conf.
+            self._ip("link", "set", LAPTOP_IF, "up", ns=self.laptop_ns)
         else:
             self._ip(
                 "addr",
@@ -1213,6 +1355,10 @@ class Lab:
                 self._ip("-6", "route", "add", "default", "via", HOTEL_IP6, ns=self.laptop_ns)
         if self.routing_vpn:
             self._add_vpn()
+        if self.policy_vpn:
+            self._add_policy_vpn()
+        if self.venue_bridge:
+            self._add_venue_bridge()
 
     def _add_vpn(self) -> None:
         """A VPN that captures every off-link destination by routes more specific than the
@@ -1229,6 +1375,22 @@ class Lab:
         )  # fmt: skip
         for half in ("0.0.0.0/1", "128.0.0.0/1"):
             self._ip("route", "add", half, "via", VPN_GATEWAY, "dev", VPN_IF, ns=ns)
+
+    def _add_policy_vpn(self) -> None:
+        """wg-quick's routing for AllowedIPs = 0.0.0.0/0 (its `add_default`), on a tun device."""
+        ns = self.laptop_ns
+        self._ip("tuntap", "add", "dev", POLICY_VPN_IF, "mode", "tun", ns=ns)
+        self._ip("addr", "add", f"{POLICY_VPN_IP}/32", "dev", POLICY_VPN_IF, ns=ns)
+        self._ip("link", "set", POLICY_VPN_IF, "up", ns=ns)
+        self._ip("route", "add", "default", "dev", POLICY_VPN_IF, "table", WG_TABLE, ns=ns)
+        self._ip("rule", "add", "not", "fwmark", WG_FWMARK, "table", WG_TABLE, ns=ns)
+        self._ip("rule", "add", "table", "main", "suppress_prefixlength", "0", ns=ns)
+
+    def _add_venue_bridge(self) -> None:
+        ns = self.laptop_ns
+        self._ip("link", "add", self.venue_bridge, "type", "bridge", ns=ns)
+        self._ip("addr", "add", f"{BRIDGE_IP}/{PREFIX_LEN}", "dev", self.venue_bridge, ns=ns)
+        self._ip("link", "set", self.venue_bridge, "up", ns=ns)
 
     def _start_bus(self) -> None:
         for f in self.bus_policy_files:
@@ -1261,7 +1423,9 @@ class Lab:
             )
         )
         profile = nmd / "system-connections" / f"{PROFILE_ID}.nmconnection"
-        profile.write_text(nm_profile(dns_mode=self.dns_mode))
+        profile.write_text(
+            nm_profile(dns_mode=self.dns_mode, ipv6_only=self.ipv6_only, cloned_mac=self.cloned_mac)
+        )
         # NM ignores keyfiles that others can read.
         profile.chmod(0o600)
 
@@ -1352,18 +1516,28 @@ class Lab:
     # --- the laptop's address and the portal --------------------------------------------------
 
     def laptop_ip(self) -> str | None:
-        """lap0's IPv4 address, or None before it has one."""
+        """lap0's IPv4 address (its global IPv6 address when ipv6_only), or None before it has
+        one."""
+        family, word = ("-6", "inet6") if self.ipv6_only else ("-4", "inet")
         res = subprocess.run(
-            [_tool("ip"), "-n", self.laptop_ns, "-4", "-o", "addr", "show", "dev", LAPTOP_IF],
+            [_tool("ip"), "-n", self.laptop_ns, family, "-o", "addr", "show", "dev", LAPTOP_IF,
+             "scope", "global"],
             capture_output=True,
             text=True,
             check=False,
-        )
+        )  # fmt: skip
         for line in res.stdout.splitlines():
             fields = line.split()
-            if "inet" in fields:
-                return fields[fields.index("inet") + 1].split("/")[0]
+            if word in fields:
+                return fields[fields.index(word) + 1].split("/")[0]
         return None
+
+    def send_ra(self, *, captive_portal: str, lifetime_s: int = 1800) -> None:
+        """Send one router advertisement from the hotel's router (hotel0's link-local address,
+        as dnsmasq's) to every node, carrying the RFC 8910 option 37 with `captive_portal`, a
+        router lifetime of `lifetime_s` and the RDNSS option (RFC 8106) naming fd77::1."""
+        self.run_hotel([sys.executable, "-c", _SEND_RA, HOTEL_IF, captive_portal,
+                        str(lifetime_s), HOTEL_IP6], check=True)  # fmt: skip
 
     def _control(self, path: str) -> dict[str, Any]:
         conn = _UnixHTTPConnection(str(self.control_socket), timeout_s=10)
@@ -1508,9 +1682,13 @@ def _shell_main(argv: list[str]) -> int:
     p.add_argument("--no-nm", action="store_true", help="static address, no NetworkManager")
     p.add_argument("--nm-check", action="store_true", help="NetworkManager's connectivity check on")
     p.add_argument("--routing-vpn", action="store_true", help="a VPN that captures 0/1, 128/1")
+    p.add_argument("--policy-vpn", action="store_true", help="wg-quick's rules on a tun wg0")
+    p.add_argument("--venue-bridge", default="", metavar="NAME", help="a bridge on the subnet")
     p.add_argument("--offlink-portal", action="store_true", help="portal at 203.0.113.80 too")
     p.add_argument("--partner", action="store_true", help="the sign-in page loads a CDN script")
     p.add_argument("--ipv6", action="store_true", help="IPv6 on the hotel link (with --no-nm)")
+    p.add_argument("--ipv6-only", action="store_true", help="an IPv6-only venue (RA, DHCPv6)")
+    p.add_argument("--cloned-mac", default="", help="the profile's ethernet.cloned-mac-address")
     p.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default 3600)")
     p.add_argument("command", nargs="*", help="command to run on the laptop")
     args = p.parse_args(argv)
@@ -1527,9 +1705,13 @@ def _shell_main(argv: list[str]) -> int:
         nm=not args.no_nm,
         nm_check=args.nm_check,
         routing_vpn=args.routing_vpn,
+        policy_vpn=args.policy_vpn,
+        venue_bridge=args.venue_bridge,
         offlink_portal=args.offlink_portal,
         partner_resource=args.partner,
         ipv6=args.ipv6,
+        ipv6_only=args.ipv6_only,
+        cloned_mac=args.cloned_mac,
         lifetime_s=args.lifetime,
     ) as lab:
         print(f"lab {lab.prefix}: run dir {lab.run_dir}, up in {lab.timings['up_s']:.2f} s")

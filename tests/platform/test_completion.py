@@ -328,7 +328,7 @@ def test_man_page_documents_every_command_and_flag() -> None:
     for flag in flags(build_parser()):
         assert re.search(rf"^\s+(-\w, )?{re.escape(flag)}\b", options, re.M), flag
     # Each command's entry starts at the command's indentation and lists its own flags.
-    entries = dict(re.findall(r"\n {7}(\w+)(.*?)(?=\n {7}\w|\Z)", commands, re.S))
+    entries = dict(re.findall(r"\n {7}(\w[\w-]*)(.*?)(?=\n {7}\w|\Z)", commands, re.S))
     assert sorted(entries) == sorted(COMMANDS)
     for command, parser in COMMANDS.items():
         for flag in flags(parser) - {"--help", "--bus"}:

@@ -542,6 +542,10 @@ def test_socket_lists_what_the_module_resets() -> None:
 def test_module_rule_names_the_shipped_actions() -> None:
     policy = (REPO / "polkit" / "org.portalhelper.portal.policy").read_text()
     module = (REPO / "nixos-module" / "default.nix").read_text()
-    for action in ("org.portalhelper.portal.manage-overrides", "org.portalhelper.portal.check"):
+    for action in (
+        "org.portalhelper.portal.manage-overrides",
+        "org.portalhelper.portal.check",
+        "org.portalhelper.portal.network-choices",
+    ):
         assert f'id="{action}"' in policy
         assert f'"{action}"' in module

@@ -40,6 +40,11 @@ BUS_NAME = "org.portalhelper.Portal1"
 POLKITD = Path("/usr/lib/polkit-1/polkitd")
 SYSTEM_CONF = Path("/usr/share/dbus-1/system.conf")
 POLKIT_BUS_CONF = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
+ACTIONS = (
+    "org.portalhelper.portal.manage-overrides",
+    "org.portalhelper.portal.check",
+    "org.portalhelper.portal.network-choices",
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -310,15 +315,15 @@ def test_daemon_runs_as_portal_and_uses_polkit(stack: Stack) -> None:
 
 
 def test_pkaction_sees_the_shipped_actions(stack: Stack) -> None:
-    for action in ("org.portalhelper.portal.manage-overrides", "org.portalhelper.portal.check"):
+    for action in ACTIONS:
         shown = stack.run(None, "pkaction", "--verbose", "--action-id", action)
         assert shown.returncode == 0, shown.stderr
         assert "auth_admin_keep" in shown.stdout
         assert "org.freedesktop.policykit.owner -> unix-user:portal" in shown.stdout
 
 
-def test_rule_lets_netdev_and_networkmanager_in_for_both_actions(stack: Stack) -> None:
-    for action in ("org.portalhelper.portal.manage-overrides", "org.portalhelper.portal.check"):
+def test_rule_lets_netdev_and_networkmanager_in_for_every_action(stack: Stack) -> None:
+    for action in ACTIONS:
         # pkcheck asks about its own shell's process, as that user.
         script = f'pkcheck --action-id {action} --process "$$"'
         for user in (stack.member, stack.nixos_member):
@@ -374,3 +379,13 @@ def test_anyone_may_list(stack: Stack) -> None:
         listed = stack.portal(user, "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert "listed.portal.test" in listed.stdout
+
+
+def test_choices_about_networks_go_through_polkit(stack: Stack) -> None:
+    refused = stack.portal(stack.outsider, "ask-again", "--all")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "not authorised to change portal's choices about networks" in refused.stderr
+    # a member gets past polkit: the daemon itself answers (it asks on every network already)
+    allowed = stack.portal(stack.member, "ask-again", "--all")
+    assert allowed.returncode == 1, allowed.stdout + allowed.stderr
+    assert "not authorised" not in allowed.stderr and "already" in allowed.stderr

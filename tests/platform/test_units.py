@@ -236,6 +236,7 @@ def test_polkit_actions_have_defaults_and_owner() -> None:
     assert set(actions) == {
         "org.portalhelper.portal.manage-overrides",
         "org.portalhelper.portal.check",
+        "org.portalhelper.portal.network-choices",
     }
     for action in actions.values():
         defaults = action.find("defaults")
@@ -252,6 +253,7 @@ def test_polkit_rule_names_both_groups_and_actions() -> None:
         '"networkmanager"',
         '"org.portalhelper.portal.manage-overrides"',
         '"org.portalhelper.portal.check"',
+        '"org.portalhelper.portal.network-choices"',
     ):
         assert word in rule
 

@@ -192,6 +192,8 @@ def variant_status(status: dict[str, Any]) -> dict[str, Variant]:
     for key, value in status.items():
         if isinstance(value, list):
             out[key] = Variant("as", value)
+        elif isinstance(value, bool):
+            out[key] = Variant("b", value)
         else:
             out[key] = Variant(types.get(key, "s"), value)
     return out
@@ -226,6 +228,7 @@ class StandInDaemon:
     status: dict[str, Any] = field(default_factory=lambda: dict(ONLINE))
     overrides: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    asked: list[tuple[str, str]] = field(default_factory=list)  # DontAskAgain/AskAgain calls
     bus: MessageBus | None = None
     called: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -251,6 +254,12 @@ class StandInDaemon:
             return Message.new_method_return(msg, "aa{sv}", [rows])
         if msg.member == "Check":
             return Message.new_method_return(msg)
+        if msg.member in ("DontAskAgain", "AskAgain"):
+            self.asked.append((msg.member, msg.body[0]))
+            name = str(self.status.get("network", ""))
+            if msg.member == "DontAskAgain":
+                return Message.new_method_return(msg, "s", [name])
+            return Message.new_method_return(msg, "as", [[name]])
         return Message.new_error(msg, "org.freedesktop.DBus.Error.UnknownMethod", msg.member)
 
     def set_status(self, status: dict[str, Any]) -> None:
