@@ -107,7 +107,7 @@ _portal() {
     import) flags+=" --ttl --any-network" ;;
     daemon) flags+=" --listen --upstream --state-dir --config --log-level --network-source --wiring --resolv-conf --ca-file" ;;
     agent) flags+=" --browser --sign-in-notification --config --log-level" ;;
-    wire) flags="-h --help --resolv-conf --request" ;;
+    wire) flags="-h --help --resolv-conf --request --stopped" ;;
     ask-again) flags+=" --all" ;;
     remove | check | dont-ask) ;;
     *) return ;;

@@ -78,3 +78,4 @@ complete -c portal -n '__fish_seen_subcommand_from agent' -l browser -x -a '(__f
 complete -c portal -n '__fish_seen_subcommand_from agent' -l sign-in-notification -x -a 'auto always never' -d "when to show portal's own sign-in notification"
 complete -c portal -n '__fish_seen_subcommand_from wire' -l resolv-conf -r -F -d 'the file to edit'
 complete -c portal -n '__fish_seen_subcommand_from wire' -l request -r -F -d "the daemon's request"
+complete -c portal -n '__fish_seen_subcommand_from wire' -l stopped -d 'the daemon has stopped: withdraw its request, take the stub out'

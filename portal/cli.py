@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--request", metavar="FILE", help="the daemon's request (/run/portal/resolv-stub)"
     )
+    w.add_argument(
+        "--stopped",
+        action="store_true",
+        help="the daemon has stopped (portal.service runs this): withdraw its request and "
+        "take the stub out",
+    )
     return p
 
 
@@ -593,6 +599,7 @@ def run_wire(args: argparse.Namespace) -> int:
     result = resolv_conf.sync(
         args.resolv_conf or resolv_conf.DEFAULT_RESOLV_CONF,
         args.request or resolv_conf.DEFAULT_REQUEST,
+        stopped=args.stopped,
     )
     if result.request_error:
         print(f"portal: {result.request_error}", file=sys.stderr)

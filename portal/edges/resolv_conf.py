@@ -14,8 +14,10 @@ through a temporary file renamed over the old one (in the symlink target's direc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from portal.core.wiring import ResolvConfPlan, format_stub_request, parse_stub_request
@@ -105,17 +107,50 @@ class SyncResult:
     request_text: str | None = None  # the request as the last pass read it (None: none)
 
 
-def sync(resolv_conf: str = DEFAULT_RESOLV_CONF, request: str = DEFAULT_REQUEST) -> SyncResult:
+def sync(
+    resolv_conf: str = DEFAULT_RESOLV_CONF,
+    request: str = DEFAULT_REQUEST,
+    *,
+    stopped: bool = False,
+) -> SyncResult:
     """Make resolv.conf what the request asks for: the stub first, or portal's block gone.
 
     The helper's whole job; safe to run any number of times (a second run changes nothing).
     A request that is not one loopback address counts as none. Raise ResolvConfError when
     resolv.conf cannot be read or written.
 
+    `stopped` is the daemon's stop (portal.service's ExecStopPost, after the daemon is gone):
+    its request is withdrawn, so no helper after this one can read it, and the stub taken out.
+
+    Runs hold a lock on resolv.conf's directory from reading the request to writing the file:
+    a helper the path unit started while the daemon was alive may have read its request, and
+    without the lock it could write the stub back after the stop's run took it out.
     The request is read again after each pass, and the pass repeated if it changed meanwhile:
     a path unit does not start its service again for a change made while that service runs,
     so a daemon killed during a pass (its request removed) would otherwise leave its stub.
     """
+    with _locked(os.path.dirname(os.path.abspath(resolv_conf))):
+        if stopped:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request)
+        return _sync(resolv_conf, request)
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """An exclusive flock(2) on `directory` (every helper run takes the same one)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ResolvConfError(f"cannot open {directory}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sync(resolv_conf: str, request: str) -> SyncResult:
     result = _sync_once(resolv_conf, request)
     for _ in range(MAX_PASSES - 1):
         if read_text(request) == result.request_text:

@@ -9,6 +9,7 @@ over the file, a rename over a symlink's target, a write in place, a retargeted 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import stat
 import subprocess
@@ -290,3 +291,44 @@ def test_a_request_changed_during_a_pass_gets_another_pass(
     assert reads[0] == f"{STUB}\n" and len(reads) >= 3
     assert not result.plan.wired
     assert resolv.read_text() == NM_TEXT
+
+
+def test_the_daemons_stop_withdraws_its_request_and_waits_for_a_running_helper(
+    tmp_path: Path,
+) -> None:
+    # A helper the path unit started while the daemon was alive has read its request and is
+    # about to write the stub; the daemon dies and portal.service runs `portal wire --stopped`.
+    # The stop's run must come after that helper (the lock), and no helper after it may find the
+    # old request (withdrawn): resolv.conf ends as its owner wrote it.
+    resolv, request = tmp_path / "resolv.conf", tmp_path / "resolv-stub"
+    resolv.write_text(NM_TEXT)
+    resolv_conf.write_request(str(request), STUB)
+    plan = resolv_conf.plan(NM_TEXT, STUB)  # what the running helper is about to write
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the running helper holds the lock
+    try:
+        stop = subprocess.Popen(
+            [sys.executable, "-m", "portal", "wire", "--resolv-conf", str(resolv),
+             "--request", str(request), "--stopped"],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                stop.wait(timeout=1.0)  # it waits its turn
+            assert request.exists()  # and has done nothing yet
+            resolv.write_text(plan.text)  # the running helper writes the stub, then ends
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        out, err = stop.communicate(timeout=30)
+    finally:
+        os.close(held)
+        if stop.poll() is None:
+            stop.kill()
+            stop.wait(timeout=5)
+    assert stop.returncode == 0, err
+    assert out == f"rewrote {resolv} as its owner wrote it\n"
+    assert resolv.read_text() == NM_TEXT
+    assert not request.exists()
+    # a helper the path unit starts afterwards finds no request: the stub stays out
+    assert wire(resolv, request).stdout == f"left {resolv} as its owner wrote it\n"
