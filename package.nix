@@ -51,7 +51,6 @@ python3Packages.buildPythonApplication {
 
   dependencies = with python3Packages; [
     dbus-next
-    dnspython
     httpx
   ];
 

@@ -1013,7 +1013,7 @@ def _read(path: str) -> str:
 async def _resolve_via(
     host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None
 ) -> list[str]:
-    # dnspython is loaded at the first lookup (a portal detected, `portal add NAME`), not at start
+    # loaded at the first lookup (a portal detected, `portal add NAME`), not before DNS is served
     from portal.edges.venue_dns import resolve_via
 
     return await resolve_via(host, servers, timeout_s=timeout_s, network=network)
@@ -1036,7 +1036,8 @@ def _is_address(text: str) -> bool:
 def build(config: Config) -> Daemon:
     """The daemon with its real edges: the only place that picks them and binds sockets.
 
-    D-Bus, dnspython and the probe child are imported when first used, after DNS is served.
+    D-Bus, the venue lookups and the probe child are imported when first used, after DNS is
+    served.
     """
     sockets = systemd.listen_fds()
     if sockets:
