@@ -13,12 +13,12 @@ when it fires (a burst of failing or hijacked answers) hands one callback to the
 Unarmed, it costs one attribute read per forwarded answer.
 
 The UDP side runs in the DNS thread and TCP clients on the asyncio loop; which thread owns what
-is the table in portal/edges/reactor.py.
+is the table in portal/edges/reactor.py. The UDP side can be served before asyncio is imported
+(`serve_udp()`, portal/early.py): this module imports asyncio only in its coroutines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import resource
@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portal.core.answer import Answers, Forward, LocalEntry, relay
 from portal.core.expiry import AnswerWatch
@@ -34,6 +34,9 @@ from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_SERVFAIL, build_error
 from portal.edges.upstream import Forwarder
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("portal.dns")
 
@@ -120,15 +123,10 @@ class DnsStub:
     def addresses(self) -> list[str]:
         return [format_host_port(host, port) for host, port in self.listen_addresses()]
 
-    async def start(self, on_fatal: Any = None) -> None:
-        """Serve: TCP on the loop, UDP in the DNS thread. `on_fatal(exc)` is called on the loop
-        if that thread ever dies."""
+    def serve_udp(self) -> None:
+        """Start the DNS thread on the UDP sockets; no asyncio loop needed (start() attaches
+        it). Once only."""
         udp = [s for s in self.sockets if s.type == socket.SOCK_DGRAM]
-        for s in self.sockets:
-            if s.type != socket.SOCK_DGRAM:
-                s.setblocking(False)
-                server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
-                self._servers.append(server)
         r = self.reactor
         for s in udp:
             # blocking, for the thread's plain recvfrom(); every other read says MSG_DONTWAIT
@@ -138,10 +136,27 @@ class DnsStub:
             r.serve_solo(udp[0], functools.partial(self._on_solo, udp[0]))
         forwarder = self.forwarder
         r.busy = lambda: forwarder.in_flight > 0
+        r.start_thread()
+
+    async def start(self, on_fatal: Any = None) -> None:
+        """Serve: TCP on the loop, UDP in the DNS thread (started here unless serve_udp() did
+        it already). `on_fatal(exc)` is called on the loop if that thread ever dies."""
+        import asyncio
+
+        for s in self.sockets:
+            if s.type != socket.SOCK_DGRAM:
+                s.setblocking(False)
+                server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
+                self._servers.append(server)
+        r = self.reactor
         r.on_fatal = on_fatal
-        r.start()
+        if not r.started():
+            self.serve_udp()
+        r.attach(asyncio.get_running_loop())
 
     async def close(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         # Stop accepting before closing the servers: asyncio (3.11) fails the transport of a
         # connection accepted in the same loop turn as Server.close() (its server is gone by the
@@ -238,6 +253,8 @@ class DnsStub:
         buffered: a loop turn of 10 ms lets anything that arrived wake them) are closed
         cleanly. Costs 10 ms at stop when no client is connected.
         """
+        import asyncio
+
         deadline = asyncio.get_running_loop().time() + TCP_DRAIN_S
         while True:
             # At least one turn: a connection accepted just before the server closed has its
@@ -256,6 +273,8 @@ class DnsStub:
         await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         peer = writer.get_extra_info("peername")
         host = peer[0] if peer else ""
         if not is_loopback(host) or self._tcp_clients >= TCP_MAX_CLIENTS:

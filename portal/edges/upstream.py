@@ -24,14 +24,14 @@ TOTAL_TIMEOUT_S, the caller gets None and replies SERVFAIL.
 It runs in the DNS thread, its `reactor` (portal.edges.reactor, whose table says what that
 thread owns): every UDP socket, the queries in flight and the timer. The awaitable `forward()`
 and `aclose()` are called from the asyncio loop and hand the work over; TCP forwarding runs on
-that loop.
+that loop. The UDP path needs no asyncio: the daemon forwards its first queries before asyncio
+is imported (portal/early.py), so this module imports it only in its coroutines.
 
 Decides nothing about which names are forwarded: that is portal.core.answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
 import heapq
@@ -42,11 +42,14 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
 from portal.edges.reactor import ThreadReactor, Timer
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("portal.upstream")
 
@@ -92,6 +95,8 @@ class Forwarder:
 
     async def aclose(self) -> None:
         """close() in the DNS thread, from the asyncio loop; returns when it is done."""
+        import asyncio  # loaded already: the caller runs on its loop
+
         loop = asyncio.get_running_loop()
         closed = loop.create_future()
 
@@ -157,6 +162,8 @@ class Forwarder:
         if tcp:
             servers = tuple(upstreams) if upstreams is not None else self.upstreams
             return await self._forward_tcp(data, question, servers)
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes | None] = loop.create_future()
 
@@ -171,6 +178,8 @@ class Forwarder:
     async def _forward_tcp(
         self, data: bytes, question: bytes, servers: tuple[Upstream, ...]
     ) -> bytes | None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TOTAL_TIMEOUT_S
         fallback: bytes | None = None
@@ -520,6 +529,8 @@ class _UdpPool:
 async def _tcp_exchange(
     server: Upstream, query: bytes, qid: int, question: bytes, timeout_s: float
 ) -> bytes | None:
+    import asyncio
+
     async def exchange() -> bytes | None:
         reader, writer = await asyncio.open_connection(server.host, server.port)
         try:
