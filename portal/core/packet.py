@@ -285,13 +285,25 @@ def build_header_error(data: bytes, rcode: int) -> bytes | None:
 
 
 def pack_addresses(addresses: tuple[str, ...]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """Split textual addresses into packed IPv4 and IPv6 rdata, once per override."""
+    """Split textual addresses into packed IPv4 and IPv6 rdata, once per override (a dotted
+    quad without ipaddress: the daemon packs every override before its first answer)."""
     v4: list[bytes] = []
     v6: list[bytes] = []
     for text in addresses:
-        addr = ipaddress.ip_address(text)
-        (v6 if addr.version == 6 else v4).append(addr.packed)
+        if ":" not in text:
+            v4.append(_pack_v4(text))
+        else:
+            v6.append(ipaddress.IPv6Address(text).packed)
     return tuple(v4), tuple(v6)
+
+
+def _pack_v4(text: str) -> bytes:
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 3 for p in parts):
+        octets = [int(p) for p in parts]
+        if max(octets) <= 255:
+            return bytes(octets)
+    return ipaddress.IPv4Address(text).packed  # raises for what is no address
 
 
 def with_id(data: bytes, qid: int) -> bytes:

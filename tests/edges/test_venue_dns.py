@@ -50,7 +50,9 @@ def a_only(query: bytes) -> list[tuple[float, bytes]]:
 async def test_the_a_answer_does_not_wait_for_a_dropped_aaaa() -> None:
     with fake_upstream(a_only) as up:
         # 60 s is the lookup's own bound: waiting for the AAAA answer would take all of it
-        got = await asyncio.wait_for(resolve_via("login.hotel.test", [up.upstream], timeout_s=60), 10)
+        got = await asyncio.wait_for(
+            resolve_via("login.hotel.test", [up.upstream], timeout_s=60), 10
+        )
         assert got == ["10.77.0.1"]
         assert sorted(qtype(q) for q in up.received) == [1, 28]  # AAAA was asked, at once
 
@@ -194,9 +196,7 @@ async def test_a_dead_first_server_leaves_time_for_the_next() -> None:
     silent = FakeUpstream(lambda query: []).start()
     try:
         with fake_upstream(a_only) as up:
-            got = await resolve_via(
-                "login.hotel.test", [silent.upstream, up.upstream], timeout_s=2
-            )
+            got = await resolve_via("login.hotel.test", [silent.upstream, up.upstream], timeout_s=2)
             assert got == ["10.77.0.1"]
     finally:
         silent.close()
