@@ -1030,6 +1030,7 @@ def build(config: Config, early: Early | None = None) -> Daemon:
     D-Bus, the venue lookups and the probe child are imported when first used, after DNS is
     served.
     """
+    store: Store
     if early is not None:
         stub, store = early.stub, early.store
     else:

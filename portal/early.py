@@ -7,9 +7,9 @@ Most of a start is importing: asyncio, the session and detection modules, later 
 that arrive meanwhile (socket activation, a restart under load) would wait in the kernel. So the
 first part of the composition root runs here, on modules that do not import asyncio: take
 systemd's sockets or bind the configured addresses, read the state file (a corrupt one is moved
-aside, as always), and start the DNS thread answering from those overrides and forwarding to
-the configured upstreams, or else resolv.conf's, exactly as the daemon's own first view does
-(no network known yet). The daemon then takes over the same stub, reactor and table
+aside, as always) and the network the daemon was last on, and start the DNS thread answering
+from those overrides and forwarding to the configured upstreams, or else resolv.conf's, exactly
+as the daemon's own first view does. The daemon then takes over the same stub, reactor and table
 (`Early.store` hands the table read here to its first load), swaps in its own view and attaches
 its loop: nothing is read or bound twice, and no answer changes at the hand-over.
 
@@ -28,7 +28,7 @@ from typing import NamedTuple
 from portal.config import Config
 from portal.core.answer import local_entries
 from portal.core.inet import parse_host_port
-from portal.core.model import Upstream
+from portal.core.model import Network, Upstream
 from portal.core.overrides import Limits, OverrideTable
 from portal.core.resolvconf import parse_resolv_conf
 from portal.edges import systemd
@@ -41,21 +41,27 @@ from portal.errors import PortalError
 log = logging.getLogger("portal")
 
 
-class LoadedStore:
-    """The state file's Store, whose first load() returns the table read at the start."""
+class LoadedStore(Store):
+    """The state directory's Store, whose first load() and load_network() return what was
+    read at the start (the daemon takes it over; nothing is read twice)."""
 
-    def __init__(self, store: Store, table: OverrideTable) -> None:
-        self._store = store
+    def __init__(self, state_dir: str, table: OverrideTable, network: Network | None) -> None:
+        super().__init__(state_dir)
         self._table: OverrideTable | None = table
+        self._network = network
+        self._network_read = True
 
     def load(self, *, limits: Limits) -> OverrideTable:
         table, self._table = self._table, None
         if table is not None and table.limits == limits:
             return table
-        return self._store.load(limits=limits)
+        return super().load(limits=limits)
 
-    def save(self, table: OverrideTable) -> None:
-        self._store.save(table)
+    def load_network(self) -> Network | None:
+        if self._network_read:
+            self._network_read = False
+            return self._network
+        return super().load_network()
 
 
 class Early(NamedTuple):
@@ -110,6 +116,11 @@ def serve(config: Config) -> Early:
     now = time.time()
     table = store.load(limits=Limits(max_overrides=config.max_overrides))
     table.expire(now)
-    stub.set_entries(local_entries(table.active(network_id=None, now=now)))
+    # the network the daemon was last on, which it assumes until its watcher reports
+    # (Daemon._assume_the_last_network): overrides scoped to it answer from the first query
+    network = store.load_network()
+    stub.set_entries(
+        local_entries(table.active(network_id=network.id if network else None, now=now))
+    )
     stub.serve_udp()
-    return Early(stub, LoadedStore(store, table))
+    return Early(stub, LoadedStore(config.state_dir, table, network))
