@@ -100,6 +100,8 @@ class ThreadReactor:
         self.solo: socket.socket | None = None
         self.on_solo: Callable[[bytes, Any], None] | None = None
         self.busy: Callable[[], bool] = lambda: False
+        # called at the end of every round of callbacks (the stub sends its replies then)
+        self.after: Callable[[], None] = lambda: None
         self.on_fatal: Callable[[BaseException], None] | None = None
         self._failure: BaseException | None = None  # why the thread died, if it did
         # Wakes the thread: a datagram from this private socket to the inbox, a loopback socket
@@ -243,11 +245,12 @@ class ThreadReactor:
 
     def _loop(self) -> None:
         readers, calls = self._readers, self._calls
-        solo, on_solo, busy = self.solo, self.on_solo, self.busy
+        solo, on_solo, busy, after = self.solo, self.on_solo, self.busy, self.after
         recvfrom = solo.recvfrom if solo is not None and on_solo is not None else None
         while not self._stopping:
             if calls:
                 self._run_calls()
+                self._after(after)
                 continue
             if recvfrom is not None and not busy():
                 # the hot loop of a stub that answers locally: one blocking read per query
@@ -260,9 +263,11 @@ class ThreadReactor:
                     on_solo(data, addr)  # type: ignore[misc]
                 except Exception:
                     log.exception("internal error on a datagram, continuing")
+                self._after(after)
                 continue
             timeout = self._run_timers()
             if calls:
+                self._after(after)
                 continue
             try:
                 events = self._epoll.poll(timeout)
@@ -276,6 +281,14 @@ class ThreadReactor:
                     except Exception:  # as asyncio does: log, and serve the rest
                         log.exception("internal error in a DNS thread reader, continuing")
             self._run_timers()
+            self._after(after)
+
+    @staticmethod
+    def _after(after: Callable[[], None]) -> None:
+        try:
+            after()
+        except Exception:
+            log.exception("internal error at the end of a DNS thread round, continuing")
 
     def _run_calls(self) -> None:
         calls = self._calls

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
 from portal.edges.reactor import ThreadReactor, Timer
+from portal.edges.udp_batch import recv_data
 
 if TYPE_CHECKING:
     import asyncio
@@ -503,27 +504,22 @@ class _UdpPool:
 
     def _readable(self, sock: _Sock) -> None:
         flights = sock.flights
-        for _ in range(READ_BATCH):
-            try:
-                packet = sock.sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. ECONNREFUSED from an ICMP port unreachable
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self.forwarder._failed(sock, exc)
-                else:
-                    log.debug("upstream %s: %s, ignoring", self.server, exc)
-                return
+        # At most as many as are expected: no read that would only say EAGAIN (an exception in
+        # the pure-Python path); a stray datagram beyond them wakes the loop again.
+        packets, error = recv_data(sock.sock, max(1, min(READ_BATCH, len(flights))))
+        for packet in packets:
             flight = flights.get(_id_of(packet)) if len(packet) >= 12 else None
             # connect() already restricts the source; check the ID's query and question too
             if flight is None or not response_matches(packet, flight.qid, flight.question):
                 log.debug("upstream %s: unexpected or mismatched answer, ignoring", self.server)
                 continue
             self.forwarder._answered(sock, flight, packet)
-            if not flights:
-                # nothing more is expected here: skip the read that would only say EAGAIN (an
-                # exception, a microsecond); a stray datagram still wakes the loop again
-                return
+        if error is None:
+            return
+        if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            self.forwarder._failed(sock, error)  # an ICMP error: the upstream is not there
+        else:
+            log.debug("upstream %s: %s, ignoring", self.server, error)
 
 
 async def _tcp_exchange(
