@@ -18,6 +18,7 @@ let
   # the docs must not change the package's hash.
   wanted = [
     "pyproject.toml"
+    "setup.py" # the optional recvmmsg extension (portal/_udpbatch.c), built with stdenv's cc
     "README.md"
     "LICENSE"
     "portal"
@@ -51,7 +52,6 @@ python3Packages.buildPythonApplication {
 
   dependencies = with python3Packages; [
     dbus-next
-    dnspython
     httpx
   ];
 

@@ -164,7 +164,27 @@ def versions() -> dict[str, str]:
         "dnsmasq": first_line(["dnsmasq", "--version"]),
         "unbound": line_starting(["unbound", "-V"], "Version"),
         "dnsperf": line_starting(["dnsperf", "-H"], "Version"),
+        "udp_batch": udp_batch_in_use(),
     }
+
+
+def udp_batch_in_use() -> str:
+    """How the measured portal reads and sends UDP: portal/edges/udp_batch.py's choice, made
+    by the same interpreter and environment as the daemon's (PORTAL_NO_UDPBATCH included)."""
+    code = "from portal.edges import udp_batch; print(udp_batch.NATIVE)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env=p.portal_env(),
+    ).stdout.strip()
+    if out == "True":
+        return "recvmmsg/sendmmsg (C extension portal._udpbatch)"
+    if out == "False":
+        return "one recvfrom/sendto per datagram (pure Python: the extension not built or off)"
+    return "unknown (the tree has no portal/edges/udp_batch.py)"
 
 
 def line_starting(cmd: list[str], prefix: str) -> str:
@@ -382,14 +402,16 @@ class Bench:
         udir = base / "unbound"
         udir.mkdir()
         unbound = p.start_unbound(
-            udir, SERVER_HOST, self.overrides, cpu=cpus.server, wait_name=first
+            udir,
+            SERVER_HOST,
+            self.overrides,
+            cpu=cpus.server,
+            wait_name=first,
+            forward_to=f"{upstream.host}@{upstream.port}",
         )
         self.servers = {"portal": portal, "dnsmasq": dnsmasq, "unbound": unbound}
         for name, s in self.servers.items():
-            if (
-                name != "unbound"
-                and p.ask_a(s.host, s.port, first_fwd) != self.forwarded[first_fwd]
-            ):
+            if p.ask_a(s.host, s.port, first_fwd) != self.forwarded[first_fwd]:
                 raise RuntimeError(f"{name} does not forward to the upstream")
         self.memory("after_start")
 
@@ -412,7 +434,7 @@ class Bench:
         up = self.upstream
         for i in range(self.plan.reps + self.plan.extra_latency_reps):
             full = i < self.plan.reps
-            for name in ("portal", "dnsmasq"):
+            for name in ("portal", "dnsmasq", "unbound"):
                 s = self.servers[name]
                 load_run(
                     self.res, "forward", name, s, s.pid, self.q_fwd, self.plan, self.cpus,
@@ -800,6 +822,7 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
         f"kernel {vers['kernel']}, Python {vers['python']}; {vers['dnsmasq']}; "
         f"unbound {vers['unbound'].removeprefix('Version ')}; dnsperf "
         f"{vers['dnsperf'].removeprefix('Version ')}. {res.get('machine', 'cpus')}. "
+        f"portal's UDP path: {vers.get('udp_batch', '?')}. "
         f"Load average at start {_load(res.get('machine', 'loadavg_start'))}, "
         f"at end {_load(res.get('machine', 'loadavg_end'))}. Median of {plan.reps} "
         f"round(s) at full speed for {plan.qps_s} s; latency: median of "
@@ -817,12 +840,14 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
         lines += ["", f"## {title}", ""]
         rows = []
         ref = d[section].get("dnsmasq")
+        uref = d[section].get("unbound")
         direct_p50 = med(d[section].get("direct"), "p50_ms")
         for name, runs in d[section].items():
             row = [
                 name,
                 m.fmt_num(med(runs, "qps")),
                 f"{m.ratio(med(runs, 'qps'), med(ref, 'qps')):.2f}×" if ref else "–",
+                f"{m.ratio(med(runs, 'qps'), med(uref, 'qps')):.2f}×" if uref else "–",
                 m.fmt_num(med(runs, "cpu_us_per_query"), 1),
                 m.fmt_num(med(runs, "p50_ms"), 3),
                 m.fmt_num(med(runs, "p99_ms"), 3),
@@ -831,7 +856,7 @@ def report(res: Results, plan: Plan, vers: dict[str, str], label: str) -> str:
                 added = med(runs, "p50_ms") - direct_p50 if name != "direct" else float("nan")
                 row.append(m.fmt_num(added, 3))
             rows.append(row)
-        header = ["server", "QPS", "vs dnsmasq", "CPU µs/query", "p50 ms", "p99 ms"]
+        header = ["server", "QPS", "vs dnsmasq", "vs unbound", "CPU µs/query", "p50 ms", "p99 ms"]
         if section == "forward":
             header.append("added p50 ms")
         lines.append(m.markdown_table(header, rows))
@@ -961,8 +986,23 @@ def targets_table(res: Results) -> str:
     d = res.data
     rows: list[list[str]] = []
 
-    def add(what: str, value: str, ref: str, ratio: str, target: str, ok: bool | None) -> None:
-        rows.append([what, value, ref, ratio, target, m.verdict(ok)])
+    def add(
+        what: str,
+        value: str,
+        ref: str,
+        ratio: str,
+        target: str,
+        ok: bool | None,
+        unbound: str = "–",
+    ) -> None:
+        rows.append([what, value, ref, ratio, unbound, target, m.verdict(ok)])
+
+    def vs_unbound(section: dict[str, Any], key: str, value: float, unit: str, digits: int) -> str:
+        """unbound's figure and portal's ratio to it (only where unbound ran as that server)."""
+        if not section.get("unbound"):
+            return "–"
+        u = med(section["unbound"], key)
+        return f"{m.fmt_num(u, digits)}{unit} ({m.ratio(value, u):.2f}×)"
 
     a = d.get("answers", {})
     if a.get("portal") and a.get("dnsmasq"):
@@ -974,6 +1014,7 @@ def targets_table(res: Results) -> str:
             f"{pq / dq:.2f}×",
             "≥ 1.0× dnsmasq",
             pq >= dq,
+            vs_unbound(a, "qps", pq, "", 0),
         )
         pc, dc = med(a["portal"], "cpu_us_per_query"), med(a["dnsmasq"], "cpu_us_per_query")
         add(
@@ -983,10 +1024,17 @@ def targets_table(res: Results) -> str:
             f"{pc / dc:.2f}×",
             "≤ dnsmasq",
             pc <= dc,
+            vs_unbound(a, "cpu_us_per_query", pc, " µs", 1),
         )
         pl, dl = med(a["portal"], "p50_ms"), med(a["dnsmasq"], "p50_ms")
         add(
-            "override p50", f"{pl:.3f} ms", f"{dl:.3f} ms", f"{pl / dl:.2f}×", "≤ dnsmasq", pl <= dl
+            "override p50",
+            f"{pl:.3f} ms",
+            f"{dl:.3f} ms",
+            f"{pl / dl:.2f}×",
+            "≤ dnsmasq",
+            pl <= dl,
+            vs_unbound(a, "p50_ms", pl, " ms", 3),
         )
     f = d.get("forward", {})
     if f.get("portal") and f.get("dnsmasq"):
@@ -998,21 +1046,41 @@ def targets_table(res: Results) -> str:
             f"{pq / dq:.2f}×",
             "≥ 1.0× dnsmasq",
             pq >= dq,
+            vs_unbound(f, "qps", pq, "", 0),
+        )
+        pc, dc = med(f["portal"], "cpu_us_per_query"), med(f["dnsmasq"], "cpu_us_per_query")
+        add(
+            "forward CPU/query",
+            f"{pc:.1f} µs",
+            f"{dc:.1f} µs",
+            f"{pc / dc:.2f}×",
+            "– (reported)",
+            None,
+            vs_unbound(f, "cpu_us_per_query", pc, " µs", 1),
+        )
+        pl, dl = med(f["portal"], "p50_ms"), med(f["dnsmasq"], "p50_ms")
+        add(
+            "forward p50",
+            f"{pl:.3f} ms",
+            f"{dl:.3f} ms",
+            f"{pl / dl:.2f}×",
+            "– (see added p50)",
+            None,
+            vs_unbound(f, "p50_ms", pl, " ms", 3),
         )
     if f.get("portal") and f.get("direct"):
         added = med(f["portal"], "p50_ms") - med(f["direct"], "p50_ms")
-        dadded = (
-            med(f["dnsmasq"], "p50_ms") - med(f["direct"], "p50_ms")
-            if f.get("dnsmasq")
-            else float("nan")
-        )
+        direct = med(f["direct"], "p50_ms")
+        dadded = med(f["dnsmasq"], "p50_ms") - direct if f.get("dnsmasq") else float("nan")
+        uadded = med(f["unbound"], "p50_ms") - direct if f.get("unbound") else float("nan")
         add(
             "forward added p50",
             f"{added:.3f} ms",
             f"{dadded:.3f} ms",
-            "–",
+            f"{m.ratio(added, dadded):.2f}×",
             "≤ 0.100 ms",
             added <= 0.1,
+            f"{uadded:.3f} ms ({m.ratio(added, uadded):.2f}×)" if f.get("unbound") else "–",
         )
     c = d.get("cli", {})
     for key, what, limit in (
@@ -1023,10 +1091,11 @@ def targets_table(res: Results) -> str:
         if c.get(key):
             v = m.median(c[key])
             used = m.median(d.get("cli_cpu", {}).get(key) or [float("nan")])
+            floor = m.median(c["python_floor"]) if c.get("python_floor") else float("nan")
             add(
                 what,
                 f"{v:.0f} ms (CPU {used:.0f} ms)",
-                "–",
+                f"`python3 -c pass` {floor:.0f} ms" if floor == floor else "–",
                 f"{v / limit:.2f}× limit",
                 f"≤ {limit} ms",
                 v <= limit,
@@ -1043,6 +1112,9 @@ def targets_table(res: Results) -> str:
             f"{v / 100:.2f}× limit",
             "≤ 100 ms",
             v <= 100,
+            f"{m.median(s['unbound']):.0f} ms ({m.ratio(v, m.median(s['unbound'])):.2f}×)"
+            if s.get("unbound")
+            else "–",
         )
     mem = d.get("memory", {})
     if mem.get("portal_after_start_kib"):
@@ -1089,7 +1161,8 @@ def targets_table(res: Results) -> str:
             idle["switches"] <= 2,
         )
     add("activation → captive → notification", "see e2e", "–", "–", "–", None)
-    return m.markdown_table(["figure", "portal", "reference", "ratio", "target", ""], rows)
+    header = ["figure", "portal", "dnsmasq (or limit)", "ratio", "unbound (ratio)", "target", ""]
+    return m.markdown_table(header, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

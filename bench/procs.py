@@ -354,7 +354,12 @@ def start_dnsmasq(
     return server
 
 
-def unbound_conf(host: str, port: int, records: dict[str, str], directory: Path) -> str:
+def unbound_conf(
+    host: str, port: int, records: dict[str, str], directory: Path, forward_to: str | None = None
+) -> str:
+    """unbound serving `records`; with `forward_to` ("IP@PORT") every other name is forwarded
+    there, uncached (cache-max-ttl 0: an answer expires as it is stored), as portal and
+    dnsmasq --cache-size=0 forward every query; without it, nothing else is answered."""
     lines = [
         "server:",
         f"  interface: {host}@{port}",
@@ -372,10 +377,21 @@ def unbound_conf(host: str, port: int, records: dict[str, str], directory: Path)
         "  do-ip6: no",
         "  access-control: 127.0.0.0/8 allow",
         '  module-config: "iterator"',
-        # everything is local: a benchmark never recurses to the Internet
-        '  local-zone: "." static',
     ]
+    if forward_to is None:
+        # everything is local: a benchmark never recurses to the Internet
+        lines.append('  local-zone: "." static')
+    else:
+        # the records are transparent local zones (unbound makes them so); the rest goes to
+        # the upstream on loopback, which unbound refuses to ask by default
+        lines += [
+            "  do-not-query-localhost: no",
+            "  cache-max-ttl: 0",
+            "  cache-max-negative-ttl: 0",
+        ]
     lines += [f'  local-data: "{name}. 60 IN A {ip}"' for name, ip in records.items()]
+    if forward_to is not None:
+        lines += ["forward-zone:", '  name: "."', f"  forward-addr: {forward_to}"]
     lines += ["remote-control:", "  control-enable: no", ""]
     return "\n".join(lines)
 
@@ -388,10 +404,11 @@ def start_unbound(
     cpu: int | None,
     wait_name: str | None = None,
     label: str = "unbound",
+    forward_to: str | None = None,
 ) -> Server:
     port = free_port(host)
     conf = base / f"{label}.conf"
-    conf.write_text(unbound_conf(host, port, records, base))
+    conf.write_text(unbound_conf(host, port, records, base, forward_to))
     proc = spawn(["unbound", "-d", "-c", str(conf)], cpu=cpu, log=base / f"{label}.log")
     server = Server(label, host, port, proc, base)
     _wait_serving(server, wait_name)

@@ -17,17 +17,9 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portal import __version__
-from portal.core.report import (
-    TTL_DEFAULT,
-    TTL_FOREVER,
-    OverrideView,
-    StatusReport,
-    from_plain,
-    to_plain,
-)
 from portal.errors import (
     ConfigError,
     InvalidAddress,
@@ -35,6 +27,9 @@ from portal.errors import (
     InvalidTTL,
     PortalError,
 )
+
+if TYPE_CHECKING:
+    from portal.core.report import OverrideView, StatusReport
 
 USAGE_ERRORS = (InvalidDomain, InvalidAddress, InvalidTTL, ConfigError)
 
@@ -286,6 +281,7 @@ def read_file(path: str) -> str:
 
 def ttl_arg(text: str | None, until_removed: bool) -> int:
     from portal.core.overrides import parse_duration
+    from portal.core.report import TTL_DEFAULT, TTL_FOREVER
 
     if until_removed:
         return TTL_FOREVER
@@ -320,6 +316,8 @@ async def run_client(args: argparse.Namespace, req: dict[str, Any]) -> int:
 
 
 def cmd_add(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from portal.core.report import OverrideView, from_plain
+
     (raw,) = client.call(
         "AddOverride", "sastb", [req["domain"], req["ips"], req["ttl"], args.any_network]
     )
@@ -347,6 +345,8 @@ def cmd_import(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> in
 
 def override_json(o: OverrideView) -> dict[str, Any]:
     """The JSON of one override: `expires_at` and `scope` are null when unset."""
+    from portal.core.report import to_plain
+
     out = to_plain(o)
     out["expires_at"] = o.expires_at or None
     out["scope"] = o.scope or None
@@ -388,6 +388,8 @@ def format_overrides(items: list[OverrideView]) -> str:
 
 
 def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from portal.core.report import OverrideView, from_plain
+
     (rows,) = client.call("ListOverrides")
     items = [from_plain(OverrideView, row) for row in rows]
     if args.json:
@@ -401,6 +403,8 @@ def cmd_list(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
 
 def status_json(s: StatusReport, overrides: list[OverrideView]) -> dict[str, Any]:
     """The status with the overrides themselves in place of their count."""
+    from portal.core.report import to_plain
+
     out = to_plain(s)
     out["overrides"] = [override_json(o) for o in overrides]
     return out
@@ -464,6 +468,8 @@ def print_status(args: argparse.Namespace, status: StatusReport, items: list[Ove
 
 
 def cmd_status(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from portal.core.report import OverrideView, StatusReport, from_plain
+
     (status,) = client.call("GetStatus")
     (rows,) = client.call("ListOverrides")
     print_status(
@@ -493,6 +499,8 @@ async def watch_status(client: Any, args: argparse.Namespace, req: dict[str, Any
 
 
 def cmd_check(client: Any, args: argparse.Namespace, req: dict[str, Any]) -> int:
+    from portal.core.report import StatusReport, from_plain
+
     client.call("Check")
     (raw,) = client.call("GetStatus")
     status = from_plain(StatusReport, raw)
@@ -570,9 +578,8 @@ COMMANDS = {
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    import_asyncio()
+    """The stub answers first (portal/early.py), then asyncio and the daemon are imported."""
     from portal import config as cfg
-    from portal import daemon
 
     conf = cfg.load(args.config)
     flags: dict[str, Any] = {}
@@ -589,7 +596,21 @@ def run_daemon(args: argparse.Namespace) -> int:
     if bus:
         flags["bus"] = bus
     conf = cfg.apply(conf, flags)
-    return daemon.run(conf)
+    from portal import early
+    from portal.logsetup import setup_logging
+
+    setup_logging(conf.log_level, "portal")
+    try:
+        started = early.serve(conf)
+    except PortalError as exc:
+        import logging
+
+        logging.getLogger("portal").error("%s", exc)
+        return 1
+    import_asyncio()
+    from portal import daemon
+
+    return daemon.run(conf, started)
 
 
 def run_wire(args: argparse.Namespace) -> int:

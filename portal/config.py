@@ -7,7 +7,6 @@ See portal.toml.example for every key with a comment.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -66,11 +65,20 @@ def check_listen(text: str) -> str:
 
 
 def parse(text: str, *, base: Config = Config()) -> Config:
+    if not _has_content(text):
+        return base  # no key set: the TOML parser (a few milliseconds at every start) stays out
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
     return apply(base, data)
+
+
+def _has_content(text: str) -> bool:
+    """Whether the text has a line that is neither blank nor a comment (TOML's `#`)."""
+    return any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
 
 
 def apply(base: Config, data: dict[str, Any]) -> Config:

@@ -13,9 +13,11 @@ its lock and its save policy), and which upstreams the stub forwards to.
 
 Order at start: the overrides are loaded and handed to the stub, DNS is served at once (queries
 that queued in the kernel meanwhile are answered first), then the bus, the network watcher and
-the resolver wiring come up; their D-Bus modules are imported only then. The DNS path never
-awaits D-Bus or disk: the stub reads a ready view that is swapped whenever overrides, routes or
-the network change. Every action that can fail logs "..., ignoring" and never stops DNS.
+the resolver wiring come up; their D-Bus modules are imported only then. `portal daemon` does
+the first part even before this module is imported (portal/early.py `serve`, handed to
+`build`). The DNS path never awaits D-Bus or disk: the stub reads a ready view that is swapped
+whenever overrides, routes or the network change. Every action that can fail logs
+"..., ignoring" and never stops DNS.
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ from portal.core.overrides import Limits, OverrideTable, format_duration, parse_
 from portal.core.paths import NmVpn, PathFacts, PathReport, PathTarget, assess
 from portal.core.probe_model import ProbeFinished, ProbeSpec, failed_round
 from portal.core.report import OverrideView, StatusReport
-from portal.core.resolvconf import parse_resolv_conf
+from portal.early import Early, open_sockets, resolv_conf_upstreams
 from portal.edges import systemd
-from portal.edges.dns_stub import DnsStub, bind_sockets
+from portal.edges.dns_stub import DnsStub
 from portal.edges.network_source import NetworkSource
 from portal.edges.reactor import ThreadReactor
 from portal.edges.store import Store
@@ -675,11 +677,7 @@ class Daemon:
         """Without static upstreams and before the watcher says anything: resolv.conf's."""
         if self.config.upstreams:
             return
-        found = tuple(
-            u
-            for u in parse_resolv_conf(_read(self.config.resolv_conf)).upstreams
-            if u.host not in self.own_addresses
-        )
+        found = resolv_conf_upstreams(self.config.resolv_conf, self.own_addresses)
         if found:
             self.forwarder.set_upstreams(found)
             self.upstream_source = f"resolv.conf ({self.config.resolv_conf})"
@@ -1002,18 +1000,10 @@ class Daemon:
         return True
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 async def _resolve_via(
     host: str, servers: Sequence[str], *, timeout_s: float, network: Network | None
 ) -> list[str]:
-    # dnspython is loaded at the first lookup (a portal detected, `portal add NAME`), not at start
+    # loaded at the first lookup (a portal detected, `portal add NAME`), not before DNS is served
     from portal.edges.venue_dns import resolve_via
 
     return await resolve_via(host, servers, timeout_s=timeout_s, network=network)
@@ -1033,22 +1023,19 @@ def _is_address(text: str) -> bool:
 # --- the composition root --------------------------------------------------------------------
 
 
-def build(config: Config) -> Daemon:
-    """The daemon with its real edges: the only place that picks them and binds sockets.
+def build(config: Config, early: Early | None = None) -> Daemon:
+    """The daemon with its real edges: the only place that picks them and binds sockets, or
+    takes them from `early` (portal/early.py: the stub already answering, the table read).
 
-    D-Bus, dnspython and the probe child are imported when first used, after DNS is served.
+    D-Bus, the venue lookups and the probe child are imported when first used, after DNS is
+    served.
     """
-    sockets = systemd.listen_fds()
-    if sockets:
-        log.info("using %d socket(s) from systemd", len(sockets))
+    store: Store
+    if early is not None:
+        stub, store = early.stub, early.store
     else:
-        try:
-            sockets = bind_sockets([parse_host_port(a) for a in config.listen])
-        except OSError as exc:
-            raise PortalError(
-                f"cannot listen on {', '.join(config.listen)}: {exc.strerror or exc}"
-            ) from exc
-    stub = DnsStub(sockets, Forwarder(ThreadReactor(), config.upstreams))
+        stub = DnsStub(open_sockets(config), Forwarder(ThreadReactor(), config.upstreams))
+        store = Store(config.state_dir)
     listening = stub.listen_addresses() or [parse_host_port(config.listen[0])]
     own = {parse_host_port(a)[0] for a in config.listen} | {host for host, _ in listening}
     watcher = None
@@ -1073,7 +1060,7 @@ def build(config: Config) -> Daemon:
     return Daemon(
         config,
         stub=stub,
-        store=Store(config.state_dir),
+        store=store,
         prober=_probe_in_child,
         watcher=watcher,
         wiring=wiring,
@@ -1171,18 +1158,20 @@ class _ResolverWiring:
 # --- `portal daemon` -------------------------------------------------------------------------
 
 
-async def main(config: Config) -> int:
-    daemon = build(config)
+async def main(config: Config, early: Early | None = None) -> int:
+    daemon = build(config, early)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
     return await daemon.run()
 
 
-def run(config: Config) -> int:
-    setup_logging(config.log_level, "portal")
+def run(config: Config, early: Early | None = None) -> int:
+    """`portal daemon`; with `early`, logging is set up already (portal/cli.py)."""
+    if early is None:
+        setup_logging(config.log_level, "portal")
     try:
-        return asyncio.run(main(config))
+        return asyncio.run(main(config, early))
     except PortalError as exc:
         log.error("%s", exc)
         return 1

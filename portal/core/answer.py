@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from portal.core.inet import is_loopback
@@ -48,9 +47,10 @@ Routes = Mapping[str, tuple[Upstream, ...]]  # domain → the venue's DNS server
 NO_ROUTES: Routes = {}
 
 
-@dataclass(frozen=True, slots=True)
-class LocalEntry:
-    """An override, pre-packed for the hot path."""
+class LocalEntry(NamedTuple):
+    """An override, pre-packed for the hot path. A named tuple: the daemon builds one per
+    override before it answers its first query, and the class itself is made without the
+    `exec` of a dataclass."""
 
     v4: tuple[bytes, ...]
     v6: tuple[bytes, ...]
@@ -59,7 +59,7 @@ class LocalEntry:
     @classmethod
     def from_override(cls, o: Override) -> LocalEntry:
         v4, v6 = pack_addresses(o.addresses)
-        return cls(v4=v4, v6=v6, expires_at=o.expires_at)
+        return cls(v4, v6, o.expires_at)
 
 
 def local_entries(overrides: Mapping[str, Override]) -> dict[str, LocalEntry]:

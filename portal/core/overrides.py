@@ -34,6 +34,13 @@ MAX_LABEL_LENGTH = 63
 STATE_VERSION = 1
 
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$")
+# A name as parse_domain() returns it: labels of 1 to 63 as _LABEL, 253 characters at most.
+_NORMAL_NAME = re.compile(
+    r"(?=.{1,253}\Z)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
+)
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_NORMAL_V4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")  # as ipaddress writes IPv4
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _FOREVER = {"never", "forever", "permanent", "until-removed"}
@@ -41,6 +48,12 @@ _FOREVER = {"never", "forever", "permanent", "until-removed"}
 
 def parse_domain(text: str) -> str:
     """Normalise a domain name: IDNA, lower case, no trailing dot. Raise InvalidDomain."""
+    if isinstance(text, str) and _NORMAL_NAME.match(text) and not text.rpartition(".")[2].isdigit():
+        return text  # already normal (every name of the state file): one match, not a dozen
+    return _parse_domain(text)
+
+
+def _parse_domain(text: str) -> str:
     if not isinstance(text, str):
         raise InvalidDomain(f"invalid domain {text!r}: not text")
     shown = text if len(text) <= 80 else text[:77] + "..."
@@ -75,6 +88,16 @@ def parse_domain(text: str) -> str:
 
 def parse_address(text: str) -> str:
     """Normalise an IPv4 or IPv6 address to its compressed text form. Raise InvalidAddress."""
+    if isinstance(text, str) and _NORMAL_V4.match(text):
+        # already a dotted quad in normal form: only the checks below are left to make
+        # (ipaddress costs ten times this, for each override the daemon reads at its start)
+        first = int(text.partition(".")[0])
+        if text != "0.0.0.0" and not 224 <= first <= 239:
+            return text
+    return _parse_address(text)
+
+
+def _parse_address(text: str) -> str:
     if not isinstance(text, str):
         raise InvalidAddress(f"invalid address {text!r}: not text")
     try:

@@ -1,4 +1,5 @@
-"""The DNS packet: parse a query's question and build answers straight from bytes.
+"""The DNS packet: parse a query's question and build answers straight from bytes; build the
+stub's own lookups (the venue's DNS) and read their answers.
 
 Pure functions over `bytes` (RFC 1035 §4.1, EDNS0 per RFC 6891). A query is one question and at
 most one OPT record; anything else is answered FORMERR or NOTIMP. The common shape (no
@@ -30,6 +31,7 @@ RCODE_NXDOMAIN = 3
 RCODE_NOTIMP = 4
 RCODE_REFUSED = 5
 RCODE_BADVERS = 16  # extended rcode, carried in the OPT record (RFC 6891 §6.1.3)
+TYPE_CNAME = 5
 
 EDNS_PAYLOAD = 1232  # what we advertise and honour at most (DNS flag day 2020)
 MIN_UDP_PAYLOAD = 512
@@ -283,13 +285,25 @@ def build_header_error(data: bytes, rcode: int) -> bytes | None:
 
 
 def pack_addresses(addresses: tuple[str, ...]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """Split textual addresses into packed IPv4 and IPv6 rdata, once per override."""
+    """Split textual addresses into packed IPv4 and IPv6 rdata, once per override (a dotted
+    quad without ipaddress: the daemon packs every override before its first answer)."""
     v4: list[bytes] = []
     v6: list[bytes] = []
     for text in addresses:
-        addr = ipaddress.ip_address(text)
-        (v6 if addr.version == 6 else v4).append(addr.packed)
+        if ":" not in text:
+            v4.append(_pack_v4(text))
+        else:
+            v6.append(ipaddress.IPv6Address(text).packed)
     return tuple(v4), tuple(v6)
+
+
+def _pack_v4(text: str) -> bytes:
+    parts = text.split(".")
+    if len(parts) == 4 and all(p.isdigit() and p.isascii() and len(p) <= 3 for p in parts):
+        octets = [int(p) for p in parts]
+        if max(octets) <= 255:
+            return bytes(octets)
+    return ipaddress.IPv4Address(text).packed  # raises for what is no address
 
 
 def with_id(data: bytes, qid: int) -> bytes:
@@ -318,3 +332,102 @@ def is_truncated(response: bytes) -> bool:
 
 def rcode_of(response: bytes) -> int:
     return response[3] & 0xF if len(response) >= 4 else -1
+
+
+# --- lookups of our own: a query out, the addresses in its answer ------------------------------
+
+MAX_CNAME_CHAIN = 8  # aliases followed from the question's name to its addresses
+_ADDRESS_SIZE = {TYPE_A: 4, TYPE_AAAA: 16}
+
+
+class Reply(NamedTuple):
+    """What a lookup needs from an answer to its query (parse_reply)."""
+
+    rcode: int
+    truncated: bool
+    addresses: tuple[str, ...]  # of the queried type, for the name asked or its aliases
+
+
+def build_query(name: str, qtype: int, qid: int) -> bytes | None:
+    """A recursive query (RD) for `name`, as a stub resolver sends it: one question, class IN,
+    no EDNS (as dnspython's make_query; a truncated answer is asked again over TCP). None when
+    `name` is no DNS name (a label over 63 octets, the name over 255, RFC 1035 §2.3.4). A name
+    outside ASCII is sent in its IDNA form."""
+    text = name.rstrip(".")
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("idna")
+        except UnicodeError:
+            return None
+    wire = b""
+    if raw:
+        for label in raw.split(b"."):
+            if not 0 < len(label) <= 63:
+                return None
+            wire += bytes((len(label),)) + label
+    wire += b"\x00"
+    if len(wire) > 255:
+        return None
+    return _HEADER.pack(qid & 0xFFFF, 0x0100, 1, 0, 0, 0) + wire + _QTAIL.pack(qtype, CLASS_IN)
+
+
+def read_name(data: bytes, offset: int) -> tuple[str, int]:
+    """The name at `offset` (lower-case text) and where the data after it begins; compression
+    pointers are followed with dnspython's rules. Raises ValueError for what cannot be read."""
+    try:
+        try:
+            return _read_plain_name(data, offset)
+        except _Compressed:
+            name, end, _wire = _read_compressed_name(data, offset)
+            return name, end
+    except (Unusual, IndexError):
+        raise ValueError("unreadable name") from None
+
+
+def parse_reply(response: bytes, qid: int, question: bytes) -> Reply | None:
+    """Read the answer to our query (`qid`, `question` as built by build_query): its rcode,
+    whether it is truncated, and the addresses of the queried type for the queried name or the
+    names it is an alias of (CNAME, RFC 1034 §3.6.2), in the order given. None when `response`
+    is not an answer to that query (another ID or question, not a response) or cannot be read:
+    a lookup keeps waiting for the real one (RFC 5452 §9.1)."""
+    if not response_matches(response, qid, question):
+        return None
+    _qid, flags, _qdcount, ancount, _nscount, _arcount = _HEADER.unpack_from(response, 0)
+    rcode = flags & 0xF
+    truncated = bool(flags & 0x0200)
+    qtype = _QTAIL.unpack_from(question, len(question) - 4)[0]
+    try:
+        qname, _ = read_name(question, 0)
+        offset = 12 + len(question)
+        records: list[tuple[str, int, bytes | str]] = []
+        for _ in range(ancount):
+            owner, offset = read_name(response, offset)
+            rtype, rclass, _ttl, rdlen = struct.unpack_from("!HHIH", response, offset)
+            offset += 10
+            if offset + rdlen > len(response):
+                raise ValueError("record beyond the message")
+            if rclass == CLASS_IN and rtype == TYPE_CNAME:
+                target, _ = read_name(response, offset)
+                records.append((owner, rtype, target))
+            elif rclass == CLASS_IN and rtype == qtype:
+                records.append((owner, rtype, response[offset : offset + rdlen]))
+            offset += rdlen
+    except (ValueError, struct.error):
+        if truncated:  # cut short by the server: what it says is the TC bit
+            return Reply(rcode, True, ())
+        return None
+    names = {qname}
+    for _ in range(MAX_CNAME_CHAIN):
+        more = {str(t) for o, rtype, t in records if rtype == TYPE_CNAME and o in names}
+        if more <= names:
+            break
+        names |= more
+    size = _ADDRESS_SIZE.get(qtype, -1)
+    found = tuple(
+        str(ipaddress.ip_address(rdata))
+        for owner, rtype, rdata in records
+        if rtype == qtype and owner in names and isinstance(rdata, bytes) and len(rdata) == size
+    )
+    return Reply(rcode, truncated, found)

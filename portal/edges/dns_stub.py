@@ -13,12 +13,12 @@ when it fires (a burst of failing or hijacked answers) hands one callback to the
 Unarmed, it costs one attribute read per forwarded answer.
 
 The UDP side runs in the DNS thread and TCP clients on the asyncio loop; which thread owns what
-is the table in portal/edges/reactor.py.
+is the table in portal/edges/reactor.py. The UDP side can be served before asyncio is imported
+(`serve_udp()`, portal/early.py): this module imports asyncio only in its coroutines.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import resource
@@ -26,14 +26,18 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portal.core.answer import Answers, Forward, LocalEntry, relay
 from portal.core.expiry import AnswerWatch
 from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_SERVFAIL, build_error
+from portal.edges.udp_batch import recv_many, send_many
 from portal.edges.upstream import Forwarder
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("portal.dns")
 
@@ -89,6 +93,9 @@ class DnsStub:
         self._tcp_tasks: set[asyncio.Task[Any]] = set()  # one per connected client
         self._tcp_idle: set[asyncio.Task[Any]] = set()  # those waiting for their next query
         self._pending: dict[tuple[Any, ...], int] = {}  # client address → forwards in flight
+        # replies of the DNS thread's current round, all to one socket, sent by _flush()
+        self._out: list[tuple[bytes, Any]] = []
+        self._out_sock: socket.socket | None = None
         self.max_pending = forward_limit()
         # the DNS alarm and what to call (on the loop) when it fires: swapped as one
         self._watch: tuple[AnswerWatch, Callable[[str], None]] | None = None
@@ -120,15 +127,10 @@ class DnsStub:
     def addresses(self) -> list[str]:
         return [format_host_port(host, port) for host, port in self.listen_addresses()]
 
-    async def start(self, on_fatal: Any = None) -> None:
-        """Serve: TCP on the loop, UDP in the DNS thread. `on_fatal(exc)` is called on the loop
-        if that thread ever dies."""
+    def serve_udp(self) -> None:
+        """Start the DNS thread on the UDP sockets; no asyncio loop needed (start() attaches
+        it). Once only."""
         udp = [s for s in self.sockets if s.type == socket.SOCK_DGRAM]
-        for s in self.sockets:
-            if s.type != socket.SOCK_DGRAM:
-                s.setblocking(False)
-                server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
-                self._servers.append(server)
         r = self.reactor
         for s in udp:
             # blocking, for the thread's plain recvfrom(); every other read says MSG_DONTWAIT
@@ -138,10 +140,28 @@ class DnsStub:
             r.serve_solo(udp[0], functools.partial(self._on_solo, udp[0]))
         forwarder = self.forwarder
         r.busy = lambda: forwarder.in_flight > 0
+        r.after = self._flush
+        r.start_thread()
+
+    async def start(self, on_fatal: Any = None) -> None:
+        """Serve: TCP on the loop, UDP in the DNS thread (started here unless serve_udp() did
+        it already). `on_fatal(exc)` is called on the loop if that thread ever dies."""
+        import asyncio
+
+        for s in self.sockets:
+            if s.type != socket.SOCK_DGRAM:
+                s.setblocking(False)
+                server = await asyncio.start_server(self._on_tcp, sock=s, limit=70000)
+                self._servers.append(server)
+        r = self.reactor
         r.on_fatal = on_fatal
-        r.start()
+        if not r.started():
+            self.serve_udp()
+        r.attach(asyncio.get_running_loop())
 
     async def close(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         # Stop accepting before closing the servers: asyncio (3.11) fails the transport of a
         # connection accepted in the same loop turn as Server.close() (its server is gone by the
@@ -162,21 +182,45 @@ class DnsStub:
     # -- UDP (in the DNS thread) -------------------------------------------------------------
 
     def _on_udp(self, sock: socket.socket) -> None:
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = sock.recvfrom(65535, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("udp receive failed: %s, ignoring", exc)
-                return
+        """Read what waits (one recvmmsg() where portal._udpbatch is built) and handle each;
+        the replies go out together when the DNS thread's round ends (`_flush`)."""
+        datagrams, error = recv_many(sock, UDP_BATCH)
+        for data, addr in datagrams:
             self._on_datagram(sock, data, addr)
+        if error is not None:
+            log.debug("udp receive failed: %s, ignoring", error)
 
     def _on_solo(self, sock: socket.socket, data: bytes, addr: Any) -> None:
-        """The thread's blocking read returned a datagram: answer it, then read what else has
-        queued up without blocking (under load one wakeup serves many, as in _on_udp)."""
+        """The thread's blocking read returned a datagram: answer it at once (nothing else
+        waits for the thread), then read what else has queued up without blocking (under load
+        one wakeup serves many, as in _on_udp)."""
         self._on_datagram(sock, data, addr)
+        self._flush()
         self._on_udp(sock)
+
+    def _reply(self, sock: socket.socket, data: bytes, addr: Any) -> None:
+        """Queue a reply; the DNS thread sends the queue at the end of its round."""
+        if sock is not self._out_sock:
+            self._flush()
+            self._out_sock = sock
+        self._out.append((data, addr))
+
+    def _flush(self) -> None:
+        """Send the queued replies: one sendmmsg() for a round's worth where the C extension
+        is built, one sendto() each otherwise. A reply the kernel refuses (a full buffer under
+        a flood) is dropped: the client asks again."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        sock = self._out_sock
+        assert sock is not None
+        if len(out) == 1:
+            _sendto(sock, *out[0])
+            return
+        sent = send_many(sock, out)
+        if sent < len(out):
+            log.debug("%d of %d replies refused by the kernel, ignoring", len(out) - sent, len(out))
 
     def _on_datagram(self, sock: socket.socket, data: bytes, addr: Any) -> None:
         if addr == self.reactor.waker_address:
@@ -192,7 +236,7 @@ class DnsStub:
         if isinstance(decision, bytes):
             if not client.startswith("127.") and not is_loopback(client):
                 log.debug("query from non-loopback %s, refusing", client)
-            _sendto(sock, decision, addr)
+            self._reply(sock, decision, addr)
         elif isinstance(decision, Forward):
             self._forward(sock, data, decision, addr)
         else:
@@ -205,7 +249,7 @@ class DnsStub:
         mine = self._pending.get(addr, 0)  # addr: the client socket's address tuple
         if self.forwarder.in_flight >= self.max_pending or mine >= MAX_PENDING_PER_CLIENT:
             log.debug("too many forwards in flight (%s has %d), answering SERVFAIL", addr[0], mine)
-            _sendto(sock, build_error(q, RCODE_SERVFAIL), addr)
+            self._reply(sock, build_error(q, RCODE_SERVFAIL), addr)
             return
         self._pending[addr] = mine + 1
         self.forwarder.start(
@@ -219,7 +263,7 @@ class DnsStub:
         left = self._pending.pop(addr, 1) - 1
         if left > 0:
             self._pending[addr] = left
-        _sendto(sock, relay(forward.query, answer), addr)
+        self._reply(sock, relay(forward.query, answer), addr)
         watched = self._watch
         if watched is not None and forward.upstreams is None:
             watch, on_alarm = watched
@@ -238,6 +282,8 @@ class DnsStub:
         buffered: a loop turn of 10 ms lets anything that arrived wake them) are closed
         cleanly. Costs 10 ms at stop when no client is connected.
         """
+        import asyncio
+
         deadline = asyncio.get_running_loop().time() + TCP_DRAIN_S
         while True:
             # At least one turn: a connection accepted just before the server closed has its
@@ -256,6 +302,8 @@ class DnsStub:
         await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         peer = writer.get_extra_info("peername")
         host = peer[0] if peer else ""
         if not is_loopback(host) or self._tcp_clients >= TCP_MAX_CLIENTS:

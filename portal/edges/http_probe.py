@@ -6,8 +6,8 @@
     probe_network(network, specs, *, probe_id, timeout_s, ca_file=None) -> ProbeFinished
 
 Every name is resolved through the network's own DNS servers (`network.venue_dns`, queried
-directly with dnspython, never the system resolver, which may be a DoT/DoH resolver that
-cannot see the portal). Requests go to the resolved address with the Host header and TLS SNI
+directly by portal.edges.venue_dns, never the system resolver, which may be a DoT/DoH resolver
+that cannot see the portal). Requests go to the resolved address with the Host header and TLS SNI
 left as in the URL, leave from the network's own address (`local_address`) and, where the
 kernel permits, are bound to its interface (SO_BINDTODEVICE), so a VPN's routes cannot carry
 them. Redirects are never followed: a redirect is the portal's answer. No proxy from the
@@ -37,17 +37,12 @@ import time
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
-import dns.asyncquery
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
 import httpcore
 import httpx
 
 from portal.core.detect import api_uri_to_fetch, parse_captive_api
 from portal.core.model import Network
+from portal.core.packet import TYPE_A, TYPE_AAAA
 from portal.core.probe_model import CaptiveApi, ProbeFinished, ProbeResponse, ProbeSpec
 from portal.edges.venue_dns import (
     _device_option,
@@ -82,7 +77,7 @@ async def _resolve_for_request(
     if _is_literal(host):
         return [host]
     servers = _servers(network.venue_dns)
-    first_type, second_type = dns.rdatatype.A, dns.rdatatype.AAAA
+    first_type, second_type = TYPE_A, TYPE_AAAA
     if _ipv6_only(network):
         first_type, second_type = second_type, first_type
     try:
@@ -344,8 +339,6 @@ def _failure_code(exc: BaseException) -> tuple[str, str]:
         return "http-error", str(exc)
     if isinstance(exc, OSError):
         return "connect-error", str(exc)
-    if isinstance(exc, dns.exception.DNSException):
-        return "dns-error", str(exc)
     if isinstance(exc, ValueError | httpx.InvalidURL):
         return "bad-url", str(exc)
     # Not expected: still data for the caller, but worth a full trace in the log.

@@ -38,11 +38,14 @@ query is read as soon as the kernel has it:
 
 The daemon's own loop stays free for D-Bus, detection and TCP clients; when it is idle it holds
 no lock the thread needs (the interpreter lock is released in its epoll wait).
+
+The thread may start before there is an asyncio loop, or asyncio at all (`start_thread()`: the
+daemon answers its first queries while it still imports the rest, portal/early.py); `attach()`
+hands it the loop later. This module imports asyncio only when a loop is attached.
 """
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import logging
@@ -52,7 +55,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("portal.dns")
 
@@ -83,7 +89,7 @@ class ThreadReactor:
     """
 
     def __init__(self) -> None:
-        self.main_loop: asyncio.AbstractEventLoop | None = None  # the loop that start()s it
+        self.main_loop: asyncio.AbstractEventLoop | None = None  # the loop attach()ed
         self._epoll = select.epoll()
         self._readers: dict[int, tuple[Callable[..., None], tuple[Any, ...]]] = {}
         self._timers: list[tuple[float, int, Timer]] = []
@@ -94,7 +100,10 @@ class ThreadReactor:
         self.solo: socket.socket | None = None
         self.on_solo: Callable[[bytes, Any], None] | None = None
         self.busy: Callable[[], bool] = lambda: False
+        # called at the end of every round of callbacks (the stub sends its replies then)
+        self.after: Callable[[], None] = lambda: None
         self.on_fatal: Callable[[BaseException], None] | None = None
+        self._failure: BaseException | None = None  # why the thread died, if it did
         # Wakes the thread: a datagram from this private socket to the inbox, a loopback socket
         # of the reactor's own in epoll, or to the solo socket once there is one.
         self._inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -155,8 +164,14 @@ class ThreadReactor:
         return timer
 
     def run_coroutine(self, coro: Coroutine[Any, Any, Any], done: Done) -> None:
-        """Run `coro` on the daemon's loop; `done(result or None)` back in this thread."""
-        assert self.main_loop is not None, "the reactor runs only once started"
+        """Run `coro` on the daemon's loop; `done(result or None)` back in this thread. Before
+        a loop is attached (the first moments of a start) it is not run: done(None)."""
+        if self.main_loop is None:
+            coro.close()
+            self.call_soon_threadsafe(done, None)
+            return
+        import asyncio  # imported by whoever attached the loop: a dictionary lookup
+
         future = asyncio.run_coroutine_threadsafe(coro, self.main_loop)
 
         def finished(f: Any) -> None:
@@ -179,10 +194,25 @@ class ThreadReactor:
         return self._thread is None or self._thread is threading.current_thread()
 
     def start(self) -> None:
-        """Start the thread; called on the asyncio loop it hands coroutines and failures to."""
-        self.main_loop = asyncio.get_running_loop()
+        """attach() the running loop and start the thread, unless start_thread() already did."""
+        import asyncio
+
+        self.attach(asyncio.get_running_loop())
+        if not self.started():
+            self.start_thread()
+
+    def start_thread(self) -> None:
+        """Start the thread, with or without a loop attached yet."""
         self._thread = threading.Thread(target=self._main, name="portal-dns", daemon=True)
         self._thread.start()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop the thread hands coroutines (run_coroutine) and its failure (on_fatal) to.
+        A failure before it is attached is handed over here."""
+        self.main_loop = loop
+        failure = self._failure
+        if failure is not None and self.on_fatal is not None:
+            loop.call_soon_threadsafe(self.on_fatal, failure)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the thread after what it is doing; wait for it (blocking: call off the loop)."""
@@ -192,6 +222,9 @@ class ThreadReactor:
         self._epoll.close()
         self._waker.close()
         self._inbox.close()
+
+    def started(self) -> bool:
+        return self._thread is not None
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -206,16 +239,18 @@ class ThreadReactor:
             self._loop()
         except BaseException as exc:  # the stub never dies silently: the daemon is told
             log.critical("the DNS thread failed: %r", exc, exc_info=True)
+            self._failure = exc
             if self.on_fatal is not None and self.main_loop is not None:
                 self.main_loop.call_soon_threadsafe(self.on_fatal, exc)
 
     def _loop(self) -> None:
         readers, calls = self._readers, self._calls
-        solo, on_solo, busy = self.solo, self.on_solo, self.busy
+        solo, on_solo, busy, after = self.solo, self.on_solo, self.busy, self.after
         recvfrom = solo.recvfrom if solo is not None and on_solo is not None else None
         while not self._stopping:
             if calls:
                 self._run_calls()
+                self._after(after)
                 continue
             if recvfrom is not None and not busy():
                 # the hot loop of a stub that answers locally: one blocking read per query
@@ -228,9 +263,11 @@ class ThreadReactor:
                     on_solo(data, addr)  # type: ignore[misc]
                 except Exception:
                     log.exception("internal error on a datagram, continuing")
+                self._after(after)
                 continue
             timeout = self._run_timers()
             if calls:
+                self._after(after)
                 continue
             try:
                 events = self._epoll.poll(timeout)
@@ -244,6 +281,14 @@ class ThreadReactor:
                     except Exception:  # as asyncio does: log, and serve the rest
                         log.exception("internal error in a DNS thread reader, continuing")
             self._run_timers()
+            self._after(after)
+
+    @staticmethod
+    def _after(after: Callable[[], None]) -> None:
+        try:
+            after()
+        except Exception:
+            log.exception("internal error at the end of a DNS thread round, continuing")
 
     def _run_calls(self) -> None:
         calls = self._calls

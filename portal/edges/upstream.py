@@ -24,14 +24,14 @@ TOTAL_TIMEOUT_S, the caller gets None and replies SERVFAIL.
 It runs in the DNS thread, its `reactor` (portal.edges.reactor, whose table says what that
 thread owns): every UDP socket, the queries in flight and the timer. The awaitable `forward()`
 and `aclose()` are called from the asyncio loop and hand the work over; TCP forwarding runs on
-that loop.
+that loop. The UDP path needs no asyncio: the daemon forwards its first queries before asyncio
+is imported (portal/early.py), so this module imports it only in its coroutines.
 
 Decides nothing about which names are forwarded: that is portal.core.answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import functools
 import heapq
@@ -42,11 +42,15 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_REFUSED, RCODE_SERVFAIL, rcode_of, response_matches, with_id
 from portal.edges.reactor import ThreadReactor, Timer
+from portal.edges.udp_batch import recv_data
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("portal.upstream")
 
@@ -92,6 +96,8 @@ class Forwarder:
 
     async def aclose(self) -> None:
         """close() in the DNS thread, from the asyncio loop; returns when it is done."""
+        import asyncio  # loaded already: the caller runs on its loop
+
         loop = asyncio.get_running_loop()
         closed = loop.create_future()
 
@@ -157,6 +163,8 @@ class Forwarder:
         if tcp:
             servers = tuple(upstreams) if upstreams is not None else self.upstreams
             return await self._forward_tcp(data, question, servers)
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes | None] = loop.create_future()
 
@@ -171,6 +179,8 @@ class Forwarder:
     async def _forward_tcp(
         self, data: bytes, question: bytes, servers: tuple[Upstream, ...]
     ) -> bytes | None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TOTAL_TIMEOUT_S
         fallback: bytes | None = None
@@ -494,32 +504,29 @@ class _UdpPool:
 
     def _readable(self, sock: _Sock) -> None:
         flights = sock.flights
-        for _ in range(READ_BATCH):
-            try:
-                packet = sock.sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. ECONNREFUSED from an ICMP port unreachable
-                if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                    self.forwarder._failed(sock, exc)
-                else:
-                    log.debug("upstream %s: %s, ignoring", self.server, exc)
-                return
+        # At most as many as are expected: no read that would only say EAGAIN (an exception in
+        # the pure-Python path); a stray datagram beyond them wakes the loop again.
+        packets, error = recv_data(sock.sock, max(1, min(READ_BATCH, len(flights))))
+        for packet in packets:
             flight = flights.get(_id_of(packet)) if len(packet) >= 12 else None
             # connect() already restricts the source; check the ID's query and question too
             if flight is None or not response_matches(packet, flight.qid, flight.question):
                 log.debug("upstream %s: unexpected or mismatched answer, ignoring", self.server)
                 continue
             self.forwarder._answered(sock, flight, packet)
-            if not flights:
-                # nothing more is expected here: skip the read that would only say EAGAIN (an
-                # exception, a microsecond); a stray datagram still wakes the loop again
-                return
+        if error is None:
+            return
+        if error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            self.forwarder._failed(sock, error)  # an ICMP error: the upstream is not there
+        else:
+            log.debug("upstream %s: %s, ignoring", self.server, error)
 
 
 async def _tcp_exchange(
     server: Upstream, query: bytes, qid: int, question: bytes, timeout_s: float
 ) -> bytes | None:
+    import asyncio
+
     async def exchange() -> bytes | None:
         reader, writer = await asyncio.open_connection(server.host, server.port)
         try:

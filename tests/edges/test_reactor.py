@@ -136,6 +136,46 @@ async def test_a_dead_thread_tells_the_daemon(udp: tuple[socket.socket, socket.s
     assert not r.alive()
 
 
+async def test_started_before_a_loop_serves_and_reports_a_death_when_the_loop_comes(
+    udp: tuple[socket.socket, socket.socket],
+) -> None:
+    """The daemon's first step (portal/early.py) starts the thread before any asyncio loop
+    exists; a coroutine handed over then is not run (done(None)), and a death before the loop
+    is attached is told when it is."""
+    server, client = udp
+    r = ThreadReactor()
+    results: list[Any] = []
+
+    def on_datagram(data: bytes, addr: Any) -> None:
+        if addr == r.waker_address:
+            return
+        if data == b"die":
+            raise SystemExit("unexpected")
+        if data == b"coro":
+
+            async def never() -> None:
+                raise AssertionError("no loop to run it on")
+
+            r.run_coroutine(never(), results.append)
+        server.sendto(data.upper(), addr)
+
+    r.serve_solo(server, on_datagram)
+    r.start_thread()  # no loop, not even a running one: this is a plain thread
+    client.sendto(b"ping", server.getsockname())
+    assert client.recv(512) == b"PING"
+    client.sendto(b"coro", server.getsockname())
+    assert client.recv(512) == b"CORO"
+    assert wait_for(lambda: results == [None])
+    client.sendto(b"die", server.getsockname())
+    assert wait_for(lambda: not r.alive())
+    loop = asyncio.get_running_loop()
+    told: asyncio.Future[BaseException] = loop.create_future()
+    r.on_fatal = told.set_result
+    r.attach(loop)
+    assert isinstance(await asyncio.wait_for(told, 3), SystemExit)
+    await asyncio.to_thread(r.stop)
+
+
 async def test_without_a_solo_socket_work_and_timers_still_run() -> None:
     """The forwarder alone (no stub socket yet, or several): the reactor wakes itself through
     its own inbox, in epoll."""

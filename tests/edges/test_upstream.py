@@ -93,6 +93,14 @@ async def reactor() -> AsyncIterator[ThreadReactor]:
     await asyncio.to_thread(r.stop)
 
 
+async def thread_caught_up(reactor: ThreadReactor) -> None:
+    """Return once the DNS thread has run what this thread handed it so far (in order)."""
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    reactor.call_soon_threadsafe(lambda: loop.call_soon_threadsafe(done.set))
+    await asyncio.wait_for(done.wait(), 5)
+
+
 def addrs(wire: bytes | None) -> list[str]:
     assert wire is not None
     msg = dns.message.from_wire(wire)
@@ -393,7 +401,8 @@ async def test_dropping_an_upstream_closes_its_sockets(
     try:
         assert await fwd.forward(*query("x.example")) is not None
         pool = fwd._pools[a.server]
-        fwd.set_upstreams([b.server])
+        fwd.set_upstreams([b.server])  # from this thread: handed to the DNS thread
+        await thread_caught_up(reactor)
         assert pool.open == 0
         assert await fwd.forward(*query("y.example")) is not None
         assert b.ports and len(a.ports) == 1

@@ -115,6 +115,7 @@ class FakeUpstream:
     host: str = "127.0.0.1"
     port: int = 0
     received: list[bytes] = field(default_factory=list)
+    sources: list[tuple[str, int]] = field(default_factory=list)  # of each UDP query
     tcp_received: list[bytes] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -176,6 +177,7 @@ class FakeUpstream:
                         except OSError:
                             continue
                         self.received.append(data)
+                        self.sources.append(addr)
                         for delay, reply in self._safe(data):
                             seq += 1
                             heapq.heappush(later, (now + delay, seq, self._udp, reply, addr))
