@@ -36,7 +36,6 @@ from portal.core.wiring import (
     AF_INET,
     DEFAULT_LINK,
     LinkPlan,
-    ResolvConf,
     ResolvedLink,
     WiringMode,
     choose_mode,
@@ -48,6 +47,7 @@ from portal.core.wiring import (
     parse_resolv_conf,
     plan_resolv_conf,
     plan_resolved_link,
+    resolv_conf_owner,
     system_servers,
     wants_stub,
 )
@@ -181,13 +181,14 @@ class ResolverWiring:
             return False  # no bus at all: certainly no resolved to wire
         return bool(body[0])
 
-    def _resolv(self) -> tuple[ResolvConf | None, str]:
+    def _resolv(self) -> tuple[str | None, str]:
+        """resolv.conf's text (None: none) and the path it resolves to (a symlink's target)."""
         text = _read(self._resolv_conf)
         try:
             target = os.path.realpath(self._resolv_conf)
         except OSError:
             target = ""
-        return (parse_resolv_conf(text) if text is not None else None), target
+        return text, target
 
     async def detect(self) -> WiringMode:
         """The mode in force: the requested one, or what `auto` finds on this machine now.
@@ -195,14 +196,14 @@ class ResolverWiring:
         Not cached: systemd-resolved may start after the daemon, and resolv.conf may be
         rewritten at any time. It costs one NameHasOwner call and two small file reads.
         """
-        conf, target = self._resolv()
+        text, target = self._resolv()
         running = False
         if self._requested is WiringMode.AUTO:
             running = await self._resolved_running()
         return choose_mode(
             self._requested,
             resolved_running=running,
-            resolv_conf=conf,
+            resolv_conf=parse_resolv_conf(text) if text is not None else None,
             link_target=target,
             nss_resolve=nsswitch_uses_resolve(_read(self._nsswitch_conf) or ""),
         )
@@ -375,14 +376,16 @@ class ResolverWiring:
             return describe_resolved_link(state, stub=self.stub, port=self.port, wanted=wanted)
         if self._request_error and self._wanted:
             return f"not wired: cannot ask for the stub: {self._request_error}"
-        text = describe_resolv_wiring(
-            _read(self._resolv_conf),
+        text, target = self._resolv()
+        owner = resolv_conf_owner(parse_resolv_conf(text), link_target=target) if text else ""
+        return describe_resolv_wiring(
+            text,
             stub=self.stub,
             port=self.port,
             wanted=self._wanted,
             helper=self._helper,
+            owner=owner,
         )
-        return text + " (openresolv)" if mode is WiringMode.RESOLVCONF and "first" in text else text
 
     def via_resolv_conf(self) -> bool:
         """The stub is wired (or would be) through resolv.conf, as of the last apply()."""

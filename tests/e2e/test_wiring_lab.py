@@ -1,13 +1,16 @@
-"""Resolver wiring end to end on a laptop with real NetworkManager writing resolv.conf.
+"""Resolver wiring end to end on a laptop whose resolv.conf real programs write.
 
 The namespace lab (tests/lab/lab.py): a hotel with a captive portal that blocks the user's own
 resolver, and a laptop where real NetworkManager writes /etc/resolv.conf (rc-manager=file,
-symlink, or through Debian's openresolv set up as NixOS sets it up), /etc/hosts read-only and
-nothing edited by hand. The daemon runs as user `portal` with only the capability to bind port
-53 (as the installer starts it without systemd), the CLI as root, and the root helper
-`portal wire` is run by tests/lab/wire_helper.py on the same triggers as portal-wire.path
-(systemd's side of that is in tests/platform/test_wire_units.py). Programs look names up the
-way users' programs do: glibc's `getent` and headless Chromium.
+symlink, or through Debian's openresolv set up as NixOS sets it up, or through Debian's own
+resolvconf), or where no NetworkManager runs and ISC dhclient, dhcpcd or a person writes it;
+/etc/hosts read-only and nothing edited by hand. Packages the host must not have (resolvconf,
+openresolv, dhcpcd) are unpacked into the laptop's own /usr, /etc and /var/lib only. The
+daemon runs as user `portal` with only the capability to bind port 53 (as the installer
+starts it without systemd), the CLI as root, and the root helper `portal wire` is run by
+tests/lab/wire_helper.py on the same triggers as portal-wire.path (systemd's side of that is in
+tests/platform/test_wire_units.py). Programs look names up the way users' programs do: glibc's
+`getent` and headless Chromium.
 
 Nothing here touches the host's resolv.conf, users' files or network: the laptop's /etc is an
 overlay, its /root a tmpfs in its own mount namespace, and user portal is made (and removed)
@@ -25,13 +28,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from portal.core.wiring import STUB_MARK
-from tests.lab.lab import Lab, LabProcess
+from tests.lab.lab import LAPTOP_IF, Lab, LabProcess, which
 from tests.lab.marks import LabFactory, requires_lab, requires_static_lab
 
 pytest_plugins = ["tests.lab.fixtures"]
@@ -101,6 +105,7 @@ class Laptop:
         self.state_dir = lab.run_dir / state
         self.helper: LabProcess | None = None
         self.daemon: LabProcess | None = None
+        self.owner: LabProcess | None = None  # a DHCP client writing resolv.conf, if one runs
         self.starts = 0
 
     def prepare(self) -> Laptop:
@@ -122,9 +127,20 @@ class Laptop:
         self.wait(lambda: "rc=" in self.helper_log(), 20, "the helper's first run")
 
     def start_daemon(self, *extra: str) -> LabProcess:
-        """`portal daemon` as user portal, allowed to bind port 53 and nothing else."""
+        """`portal daemon` as user portal, allowed to bind port 53 and nothing else.
+
+        It sees systemd's mark (/run/systemd/system), as under systemd, where portal-wire.path
+        acts on its request and it waits for that (so `portal add` returns wired); here
+        wire_helper.py plays that part. Only in a mount namespace of its own (the same PID):
+        NetworkManager and the rest of the laptop must not take it for a systemd machine.
+        """
         self.starts += 1
+        as_under_systemd = (
+            "mkdir -p /run/systemd && mount -t tmpfs -o mode=0755 portal-test /run/systemd"
+            ' && mkdir /run/systemd/system && exec "$@"'
+        )
         argv = [
+            "unshare", "--mount", "--propagation", "private", "sh", "-c", as_under_systemd, "sh",
             "setpriv", "--reuid=portal", "--regid=portal", "--init-groups", "--no-new-privs",
             "--bounding-set=-all,+net_bind_service", "--inh-caps=-all,+net_bind_service",
             "--ambient-caps=-all,+net_bind_service", "--",
@@ -190,15 +206,34 @@ class Laptop:
     def helper_log(self) -> str:
         return self.helper.read_log() if self.helper else ""
 
+    def stub_put_back(self) -> int:
+        """How many times the helper has rewritten resolv.conf with the stub first."""
+        return sum(
+            1 for line in self.helper_log().splitlines() if line.endswith(": the stub first")
+            and " rewrote " in line
+        )  # fmt: skip
+
     def logs(self) -> str:
         parts = [f"--- resolv.conf:\n{self.resolv().decode()}", f"--- helper:\n{self.helper_log()}"]
         if self.daemon is not None:
             parts.append(f"--- daemon:\n{self.daemon.read_log()[-4000:]}")
+        if self.owner is not None:
+            parts.append(f"--- {self.owner.name}:\n{self.owner.read_log()[-2000:]}")
         return "\n".join(parts)
 
 
-def wired_line(servers: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda s: s["wiring"] == f"resolv.conf: stub first, then {servers}"
+def wired_line(servers: str, owner: str = "") -> Callable[[dict[str, Any]], bool]:
+    """The status's wiring line with the stub first; `owner`: who writes resolv.conf."""
+    line = f"resolv.conf: stub first, then {servers}" + (f" ({owner})" if owner else "")
+    return lambda s: s["wiring"] == line
+
+
+def with_stub(own: bytes) -> bytes:
+    """The owner's file with portal's block right before its first nameserver line."""
+    lines = own.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith(b"nameserver"))
+    block = f"{STUB_MARK}\nnameserver {STUB}\n".encode()
+    return b"".join([*lines[:at], block, *lines[at:]])
 
 
 def chromium_dump(lab: Lab, url: str) -> str:
@@ -245,7 +280,9 @@ def test_blocked_resolver_sign_in_by_name_then_networkmanagers_own_again(
     laptop.start_helper()
     laptop.start_daemon()
     s = laptop.wait_status(lambda s: s["state"] == "captive", "captive")
-    s = laptop.wait_status(wired_line("192.0.2.53"), "the stub first in resolv.conf")
+    s = laptop.wait_status(
+        wired_line("192.0.2.53", "NetworkManager"), "the stub first in resolv.conf"
+    )
     assert (
         laptop.resolv()
         == (
@@ -297,8 +334,135 @@ def test_detection_without_networkmanagers_check_wires_the_stub(
     laptop.start_helper()
     laptop.start_daemon()
     laptop.wait_status(lambda s: s["state"] == "captive", "captive", timeout_s=20)
-    laptop.wait_status(wired_line("192.0.2.53"), "the stub first in resolv.conf")
+    laptop.wait_status(wired_line("192.0.2.53", "NetworkManager"), "the stub first in resolv.conf")
     assert laptop.getent("login.hotel.test")[:2] == (0, ["10.77.0.1"])
+
+
+# --- who writes resolv.conf -------------------------------------------------------------------
+
+
+def start_dhclient(laptop: Laptop) -> None:
+    """ISC dhclient with Debian's dhclient-script, in the foreground (stopped by its PID), its
+    lease and pid files in the lab's run directory."""
+    run = laptop.lab.run_dir
+    argv = ["dhclient", "-d", "-v", "-4", "-lf", f"{run}/dhclient.leases",
+            "-pf", f"{run}/dhclient.pid", LAPTOP_IF]  # fmt: skip
+    laptop.owner = laptop.lab.spawn_laptop(argv, name="dhclient", cwd="/")
+
+
+def dhclient_again(laptop: Laptop) -> None:
+    """dhclient run again (a reboot of its lease, as at the next boot or resume): the script
+    writes resolv.conf once more."""
+    assert laptop.owner is not None
+    laptop.owner.stop()
+    start_dhclient(laptop)
+
+
+def start_dhcpcd(laptop: Laptop) -> None:
+    """dhcpcd in the foreground (stopped by its PID), IPv4 only, with Debian's hooks and its
+    stock /etc/dhcpcd.conf, its state in the laptop's own /var/lib and /run."""
+    argv = ["dhcpcd", "--nobackground", "--debug", "-4", LAPTOP_IF]
+    laptop.owner = laptop.lab.spawn_laptop(argv, name="dhcpcd", cwd="/")
+
+
+def dhcpcd_rebind(laptop: Laptop) -> None:
+    """`dhcpcd -n`: the running dhcpcd rebinds its lease and runs its hooks again."""
+    assert laptop.owner is not None
+    out = laptop.lab.run_laptop(["dhcpcd", "-4", "-n", LAPTOP_IF], check=True)
+    # It told the running dhcpcd (found by its pid file); a new one would say "starting".
+    assert f"to pid {laptop.owner.pid}\n" in out.stderr, out
+
+
+def rewrite_by_hand(laptop: Laptop) -> None:
+    laptop.lab.write_laptop_file("/etc/resolv.conf", BY_HAND.decode())
+
+
+def resolvconf_u(laptop: Laptop) -> None:
+    laptop.lab.run_laptop(["resolvconf", "-u"], check=True)
+
+
+def reconnect(laptop: Laptop) -> None:
+    laptop.lab.nmcli("connection", "up", "hotel-wifi")
+
+
+def nothing(laptop: Laptop) -> None:
+    """The owner wrote resolv.conf while the lab came up."""
+
+
+BY_HAND = b"nameserver 10.77.0.1\nsearch hotel.test\n"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who writes the laptop's resolv.conf, and how it writes it again."""
+
+    lab: dict[str, Any]  # the lab's options
+    start: Callable[[Laptop], None]  # until it has written resolv.conf
+    rewrite: Callable[[Laptop], None]  # a renewal: the owner writes resolv.conf again
+    head: bytes  # how its file starts
+    name: str = ""  # how `portal status` names it ("" where the file does not say)
+    link: str = ""  # what /etc/resolv.conf links to ("" for a file)
+    needs: list[str] = field(default_factory=list)  # programs on the host
+
+    def unavailable(self) -> str | None:
+        missing = [tool for tool in self.needs if which(tool) is None]
+        if missing:
+            return f"needs {', '.join(missing)} (apt: isc-dhcp-client)"
+        if not self.lab.get("nm", True):
+            try:
+                import portal.edges.netlink  # noqa: F401
+            except ImportError:
+                return "netlink watcher not built"
+        return None
+
+
+NO_NM = {"nm": False, "bare": True}
+OWNERS = {
+    "networkmanager": Owner(
+        {}, nothing, reconnect, b"# Generated by NetworkManager\n", "NetworkManager"
+    ),
+    "by-hand": Owner({"nm": False}, nothing, rewrite_by_hand, BY_HAND),
+    # dhclient-script writes no header: the status line cannot name it.
+    "dhclient": Owner(
+        NO_NM, start_dhclient, dhclient_again, b"domain hotel.test\n", needs=["dhclient"]
+    ),
+    "dhcpcd": Owner(
+        {**NO_NM, "packages": ["dhcpcd-base"]},
+        start_dhcpcd,
+        dhcpcd_rebind,
+        b"# Generated by dhcpcd from lap0.dhcp\n",
+        "dhcpcd",
+    ),  # fmt: skip
+    "debian-resolvconf": Owner(
+        {"nm_rc_manager": "resolvconf", "packages": ["resolvconf"]},
+        nothing,
+        resolvconf_u,
+        b"# Dynamic resolv.conf(5) file for glibc resolver(3) generated by resolvconf(8)\n",
+        "resolvconf",
+        "../run/resolvconf/resolv.conf",
+    ),  # fmt: skip
+}
+
+
+def owners(*, but: str = "") -> list[Any]:
+    """OWNERS as test parameters, named by their keys."""
+    return [pytest.param(owner, id=key) for key, owner in OWNERS.items() if key != but]
+
+
+def owner_lab(lab_factory: LabFactory, portal_user: str, owner: Owner) -> tuple[Laptop, bytes]:
+    """A hijacking hotel and a laptop whose resolv.conf `owner` has written: (laptop, its file)."""
+    why = owner.unavailable()
+    if why is not None:
+        pytest.skip(why)
+    laptop = captive_lab(lab_factory, portal_user, dns_mode="hijack", **owner.lab)
+    owner.start(laptop)
+    laptop.wait(lambda: b"nameserver " in laptop.resolv(), 60, "the owner's resolv.conf")
+    own = laptop.resolv()
+    assert own.startswith(owner.head), own
+    assert b"nameserver 10.77.0.1\n" in own and STUB.encode() not in own, own
+    link = laptop.lab.run_laptop(["readlink", "/etc/resolv.conf"]).stdout.strip()
+    assert link == owner.link
+    return laptop, own
 
 
 # --- exactly one wiring, and nothing stranded ------------------------------------------------
@@ -314,10 +478,10 @@ def test_reconnects_and_restarts_leave_exactly_one_wiring(
     laptop.start_helper()
     laptop.start_daemon()
     assert laptop.cli("add", "mine.example", "10.9.9.9", "--any-network").returncode == 0
-    laptop.wait_status(wired_line("10.77.0.1"), "wired")
+    laptop.wait_status(wired_line("10.77.0.1", "NetworkManager"), "wired")
 
     def one_wiring(what: str) -> None:
-        laptop.wait_status(wired_line("10.77.0.1"), f"wired after {what}")
+        laptop.wait_status(wired_line("10.77.0.1", "NetworkManager"), f"wired after {what}")
         laptop.wait(lambda: laptop.stub_lines() == 1, 10, f"one stub line after {what}")
         assert laptop.resolv().decode().count(STUB_MARK) == 1
         assert laptop.getent("mine.example")[:2] == (0, ["10.9.9.9"])
@@ -343,33 +507,38 @@ def test_reconnects_and_restarts_leave_exactly_one_wiring(
     laptop.wait_resolv(nm_own, "NetworkManager's own once nothing is overridden")
 
 
-@requires_lab
+@requires_static_lab
+@pytest.mark.parametrize("owner", owners())
 def test_a_killed_daemon_costs_no_lookup_and_a_new_one_repairs_the_wiring(
-    lab_factory: LabFactory, portal_user: str
+    lab_factory: LabFactory, portal_user: str, owner: Owner
 ) -> None:
-    laptop = captive_lab(lab_factory, portal_user, dns_mode="hijack")
-    nm_own = laptop.resolv()
+    laptop, own = owner_lab(lab_factory, portal_user, owner)
     laptop.start_helper()
     daemon = laptop.start_daemon()
     assert laptop.cli("add", "mine.example", "10.9.9.9", "--any-network").returncode == 0
-    laptop.wait_status(wired_line("10.77.0.1"), "wired")
+    laptop.wait_status(wired_line("10.77.0.1", owner.name), "wired")
 
     daemon.send_signal(signal.SIGKILL)
     daemon.wait(10)
     # The stub is still listed first, but nothing holds its port: glibc is refused at once and
     # asks the network's server. (Under systemd the helper takes the line out as well.)
     assert laptop.stub_lines() == 1
+    times = []
     for name in ("other.example", "www.example.test", "other.example"):
         rc, addresses, took = laptop.getent(name)
         assert (rc, addresses) == (0, ["10.77.0.1"]), laptop.logs()
         assert took < 1.0, f"{name}: {took:.2f} s"
+        times.append(took)
+    print(
+        f"\nlookups of other names after SIGKILL: {', '.join(f'{t * 1000:.0f}' for t in times)} ms"
+    )
 
     # A new daemon whose overrides are gone (a fresh state) and that does not look at the
     # network (so no portal gives it work): its first request repairs the stale line at once.
     Laptop.__init__(laptop, laptop.lab, state="fresh-state")
     laptop.prepare()
     laptop.start_daemon("--network-source", "none")
-    laptop.wait_resolv(nm_own, "the stale line repaired at start")
+    laptop.wait_resolv(own, "the stale line repaired at start")
     laptop.wait_status(lambda s: s["wiring"] == IDLE, "idle")
 
 
@@ -416,7 +585,7 @@ def test_networkmanagers_dnsmasq_overrides_answer_every_time(
     laptop.start_helper()
     laptop.start_daemon()
     assert laptop.cli("add", "mine.example", "10.9.9.9", "--any-network").returncode == 0
-    s = laptop.wait_status(wired_line("127.0.0.1"), "wired before NM's dnsmasq")
+    s = laptop.wait_status(wired_line("127.0.0.1", "NetworkManager"), "wired before NM's dnsmasq")
     assert s["upstreams"] == ["127.0.0.1:53"]
     answers = [laptop.getent("mine.example")[:2] for _ in range(20)]
     assert answers == [(0, ["10.9.9.9"])] * 20
@@ -448,7 +617,7 @@ def test_openresolv_as_on_nixos_keeps_the_pinned_server(
     # stays, and openresolv's own configuration is never changed.
     laptop = captive_lab(
         lab_factory, portal_user, dns_mode="hijack", nm_rc_manager="resolvconf",
-        openresolv=True,
+        packages=["openresolv"],
     )  # fmt: skip
     lab = laptop.lab
     lab.write_laptop_file("/etc/resolvconf.conf", NIXOS_RESOLVCONF_CONF)
@@ -465,7 +634,7 @@ def test_openresolv_as_on_nixos_keeps_the_pinned_server(
     laptop.start_daemon()
     s = laptop.wait_status(lambda s: s["state"] == "captive", "captive")
     s = laptop.wait_status(
-        lambda s: s["wiring"] == f"resolv.conf: stub first, then {', '.join(servers)} (openresolv)",
+        wired_line(", ".join(servers), "openresolv"),
         "the stub first, openresolv's servers after it",
     )
     wired = laptop.resolv().decode()
@@ -486,28 +655,48 @@ def test_openresolv_as_on_nixos_keeps_the_pinned_server(
     laptop.wait_resolv(own, "openresolv's own resolv.conf")
 
 
-# --- no NetworkManager ----------------------------------------------------------------------
+# --- every owner: the stub first while it has work, the owner's own file otherwise -----------
 
 
 @requires_static_lab
-def test_without_networkmanager_a_hand_written_resolv_conf(
-    lab_factory: LabFactory, portal_user: str
+@pytest.mark.parametrize("owner", owners(but="networkmanager"))
+def test_the_owner_rewrites_and_the_stub_is_back_first_then_its_own_file(
+    lab_factory: LabFactory, portal_user: str, owner: Owner
 ) -> None:
-    pytest.importorskip("portal.edges.netlink", reason="netlink watcher not built")
-    laptop = captive_lab(lab_factory, portal_user, dns_mode="hijack", nm=False)
+    # NetworkManager's own rewrites are in test_reconnects_and_restarts_leave_exactly_one_wiring.
+    laptop, own = owner_lab(lab_factory, portal_user, owner)
     lab = laptop.lab
-    by_hand = b"nameserver 10.77.0.1\nsearch hotel.test\n"
-    assert laptop.resolv() == by_hand
     laptop.start_helper()
     laptop.start_daemon()
     laptop.wait_status(lambda s: s["state"] == "captive", "captive")
-    laptop.wait_status(wired_line("10.77.0.1"), "the stub first")
-    assert laptop.resolv() == f"{STUB_MARK}\nnameserver {STUB}\n".encode() + by_hand
-    added = laptop.cli("add", "wifi.hotel.test", "10.77.0.7")
-    assert added.returncode == 0, added.stderr
-    assert laptop.getent("wifi.hotel.test")[:2] == (0, ["10.77.0.7"])
-    assert laptop.cli("remove", "wifi.hotel.test").returncode == 0
+    # The portal episode: the stub first, named after the owner, the owner's servers after it.
+    laptop.wait_status(wired_line("10.77.0.1", owner.name), "the stub first")
+    assert laptop.resolv() == with_stub(own)
     lab.login()
     assert laptop.cli("check").returncode == 0
     laptop.wait_status(lambda s: s["state"] == "online", "online")
-    laptop.wait_resolv(by_hand, "the hand-written file, byte for byte")
+    laptop.wait_resolv(own, "the owner's own file once signed in")
+
+    # The seed case. (This hotel's DNS answers every name with 10.77.0.1, so the override
+    # uses another address: only the stub can give it.)
+    added = laptop.cli("add", "wifi.hotel.test", "10.77.0.7")
+    assert added.returncode == 0, added.stderr
+    got = laptop.getent("wifi.hotel.test")[:2]
+    assert got == (0, ["10.77.0.7"]), f"{got}\n{laptop.status()}\n{laptop.logs()}"
+    assert laptop.resolv() == with_stub(own)
+
+    # The owner writes resolv.conf again (a renewal): the helper puts the stub back first.
+    put_back = laptop.stub_put_back()
+    owner.rewrite(laptop)
+    laptop.wait(
+        lambda: laptop.stub_put_back() > put_back and laptop.resolv() == with_stub(own), 60,
+        "the stub back first after the owner's rewrite",
+    )  # fmt: skip
+    assert laptop.stub_lines() == 1
+    assert laptop.getent("wifi.hotel.test")[:2] == (0, ["10.77.0.7"])
+    laptop.wait_status(wired_line("10.77.0.1", owner.name), "the wiring line after the rewrite")
+    assert lab.run_laptop(["readlink", "/etc/resolv.conf"]).stdout.strip() == owner.link
+
+    assert laptop.cli("remove", "wifi.hotel.test").returncode == 0
+    laptop.wait_resolv(own, "the owner's own file, byte for byte")
+    laptop.wait_status(lambda s: s["wiring"] == IDLE, "the idle wiring line")

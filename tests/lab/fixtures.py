@@ -38,7 +38,7 @@ def lab_factory() -> Iterator[LabFactory]:
             nm=bool(options.get("nm", True)),
             dhclient=options.get("dhcp_client") == "dhclient",
             https=bool(options.get("https", False)),
-            openresolv=bool(options.get("openresolv", False)),
+            packages=options.get("packages", ()),
         )
         if reason is not None:
             pytest.skip(reason)

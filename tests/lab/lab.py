@@ -61,10 +61,12 @@ Constructor options (all keyword-only):
 - ``nm_rc_manager``: NM's ``[main] rc-manager=``: "file" (default: NM writes /etc/resolv.conf),
   "symlink" (/etc/resolv.conf starts as a link to /run/NetworkManager/resolv.conf, as
   distributions ship it) or "resolvconf" (NM hands its servers to ``/sbin/resolvconf``; use it
-  with ``openresolv``).
-- ``openresolv``: Debian's openresolv package, unpacked (never installed on the host) into an
-  overlay on the laptop's /usr, with its stock /etc/resolvconf.conf; ``openresolv_root()`` says
-  where the unpacked tree is cached.
+  with ``packages=["openresolv"]`` or ``["resolvconf"]``).
+- ``packages``: Debian packages the laptop has and the host must not (``LAPTOP_PACKAGES``:
+  openresolv, Debian's resolvconf, dhcpcd-base), unpacked (never installed on the host) into
+  overlays on the laptop's /usr, /etc and /var/lib, with their stock configuration;
+  ``unpacked_package(name)`` says where the unpacked tree is cached. Nothing of them runs
+  until a test runs it (no maintainer scripts: the test sets up what they would).
 - ``bare``: with ``nm=False``, leave lap0 without address, route or resolv.conf servers (for a
   network manager that runs elsewhere, e.g. in a container joined to the laptop's namespace).
 - ``routing_vpn`` (False): a routing-based "VPN" on the laptop, as WireGuard's and OpenVPN's
@@ -162,6 +164,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -232,13 +235,13 @@ def _tool(name: str) -> str:
 
 
 def unavailable_reason(
-    *, nm: bool = True, dhclient: bool = False, https: bool = False, openresolv: bool = False
+    *, nm: bool = True, dhclient: bool = False, https: bool = False, packages: Iterable[str] = ()
 ) -> str | None:
     """Why a lab with these options cannot run here, or None when it can."""
     if os.geteuid() != 0:
         return "the lab needs root (network and mount namespaces)"
-    if openresolv:
-        root, why = openresolv_root()
+    for package in packages:
+        root, why = unpacked_package(package)
         if root is None:
             return why
     needed = ["ip", "nsenter", "unshare", "dnsmasq", "dbus-daemon"]
@@ -262,32 +265,43 @@ def unavailable_reason(
     return None
 
 
-OPENRESOLV_CACHE = Path(os.environ.get("PORTAL_TEST_CACHE", "/var/tmp/portal-test-cache"))
+PACKAGE_CACHE = Path(os.environ.get("PORTAL_TEST_CACHE", "/var/tmp/portal-test-cache"))
+# Packages the laptop may have that must never be installed on the host (each would take over
+# its resolv.conf or its network), and the file that shows an unpacked tree is whole.
+# scripts/install-test-deps unpacks the same ones into the same cache.
+LAPTOP_PACKAGES = {
+    "openresolv": "sbin/resolvconf",
+    "resolvconf": "sbin/resolvconf",  # Debian's own resolvconf, not openresolv
+    "dhcpcd-base": "usr/sbin/dhcpcd",  # dhcpcd 9 (dhcpcd5 is the transitional name)
+}
 
 
-def openresolv_root() -> tuple[Path | None, str]:
-    """Debian's openresolv unpacked (`apt-get download` + `dpkg -x`, never installed: it would
-    take over this machine's resolv.conf), cached; or None and why it cannot be had."""
-    cached = sorted(OPENRESOLV_CACHE.glob("openresolv-*/sbin/resolvconf"))
+def unpacked_package(name: str) -> tuple[Path | None, str]:
+    """Debian's package `name` unpacked (`apt-get download` + `dpkg -x`, never installed),
+    cached; or None and why it cannot be had."""
+    witness = LAPTOP_PACKAGES.get(name)
+    if witness is None:
+        raise LabError(f"not a package the lab unpacks: {name} (LAPTOP_PACKAGES)")
+    cached = sorted(PACKAGE_CACHE.glob(f"{name}-[0-9]*/{witness}"))
     if cached:
-        return cached[-1].parents[1], ""
+        return cached[-1].parents[len(Path(witness).parts) - 1], ""
     if which("apt-get") is None or which("dpkg") is None:
-        return None, "the lab needs openresolv: apt-get and dpkg are not available"
-    download = Path(tempfile.mkdtemp(prefix="portal-openresolv-"))
+        return None, f"the lab needs {name}: apt-get and dpkg are not available"
+    download = Path(tempfile.mkdtemp(prefix=f"portal-{name}-"))
     try:
         download.chmod(0o777)  # apt fetches as its own user when it can write here
         got = subprocess.run(
-            [_tool("apt-get"), "download", "-qq", "openresolv"],
+            [_tool("apt-get"), "download", "-qq", name],
             cwd=download, capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
-        debs = sorted(download.glob("openresolv_*.deb"))
+        debs = sorted(download.glob(f"{name}_*.deb"))
         if got.returncode != 0 or not debs:
-            return None, f"the lab needs openresolv: apt-get download failed: {got.stderr.strip()}"
+            return None, f"the lab needs {name}: apt-get download failed: {got.stderr.strip()}"
         version = debs[0].name.split("_")[1].replace(":", "_")
         unpacked = download / "root"
         if subprocess.run([_tool("dpkg"), "-x", str(debs[0]), str(unpacked)]).returncode != 0:
-            return None, f"the lab needs openresolv: dpkg -x {debs[0].name} failed"
-        root = OPENRESOLV_CACHE / f"openresolv-{version}"
+            return None, f"the lab needs {name}: dpkg -x {debs[0].name} failed"
+        root = PACKAGE_CACHE / f"{name}-{version}"
         root.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         shutil.move(unpacked, root)
@@ -528,7 +542,7 @@ dhcp={dhcp_client}
 dns={nm_dns}
 # file: NM writes /etc/resolv.conf itself (by rename, hence the overlay on /etc); symlink: NM
 # writes /run/NetworkManager/resolv.conf, which /etc/resolv.conf links to; resolvconf: NM
-# hands its servers to /sbin/resolvconf (openresolv).
+# hands its servers to /sbin/resolvconf (openresolv or Debian's resolvconf).
 rc-manager={rc_manager}
 # Keep NM away from the hostname (it also runs in its own UTS namespace).
 hostname-mode=none
@@ -700,39 +714,38 @@ while umount -l /run/netns 2>/dev/null; do :; done
 # and leaves every link unmanaged.
 mount -t sysfs -o ro sysfs /sys
 mount --bind "$R/laptop/run" /run
+# overlay DIR NAME: DIR with an upper layer "$R/laptop/NAME-upper" (NM replaces
+# /etc/resolv.conf by rename(), which a bind-mounted file refuses with EBUSY).
+overlay() {
+    mkdir -p "$R/laptop/$2-work"
+    if ! mount -t overlay overlay \
+        -o "lowerdir=$1,upperdir=$R/laptop/$2-upper,workdir=$R/laptop/$2-work" "$1" 2>/dev/null
+    then
+        # The run dir's filesystem cannot be an upper layer (overlayfs itself, as in a
+        # container): keep the layer on a tmpfs that exists only in this namespace.
+        T="$R/laptop/$2-tmpfs"
+        mkdir -p "$T"
+        mount -t tmpfs -o mode=0755 tmpfs "$T"
+        mkdir "$T/upper" "$T/work"
+        cp -a "$R/laptop/$2-upper/." "$T/upper/"
+        mount -t overlay overlay -o "lowerdir=$1,upperdir=$T/upper,workdir=$T/work" "$1"
+    fi
+}
+# Packages the laptop has and the host must not (openresolv, resolvconf, dhcpcd): overlays
+# on /usr and /var/lib (before NetworkManager's state is bound into the latter).
+if [ -d "$R/laptop/usr-upper" ]; then
+    overlay /usr usr
+fi
+if [ -d "$R/laptop/var-lib-upper" ]; then
+    overlay /var/lib var-lib
+fi
 if [ -d /var/lib/NetworkManager ]; then
     mount --bind "$R/laptop/var-lib-nm" /var/lib/NetworkManager
 fi
-# NM replaces /etc/resolv.conf by rename(), which a bind-mounted file refuses (EBUSY).
-if ! mount -t overlay overlay \
-    -o "lowerdir=/etc,upperdir=$R/laptop/etc-upper,workdir=$R/laptop/etc-work" /etc 2>/dev/null
-then
-    # The run dir's filesystem cannot be an upper layer (overlayfs itself, as in a container):
-    # keep the layer on a tmpfs that exists only in this namespace.
-    T="$R/laptop/etc-tmpfs"
-    mount -t tmpfs -o mode=0755 tmpfs "$T"
-    mkdir "$T/upper" "$T/work"
-    cp -a "$R/laptop/etc-upper/." "$T/upper/"
-    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$T/upper,workdir=$T/work" /etc
-fi
+overlay /etc etc
 # Like NixOS: /etc/hosts is read-only (optionally the lab's copy, naming the laptop).
 mount --bind "$HOSTS" /etc/hosts
 mount -o remount,bind,ro /etc/hosts
-# Packages the laptop has and the host must not (openresolv): an overlay on /usr.
-if [ -d "$R/laptop/usr-upper" ]; then
-    mkdir -p "$R/laptop/usr-work"
-    if ! mount -t overlay overlay \
-        -o "lowerdir=/usr,upperdir=$R/laptop/usr-upper,workdir=$R/laptop/usr-work" /usr \
-        2>/dev/null
-    then
-        U="$R/laptop/usr-tmpfs"
-        mkdir -p "$U"
-        mount -t tmpfs -o mode=0755 tmpfs "$U"
-        mkdir "$U/upper" "$U/work"
-        cp -a "$R/laptop/usr-upper/." "$U/upper/"
-        mount -t overlay overlay -o "lowerdir=/usr,upperdir=$U/upper,workdir=$U/work" /usr
-    fi
-fi
 echo ready > "$R/laptop/holder.ready"
 exec sleep "$LIFETIME"
 """
@@ -786,7 +799,7 @@ class Lab:
         nm_check_interval_s: int = 10,
         nm_extra_conf: str = "",
         nm_rc_manager: str = "file",
-        openresolv: bool = False,
+        packages: Iterable[str] = (),
         bare: bool = False,
         bus_policy_files: Iterable[str | os.PathLike[str]] = (),
         routing_vpn: bool = False,
@@ -823,7 +836,7 @@ class Lab:
         if nm_rc_manager not in ("file", "symlink", "resolvconf"):
             raise ValueError(f"nm_rc_manager {nm_rc_manager!r}")
         self.nm_rc_manager = nm_rc_manager
-        self.openresolv = openresolv
+        self.packages = list(packages)
         self.bare = bare
         self.bus_policy_files = [Path(p) for p in bus_policy_files]
         if ipv6 and nm:
@@ -1276,6 +1289,21 @@ class Lab:
         self._wait(lambda: _listening(dnsmasq.pid, "udp", HOTEL_IP, 53), "hotel dnsmasq", dnsmasq)
         self.timings["hotel_s"] = time.monotonic() - (self._deadline - self.lifetime_s)
 
+    def _unpack(self, package: str) -> None:
+        """Lay an unpacked package over the laptop's /usr, /etc and /var/lib (upper layers)."""
+        root, why = unpacked_package(package)
+        if root is None:
+            raise LabError(why)
+        laptop = self.run_dir / "laptop"
+        # Debian 12 merged /usr: /sbin and /lib are /usr's.
+        layers = {"usr": "usr-upper", "sbin": "usr-upper/sbin", "lib": "usr-upper/lib",
+                  "etc": "etc-upper", "var/lib": "var-lib-upper"}  # fmt: skip
+        (laptop / "usr-upper").mkdir(exist_ok=True)
+        (laptop / "var-lib-upper").mkdir(exist_ok=True)
+        for part, upper in layers.items():
+            if (root / part).is_dir():
+                shutil.copytree(root / part, laptop / upper, symlinks=True, dirs_exist_ok=True)
+
     def _start_laptop(self) -> None:
         upper = self.run_dir / "laptop" / "etc-upper"
         if self.nm:
@@ -1294,15 +1322,24 @@ class Lab:
             (upper / "resolv.conf").symlink_to("/run/NetworkManager/resolv.conf")
         else:
             (upper / "resolv.conf").write_text(resolv)
-        if self.openresolv:
-            root, why = openresolv_root()
-            if root is None:
-                raise LabError(why)
-            usr = self.run_dir / "laptop" / "usr-upper"
-            # Debian's package puts them in /sbin and /lib, which are /usr's on Debian 12.
-            shutil.copytree(root / "sbin", usr / "sbin", symlinks=True)
-            shutil.copytree(root / "lib", usr / "lib", symlinks=True)
-            shutil.copy(root / "etc" / "resolvconf.conf", upper / "resolvconf.conf")
+        for package in self.packages:
+            self._unpack(package)
+        if "resolvconf" in self.packages:
+            # What Debian's resolvconf does when installed on a fresh system (postinst) and at
+            # boot (resolvconf.service): /etc/resolv.conf becomes a link to its dynamic file,
+            # an empty tail (no earlier resolv.conf kept as "original"), updates enabled.
+            (upper / "resolv.conf").unlink()
+            (upper / "resolv.conf").symlink_to("../run/resolvconf/resolv.conf")
+            (upper / "resolvconf" / "resolv.conf.d" / "tail").write_text("")
+            # Only the package's own update hooks: others on the host (unbound's, which fails
+            # when no unbound runs) are hidden by overlayfs whiteouts (0/0 character devices).
+            hooks = Path("/etc/resolvconf/update.d")
+            for hook in sorted(hooks.iterdir()) if hooks.is_dir() else ():
+                if not (upper / "resolvconf" / "update.d" / hook.name).exists():
+                    os.mknod(upper / "resolvconf" / "update.d" / hook.name, stat.S_IFCHR, 0)
+            run = self.run_dir / "laptop" / "run" / "resolvconf"
+            (run / "interface").mkdir(parents=True)
+            (run / "enable-updates").write_text("")
         if self.dhcp_client == "dhclient":
             # NM merges this into the dhclient config it writes; option 114 is RFC 3679's
             # "default-url" to dhclient, and NM then shows it in Dhcp4Config as default_url.
