@@ -571,22 +571,9 @@ def nm_profile(*, dns_mode: str, ipv6_only: bool = False, cloned_mac: str = "") 
         pin = f"ignore-auto-dns=true\ndns={PUBLIC_DNS};\n"
     ethernet = f"cloned-mac-address={cloned_mac}\n" if cloned_mac else ""
     if ipv6_only:
-        return f"""[connection]
-id={PROFILE_ID}
-uuid={PROFILE_UUID}
-type=ethernet
-interface-name={LAPTOP_IF}
-autoconnect=true
-
-[ethernet]
-{ethernet}
-[ipv4]
-method=disabled
-
-[ipv6]
-method=auto
-addr-gen-mode=eui64
-"""
+        addressing = "[ipv4]\nmethod=disabled\n\n[ipv6]\nmethod=auto\naddr-gen-mode=eui64\n"
+    else:
+        addressing = f"[ipv4]\nmethod=auto\n{pin}\n[ipv6]\nmethod=disabled\n"
     return f"""[connection]
 id={PROFILE_ID}
 uuid={PROFILE_UUID}
@@ -596,12 +583,7 @@ autoconnect=true
 
 [ethernet]
 {ethernet}
-[ipv4]
-method=auto
-{pin}
-[ipv6]
-method=disabled
-"""
+{addressing}"""
 
 
 def dnsmasq_conf(
