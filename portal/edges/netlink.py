@@ -187,16 +187,22 @@ class Dumper:
             self.sock.settimeout(timeout_s)
 
 
-def read_tables(
-    dumper: Dumper, *, sysfs_net: Path
-) -> tuple[dict[int, Link], list[Address], list[Route]]:
-    """Links (by index), addresses and default routes, from one dump of each table."""
+def read_links(dumper: Dumper, *, sysfs_net: Path) -> dict[int, Link]:
+    """Every link, by index, from one dump (wireless ones told by their sysfs entry)."""
     links: dict[int, Link] = {}
     for payload in dumper.dump(rtnl.RTM_GETLINK):
         msg = rtnl.parse_link(payload)
         if msg is not None:
             wireless = not msg.info_kind and _wireless(sysfs_net, msg.name)
             links[msg.index] = rtnl.to_link(msg, wireless=wireless)
+    return links
+
+
+def read_tables(
+    dumper: Dumper, *, sysfs_net: Path
+) -> tuple[dict[int, Link], list[Address], list[Route]]:
+    """Links (by index), addresses and default routes, from one dump of each table."""
+    links = read_links(dumper, sysfs_net=sysfs_net)
     addresses = [
         addr
         for payload in dumper.dump(rtnl.RTM_GETADDR)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from portal.core import rtnetlink as rtnl
 from portal.core.events import PathsObserved
-from portal.core.netstate import Link
 from portal.core.paths import INTERNET_PROBES, Hop, PathFacts, PathTarget, hop_of, subnet_probes
 from portal.edges.netlink import DEFAULT_SYSFS_NET, Dumper, open_socket
 
@@ -140,14 +139,9 @@ def query(dumper: Dumper, address: str, *, oif: int = 0) -> rtnl.RouteEntry | in
 
 def observe(dumper: Dumper, target: PathTarget, *, sysfs_net: Path) -> PathFacts:
     """One round of questions to the kernel about `target`."""
-    from portal.edges.netlink import _wireless
+    from portal.edges.netlink import read_links
 
-    links: dict[int, Link] = {}
-    for payload in dumper.dump(rtnl.RTM_GETLINK):
-        msg = rtnl.parse_link(payload)
-        if msg is not None:
-            wireless = not msg.info_kind and _wireless(sysfs_net, msg.name)
-            links[msg.index] = rtnl.to_link(msg, wireless=wireless)
+    links = read_links(dumper, sysfs_net=sysfs_net)
     index = next((i for i, link in links.items() if link.name == target.interface), 0)
     routes = [r for payload in dumper.dump(rtnl.RTM_GETROUTE) if (r := rtnl.parse_route(payload))]
     rules = tuple(

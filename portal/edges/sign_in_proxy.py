@@ -46,12 +46,11 @@ from portal.core.proxy_protocol import (
 )
 from portal.core.report import OverrideView
 from portal.core.sign_in import PROXY_HOST, connect_order, destination_refusal, override_addresses
-from portal.edges.venue_dns import resolve_via
+from portal.edges.venue_dns import SO_BINDTODEVICE, resolve_via
 from portal.errors import PortalError
 
 log = logging.getLogger("portal.sign_in")
 
-SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)  # Linux value; absent on some builds
 NETLINK_SOCK_DIAG = 4
 READ_CHUNK = 4096  # handshakes are small; the relay reads up to Limits.buffer_bytes
 

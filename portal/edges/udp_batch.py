@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 try:
     if os.environ.get("PORTAL_NO_UDPBATCH"):  # the pure-Python path, on purpose (tests, bench)
@@ -37,6 +38,7 @@ except ImportError:
 
 MAX_DATAGRAM = 65535
 _DONTWAIT = socket.MSG_DONTWAIT
+T = TypeVar("T")
 Address = Any  # (host, port) or (host, port, flowinfo, scope_id), as socket.recvfrom() gives
 
 
@@ -49,16 +51,7 @@ def recv_many(
             return _udpbatch.recv(sock.fileno(), limit, True), None
         except OSError as exc:
             return [], exc
-    out: list[tuple[bytes, Address]] = []
-    recvfrom = sock.recvfrom
-    try:
-        for _ in range(limit):
-            out.append(recvfrom(MAX_DATAGRAM, _DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        pass
-    except OSError as exc:
-        return out, exc
-    return out, None
+    return _drain(sock.recvfrom, limit)
 
 
 def recv_data(sock: socket.socket, limit: int = BATCH) -> tuple[list[bytes], OSError | None]:
@@ -68,11 +61,15 @@ def recv_data(sock: socket.socket, limit: int = BATCH) -> tuple[list[bytes], OSE
             return _udpbatch.recv(sock.fileno(), limit, False), None
         except OSError as exc:
             return [], exc
-    out: list[bytes] = []
-    recv = sock.recv
+    return _drain(sock.recv, limit)
+
+
+def _drain(read: Callable[[int, int], T], limit: int) -> tuple[list[T], OSError | None]:
+    """The pure-Python path: `read` (recvfrom or recv) until nothing waits or `limit` came."""
+    out: list[T] = []
     try:
         for _ in range(limit):
-            out.append(recv(MAX_DATAGRAM, _DONTWAIT))
+            out.append(read(MAX_DATAGRAM, _DONTWAIT))
     except (BlockingIOError, InterruptedError):
         pass
     except OSError as exc:
