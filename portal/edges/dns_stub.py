@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from portal.core.answer import Answers, Forward, LocalEntry, relay
-from portal.core.expiry import AnswerWatch
 from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_SERVFAIL, build_error
@@ -38,6 +37,8 @@ from portal.edges.upstream import Forwarder
 
 if TYPE_CHECKING:
     import asyncio
+
+    from portal.core.expiry import AnswerWatch
 
 log = logging.getLogger("portal.dns")
 

@@ -19,12 +19,15 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from portal.core.choices import Choices, format_choices, parse_choices
 from portal.core.model import Network
 from portal.core.overrides import Limits, OverrideTable, format_state, parse_state
 from portal.core.remembered import format_network, parse_network
 from portal.errors import StateError
+
+if TYPE_CHECKING:
+    from portal.core.choices import Choices
 
 log = logging.getLogger("portal.store")
 
@@ -72,13 +75,15 @@ def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> 
         return OverrideTable(limits=limits)
     except (OSError, UnicodeDecodeError) as exc:
         if isinstance(exc, UnicodeDecodeError):
-            return _move_aside(path, f"not UTF-8 text: {exc}", limits)
+            _move_aside(path, f"not UTF-8 text: {exc}", then="started with no overrides")
+            return OverrideTable(limits=limits)
         log.error("cannot read %s: %s; starting with no overrides", path, exc)
         return OverrideTable(limits=limits)
     try:
         return parse_state(text, limits=limits)
     except StateError as exc:
-        return _move_aside(path, str(exc), limits)
+        _move_aside(path, str(exc), then="started with no overrides")
+        return OverrideTable(limits=limits)
 
 
 def _sweep_temp_files(path: Path) -> None:
@@ -93,22 +98,21 @@ def _sweep_temp_files(path: Path) -> None:
             log.warning("cannot remove %s: %s, ignoring", stale, exc.strerror or exc)
 
 
-def _move_aside(path: Path, why: str, limits: Limits) -> OverrideTable:
+def _move_aside(path: Path, why: str, *, then: str) -> None:
+    """Keep a file that does not parse beside the new one (nothing is lost), and say so; `then`
+    says what the daemon does instead ("started with no overrides")."""
     aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
     try:
         os.rename(path, aside)
-        log.error(
-            "%s is corrupt (%s); moved it to %s and started with no overrides", path, why, aside
-        )
+        log.error("%s is corrupt (%s); moved it to %s and %s", path, why, aside, then)
     except OSError as exc:
         log.error(
-            "%s is corrupt (%s) and could not be moved aside (%s); starting with no "
-            "overrides and leaving it in place",
+            "%s is corrupt (%s) and could not be moved aside (%s); %s, leaving it in place",
             path,
             why,
             exc,
+            then,
         )
-    return OverrideTable(limits=limits)
 
 
 def save(state_dir: str | os.PathLike[str], table: OverrideTable) -> None:
@@ -138,6 +142,10 @@ def save_network(state_dir: str | os.PathLike[str], network: Network | None) -> 
 def load_choices(state_dir: str | os.PathLike[str]) -> Choices:
     """The user's choices about networks; none when there is no file. A file that does not
     parse is moved aside (nothing is lost) and the daemon starts with none."""
+    # Imported here, not at the top: the stub's first answers (portal/early.py) read the state
+    # directory through this module and need none of it.
+    from portal.core.choices import Choices, parse_choices
+
     path = Path(state_dir) / CHOICES_FILE
     _sweep_temp_files(path)
     try:
@@ -145,16 +153,7 @@ def load_choices(state_dir: str | os.PathLike[str]) -> Choices:
     except FileNotFoundError:
         return Choices()
     except (ValueError, UnicodeDecodeError) as exc:
-        aside = path.with_name(
-            f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-        )
-        try:
-            os.rename(path, aside)
-            log.error(
-                "%s is corrupt (%s); moved it to %s and remember no choices", path, exc, aside
-            )
-        except OSError as err:
-            log.error("%s is corrupt (%s) and could not be moved aside (%s)", path, exc, err)
+        _move_aside(path, str(exc), then="remember no choices")
         return Choices()
     except OSError as exc:
         log.error("cannot read %s: %s; remembering no choices", path, exc.strerror or exc)
@@ -163,6 +162,8 @@ def load_choices(state_dir: str | os.PathLike[str]) -> Choices:
 
 def save_choices(state_dir: str | os.PathLike[str], choices: Choices) -> None:
     """Write the choices durably. Raises StateError with a one-line reason on failure."""
+    from portal.core.choices import format_choices
+
     _write_atomic(Path(state_dir), CHOICES_FILE, format_choices(choices).encode(), "choices")
 
 
