@@ -329,6 +329,7 @@ class Bench:
         self.cpus = Cpus.pick()
         self.base = p.workdir("run")
         p.PYCACHE = self.base / "pycache"
+        p.install_like(self.base)
         self.overrides = name_table("bench", NAMES, 1)
         self.forwarded = name_table("fwd", NAMES, 2)
         self.q_over = write_queries(self.base / "overrides.q", list(self.overrides))
@@ -577,7 +578,7 @@ class Bench:
         shutil.copytree(state, d / "state")
         (d / "portal.toml").write_text(p.PORTAL_CONFIG)
         port = p.free_port(SERVER_HOST)
-        cmd = [sys.executable, "-X", "importtime", *p.portal_cmd()[1:], "daemon"]
+        cmd = [p.PYTHON, "-X", "importtime", *p.portal_cmd()[1:], "daemon"]
         cmd += ["--bus", self.bus, "--listen", f"{SERVER_HOST}:{port}"]
         cmd += ["--state-dir", str(d / "state"), "--config", str(d / "portal.toml")]
         proc = p.spawn(cmd, cpu=self.cpus.server, log=d / "log", env=p.portal_env())
@@ -656,15 +657,15 @@ class Bench:
                 log(f"  add failed: {err.decode()[-300:]} (answer {got})")
             run("list", [*p.portal_cmd(), "list", "--bus", self.bus], env)
             run("status", [*p.portal_cmd(), "status", "--bus", self.bus], env)
-            run("python_floor", [sys.executable, "-c", "pass"], env)
-            run("import_cli", [sys.executable, "-c", "import portal.cli"], env)
+            run("python_floor", [p.PYTHON, "-c", "pass"], env)
+            run("import_cli", [p.PYTHON, "-c", "import portal.cli"], env)
         for label, values in timed.items():
             self.res.put("cli", label, values)
             self.res.put("cli_cpu", label, cpu[label])
             log(f"  {label}: median {m.median(values):.1f} ms, CPU {m.median(cpu[label]):.1f} ms")
 
     def _imports(self) -> None:
-        cmd = [sys.executable, "-X", "importtime", *p.portal_cmd()[1:], "list", "--bus", self.bus]
+        cmd = [p.PYTHON, "-X", "importtime", *p.portal_cmd()[1:], "list", "--bus", self.bus]
         out = subprocess.run(
             cmd, capture_output=True, text=True, env=p.portal_env(), timeout=60, check=False
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,23 @@ def test_portal_on_a_private_bus_imports_overrides_and_forwards(base: Path) -> N
     assert os.sched_getaffinity(portal.pid) == {1}  # taskset exec'd: we hold the server's PID
     p.stop_all()
     assert p.wait_until(lambda: gone(portal.pid) and gone(dbus.pid) and gone(up.pid), 5)
+
+
+def test_install_like_runs_portal_as_installed(base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an installed portal: no editable finder or distutils shim at start, the checkout's code
+    monkeypatch.setattr(p, "PYTHON", p.PYTHON)
+    monkeypatch.setattr(p, "SCRIPT", p.SCRIPT)
+    p.install_like(base)
+    cmd = p.portal_cmd()
+    assert cmd[0] == str(base / "installed/bin/python") and cmd[1].endswith("installed/bin/portal")
+    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and version.stdout.startswith("portal "), version.stderr
+    probe = (
+        "import sys, portal; "
+        "print(portal.__file__); "
+        "print(sorted(m for m in sys.modules if 'editable' in m or 'distutils' in m))"
+    )
+    out = subprocess.run([cmd[0], "-c", probe], capture_output=True, text=True, timeout=30)
+    where, loaded = out.stdout.splitlines()
+    assert where == str(p.REPO / "portal" / "__init__.py")
+    assert loaded == "[]"

@@ -32,162 +32,219 @@ if TYPE_CHECKING:
     from portal.core.report import OverrideView, StatusReport
 
 USAGE_ERRORS = (InvalidDomain, InvalidAddress, InvalidTTL, ConfigError)
+COMMAND_NAMES = (
+    "add", "remove", "list", "status", "check", "dont-ask", "ask-again", "open", "import",
+    "daemon", "agent", "wire",
+)  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _columns() -> int:
+    """The terminal's width as argparse would take it (shutil.get_terminal_size)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # no stdout, closed, or not a terminal
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, sized without importing shutil: the default one imports it
+    (and with it bz2 and lzma) for the terminal's width, about 4 ms of every call."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_columns() - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help formatter, and its subcommands', is _Formatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with `command`, only that command's part (what `main`
+    needs to parse one call: building all twelve costs more than the
+    D-Bus call itself)."""
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name
+
+    p = _Parser(
         prog="portal",
         description="Captive-portal helper: temporary DNS overrides and sign-in detection.",
     )
     p.add_argument("--version", action="version", version=f"portal {__version__}")
     bus_help = "D-Bus to use: system (default), session, or an address; also $PORTAL_BUS"
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--bus", help=bus_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    a = sub.add_parser(
-        "add",
-        parents=[common],
-        help="answer DOMAIN with IP (or its venue address)",
-        description="Make DOMAIN resolve to IP. Without IP, look DOMAIN up through "
-        "the current network's own DNS and pin the answer.",
-    )
-    a.add_argument("domain")
-    a.add_argument("ip", nargs="*")
-    a.add_argument("--ttl", help="lifetime: 90s, 30m, 12h, 2d, or 'never' (default: 12h)")
-    a.add_argument("--until-removed", action="store_true", help="never expire")
-    a.add_argument(
-        "--any-network",
-        action="store_true",
-        help="answer on every network, not only the current one",
-    )
+    if wanted("add"):
+        a = sub.add_parser(
+            "add",
+            parents=[common],
+            help="answer DOMAIN with IP (or its venue address)",
+            description="Make DOMAIN resolve to IP. Without IP, look DOMAIN up through "
+            "the current network's own DNS and pin the answer.",
+        )
+        a.add_argument("domain")
+        a.add_argument("ip", nargs="*")
+        a.add_argument("--ttl", help="lifetime: 90s, 30m, 12h, 2d, or 'never' (default: 12h)")
+        a.add_argument("--until-removed", action="store_true", help="never expire")
+        a.add_argument(
+            "--any-network",
+            action="store_true",
+            help="answer on every network, not only the current one",
+        )
 
-    r = sub.add_parser("remove", parents=[common], help="remove the override for DOMAIN")
-    r.add_argument("domain")
+    if wanted("remove"):
+        r = sub.add_parser("remove", parents=[common], help="remove the override for DOMAIN")
+        r.add_argument("domain")
 
-    ls = sub.add_parser("list", parents=[common], help="list overrides")
-    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    if wanted("list"):
+        ls = sub.add_parser("list", parents=[common], help="list overrides")
+        ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    st = sub.add_parser("status", parents=[common], help="network, portal state, DNS, overrides")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
-    st.add_argument("--watch", action="store_true", help="keep printing changes")
+    if wanted("status"):
+        st = sub.add_parser(
+            "status", parents=[common], help="network, portal state, DNS, overrides"
+        )
+        st.add_argument("--json", action="store_true", help="machine-readable output")
+        st.add_argument("--watch", action="store_true", help="keep printing changes")
 
-    sub.add_parser("check", parents=[common], help="probe the current network now")
-    sub.add_parser(
-        "dont-ask",
-        parents=[common],
-        help="don't ask to sign in on the current network again",
-        description="Remember the current network (by its identity: NetworkManager's connection, "
-        "or the interface and gateway) as one where portal no longer asks you to sign in. "
-        "Detection goes on; `portal status` lists these networks; `portal ask-again` undoes it.",
-    )
-    again = sub.add_parser(
-        "ask-again",
-        parents=[common],
-        help="ask to sign in on NETWORK again (undo dont-ask)",
-        description="Forget 'don't ask again' for NETWORK (its name or id, as `portal status` "
-        "lists it; default: the current network), or for every network with --all.",
-    )
-    again.add_argument("network", nargs="?", default="", help="name or id (default: this one)")
-    again.add_argument("--all", action="store_true", help="every network")
-    o = sub.add_parser(
-        "open",
-        parents=[common],
-        help="open the sign-in page in a private sign-in window",
-        description="Open the sign-in page in a browser with a throwaway profile whose traffic "
-        "goes through a proxy of this process: names resolved by the network's own DNS, "
-        "connections out of its interface (past your DNS settings and a VPN's routes). Ends "
-        "when the network is online or changes, at --max-time, or on Ctrl-C.",
-    )
-    o.add_argument("--print", action="store_true", help="only print the sign-in URL")
-    o.add_argument(
-        "--proxy",
-        action="store_true",
-        help="only run the proxy: print socks5://127.0.0.1:PORT first, run until online or Ctrl-C",
-    )
-    o.add_argument("--url", default="", help="the page to open (default: the sign-in URL)")
-    o.add_argument("--max-time", metavar="DURATION", help="end after this long (default: 15m)")
-    o.add_argument(
-        "--browser",
-        default="",
-        help="everyday browser for when no sign-in window can be made (default: config, "
-        "$BROWSER, xdg-open)",
-    )
-    o.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
-    o.add_argument("--log-level", choices=["debug", "info"])
+    if wanted("check"):
+        sub.add_parser("check", parents=[common], help="probe the current network now")
+    if wanted("dont-ask"):
+        sub.add_parser(
+            "dont-ask",
+            parents=[common],
+            help="don't ask to sign in on the current network again",
+            description="Remember the current network (by its identity: NetworkManager's "
+            "connection, or the interface and gateway) as one where portal no longer asks you "
+            "to sign in. Detection goes on; `portal status` lists these networks; "
+            "`portal ask-again` undoes it.",
+        )
+    if wanted("ask-again"):
+        again = sub.add_parser(
+            "ask-again",
+            parents=[common],
+            help="ask to sign in on NETWORK again (undo dont-ask)",
+            description="Forget 'don't ask again' for NETWORK (its name or id, as `portal status` "
+            "lists it; default: the current network), or for every network with --all.",
+        )
+        again.add_argument("network", nargs="?", default="", help="name or id (default: this one)")
+        again.add_argument("--all", action="store_true", help="every network")
+    if wanted("open"):
+        o = sub.add_parser(
+            "open",
+            parents=[common],
+            help="open the sign-in page in a private sign-in window",
+            description="Open the sign-in page in a browser with a throwaway profile whose traffic "
+            "goes through a proxy of this process: names resolved by the network's own DNS, "
+            "connections out of its interface (past your DNS settings and a VPN's routes). Ends "
+            "when the network is online or changes, at --max-time, or on Ctrl-C.",
+        )
+        o.add_argument("--print", action="store_true", help="only print the sign-in URL")
+        o.add_argument(
+            "--proxy",
+            action="store_true",
+            help="only run the proxy: print socks5://127.0.0.1:PORT first, run until online or "
+            "Ctrl-C",
+        )
+        o.add_argument("--url", default="", help="the page to open (default: the sign-in URL)")
+        o.add_argument("--max-time", metavar="DURATION", help="end after this long (default: 15m)")
+        o.add_argument(
+            "--browser",
+            default="",
+            help="everyday browser for when no sign-in window can be made (default: config, "
+            "$BROWSER, xdg-open)",
+        )
+        o.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
+        o.add_argument("--log-level", choices=["debug", "info"])
 
-    im = sub.add_parser(
-        "import", parents=[common], help="add overrides from hosts-file lines (all or nothing)"
-    )
-    im.add_argument(
-        "file", nargs="?", default="-", help="file with 'IP NAME...' lines, - for stdin"
-    )
-    im.add_argument("--ttl", help="lifetime of every entry (default: 12h)")
-    im.add_argument("--any-network", action="store_true")
+    if wanted("import"):
+        im = sub.add_parser(
+            "import", parents=[common], help="add overrides from hosts-file lines (all or nothing)"
+        )
+        im.add_argument(
+            "file", nargs="?", default="-", help="file with 'IP NAME...' lines, - for stdin"
+        )
+        im.add_argument("--ttl", help="lifetime of every entry (default: 12h)")
+        im.add_argument("--any-network", action="store_true")
 
-    d = sub.add_parser("daemon", parents=[common], help="run the daemon (system service)")
-    d.add_argument(
-        "--listen",
-        action="append",
-        metavar="ADDR[:PORT]",
-        help="DNS listen address (repeatable; default 127.0.0.153:53)",
-    )
-    d.add_argument(
-        "--upstream",
-        action="append",
-        metavar="ADDR[:PORT]",
-        help="static upstream DNS server (repeatable; default: NetworkManager's)",
-    )
-    d.add_argument("--state-dir", metavar="DIR", help="where overrides are kept (/var/lib/portal)")
-    d.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
-    d.add_argument("--log-level", choices=["debug", "info"])
-    d.add_argument(
-        "--network-source",
-        choices=["auto", "nm", "netlink", "none"],
-        help="where network changes come from (default: auto)",
-    )
-    d.add_argument(
-        "--wiring",
-        choices=["auto", "resolvconf", "resolved", "none"],
-        help="how the stub is wired into name resolution (default: auto)",
-    )
-    d.add_argument(
-        "--resolv-conf",
-        metavar="FILE",
-        help="resolv.conf to read upstreams from without NetworkManager",
-    )
-    d.add_argument(
-        "--ca-file", metavar="FILE", help="extra CA bundle for the portal's RFC 8908 API"
-    )
+    if wanted("daemon"):
+        d = sub.add_parser("daemon", parents=[common], help="run the daemon (system service)")
+        d.add_argument(
+            "--listen",
+            action="append",
+            metavar="ADDR[:PORT]",
+            help="DNS listen address (repeatable; default 127.0.0.153:53)",
+        )
+        d.add_argument(
+            "--upstream",
+            action="append",
+            metavar="ADDR[:PORT]",
+            help="static upstream DNS server (repeatable; default: NetworkManager's)",
+        )
+        d.add_argument(
+            "--state-dir", metavar="DIR", help="where overrides are kept (/var/lib/portal)"
+        )
+        d.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
+        d.add_argument("--log-level", choices=["debug", "info"])
+        d.add_argument(
+            "--network-source",
+            choices=["auto", "nm", "netlink", "none"],
+            help="where network changes come from (default: auto)",
+        )
+        d.add_argument(
+            "--wiring",
+            choices=["auto", "resolvconf", "resolved", "none"],
+            help="how the stub is wired into name resolution (default: auto)",
+        )
+        d.add_argument(
+            "--resolv-conf",
+            metavar="FILE",
+            help="resolv.conf to read upstreams from without NetworkManager",
+        )
+        d.add_argument(
+            "--ca-file", metavar="FILE", help="extra CA bundle for the portal's RFC 8908 API"
+        )
 
-    ag = sub.add_parser("agent", parents=[common], help="run the per-user desktop agent")
-    ag.add_argument("--browser", help="command that opens the sign-in page")
-    ag.add_argument(
-        "--sign-in-notification",
-        choices=["auto", "always", "never"],
-        help="when to show portal's own sign-in notification (default: config, auto: only "
-        "when the desktop's own prompt will not come or will not work)",
-    )
-    ag.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
-    ag.add_argument("--log-level", choices=["debug", "info"])
+    if wanted("agent"):
+        ag = sub.add_parser("agent", parents=[common], help="run the per-user desktop agent")
+        ag.add_argument("--browser", help="command that opens the sign-in page")
+        ag.add_argument(
+            "--sign-in-notification",
+            choices=["auto", "always", "never"],
+            help="when to show portal's own sign-in notification (default: config, auto: only "
+            "when the desktop's own prompt will not come or will not work)",
+        )
+        ag.add_argument("--config", metavar="FILE", help="config file (/etc/portal/portal.toml)")
+        ag.add_argument("--log-level", choices=["debug", "info"])
 
-    w = sub.add_parser(
-        "wire",
-        help="put the stub into resolv.conf or take it out, as the daemon asks (root)",
-        description="Put the stub's nameserver line first in resolv.conf while the daemon "
-        "asks for it, and take exactly that line out when it does not. Run as root by "
-        "portal-wire.path whenever the daemon's request or resolv.conf changes.",
-    )
-    w.add_argument("--resolv-conf", metavar="FILE", help="the file to edit (/etc/resolv.conf)")
-    w.add_argument(
-        "--request", metavar="FILE", help="the daemon's request (/run/portal/resolv-stub)"
-    )
-    w.add_argument(
-        "--stopped",
-        action="store_true",
-        help="the daemon has stopped (portal.service runs this): withdraw its request and "
-        "take the stub out",
-    )
+    if wanted("wire"):
+        w = sub.add_parser(
+            "wire",
+            help="put the stub into resolv.conf or take it out, as the daemon asks (root)",
+            description="Put the stub's nameserver line first in resolv.conf while the daemon "
+            "asks for it, and take exactly that line out when it does not. Run as root by "
+            "portal-wire.path whenever the daemon's request or resolv.conf changes.",
+        )
+        w.add_argument("--resolv-conf", metavar="FILE", help="the file to edit (/etc/resolv.conf)")
+        w.add_argument(
+            "--request", metavar="FILE", help="the daemon's request (/run/portal/resolv-stub)"
+        )
+        w.add_argument(
+            "--stopped",
+            action="store_true",
+            help="the daemon has stopped (portal.service runs this): withdraw its request and "
+            "take the stub out",
+        )
     return p
 
 
@@ -205,8 +262,40 @@ def import_asyncio() -> None:
         del sys.modules["ssl"]
 
 
+def import_dataclasses() -> None:
+    """Import dataclasses without inspect, as CPython does from 3.15 on (gh-137855).
+
+    dataclasses imports inspect (with ast, dis and tokenize: about a fifth of `portal list`,
+    and of the daemon's start to its first answer) for one use, a signature in the docstring
+    of a dataclass that has none (every one of portal's has its own). It gets a stand-in that
+    imports the real module on first use, so anything it asks of inspect still works; any
+    later `import inspect` gets the real one. Called before anything that imports
+    dataclasses."""
+    if "dataclasses" in sys.modules or "inspect" in sys.modules:
+        return
+    import importlib
+    import types
+
+    def __getattr__(name: str) -> Any:
+        return getattr(importlib.import_module("inspect"), name)
+
+    stand_in = types.ModuleType("inspect")
+    stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
+    sys.modules["inspect"] = stand_in
+    try:
+        import dataclasses  # noqa: F401
+    finally:
+        if sys.modules.get("inspect") is stand_in:
+            del sys.modules["inspect"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import_dataclasses()
+    words = sys.argv[1:] if argv is None else list(argv)
+    # The command is the first word that is not an option (the top level has no option that
+    # takes a value); anything else (help, a typo) gets the whole parser and its messages.
+    first = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(first if first in COMMAND_NAMES else None).parse_args(words)
     try:
         if args.command == "daemon":
             return run_daemon(args)

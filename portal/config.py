@@ -23,6 +23,8 @@ DEFAULT_STATE_DIR = "/var/lib/portal"
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The daemon's settings: /etc/portal/portal.toml over these defaults (see `load`)."""
+
     listen: tuple[str, ...] = DEFAULT_LISTEN
     upstreams: tuple[Upstream, ...] = ()  # static; when empty, learned from NetworkManager
     state_dir: str = DEFAULT_STATE_DIR

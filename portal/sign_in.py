@@ -70,6 +70,8 @@ EXIT_CODES = {
 
 @dataclass(frozen=True, slots=True)
 class OpenOptions:
+    """What `portal open` (or the agent's button) was asked to do."""
+
     bus: str | None = None
     url: str = ""  # the page to open; "" = the daemon's sign-in URL
     proxy_only: bool = False

@@ -235,6 +235,8 @@ class NotificationClosed:
 
 @dataclass(frozen=True, slots=True)
 class ActionInvoked:
+    """The user pressed a notification's button (the notification server's ActionInvoked)."""
+
     notification_id: int
     action_key: str
 
@@ -279,11 +281,15 @@ class ShowNotification:
 
 @dataclass(frozen=True, slots=True)
 class CloseNotification:
+    """Close the notification with this id."""
+
     notification_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class OpenPage:
+    """Open the sign-in page at `url` (the sign-in window, else the browser)."""
+
     url: str
 
 
@@ -294,6 +300,8 @@ class RequestCheck:
 
 @dataclass(frozen=True, slots=True)
 class UpdateTray:
+    """Show this view in the tray."""
+
     view: TrayView
 
 
@@ -698,6 +706,8 @@ class TrayStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MenuItem:
+    """One entry of the tray's menu (the com.canonical.dbusmenu layout)."""
+
     id: int
     label: str = ""
     enabled: bool = True
@@ -707,6 +717,8 @@ class MenuItem:
 
 @dataclass(frozen=True, slots=True)
 class TrayView:
+    """What the tray shows: its status, icon, title, tooltip and menu."""
+
     status: TrayStatus
     icon: str  # freedesktop icon-naming-spec name
     title: str

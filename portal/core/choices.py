@@ -42,6 +42,8 @@ class NetworkChoice:
 
 @dataclass(frozen=True, slots=True)
 class Choices:
+    """The user's per-network choices: the networks where portal no longer asks to sign in."""
+
     quiet: tuple[NetworkChoice, ...] = ()
 
     def is_quiet(self, network_id: str | None) -> bool:

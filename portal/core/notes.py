@@ -14,12 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from portal.core.model import Connectivity
-from portal.core.paths import owner_of
+from portal.core.owners import owner_of
 from portal.core.report import StatusReport
 
 
 @dataclass(frozen=True, slots=True)
 class Note:
+    """One line about the network for `portal status` (and the notification when `sign_in`)."""
+
     topic: str  # "session", "recheck", "asking", ... (the CLI's line label)
     text: str
     sign_in: bool = False  # belongs in the sign-in notification too

@@ -164,6 +164,8 @@ def check_ttl(seconds: float, *, shown: str | None = None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """Bounds on the override table: how many names it may hold."""
+
     max_overrides: int = MAX_OVERRIDES
 
 

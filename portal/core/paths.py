@@ -37,6 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from portal.core.netstate import Link
+from portal.core.owners import owner_of
 from portal.core.rtnetlink import RT_TABLE_MAIN, RTN_LOCAL, RTN_UNICAST, RouteEntry, Rule
 
 # Any public address will do: the kernel only looks the route up, nothing is sent.
@@ -58,34 +59,6 @@ TUNNEL_KINDS = {
 }
 # The longest prefix still read as "everything, split in parts" (def1 uses /1).
 SPLIT_MAX_PREFIX = 7
-
-# Who makes local bridges, by interface name: (name prefix, owner, the usual fix)
-LOCAL_OWNERS: tuple[tuple[str, str, str], ...] = (
-    (
-        "docker",
-        "Docker",
-        'give Docker address ranges the venue does not use ("bip" and '
-        '"default-address-pools" in /etc/docker/daemon.json), or remove unused networks '
-        "(docker network prune)",
-    ),
-    (
-        "br-",
-        "Docker",
-        "remove unused Docker networks (docker network prune), or give Docker address ranges "
-        'the venue does not use ("default-address-pools" in /etc/docker/daemon.json)',
-    ),
-    ("virbr", "libvirt", "move libvirt's network elsewhere (virsh net-edit default)"),
-    (
-        "podman",
-        "Podman",
-        'move Podman\'s network elsewhere ("default_subnet" in containers.conf, or '
-        "podman network rm)",
-    ),
-    ("cni", "CNI", "move the container network's subnet elsewhere (its CNI configuration)"),
-    ("lxcbr", "LXC", "move LXC's bridge elsewhere (LXC_ADDR/LXC_NETWORK in lxc-net)"),
-    ("lxdbr", "LXD", "move LXD's bridge elsewhere (lxc network set lxdbr0 ipv4.address)"),
-    ("vboxnet", "VirtualBox", "move the host-only network elsewhere (VirtualBox's settings)"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +86,8 @@ class Hop:
 
 @dataclass(frozen=True, slots=True)
 class PathFacts:
+    """What the kernel's routes and rules say about one interface's paths (edges/paths.py)."""
+
     interface: str
     internet: tuple[Hop, ...] = ()  # INTERNET_PROBES that have a route, IPv4 first
     bound: tuple[Hop, ...] = ()  # the same, asked as a socket bound to `interface`
@@ -132,6 +107,8 @@ class NmVpn:
 
 @dataclass(frozen=True, slots=True)
 class Clash:
+    """A venue address routed into another interface (a local bridge, say), not the venue's."""
+
     role: str  # "gateway", "dns", "portal", "subnet"
     address: str
     interface: str
@@ -144,6 +121,8 @@ class Clash:
 
 @dataclass(frozen=True, slots=True)
 class PathReport:
+    """What stands between the user and the venue: a VPN in the way, and address clashes."""
+
     vpn: str = ""  # the VPN's interface ("" when none is in the way)
     vpn_name: str = ""  # NetworkManager's name for it, or its kind ("WireGuard", "tun/tap")
     vpn_routing: str = ""  # "policy", "split", "default", or "" (DNS only)
@@ -198,14 +177,6 @@ def subnet_probes(
                 if item not in out:
                     out.append(item)
     return tuple(out)
-
-
-def owner_of(interface: str) -> tuple[str, str]:
-    """(who made a local interface, the usual fix) by its name; ("", "") when unknown."""
-    for prefix, owner, fix in LOCAL_OWNERS:
-        if interface.startswith(prefix):
-            return owner, fix
-    return "", ""
 
 
 def _routing(hop: Hop) -> str:

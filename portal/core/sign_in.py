@@ -205,6 +205,8 @@ SEARCH_ORDER: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Browser:
+    """A browser the sign-in window can be made with, and how it was found."""
+
     family: Family
     path: str  # the executable as found on PATH
     extra: tuple[str, ...] = ()  # arguments from `sign_in_browser` after the command
@@ -216,6 +218,8 @@ class Browser:
 
 @dataclass(frozen=True, slots=True)
 class NoBrowser:
+    """Why no sign-in window can be made (the everyday browser is used instead)."""
+
     reason: str
 
 

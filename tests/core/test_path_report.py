@@ -12,7 +12,8 @@ from dataclasses import replace
 from portal.core.agent_logic import sign_in_notification
 from portal.core.model import Connectivity
 from portal.core.notes import network_notes
-from portal.core.paths import Hop, NmVpn, PathFacts, assess, owner_of, subnet_probes
+from portal.core.owners import owner_of
+from portal.core.paths import Hop, NmVpn, PathFacts, assess, subnet_probes
 from portal.core.report import StatusReport
 from portal.core.rtnetlink import RT_TABLE_MAIN, RTN_UNICAST, RouteEntry
 

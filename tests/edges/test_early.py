@@ -95,6 +95,8 @@ def test_answers_and_forwards_before_asyncio_is_imported(
     code = textwrap.dedent(
         f"""
         import json, sys
+        from portal.cli import import_dataclasses
+        import_dataclasses()  # as `portal daemon` does first
         from portal.config import Config
         from portal.core.model import Upstream
         from portal.early import Early, serve
@@ -102,7 +104,8 @@ def test_answers_and_forwards_before_asyncio_is_imported(
         early = serve(Config(listen=("127.0.0.1:{port}",), state_dir={str(state_dir)!r},
                              upstreams=(Upstream({upstream.host!r}, {upstream.port}),)))
         print(json.dumps(sorted(m for m in ("asyncio", "portal.daemon", "portal.core.session",
-                                            "dbus_next") if m in sys.modules)), flush=True)
+                                            "dbus_next", "inspect") if m in sys.modules)),
+              flush=True)
         sys.stdin.readline()  # until the test has asked its questions
         """
     )

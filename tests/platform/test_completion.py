@@ -353,3 +353,38 @@ def test_sync_checks_would_catch_a_new_flag(monkeypatch: pytest.MonkeyPatch) -> 
     assert "--brand-new" in flags(subcommands()["list"])
     assert "--brand-new" not in BASH.read_text() + ZSH.read_text() + FISH.read_text()
     assert "brand" not in MAN.read_text()
+
+
+def test_main_builds_only_the_given_command_and_parses_it_the_same() -> None:
+    from portal import cli
+
+    assert set(cli.COMMAND_NAMES) == set(subcommands())
+    calls = [
+        ["add", "login.hotel.test", "10.0.0.1", "--ttl", "30m", "--any-network"],
+        ["add", "--bus", "session", "x.test"],
+        ["list", "--json"],
+        ["status", "--watch", "--bus", "unix:path=/x"],
+        ["ask-again", "--all"],
+        ["open", "--print", "--max-time", "5m"],
+        ["import", "-", "--ttl", "1h"],
+        ["daemon", "--listen", "127.0.0.1:5353", "--wiring", "none"],
+        ["agent", "--sign-in-notification", "never"],
+        ["wire", "--stopped"],
+    ]
+    for argv in calls:
+        alone = cli.build_parser(argv[0])
+        names = next(a.choices for a in alone._actions if isinstance(a, argparse._SubParsersAction))
+        assert list(names) == [argv[0]]
+        assert alone.parse_args(argv) == build_parser().parse_args(argv), argv
+
+
+def test_help_and_mistakes_get_the_whole_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    from portal import cli
+
+    for argv, code in ((["--help"], 0), (["lst"], 2), ([], 2), (["--bus", "x", "list"], 2)):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == code, argv
+    out = capsys.readouterr()
+    assert all(name in out.out for name in cli.COMMAND_NAMES)  # --help lists every command
+    assert "invalid choice: 'lst'" in out.err

@@ -128,11 +128,21 @@ def test_getent_sees_the_override(fresh: Container) -> None:
 
 
 def test_any_cli_call_starts_the_daemon(fresh: Container) -> None:
-    fresh.run("systemctl stop portal.service")
-    assert fresh.show("portal.service", "ActiveState") == "inactive"
+    # The socket stops too: a DNS query (any lookup on this machine that shares the test's
+    # network, while the stub was still in resolv.conf) would start the daemon through it, and
+    # this is about D-Bus activation, which must work even then.
+    fresh.run("systemctl stop portal.socket portal.service")
+    for unit in ("portal.socket", "portal.service"):
+        assert fresh.show(unit, "ActiveState") == "inactive", journal(fresh)
     listed = fresh.run("portal list --json", user="nobody", timeout_s=60)
     assert listed.returncode == 0, listed.stderr
-    assert fresh.show("portal.service", "ActiveState") == "active"
+    for unit in ("portal.socket", "portal.service"):
+        assert fresh.show(unit, "ActiveState") == "active", journal(fresh)
+
+
+def journal(c: Container) -> str:
+    units = "-u portal.socket -u portal.service -u portal-wire.service -u dbus.service"
+    return c.run(f"journalctl -b {units} -n 60 --no-pager -o short-precise").stdout
 
 
 def test_rerun_without_network_plain_and_offline(fresh: Container) -> None:

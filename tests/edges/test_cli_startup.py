@@ -1,0 +1,76 @@
+"""What `portal` does before it parses a command line to start faster: dataclasses without
+inspect (cli.import_dataclasses). Each case runs in a fresh interpreter, as `portal` starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(code: str) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_dataclasses_work_as_always_and_inspect_comes_when_asked() -> None:
+    lines = run(
+        """
+        import sys
+        from portal.cli import import_dataclasses
+        import_dataclasses()
+        import dataclasses
+        print("inspect" in sys.modules)
+
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Documented:
+            "Has its own docstring."
+            a: int = 1
+
+        print("inspect" in sys.modules)
+
+        @dataclasses.dataclass(frozen=True)
+        class Plain:
+            a: int
+            b: str = "x"
+
+        # the one use: a docstring made from the signature, through the real inspect
+        print(Plain.__doc__)
+        print(type(sys.modules["inspect"].signature).__name__)
+        import inspect
+        print(inspect is sys.modules["inspect"] and hasattr(inspect, "getsource"))
+        print(dataclasses.replace(Documented(), a=2), dataclasses.fields(Plain)[1].default)
+        """
+    )
+    assert lines == [
+        "False",
+        "False",
+        "Plain(a: int, b: str = 'x')",
+        "function",
+        "True",
+        "Documented(a=2) x",
+    ]
+
+
+def test_nothing_to_do_when_either_is_already_there() -> None:
+    lines = run(
+        """
+        import sys, inspect
+        from portal.cli import import_dataclasses
+        import_dataclasses()
+        import dataclasses
+        print(dataclasses.inspect is inspect)
+        """
+    )
+    assert lines == ["True"]
