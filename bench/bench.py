@@ -532,6 +532,7 @@ class Bench:
                         str(d / "portal.toml"),
                         "--log-level",
                         "info",
+                        *p.PORTAL_FLAGS,
                     ]
                     env: dict[str, str] | None = p.portal_env()
                 elif name == "dnsmasq":
@@ -581,6 +582,7 @@ class Bench:
         cmd = [p.PYTHON, "-X", "importtime", *p.portal_cmd()[1:], "daemon"]
         cmd += ["--bus", self.bus, "--listen", f"{SERVER_HOST}:{port}"]
         cmd += ["--state-dir", str(d / "state"), "--config", str(d / "portal.toml")]
+        cmd += p.PORTAL_FLAGS
         proc = p.spawn(cmd, cpu=self.cpus.server, log=d / "log", env=p.portal_env())
         ok = p.wait_until(lambda: p.ask_a(SERVER_HOST, port, first, 0.005) == want, 15, 0.0005)
         proc.kill()  # at once: what it imports after its first answer is not the question

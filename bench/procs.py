@@ -51,8 +51,11 @@ BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Config
 """
 
 # The benchmarks measure DNS and the control API: no network watching (it could probe the
-# Internet on a link change) and no resolver wiring on the machine running them.
-PORTAL_CONFIG = 'wiring = "none"\nnetwork_source = "none"\n'
+# Internet on a link change) and no resolver wiring on the machine running them. Given as flags,
+# with a config file that sets nothing (never the machine's /etc/portal/portal.toml): a default
+# install's file sets nothing either, so the daemon does not read TOML at its start.
+PORTAL_FLAGS = ("--wiring", "none", "--network-source", "none")
+PORTAL_CONFIG = "# the benchmark's settings are flags (bench/procs.py PORTAL_FLAGS)\n"
 
 _RUNNING: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -320,6 +323,7 @@ def start_portal(
         str(config),
         "--log-level",
         "info",
+        *PORTAL_FLAGS,
     ]
     for u in upstreams:
         cmd += ["--upstream", u]

@@ -10,6 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+# One name across all layers; its own module so that readers of the status need not build
+# these dataclasses (portal/core/report.py, the CLI).
+from portal.core.connectivity import Connectivity as Connectivity
+
 
 class Source(enum.StrEnum):
     """Who made an override."""
@@ -45,17 +49,6 @@ class Override:
     def applies_to(self, network_id: str | None) -> bool:
         """True when the override answers on the network `network_id` (None: no network)."""
         return self.scope is None or self.scope == network_id
-
-
-class Connectivity(enum.StrEnum):
-    """What portal believes about the current network (one name across all layers)."""
-
-    UNKNOWN = "unknown"
-    PROBING = "probing"
-    CAPTIVE = "captive"
-    ONLINE = "online"
-    LIMITED = "limited"
-    OFFLINE = "offline"
 
 
 @dataclass(frozen=True, slots=True)

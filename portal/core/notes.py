@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from portal.core.model import Connectivity
+from portal.core.connectivity import Connectivity
 from portal.core.owners import owner_of
 from portal.core.report import StatusReport
 

@@ -20,9 +20,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from portal.core.model import Connectivity, Override
+from portal.core.connectivity import Connectivity
+
+if TYPE_CHECKING:
+    from portal.core.model import Override
 
 TTL_DEFAULT = 0
 TTL_FOREVER = 0xFFFFFFFFFFFFFFFF  # the largest `t`: until removed

@@ -61,7 +61,7 @@ def test_a_session_running_out_is_noticed_within_a_minute(lab_factory: LabFactor
     lab = lab_factory(dns_mode="hijack", bus_policy_files=[POLICY], **CHECK_OFF)
     p = Portal(lab)
     p.wait_state("captive")
-    session_s = 20
+    session_s = 10  # ends before the schedule's first re-probe (15 s less 10 %) comes
     lab.login(session_s=session_s)
     ends = time.monotonic() + session_s
     p.wait_state("online", 40)
@@ -148,9 +148,9 @@ def test_a_network_never_captive_costs_no_wakeups(
     requests = probes(lab)
     time.sleep(2.0)  # the probe's child process has exited, the last replies are read
     before = context_switches(p.proc.pid)
-    time.sleep(10.0)  # no CLI call meanwhile: a status read would wake the daemon
+    time.sleep(6.0)  # no CLI call meanwhile: a status read would wake the daemon
     woke = context_switches(p.proc.pid) - before
-    print(f"\nnever captive: {woke} wakeups of the daemon in 10 s")
+    print(f"\nnever captive: {woke} wakeups of the daemon in 6 s")
     assert woke == 0
     # and no probe went out after the first round (NetworkManager's own check may)
     assert probes(lab) == requests >= 1
