@@ -257,7 +257,7 @@ def test_firefox_window_despite_a_dns_over_https_only_profile(lab_factory: LabFa
     )
     os.chown(own / "user.js", USER_UID, USER_UID)
     everyday = lab.run_laptop(
-        as_user(USER_UID, ["timeout", "20", "firefox-esr", "--headless", "--screenshot",
+        as_user(USER_UID, ["timeout", "12", "firefox-esr", "--headless", "--screenshot",
                            str(venue.home / "everyday.png"), venue.status["portal_url"]]),
         env=venue.user_env(),
         timeout_s=40,

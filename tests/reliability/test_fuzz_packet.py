@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.procs import REPO
 
-FUZZ_SECONDS = 10
+FUZZ_SECONDS = 4
 
 
 @pytest.mark.skipif(
