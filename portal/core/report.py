@@ -20,12 +20,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from portal.core.connectivity import Connectivity
 
+# typing.TYPE_CHECKING without importing typing (about 5 ms of a one-shot command)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
     from portal.core.model import Override
+
+    T = TypeVar("T")
 
 TTL_DEFAULT = 0
 TTL_FOREVER = 0xFFFFFFFFFFFFFFFF  # the largest `t`: until removed
@@ -95,9 +100,6 @@ class OverrideView:
             active=active,
             created_by=o.created_by,
         )
-
-
-T = TypeVar("T")
 
 
 def to_plain(report: object) -> dict[str, Any]:

@@ -541,7 +541,8 @@ def test_the_cli_prints_the_error_and_exits_1(tmp_path: Path) -> None:
 def test_one_shot_commands_load_neither_asyncio_nor_dbus_next(daemon: Daemon) -> None:
     """The point of the light client: `portal list` and friends never import them (the timing
     itself is bench/run's to measure), nor inspect (dataclasses' import of it is put off: see
-    cli.import_dataclasses) or shutil (argparse's help formatter's)."""
+    cli.import_dataclasses), shutil (argparse's help formatter's) or typing (TYPE_CHECKING is
+    their own constant)."""
     probe = (
         "import sys, runpy\n"
         "sys.argv = ['portal'] + sys.argv[1:]\n"
@@ -549,7 +550,7 @@ def test_one_shot_commands_load_neither_asyncio_nor_dbus_next(daemon: Daemon) ->
         "    runpy.run_module('portal', run_name='__main__')\n"
         "except SystemExit as exc:\n"
         "    code = exc.code\n"
-        "heavy = sorted(m for m in ('asyncio', 'dbus_next', 'ssl', 'inspect', 'shutil')\n"
+        "heavy = sorted(m for m in ('asyncio', 'dbus_next', 'ssl', 'inspect', 'shutil', 'typing')\n"
         "                if m in sys.modules)\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
