@@ -194,9 +194,13 @@ class DnsStub:
     def _on_solo(self, sock: socket.socket, data: bytes, addr: Any) -> None:
         """The thread's blocking read returned a datagram: answer it at once (nothing else
         waits for the thread), then read what else has queued up without blocking (under load
-        one wakeup serves many, as in _on_udp)."""
-        self._on_datagram(sock, data, addr)
-        self._flush()
+        one wakeup serves many, as in _on_udp). An answer already built goes straight out."""
+        reply = self._answers.cached(data, time.time(), addr[0])
+        if reply is not None:
+            _sendto(sock, reply, addr)
+        else:
+            self._on_datagram(sock, data, addr)
+            self._flush()
         self._on_udp(sock)
 
     def _reply(self, sock: socket.socket, data: bytes, addr: Any) -> None:

@@ -238,3 +238,21 @@ def test_answer_cache_returns_exactly_what_decide_does(stream: list[tuple[bytes,
     cache = AnswerCache(limit=4)  # small, so that it also empties itself under the test
     for packet, now in stream:
         assert cache.decide(packet, ENTRIES, now) == decide(packet, ENTRIES, now)
+
+
+@SETTINGS
+@given(packet_streams(), st.sampled_from(["127.0.0.1", "127.8.0.3", "::1", "10.0.0.5"]))
+def test_the_dns_threads_shortest_path_says_what_the_full_decision_says(
+    stream: list[tuple[bytes, float]], client: str
+) -> None:
+    """The DNS thread first asks `Answers.cached` and sends what it gets: that must be None or
+    exactly the full decision (the cache filled by earlier packets, expiry crossed), and only
+    ever for a 127.* client (anyone else goes through the full path, which refuses strangers)."""
+    answers = Answers(ENTRIES)
+    for packet, now in stream:
+        answers.decide(packet, now, "127.0.0.1")  # a local client's question fills the cache
+        fast = answers.cached(packet, now, client)
+        full = answers.decide(packet, now, client)
+        assert fast is None or fast == full
+        if not client.startswith("127."):
+            assert fast is None
