@@ -268,7 +268,10 @@ class ResolverWiring:
 
     async def settle(self) -> None:
         """Wait (at most HELPER_WAIT_S) until resolv.conf lists the stub first, or cannot, when
-        the stub is wanted there; return at once otherwise."""
+        the stub is wanted there; return at once otherwise. When the time is up and the file
+        still disagrees, ask the helper again: a path unit drops a change made while its
+        service runs, so a request written during another run of the helper waits for nothing
+        else (a `portal add` on the same network asks for no new request)."""
         if not (self._asked and self._helper and self._mode in RESOLV_CONF_MODES):
             return
         deadline = asyncio.get_running_loop().time() + HELPER_WAIT_S
@@ -281,11 +284,15 @@ class ResolverWiring:
             if servers[:1] == (self.stub,) or not servers:
                 return  # wired; or nothing to put it before (the status line says so)
             left = deadline - asyncio.get_running_loop().time()
-            if left <= 0 or not self._watch:
+            if not self._watch:
+                return
+            if left <= 0:
+                self._nudge_helper()
                 return
             try:
                 await asyncio.wait_for(self._rewritten.wait(), left)
             except TimeoutError:
+                self._nudge_helper()
                 return
 
     def _set_request(self, stub: str | None) -> None:

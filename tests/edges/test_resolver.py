@@ -355,6 +355,58 @@ async def test_describe_resolv_conf_modes(tmp_path: Path) -> None:
         assert not request.exists()  # withdrawn at close: the helper takes the stub out
 
 
+async def test_a_request_the_helper_missed_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path unit drops a change made while its service runs: here the helper sleeps through
+    the daemon's first request (as if busy with resolv.conf's own change), and only wakes for
+    the next write. The daemon, finding resolv.conf still without the stub when its wait is
+    up, writes the request again, and the helper puts the stub first."""
+    import asyncio
+
+    from portal.edges import resolv_conf, resolver
+    from portal.edges.inotify import FileWatch
+
+    monkeypatch.setattr(resolver, "HELPER_WAIT_S", 0.3)
+    conf = tmp_path / "resolv.conf"
+    owners = "nameserver 192.0.2.1\n"
+    conf.write_text(owners)
+    request = tmp_path / "resolv-stub"
+    request.write_text("")
+    woke: list[int] = []
+
+    def helper_woken() -> None:
+        woke.append(1)
+        if len(woke) > 1:  # the first request was written while it ran: lost
+            resolv_conf.sync(str(conf), str(request))
+
+    watch = FileWatch(str(request), helper_woken, settle_s=0.0)
+    watch.start()
+    wiring = ResolverWiring(
+        bus=f"unix:path={tmp_path}/no-bus-here",
+        resolv_conf=str(conf),
+        nsswitch_conf=str(conf),
+        request=str(request),
+        helper=True,
+    )
+    try:
+        await wiring.apply(["a.test"])
+        for _ in range(100):
+            if conf.read_text().split("nameserver ")[1].startswith(STUB):
+                break
+            await asyncio.sleep(0.02)
+        assert conf.read_text().split("nameserver ")[1].startswith(STUB), conf.read_text()
+        assert len(woke) >= 2
+        # and a request the helper did act on is not written again: resolv.conf agrees now
+        before = len(woke)
+        await wiring.settle()
+        await asyncio.sleep(0.1)
+        assert len(woke) == before
+    finally:
+        await wiring.close()
+        watch.close()
+
+
 # --- systemd-resolved: a dedicated link with route-only domains ------------------------------
 
 RESOLVED_CACHE = Path(os.environ.get("PORTAL_TEST_CACHE", "/var/tmp/portal-test-cache"))
