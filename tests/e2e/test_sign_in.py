@@ -373,7 +373,17 @@ def test_screenshot_of_the_window_under_xvfb(lab_factory: LabFactory, tmp_path: 
         sign_in_browser="chromium --window-position=0,0 --window-size=1280,800",
         DISPLAY=display,
     )
-    venue.page_and_script(window, "headed: portal open")
+    page_s = venue.wait_request(PORTAL_HOST, "/portal", window)
+    try:
+        script_s = venue.wait_request(PARTNER_HOST, "/partner.js", window, timeout_s=20)
+    except AssertionError:
+        # Headed Chromium under Xvfb once fetched the page and never its script (1 run in 8;
+        # the proxy was asked for nothing more): reload as a user would, once, and say so.
+        print("\nheaded: no script after 20 s; reloading the page (F5)")
+        reload = ["xdotool", "search", "--onlyvisible", "--class", "chromium", "key", "F5"]
+        lab.run_laptop(reload, env=x_env)
+        script_s = venue.wait_request(PARTNER_HOST, "/partner.js", window, timeout_s=25)
+    print(f"\nheaded: portal open -> sign-in page {page_s:.2f} s, its script {script_s:.2f} s")
     until(
         lambda: (
             lab.run_laptop(
