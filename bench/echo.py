@@ -40,8 +40,7 @@ def minimal_server(host: str, records: dict[str, str]) -> tuple[tuple[str, int],
     answers = Answers(local_entries(overrides))
     replies: dict[bytes, bytes] = {}
     for name in records:
-        qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
-        query = b"\0\0\x01\0\0\x01\0\0\0\0\0\0" + qname + b"\0\0\x01\0\x01"
+        query = p.a_query(name, 0)
         reply = answers.decide(query, time.time(), "127.0.0.1")
         assert isinstance(reply, bytes)
         replies[query[2:]] = reply[2:]

@@ -21,6 +21,8 @@ from pathlib import Path
 TREE = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TREE))
 
+from procs import a_query  # noqa: E402
+
 from portal.core.answer import local_entries  # noqa: E402
 from portal.core.model import Override  # noqa: E402
 from portal.edges.dns_stub import DnsStub  # noqa: E402
@@ -43,8 +45,7 @@ def main() -> None:
     client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     stub = DnsStub([server], Forwarder(ThreadReactor()))  # its thread never starts: timed here
     stub.set_entries(local_entries(overrides))
-    qname = b"".join(bytes([len(label)]) + label for label in b"bench-0042.example".split(b"."))
-    query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname + b"\0\x00\x01\x00\x01"
+    query = a_query("bench-0042.example", 0x1234)
     addr = client.getsockname()
     stub._on_solo(server, query, addr)  # the first answer is built and cached
     reply = client.recv(512)

@@ -70,9 +70,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The command line's parser; with `command`, only that command's part (what `main`
-    needs to parse one call: building all twelve costs more than the
-    D-Bus call itself)."""
+    """The command line's parser; with `command`, only that command's part (what `main` needs
+    to parse one call: building all twelve costs more than the D-Bus call itself)."""
 
     def wanted(name: str) -> bool:
         return command is None or command == name

@@ -227,11 +227,7 @@ class Answers:
         what decide() would return), else None: the DNS thread's shortest path, for the
         question clients repeat most (bench/: the Python between a query's read and its
         answer's send is most of what separates the stub's latency from dnsmasq's)."""
-        if client.startswith("127."):
-            hit = self.cache.get(data, now)
-            if hit is not None:
-                return hit
-        return None
+        return self.cache.get(data, now) if client.startswith("127.") else None
 
     def decide(self, data: bytes, now: float, client: str, tcp: bool = False) -> Decision:
         """The whole decision for one packet from `client` (its address). No keyword-only

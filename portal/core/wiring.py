@@ -408,21 +408,23 @@ def describe_resolv_wiring(
     port: int = 53,
     wanted: bool,
     helper: bool = True,
-    owner: str = "",
+    link_target: str = "",
 ) -> str:
     """The health line for resolv.conf modes: how lookups reach the stub, or why they do not.
 
     `wanted`: the daemon asks for the stub now. `helper`: something may edit resolv.conf for
     it (portal-wire.path under systemd); without it, the one thing left is a hand edit.
-    `owner`: who writes the file (resolv_conf_owner), named after the servers when wired.
+    `link_target`: where /etc/resolv.conf links to; with the file's header it names who writes
+    the file (resolv_conf_owner), after the servers when wired.
     """
     if text is None:
         return "not wired: no /etc/resolv.conf"
-    servers = parse_resolv_conf(text).nameservers
+    conf = parse_resolv_conf(text)
+    servers = conf.nameservers
     ours = strip_stub(text) != text
     if not wanted:
         if stub in servers and not ours:
-            return describe_resolv_conf(parse_resolv_conf(text), stub=stub, port=port)
+            return describe_resolv_conf(conf, stub=stub, port=port)
         if ours:
             return f"resolv.conf: stub still listed, {HELPER_UNIT} takes it out"
         return "resolv.conf: the system's own (no override on this network, no portal)"
@@ -431,6 +433,7 @@ def describe_resolv_wiring(
     if servers[:1] == (stub,):
         others = [ns for ns in servers[1:GLIBC_MAXNS] if ns != stub]
         line = "resolv.conf: stub first" + (f", then {', '.join(others)}" if others else "")
+        owner = resolv_conf_owner(conf, link_target=link_target)
         return f"{line} ({owner})" if owner else line
     plan = plan_resolv_conf(text, stub)
     if plan.reason:

@@ -47,7 +47,6 @@ from portal.core.wiring import (
     parse_resolv_conf,
     plan_resolv_conf,
     plan_resolved_link,
-    resolv_conf_owner,
     system_servers,
     wants_stub,
 )
@@ -283,17 +282,17 @@ class ResolverWiring:
             servers = parse_resolv_conf(text).nameservers
             if servers[:1] == (self.stub,) or not servers:
                 return  # wired; or nothing to put it before (the status line says so)
-            left = deadline - asyncio.get_running_loop().time()
             if not self._watch:
                 return
-            if left <= 0:
-                self._nudge_helper()
-                return
-            try:
-                await asyncio.wait_for(self._rewritten.wait(), left)
-            except TimeoutError:
-                self._nudge_helper()
-                return
+            left = deadline - asyncio.get_running_loop().time()
+            if left > 0:
+                try:
+                    await asyncio.wait_for(self._rewritten.wait(), left)
+                    continue
+                except TimeoutError:
+                    pass
+            self._nudge_helper()  # time is up and the file still disagrees
+            return
 
     def _set_request(self, stub: str | None) -> None:
         """Write the request when it changes (and once at the first apply, see write_request)."""
@@ -384,14 +383,13 @@ class ResolverWiring:
         if self._request_error and self._wanted:
             return f"not wired: cannot ask for the stub: {self._request_error}"
         text, target = self._resolv()
-        owner = resolv_conf_owner(parse_resolv_conf(text), link_target=target) if text else ""
         return describe_resolv_wiring(
             text,
             stub=self.stub,
             port=self.port,
             wanted=self._wanted,
             helper=self._helper,
-            owner=owner,
+            link_target=target,
         )
 
     def via_resolv_conf(self) -> bool:

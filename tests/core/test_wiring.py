@@ -512,7 +512,7 @@ def test_system_servers_leave_the_stub_out() -> None:
             53,
             True,
             True,
-            "resolv.conf: stub first, then 10.77.0.1",
+            "resolv.conf: stub first, then 10.77.0.1 (NetworkManager)",  # named by its header
         ),
         (
             plan_resolv_conf(DHCLIENT + "nameserver 10.77.0.3\n", STUB).text,
@@ -597,17 +597,22 @@ def test_resolv_conf_owner_names_who_writes_the_file(
 
 
 @pytest.mark.parametrize(
-    ("text", "owner", "expected"),
+    ("text", "link_target", "expected"),
     [
-        (DEBIAN_RESOLVCONF, "resolvconf", "resolv.conf: stub first, then 10.77.0.1 (resolvconf)"),
-        (DHCPCD, "dhcpcd", "resolv.conf: stub first, then 10.77.0.1 (dhcpcd)"),
-        (DHCLIENT, "", "resolv.conf: stub first, then 10.77.0.1, 10.77.0.2"),
+        (
+            DEBIAN_RESOLVCONF,
+            "/run/resolvconf/resolv.conf",
+            "resolv.conf: stub first, then 10.77.0.1 (resolvconf)",
+        ),
+        (DHCPCD, "/etc/resolv.conf", "resolv.conf: stub first, then 10.77.0.1 (dhcpcd)"),
+        (DHCLIENT, "/etc/resolv.conf", "resolv.conf: stub first, then 10.77.0.1, 10.77.0.2"),
     ],
 )
-def test_the_wired_line_names_the_owner(text: str, owner: str, expected: str) -> None:
+def test_the_wired_line_names_the_owner(text: str, link_target: str, expected: str) -> None:
     wired = plan_resolv_conf(text, STUB).text
-    assert describe_resolv_wiring(wired, stub=STUB, wanted=True, owner=owner) == expected
+    line = describe_resolv_wiring(wired, stub=STUB, wanted=True, link_target=link_target)
+    assert line == expected
     # Only the wired line: the idle one says the file is the system's own, whoever wrote it.
-    assert describe_resolv_wiring(text, stub=STUB, wanted=False, owner=owner) == (
+    assert describe_resolv_wiring(text, stub=STUB, wanted=False, link_target=link_target) == (
         "resolv.conf: the system's own (no override on this network, no portal)"
     )
