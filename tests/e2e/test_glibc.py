@@ -86,6 +86,10 @@ def start_daemon(n: Netns, bus: PrivateBus, tmp: Path) -> subprocess.Popen[bytes
         0.1,
     )
     assert ok, (tmp / "daemon.log").read_text()
+    # The stub answers before the rest of the daemon has started (portal/early.py): wait for
+    # its control API too, which the CLI calls next.
+    claimed = wait_for(lambda: "control API on" in (tmp / "daemon.log").read_text(), 15, 0.05)
+    assert claimed, (tmp / "daemon.log").read_text()
     return proc
 
 
