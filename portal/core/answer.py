@@ -155,6 +155,13 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._replies)
 
+    @property
+    def table(self) -> dict[bytes, tuple[bytes, float | None]]:
+        """The answers themselves, for a reader that does what get() does (the stub's C wait,
+        portal/_udpbatch.c): the query's bytes after the ID → (the reply after the ID,
+        valid_until or None). Read only."""
+        return self._replies
+
     def get(self, data: bytes, now: float) -> bytes | None:
         """The answer built for these query bytes (with their ID), if it is still valid."""
         hit = self._replies.get(data[2:])

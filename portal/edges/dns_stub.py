@@ -32,7 +32,8 @@ from portal.core.answer import Answers, Forward, LocalEntry, relay
 from portal.core.inet import format_host_port, is_loopback
 from portal.core.model import Upstream
 from portal.core.packet import RCODE_SERVFAIL, build_error
-from portal.edges.udp_batch import recv_many, send_many
+from portal.edges import udp_batch
+from portal.edges.udp_batch import recv_many, send_many, serve_cached
 from portal.edges.upstream import Forwarder
 
 if TYPE_CHECKING:
@@ -137,7 +138,12 @@ class DnsStub:
             # blocking, for the thread's plain recvfrom(); every other read says MSG_DONTWAIT
             s.setblocking(True)
             r.add_reader(s.fileno(), self._on_udp, s)
-        if len(udp) == 1:
+        if len(udp) == 1 and udp_batch.NATIVE:
+            # the C wait answers what the cache holds; the rest comes here
+            solo = udp[0]
+            wait = functools.partial(serve_cached, solo, UDP_BATCH, self._cached_table)
+            r.serve_solo(solo, functools.partial(self._on_datagram, solo), wait)
+        elif len(udp) == 1:
             r.serve_solo(udp[0], functools.partial(self._on_solo, udp[0]))
         forwarder = self.forwarder
         r.busy = lambda: forwarder.in_flight > 0
@@ -190,6 +196,11 @@ class DnsStub:
             self._on_datagram(sock, data, addr)
         if error is not None:
             log.debug("udp receive failed: %s, ignoring", error)
+
+    def _cached_table(self) -> dict[bytes, tuple[bytes, float | None]]:
+        """The answers the C wait may send by itself (udp_batch.serve_cached), read once per
+        wakeup: the current Answers' cache."""
+        return self._answers.cache.table
 
     def _on_solo(self, sock: socket.socket, data: bytes, addr: Any) -> None:
         """The thread's blocking read returned a datagram: answer it at once (nothing else

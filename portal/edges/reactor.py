@@ -30,7 +30,9 @@ query is read as soon as the kernel has it:
 - With nothing else to wait for (no forwarded query in flight, no timer due), the thread sleeps
   in a plain blocking `recvfrom()` on the stub's one UDP socket (`serve_solo`), the shortest path
   from a packet's arrival to its answer (bench/: an epoll round and asyncio's loop cost 4 and
-  10 µs per wakeup, which is most of what separated the stub's latency from dnsmasq's).
+  10 µs per wakeup, which is most of what separated the stub's latency from dnsmasq's). The
+  stub may give a wait of its own instead (with portal._udpbatch, one that answers what its
+  answer cache holds in C and returns only the rest).
 - Otherwise it waits in epoll on every registered socket, with the next timer as timeout.
 - Another thread hands it work with `call_soon_threadsafe()`: a queue plus one datagram from a
   private loopback socket, to the solo socket (which wakes either kind of wait; the stub drops
@@ -99,6 +101,7 @@ class ThreadReactor:
         self._thread: threading.Thread | None = None
         self.solo: socket.socket | None = None
         self.on_solo: Callable[[bytes, Any], None] | None = None
+        self.solo_wait: Callable[[], list[tuple[bytes, Any]]] | None = None
         self.busy: Callable[[], bool] = lambda: False
         # called at the end of every round of callbacks (the stub sends its replies then)
         self.after: Callable[[], None] = lambda: None
@@ -121,15 +124,22 @@ class ThreadReactor:
         waker.setblocking(False)
         return waker
 
-    def serve_solo(self, sock: socket.socket, on_datagram: Callable[[bytes, Any], None]) -> None:
+    def serve_solo(
+        self,
+        sock: socket.socket,
+        on_datagram: Callable[[bytes, Any], None],
+        wait: Callable[[], list[tuple[bytes, Any]]] | None = None,
+    ) -> None:
         """Read `sock` (blocking) with a plain recvfrom() whenever nothing else needs the thread,
         and hand each datagram to `on_datagram(data, addr)`; wake-ups are sent to `sock` from
-        then on, from `waker_address` (the handler drops those). Before start()."""
+        then on, from `waker_address` (the handler drops those). `wait()`, when given, is the
+        read instead: it blocks on `sock` and returns the datagrams for `on_datagram`, at least
+        one, having dealt with any others itself. Before start()."""
         if sock.family != self._waker.family:
             self._waker.close()
             self._waker = self._new_waker(sock.family)
             self.waker_address = self._waker.getsockname()
-        self.solo, self.on_solo = sock, on_datagram
+        self.solo, self.on_solo, self.solo_wait = sock, on_datagram, wait
         self._wake_to = sock.getsockname()
 
     def _drain_inbox(self) -> None:
@@ -246,10 +256,24 @@ class ThreadReactor:
     def _loop(self) -> None:
         readers, calls = self._readers, self._calls
         solo, on_solo, busy, after = self.solo, self.on_solo, self.busy, self.after
+        wait = self.solo_wait if solo is not None and on_solo is not None else None
         recvfrom = solo.recvfrom if solo is not None and on_solo is not None else None
         while not self._stopping:
             if calls:
                 self._run_calls()
+                self._after(after)
+                continue
+            if wait is not None and not busy():
+                try:
+                    datagrams = wait()
+                except OSError as exc:
+                    log.debug("udp receive failed: %s, ignoring", exc)
+                    continue
+                for data, addr in datagrams:
+                    try:
+                        on_solo(data, addr)  # type: ignore[misc]
+                    except Exception:
+                        log.exception("internal error on a datagram, continuing")
                 self._after(after)
                 continue
             if recvfrom is not None and not busy():

@@ -3,6 +3,7 @@
     recv_many(sock, limit) -> (list of (data, address), error or None)   never blocks
     recv_data(sock, limit) -> (list of data, error or None)              a connected socket
     send_many(sock, items) -> int                                        never blocks
+    serve_cached(sock, limit, table_of) -> list of (data, address)       blocks; C only
 
 With portal._udpbatch (C, built where a compiler was there when portal was installed), each
 call is one recvmmsg() or sendmmsg() for up to BATCH datagrams; without it, the same in pure
@@ -15,6 +16,11 @@ A read returns what waits, at most `limit` datagrams, and the error that stopped
 (for a connected socket, ECONNREFUSED after an ICMP port unreachable): the caller handles the
 datagrams first. A send skips a datagram the kernel refuses (a full buffer under a flood) as a
 failed sendto() would: the client asks again. Nothing here decides anything.
+
+`serve_cached` exists with the C extension only: the DNS thread's wait when nothing else needs
+it, which answers the queries whose reply core/answer.py's AnswerCache already built (its table,
+read the way AnswerCache.get reads it) without returning to Python, and returns the rest. Without
+the extension the stub does the same in Python after a blocking recvfrom() (edges/dns_stub.py).
 """
 
 from __future__ import annotations
@@ -75,6 +81,18 @@ def _drain(read: Callable[[int, int], T], limit: int) -> tuple[list[T], OSError 
     except OSError as exc:
         return out, exc
     return out, None
+
+
+def serve_cached(
+    sock: socket.socket, limit: int, table_of: Callable[[], object]
+) -> list[tuple[bytes, Address]]:
+    """Wait for datagrams on `sock` (blocking); answer each from a 127.* address that the dict
+    `table_of()` holds (bytes after the ID → (reply after the ID, valid_until or None)), as
+    AnswerCache.get would; return the others, at least one. OSError when the read fails. Needs
+    the C extension (NATIVE)."""
+    assert _udpbatch is not None, "serve_cached needs portal._udpbatch"
+    datagrams: list[tuple[bytes, Address]] = _udpbatch.serve(sock.fileno(), limit, table_of)
+    return datagrams
 
 
 def send_many(sock: socket.socket, items: list[tuple[bytes, Address]]) -> int:

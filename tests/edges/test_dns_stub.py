@@ -282,6 +282,64 @@ def test_an_edns_padded_upper_case_query_is_answered(daemon: Daemon) -> None:
     assert addrs(msg) == ["10.0.0.1"]
 
 
+@pytest.mark.parametrize("batching", ["native", "python"])
+async def test_a_cached_answer_never_reaches_python_and_a_new_table_is_read_at_once(
+    monkeypatch: pytest.MonkeyPatch, batching: str
+) -> None:
+    """The DNS thread answers a repeated query from the answer cache without the stub's Python
+    (in C where portal._udpbatch is built, after a blocking recvfrom() otherwise), and reads the
+    overrides the daemon swaps in from the next query on: a removed override is never answered
+    from the old cache, a changed one gets its new address."""
+    if batching == "native" and not udp_batch.NATIVE:
+        pytest.skip("portal._udpbatch is not built here: only the fallback runs")
+    if batching == "python":
+        monkeypatch.setattr(udp_batch, "NATIVE", False)
+    loop = asyncio.get_running_loop()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(5)
+    stub = DnsStub([server], Forwarder(ThreadReactor()))  # no upstream: forwards get SERVFAIL
+    handled: list[bytes] = []
+    python_path = stub._on_datagram  # noqa: SLF001
+
+    def counted(sock: socket.socket, data: bytes, addr: tuple[str, int]) -> None:
+        handled.append(data)
+        python_path(sock, data, addr)
+
+    monkeypatch.setattr(stub, "_on_datagram", counted)
+
+    def entries(address: str) -> dict[str, LocalEntry]:
+        v4, v6 = pack_addresses((address,))
+        return {"a.example": LocalEntry(v4, v6, None)}
+
+    async def ask() -> dns.message.Message:
+        q = dns.message.make_query("a.example", "A", use_edns=False)
+        client.sendto(q.to_wire(), server.getsockname())
+        reply = await loop.run_in_executor(None, client.recv, 4096)
+        return dns.message.from_wire(reply)
+
+    stub.set_entries(entries("10.0.0.1"))
+    stub.serve_udp()
+    try:
+        assert addrs(await ask()) == ["10.0.0.1"]
+        assert len(handled) == 1  # built in Python, then kept
+        for _ in range(3):
+            assert addrs(await ask()) == ["10.0.0.1"]
+        assert len(handled) == 1, "a cached answer went through the stub's Python"
+        stub.set_entries({})  # removed: no wake-up of the thread, the next query reads it
+        removed = await ask()
+        assert removed.rcode() == dns.rcode.SERVFAIL and not removed.answer
+        stub.set_entries(entries("10.0.0.2"))
+        assert [addrs(await ask()) for _ in range(2)] == [["10.0.0.2"], ["10.0.0.2"]]
+        assert len(handled) == 3
+    finally:
+        await asyncio.to_thread(stub.reactor.stop)
+        server.close()
+        client.close()
+
+
 async def test_non_loopback_clients_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """The stub refuses non-loopback sources even if bound wider by mistake."""
     loop = asyncio.get_running_loop()

@@ -13,11 +13,15 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import dns.message
 import pytest
 
+from portal.core.answer import Answers, local_entries
+from portal.core.model import Override
 from portal.edges import udp_batch
 from tests.support.procs import free_port
 
@@ -190,3 +194,121 @@ def test_the_fallback_is_chosen_by_the_environment() -> None:
         check=True,
     )
     assert on.stdout.strip() == str(_udpbatch is not None)
+
+
+# -- serve_cached: the DNS thread's wait that answers from the answer cache (C only) -----------
+
+
+def a_query(name: str, qid: int) -> bytes:
+    return dns.message.make_query(name, "A", id=qid, use_edns=False).to_wire()
+
+
+@pytest.fixture
+def native() -> None:
+    if _udpbatch is None:
+        pytest.skip(NOT_BUILT)
+
+
+class Waiting:
+    """serve_cached() in a thread of its own, as the DNS thread runs it: it blocks until it has
+    something to return. Bounded: a datagram that it cannot answer ends a wait left behind."""
+
+    def __init__(self, server: socket.socket, table_of: Callable[[], object]) -> None:
+        self.server = server
+        self.result: list[tuple[bytes, object]] | BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._run, args=(table_of,), name="serve-cached", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, table_of: Callable[[], object]) -> None:
+        try:
+            self.result = udp_batch.serve_cached(self.server, 8, table_of)
+        except BaseException as exc:
+            self.result = exc
+
+    def returned(self, timeout: float = 5) -> list[tuple[bytes, object]]:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"serve_cached() did not return in {timeout} s"
+        assert isinstance(self.result, list), self.result
+        return self.result
+
+    def end(self) -> None:
+        if self.thread.is_alive():
+            with udp() as s:
+                s.sendto(b"\0", self.server.getsockname())
+            self.thread.join(5)
+
+
+def recv_reply(client: socket.socket) -> bytes:
+    client.settimeout(5)
+    return client.recv(4096)
+
+
+def test_serve_cached_answers_what_the_cache_holds_as_answer_cache_does(native: None) -> None:
+    """The bytes are exactly Answers.cached()'s, for another ID than the query that filled the
+    cache, and serve_cached() does not return for them: only a datagram it cannot answer ends
+    the wait, returned as recv_many() returns it."""
+    answers = Answers(local_entries({"a.example": Override("a.example", ("192.0.2.1",), None)}))
+    first = a_query("a.example", 1)
+    assert isinstance(answers.decide(first, time.time(), "127.0.0.1"), bytes)  # fills the cache
+    again = a_query("a.example", 0xBEEF)
+    expected = answers.cached(again, time.time(), "127.0.0.1")
+    assert expected is not None and expected[:2] == b"\xbe\xef"
+    with udp() as server, udp() as client:
+        waiting = Waiting(server, lambda: answers.cache.table)
+        try:
+            client.sendto(again, server.getsockname())
+            assert recv_reply(client) == expected
+            time.sleep(0.05)
+            assert waiting.thread.is_alive(), "returned after an answer it could send itself"
+            other = a_query("b.example", 7)  # not in the cache: for Python
+            client.sendto(other, server.getsockname())
+            assert waiting.returned() == [(other, client.getsockname())]
+        finally:
+            waiting.end()
+
+
+def test_serve_cached_answers_and_returns_from_one_batch(native: None) -> None:
+    table = {a_query("a.example", 0)[2:]: (b"REPLY", None)}
+    with udp() as server, udp() as client:
+        for qid in (1, 2):
+            client.sendto(a_query("a.example", qid), server.getsockname())
+        client.sendto(b"\0", server.getsockname())
+        wait_readable(server)
+        waiting = Waiting(server, lambda: table)
+        assert waiting.returned() == [(b"\0", client.getsockname())]
+        assert [recv_reply(client), recv_reply(client)] == [b"\0\1REPLY", b"\0\2REPLY"]
+
+
+def test_serve_cached_returns_what_it_may_not_answer(native: None) -> None:
+    """An expired answer, a table gone (None), a table swapped between wakeups, and a client not
+    on 127.*: each goes back to Python, unanswered."""
+    query = a_query("a.example", 5)
+    key = query[2:]
+    tables: list[object] = [{key: (b"OLD", time.time() - 1)}]
+    with udp() as server, udp() as client:
+        for table in ({key: (b"OLD", time.time() - 1)}, None, {}):
+            tables[0] = table
+            waiting = Waiting(server, lambda: tables[0])
+            client.sendto(query, server.getsockname())
+            assert waiting.returned() == [(query, client.getsockname())], table
+        tables[0] = {key: (b"NEW", time.time() + 60)}
+        waiting = Waiting(server, lambda: tables[0])
+        client.sendto(query, server.getsockname())
+        assert recv_reply(client) == b"\0\5NEW"
+        waiting.end()
+    with udp(socket.AF_INET6, "::1") as server, udp(socket.AF_INET6, "::1") as client:
+        waiting = Waiting(server, lambda: {key: (b"NEW", None)})
+        client.sendto(query, server.getsockname())
+        assert waiting.returned() == [(query, client.getsockname())]
+
+
+def test_serve_cached_reports_a_failed_read(native: None) -> None:
+    read, write = os.pipe()  # not a socket: recvmmsg() fails at once (ENOTSOCK)
+    try:
+        with pytest.raises(OSError):
+            _udpbatch.serve(read, 8, dict)
+    finally:
+        os.close(read)
+        os.close(write)
