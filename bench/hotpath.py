@@ -7,6 +7,10 @@ two bare loops over the same sockets that only make the same system calls: `send
 `sendto()` plus that read. The difference is the interpreter's own work per answer; what a
 client waits for is the part before the send. Medians of seven rounds of 20 000 answers each,
 the three loops in turn. Figures in docs/benchmarks.md (*Where each target stands*).
+
+Where portal._udpbatch is built the daemon no longer takes this path for a cached answer (its C
+wait, udp_batch.serve_cached, answers those without Python); this measures the path of an
+install without a C compiler.
 """
 
 from __future__ import annotations

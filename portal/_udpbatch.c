@@ -30,9 +30,12 @@
  *       wake-up datagram. Waiting and answering this way costs no Python at all per answer,
  *       which is what separated the stub's latency from dnsmasq's at low rates (bench/).
  *
- * recv() and send() make no decision: bytes in, bytes out; they run with the interpreter lock
- * held (they never block), so their static buffer area is the DNS thread's alone. serve() has
- * buffers of its own, since it waits without the lock; one caller at a time.
+ * recv() and send() make no decision: bytes in, bytes out. All three run in the DNS thread, and
+ * recv() and serve() share one static area for the datagrams they read (its pages become
+ * resident as datagrams are written there: sharing keeps what a load leaves resident to one
+ * set). recv() and send() hold the interpreter lock throughout (they never block); serve()
+ * waits without it, and while it does, a recv() from another thread is refused (RuntimeError)
+ * rather than given the area, as is a second serve().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -51,6 +54,7 @@
 
 /* Pages are made resident only where datagrams are written: mostly the first of each slot. */
 static unsigned char *buffers;
+static int serving; /* serve() is waiting: the buffers are its own */
 static struct mmsghdr msgs[MAX_BATCH];
 static struct iovec iovs[MAX_BATCH];
 static struct sockaddr_storage names[MAX_BATCH];
@@ -89,6 +93,10 @@ static PyObject *udpbatch_recv(PyObject *self, PyObject *args)
         return PyList_New(0);
     if (limit > MAX_BATCH)
         limit = MAX_BATCH;
+    if (serving) {
+        PyErr_SetString(PyExc_RuntimeError, "serve() is waiting with the buffers in another thread");
+        return NULL;
+    }
     for (int i = 0; i < limit; i++) {
         iovs[i].iov_base = buffers + (size_t)i * MAX_DATAGRAM;
         iovs[i].iov_len = MAX_DATAGRAM;
@@ -235,16 +243,13 @@ static PyObject *udpbatch_send(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(sent);
 }
 
-/* serve()'s own area: it waits with the interpreter lock released */
-static unsigned char *serve_buffers;
+/* serve()'s message headers; the datagrams go to the shared area (buffers) */
 static struct mmsghdr serve_msgs[MAX_BATCH];
 static struct iovec serve_iovs[MAX_BATCH];
 static struct sockaddr_storage serve_names[MAX_BATCH];
 static struct mmsghdr answer_msgs[MAX_BATCH];
 static struct iovec answer_iovs[2 * MAX_BATCH];
 static PyObject *answer_refs[MAX_BATCH];
-static int serving;
-
 /* The table's reply (a new reference) for datagram i, or NULL when it has none. */
 static PyObject *cached_reply(PyObject *table, int i, double now)
 {
@@ -304,16 +309,11 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "serve() is already waiting in another thread");
         return NULL;
     }
-    if (!serve_buffers) {
-        serve_buffers = PyMem_RawMalloc((size_t)MAX_BATCH * MAX_DATAGRAM);
-        if (!serve_buffers)
-            return PyErr_NoMemory();
-    }
     serving = 1;
     PyObject *out = NULL;
     while (!out) {
         for (int i = 0; i < limit; i++) {
-            serve_iovs[i].iov_base = serve_buffers + (size_t)i * MAX_DATAGRAM;
+            serve_iovs[i].iov_base = buffers + (size_t)i * MAX_DATAGRAM;
             serve_iovs[i].iov_len = MAX_DATAGRAM;
             memset(&serve_msgs[i].msg_hdr, 0, sizeof(serve_msgs[i].msg_hdr));
             serve_msgs[i].msg_hdr.msg_iov = &serve_iovs[i];

@@ -312,3 +312,28 @@ def test_serve_cached_reports_a_failed_read(native: None) -> None:
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_while_serve_cached_waits_its_buffers_are_not_lent(native: None) -> None:
+    """serve() and recv() share one area for the datagrams they read: while serve() waits in
+    one thread, a recv() or a second serve() from another is refused, never given it."""
+    with udp() as server, udp() as other:
+        other.setblocking(False)
+        waiting = Waiting(server, dict)
+        try:
+            deadline = time.monotonic() + 5
+            while waiting.thread.is_alive() and time.monotonic() < deadline:
+                try:
+                    udp_batch.recv_many(other, 8)
+                except RuntimeError:
+                    break
+                time.sleep(0.01)  # until the thread is in its wait
+            else:
+                pytest.fail("recv() was not refused while serve() waited")
+            with pytest.raises(RuntimeError):
+                _udpbatch.serve(other.fileno(), 8, dict)
+        finally:
+            waiting.end()
+        [(wake, _)] = waiting.returned()
+        assert wake == b"\0"
+        assert udp_batch.recv_many(other, 8) == ([], None)  # lent again once serve() returned
