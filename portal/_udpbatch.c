@@ -17,12 +17,12 @@
  *       Send every (data, address) of the list `items` without blocking; returns how many were
  *       sent. A datagram the kernel refuses (a full buffer) is skipped, as a failed sendto():
  *       the client asks again.
- *   serve(fd, limit, table_of) -> list
+ *   serve(fd, limit, table_ref) -> list
  *       The DNS thread's wait when nothing else needs it: one recvmmsg() that blocks (the
  *       interpreter lock released) until a datagram arrives and then takes up to `limit` that
  *       wait. Each one from a 127.* address whose bytes after the ID are a key of the dict
- *       `table_of()` returns (called once per wakeup: the stub swaps its table whole) is
- *       answered at once from the value, a (reply after the ID, valid_until or None) tuple, when
+ *       `table_ref[0]` (a list of one item, read once per wakeup: the stub swaps its table by
+ *       replacing that item; no Python runs on this path) is answered at once from the value, a (reply after the ID, valid_until or None) tuple, when
  *       valid_until is None or later than the time of day: the query's ID, then the reply. That
  *       is exactly AnswerCache.get (portal/core/answer.py), which builds the table; the answers
  *       go out in one sendmmsg(). The other datagrams are returned as recv() returns them, and
@@ -298,8 +298,8 @@ static void send_answers(int fd, int n)
 static PyObject *udpbatch_serve(PyObject *self, PyObject *args)
 {
     int fd, limit;
-    PyObject *table_of;
-    if (!PyArg_ParseTuple(args, "iiO", &fd, &limit, &table_of))
+    PyObject *table_ref;
+    if (!PyArg_ParseTuple(args, "iiO!", &fd, &limit, &PyList_Type, &table_ref))
         return NULL;
     if (limit < 1)
         limit = 1;
@@ -335,11 +335,11 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args)
             }
             break;
         }
-        PyObject *table = PyObject_CallNoArgs(table_of);
-        if (!table)
-            break;
-        if (!PyDict_Check(table))
-            Py_CLEAR(table); /* nothing to answer from: every datagram goes back */
+        PyObject *table = PyList_GET_SIZE(table_ref) ? PyList_GET_ITEM(table_ref, 0) : NULL;
+        if (table && PyDict_Check(table))
+            Py_INCREF(table); /* the stub may replace it while the answers go out */
+        else
+            table = NULL; /* nothing to answer from: every datagram goes back */
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
@@ -395,7 +395,7 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"recv", udpbatch_recv, METH_VARARGS, "recv(fd, limit, addresses) -> list"},
     {"send", udpbatch_send, METH_VARARGS, "send(fd, items) -> int"},
-    {"serve", udpbatch_serve, METH_VARARGS, "serve(fd, limit, table_of) -> list"},
+    {"serve", udpbatch_serve, METH_VARARGS, "serve(fd, limit, table_ref) -> list"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -90,6 +90,8 @@ class DnsStub:
         # the overrides, the routes and the answers built from them: swapped as one (the DNS
         # thread reads it)
         self._answers = Answers()
+        # its cache's table, for the C wait (udp_batch.serve_cached), which reads it per wakeup
+        self._table_ref: list[dict[bytes, tuple[bytes, float | None]]] = [self._answers.cache.table]
         self._servers: list[asyncio.Server] = []
         self._tcp_clients = 0
         self._tcp_tasks: set[asyncio.Task[Any]] = set()  # one per connected client
@@ -111,11 +113,15 @@ class DnsStub:
         return self._answers.routes
 
     def set_entries(self, entries: Mapping[str, LocalEntry]) -> None:
-        self._answers = self._answers.with_entries(entries)
+        self._use(self._answers.with_entries(entries))
 
     def set_portal_routes(self, routes: Mapping[str, tuple[Upstream, ...]]) -> None:
         """While a portal is up, names under these domains go to the venue's DNS."""
-        self._answers = self._answers.with_routes(dict(routes))
+        self._use(self._answers.with_routes(dict(routes)))
+
+    def _use(self, answers: Answers) -> None:
+        self._answers = answers
+        self._table_ref[0] = answers.cache.table  # from the DNS thread's next wakeup on
 
     def set_watch(self, watch: AnswerWatch | None, on_alarm: Callable[[str], None]) -> None:
         """Arm `watch` (None: disarm). When it fires, `on_alarm(reason)` runs on the asyncio
@@ -141,7 +147,7 @@ class DnsStub:
         if len(udp) == 1 and udp_batch.NATIVE:
             # the C wait answers what the cache holds; the rest comes here
             solo = udp[0]
-            wait = functools.partial(serve_cached, solo, UDP_BATCH, self._cached_table)
+            wait = functools.partial(serve_cached, solo, UDP_BATCH, self._table_ref)
             r.serve_solo(solo, functools.partial(self._on_datagram, solo), wait)
         elif len(udp) == 1:
             r.serve_solo(udp[0], functools.partial(self._on_solo, udp[0]))
@@ -196,11 +202,6 @@ class DnsStub:
             self._on_datagram(sock, data, addr)
         if error is not None:
             log.debug("udp receive failed: %s, ignoring", error)
-
-    def _cached_table(self) -> dict[bytes, tuple[bytes, float | None]]:
-        """The answers the C wait may send by itself (udp_batch.serve_cached), read once per
-        wakeup: the current Answers' cache."""
-        return self._answers.cache.table
 
     def _on_solo(self, sock: socket.socket, data: bytes, addr: Any) -> None:
         """The thread's blocking read returned a datagram: answer it at once (nothing else

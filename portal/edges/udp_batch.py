@@ -3,7 +3,7 @@
     recv_many(sock, limit) -> (list of (data, address), error or None)   never blocks
     recv_data(sock, limit) -> (list of data, error or None)              a connected socket
     send_many(sock, items) -> int                                        never blocks
-    serve_cached(sock, limit, table_of) -> list of (data, address)       blocks; C only
+    serve_cached(sock, limit, table_ref) -> list of (data, address)      blocks; C only
 
 With portal._udpbatch (C, built where a compiler was there when portal was installed), each
 call is one recvmmsg() or sendmmsg() for up to BATCH datagrams; without it, the same in pure
@@ -84,14 +84,15 @@ def _drain(read: Callable[[int, int], T], limit: int) -> tuple[list[T], OSError 
 
 
 def serve_cached(
-    sock: socket.socket, limit: int, table_of: Callable[[], object]
+    sock: socket.socket, limit: int, table_ref: list[Any]
 ) -> list[tuple[bytes, Address]]:
     """Wait for datagrams on `sock` (blocking); answer each from a 127.* address that the dict
-    `table_of()` holds (bytes after the ID → (reply after the ID, valid_until or None)), as
-    AnswerCache.get would; return the others, at least one. OSError when the read fails. Needs
-    the C extension (NATIVE)."""
+    `table_ref[0]` holds (bytes after the ID → (reply after the ID, valid_until or None)), as
+    AnswerCache.get would; return the others, at least one. `table_ref[0]` is read once per
+    wakeup: replace it to swap tables (None: answer nothing). OSError when the read fails.
+    Needs the C extension (NATIVE)."""
     assert _udpbatch is not None, "serve_cached needs portal._udpbatch"
-    datagrams: list[tuple[bytes, Address]] = _udpbatch.serve(sock.fileno(), limit, table_of)
+    datagrams: list[tuple[bytes, Address]] = _udpbatch.serve(sock.fileno(), limit, table_ref)
     return datagrams
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import dns.message
 import pytest
@@ -213,17 +213,17 @@ class Waiting:
     """serve_cached() in a thread of its own, as the DNS thread runs it: it blocks until it has
     something to return. Bounded: a datagram that it cannot answer ends a wait left behind."""
 
-    def __init__(self, server: socket.socket, table_of: Callable[[], object]) -> None:
+    def __init__(self, server: socket.socket, table_ref: list[object]) -> None:
         self.server = server
         self.result: list[tuple[bytes, object]] | BaseException | None = None
         self.thread = threading.Thread(
-            target=self._run, args=(table_of,), name="serve-cached", daemon=True
+            target=self._run, args=(table_ref,), name="serve-cached", daemon=True
         )
         self.thread.start()
 
-    def _run(self, table_of: Callable[[], object]) -> None:
+    def _run(self, table_ref: list[object]) -> None:
         try:
-            self.result = udp_batch.serve_cached(self.server, 8, table_of)
+            self.result = udp_batch.serve_cached(self.server, 8, table_ref)
         except BaseException as exc:
             self.result = exc
 
@@ -256,7 +256,7 @@ def test_serve_cached_answers_what_the_cache_holds_as_answer_cache_does(native: 
     expected = answers.cached(again, time.time(), "127.0.0.1")
     assert expected is not None and expected[:2] == b"\xbe\xef"
     with udp() as server, udp() as client:
-        waiting = Waiting(server, lambda: answers.cache.table)
+        waiting = Waiting(server, [answers.cache.table])
         try:
             client.sendto(again, server.getsockname())
             assert recv_reply(client) == expected
@@ -276,30 +276,35 @@ def test_serve_cached_answers_and_returns_from_one_batch(native: None) -> None:
             client.sendto(a_query("a.example", qid), server.getsockname())
         client.sendto(b"\0", server.getsockname())
         wait_readable(server)
-        waiting = Waiting(server, lambda: table)
+        waiting = Waiting(server, [table])
         assert waiting.returned() == [(b"\0", client.getsockname())]
         assert [recv_reply(client), recv_reply(client)] == [b"\0\1REPLY", b"\0\2REPLY"]
 
 
 def test_serve_cached_returns_what_it_may_not_answer(native: None) -> None:
-    """An expired answer, a table gone (None), a table swapped between wakeups, and a client not
-    on 127.*: each goes back to Python, unanswered."""
+    """An expired answer, no table (None, an empty reference), an empty one, a table swapped
+    between two wakeups of one wait, and a client not on 127.*: each goes back to Python,
+    unanswered."""
     query = a_query("a.example", 5)
     key = query[2:]
-    tables: list[object] = [{key: (b"OLD", time.time() - 1)}]
     with udp() as server, udp() as client:
-        for table in ({key: (b"OLD", time.time() - 1)}, None, {}):
-            tables[0] = table
-            waiting = Waiting(server, lambda: tables[0])
+        for table_ref in ([{key: (b"OLD", time.time() - 1)}], [None], [], [{}]):
+            waiting = Waiting(server, table_ref)
             client.sendto(query, server.getsockname())
-            assert waiting.returned() == [(query, client.getsockname())], table
-        tables[0] = {key: (b"NEW", time.time() + 60)}
-        waiting = Waiting(server, lambda: tables[0])
-        client.sendto(query, server.getsockname())
-        assert recv_reply(client) == b"\0\5NEW"
-        waiting.end()
+            assert waiting.returned() == [(query, client.getsockname())], table_ref
+        # one wait, two tables: the item replaced while it waits is read at its next wakeup
+        table_ref = [{key: (b"NEW", time.time() + 60)}]
+        waiting = Waiting(server, table_ref)
+        try:
+            client.sendto(query, server.getsockname())
+            assert recv_reply(client) == b"\0\5NEW"
+            table_ref[0] = {}
+            client.sendto(query, server.getsockname())
+            assert waiting.returned() == [(query, client.getsockname())]
+        finally:
+            waiting.end()
     with udp(socket.AF_INET6, "::1") as server, udp(socket.AF_INET6, "::1") as client:
-        waiting = Waiting(server, lambda: {key: (b"NEW", None)})
+        waiting = Waiting(server, [{key: (b"NEW", None)}])
         client.sendto(query, server.getsockname())
         assert waiting.returned() == [(query, client.getsockname())]
 
@@ -308,7 +313,7 @@ def test_serve_cached_reports_a_failed_read(native: None) -> None:
     read, write = os.pipe()  # not a socket: recvmmsg() fails at once (ENOTSOCK)
     try:
         with pytest.raises(OSError):
-            _udpbatch.serve(read, 8, dict)
+            _udpbatch.serve(read, 8, [{}])
     finally:
         os.close(read)
         os.close(write)
@@ -319,7 +324,7 @@ def test_while_serve_cached_waits_its_buffers_are_not_lent(native: None) -> None
     one thread, a recv() or a second serve() from another is refused, never given it."""
     with udp() as server, udp() as other:
         other.setblocking(False)
-        waiting = Waiting(server, dict)
+        waiting = Waiting(server, [{}])
         try:
             deadline = time.monotonic() + 5
             while waiting.thread.is_alive() and time.monotonic() < deadline:
@@ -331,7 +336,7 @@ def test_while_serve_cached_waits_its_buffers_are_not_lent(native: None) -> None
             else:
                 pytest.fail("recv() was not refused while serve() waited")
             with pytest.raises(RuntimeError):
-                _udpbatch.serve(other.fileno(), 8, dict)
+                _udpbatch.serve(other.fileno(), 8, [{}])
         finally:
             waiting.end()
         [(wake, _)] = waiting.returned()
