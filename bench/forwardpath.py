@@ -12,7 +12,7 @@ them, which add about a microsecond each):
 - `send up`: the flight's bookkeeping and its `send()` to the upstream (`Forwarder._attempt`);
   `pick` is the socket's choice within it;
 - `answer`: the upstream's answer read, matched and relayed (`_UdpPool._readable`);
-- `reply`: the reply's `sendto()` to the client (`DnsStub._flush`, one datagram).
+- `reply`: the reply's `sendto()` to the client (`dns_stub._sendto`).
 
 A send that wakes a process on another, idle CPU pays for that wake-up in the sender (on a VM,
 an interrupt to another virtual CPU): `reply` is little else, and shows that cost. Prints the
@@ -40,6 +40,7 @@ import procs as p  # noqa: E402
 import bench as b  # noqa: E402
 from portal.core.answer import Answers  # noqa: E402
 from portal.core.model import Upstream  # noqa: E402
+from portal.edges import dns_stub  # noqa: E402
 from portal.edges import upstream as upstream_edge  # noqa: E402
 from portal.edges.dns_stub import DnsStub  # noqa: E402
 from portal.edges.reactor import ThreadReactor  # noqa: E402
@@ -49,7 +50,7 @@ SPANS = {
     "send up": (upstream_edge.Forwarder, "_attempt"),
     "pick": (upstream_edge._UdpPool, "pick"),  # noqa: SLF001
     "answer": (upstream_edge._UdpPool, "_readable"),  # noqa: SLF001
-    "reply": (DnsStub, "_flush"),
+    "reply": (dns_stub, "_sendto"),
 }
 
 
