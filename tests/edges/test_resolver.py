@@ -287,7 +287,7 @@ def test_glibc_falls_through_when_stub_stops(
         (0, OTHER_ADDR),
         (0, VENUE_ADDR),
         (0, OTHER_ADDR),
-    ]
+    ], f"lookups after the stop (getent's exit code, address, seconds): {down}"
     slowest = max(t for _, _, t in down)
     print(f"stub stopped: slowest fallback lookup {slowest * 1000:.1f} ms")
     # Not a performance assertion: a refused datagram makes glibc move on at once, while a
