@@ -15,8 +15,10 @@ do what the last column says.
     asyncio loop    TCP clients and their forwards; D-Bus,  replace the stub's Answers: one
     (main)          detection, probes, the overrides and    reference to the overrides, routes
                     the state file, resolver wiring; the    and answer cache together (the DNS
-                    TCP retry of a truncated UDP answer     thread reads it per packet); replace
-                    (run_coroutine)                         the forwarder's upstreams (one tuple);
+                    TCP retry of a truncated UDP answer     thread reads it per packet), then
+                    (run_coroutine)                         the one item of the C wait's table
+                                                            reference (read per wakeup); replace
+                                                            the forwarder's upstreams (one tuple);
                                                             arm or disarm the DNS alarm (one
                                                             reference to a new AnswerWatch; the
                                                             thread calls back with
