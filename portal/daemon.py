@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("portal")
 
 PROBE_TIMEOUT_S = 5.0
-WIRING_SETTLE_S = 3.0
+WIRING_SETTLE_S = 5.0  # the wiring's own wait: twice HELPER_WAIT_S at most, when it asks twice
 VENUE_LOOKUP_TIMEOUT_S = 3.0
 FIRST_BUS_ATTEMPT_S = 10.0  # ready without the control API if the bus is slower than this
 WIRING_CLOSE_S = 3.0

@@ -268,12 +268,14 @@ class ResolverWiring:
     async def settle(self) -> None:
         """Wait (at most HELPER_WAIT_S) until resolv.conf lists the stub first, or cannot, when
         the stub is wanted there; return at once otherwise. When the time is up and the file
-        still disagrees, ask the helper again: a path unit drops a change made while its
-        service runs, so a request written during another run of the helper waits for nothing
-        else (a `portal add` on the same network asks for no new request)."""
+        still disagrees, ask the helper again and wait once more as long: a path unit drops a
+        change made while its service runs, so a request written during another run of the
+        helper waits for nothing else (a `portal add` on the same network asks for no new
+        request), and the lookup right after `portal add` must find the stub first."""
         if not (self._asked and self._helper and self._mode in RESOLV_CONF_MODES):
             return
         deadline = asyncio.get_running_loop().time() + HELPER_WAIT_S
+        asked_again = False
         while True:
             self._rewritten.clear()
             text = _read(self._resolv_conf)
@@ -291,8 +293,11 @@ class ResolverWiring:
                     continue
                 except TimeoutError:
                     pass
+            if asked_again:
+                return  # twice unanswered: the status line says it is not wired
             self._nudge_helper()  # time is up and the file still disagrees
-            return
+            asked_again = True
+            deadline = asyncio.get_running_loop().time() + HELPER_WAIT_S
 
     def _set_request(self, stub: str | None) -> None:
         """Write the request when it changes (and once at the first apply, see write_request)."""
