@@ -84,6 +84,24 @@ static PyObject *address_of(const struct sockaddr_storage *ss, socklen_t len)
     Py_RETURN_NONE; /* not a datagram socket of ours: the caller finds no address */
 }
 
+/* The headers of a recvmmsg() of up to `limit` datagrams into the shared area, one slot each,
+ * with the senders' addresses in `addrs` unless it is NULL. */
+static void prepare_reads(struct mmsghdr *m, struct iovec *iov, struct sockaddr_storage *addrs,
+                          int limit)
+{
+    for (int i = 0; i < limit; i++) {
+        iov[i].iov_base = buffers + (size_t)i * MAX_DATAGRAM;
+        iov[i].iov_len = MAX_DATAGRAM;
+        memset(&m[i].msg_hdr, 0, sizeof(m[i].msg_hdr));
+        m[i].msg_hdr.msg_iov = &iov[i];
+        m[i].msg_hdr.msg_iovlen = 1;
+        if (addrs) {
+            m[i].msg_hdr.msg_name = &addrs[i];
+            m[i].msg_hdr.msg_namelen = sizeof(addrs[i]);
+        }
+    }
+}
+
 static PyObject *udpbatch_recv(PyObject *self, PyObject *args)
 {
     int fd, limit, with_addresses;
@@ -97,17 +115,7 @@ static PyObject *udpbatch_recv(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "serve() is waiting with the buffers in another thread");
         return NULL;
     }
-    for (int i = 0; i < limit; i++) {
-        iovs[i].iov_base = buffers + (size_t)i * MAX_DATAGRAM;
-        iovs[i].iov_len = MAX_DATAGRAM;
-        memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
-        msgs[i].msg_hdr.msg_iov = &iovs[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        if (with_addresses) {
-            msgs[i].msg_hdr.msg_name = &names[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
-        }
-    }
+    prepare_reads(msgs, iovs, with_addresses ? names : NULL, limit);
     int got;
     do {
         got = recvmmsg(fd, msgs, (unsigned int)limit, MSG_DONTWAIT, NULL);
@@ -312,15 +320,7 @@ static PyObject *udpbatch_serve(PyObject *self, PyObject *args)
     serving = 1;
     PyObject *out = NULL;
     while (!out) {
-        for (int i = 0; i < limit; i++) {
-            serve_iovs[i].iov_base = buffers + (size_t)i * MAX_DATAGRAM;
-            serve_iovs[i].iov_len = MAX_DATAGRAM;
-            memset(&serve_msgs[i].msg_hdr, 0, sizeof(serve_msgs[i].msg_hdr));
-            serve_msgs[i].msg_hdr.msg_iov = &serve_iovs[i];
-            serve_msgs[i].msg_hdr.msg_iovlen = 1;
-            serve_msgs[i].msg_hdr.msg_name = &serve_names[i];
-            serve_msgs[i].msg_hdr.msg_namelen = sizeof(serve_names[i]);
-        }
+        prepare_reads(serve_msgs, serve_iovs, serve_names, limit);
         int got, error;
         Py_BEGIN_ALLOW_THREADS
         got = recvmmsg(fd, serve_msgs, (unsigned int)limit, MSG_WAITFORONE, NULL);

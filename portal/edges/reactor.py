@@ -58,7 +58,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -257,15 +257,15 @@ class ThreadReactor:
 
     def _loop(self) -> None:
         readers, calls = self._readers, self._calls
-        solo, on_solo, busy, after = self.solo, self.on_solo, self.busy, self.after
-        wait = self.solo_wait if solo is not None and on_solo is not None else None
-        recvfrom = solo.recvfrom if solo is not None and on_solo is not None else None
+        on_solo, busy, after = self.on_solo, self.busy, self.after
+        wait = self._solo_read()
         while not self._stopping:
             if calls:
                 self._run_calls()
                 self._after(after)
                 continue
             if wait is not None and not busy():
+                # the hot loop of a stub that answers locally: one blocking read per wakeup
                 try:
                     datagrams = wait()
                 except OSError as exc:
@@ -276,19 +276,6 @@ class ThreadReactor:
                         on_solo(data, addr)  # type: ignore[misc]
                     except Exception:
                         log.exception("internal error on a datagram, continuing")
-                self._after(after)
-                continue
-            if recvfrom is not None and not busy():
-                # the hot loop of a stub that answers locally: one blocking read per query
-                try:
-                    data, addr = recvfrom(65535)
-                except OSError as exc:
-                    log.debug("udp receive failed: %s, ignoring", exc)
-                    continue
-                try:
-                    on_solo(data, addr)  # type: ignore[misc]
-                except Exception:
-                    log.exception("internal error on a datagram, continuing")
                 self._after(after)
                 continue
             timeout = self._run_timers()
@@ -308,6 +295,16 @@ class ThreadReactor:
                         log.exception("internal error in a DNS thread reader, continuing")
             self._run_timers()
             self._after(after)
+
+    def _solo_read(self) -> Callable[[], Sequence[tuple[bytes, Any]]] | None:
+        """The thread's read when nothing else needs it: the wait serve_solo() was given, or
+        one blocking recvfrom(); None without a solo socket."""
+        if self.solo is None or self.on_solo is None:
+            return None
+        if self.solo_wait is not None:
+            return self.solo_wait
+        recvfrom = self.solo.recvfrom
+        return lambda: (recvfrom(65535),)
 
     @staticmethod
     def _after(after: Callable[[], None]) -> None:
