@@ -286,8 +286,9 @@ def test_an_edns_padded_upper_case_query_is_answered(daemon: Daemon) -> None:
 async def test_a_cached_answer_never_reaches_python_and_a_new_table_is_read_at_once(
     monkeypatch: pytest.MonkeyPatch, batching: str
 ) -> None:
-    """The DNS thread answers a repeated query from the answer cache without the stub's Python
-    (in C where portal._udpbatch is built, after a blocking recvfrom() otherwise), and reads the
+    """The DNS thread answers a repeated query from the answer cache (in C where
+    portal._udpbatch is built, without the stub's Python; after a blocking recvfrom()
+    otherwise), and reads the
     overrides the daemon swaps in from the next query on: a removed override is never answered
     from the old cache, a changed one gets its new address."""
     if batching == "native" and not udp_batch.NATIVE:
@@ -327,13 +328,19 @@ async def test_a_cached_answer_never_reaches_python_and_a_new_table_is_read_at_o
         assert len(handled) == 1  # built in Python, then kept
         for _ in range(3):
             assert addrs(await ask()) == ["10.0.0.1"]
-        assert len(handled) == 1, "a cached answer went through the stub's Python"
+        # In C a cached answer never reaches Python. The fallback reads what queued behind an
+        # answer through the general path (which answers from the cache too), and a client as
+        # quick as this one may be there already: only its answers are checked.
+        if batching == "native":
+            assert len(handled) == 1, "a cached answer went through the stub's Python"
+        handled.clear()
         stub.set_entries({})  # removed: no wake-up of the thread, the next query reads it
         removed = await ask()
         assert removed.rcode() == dns.rcode.SERVFAIL and not removed.answer
         stub.set_entries(entries("10.0.0.2"))
         assert [addrs(await ask()) for _ in range(2)] == [["10.0.0.2"], ["10.0.0.2"]]
-        assert len(handled) == 3
+        if batching == "native":
+            assert len(handled) == 2  # the removed name and the changed one, once each
     finally:
         await asyncio.to_thread(stub.reactor.stop)
         server.close()
