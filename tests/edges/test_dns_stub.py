@@ -288,9 +288,8 @@ async def test_a_cached_answer_never_reaches_python_and_a_new_table_is_read_at_o
 ) -> None:
     """The DNS thread answers a repeated query from the answer cache (in C where
     portal._udpbatch is built, without the stub's Python; after a blocking recvfrom()
-    otherwise), and reads the
-    overrides the daemon swaps in from the next query on: a removed override is never answered
-    from the old cache, a changed one gets its new address."""
+    otherwise), and reads the overrides the daemon swaps in from the next query on: a removed
+    override is never answered from the old cache, a changed one gets its new address."""
     if batching == "native" and not udp_batch.NATIVE:
         pytest.skip("portal._udpbatch is not built here: only the fallback runs")
     if batching == "python":
