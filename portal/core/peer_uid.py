@@ -45,10 +45,16 @@ DIAG_MSG_SIZE: Final = 4 + SOCKID_SIZE + _MSG_TAIL.size  # 72
 
 @dataclass(frozen=True, slots=True)
 class Lookup:
-    """The answer: `uid`, or None with `error` saying why ("" never with None)."""
+    """The answer: `uid`, or None with `error` saying why ("" never with None). `closed`: the
+    socket is there but no longer open (its owner closed it, and the kernel keeps only its
+    time-wait remains, which it reports with uid 0 and inode 0): there is no owner to name."""
 
     uid: int | None
     error: str = ""
+    closed: bool = False
+
+
+CLOSED: Final = Lookup(None, "closed by its owner before it was checked", closed=True)
 
 
 def _packed(address: str) -> tuple[int, bytes]:
@@ -114,8 +120,8 @@ def parse_inet_diag_reply(
             continue
         if _unpacked(msg_dst, msg_family) != want_dst:
             continue
-        uid = _MSG_TAIL.unpack_from(payload, 4 + SOCKID_SIZE)[3]
-        return Lookup(uid)
+        *_, uid, inode = _MSG_TAIL.unpack_from(payload, 4 + SOCKID_SIZE)
+        return Lookup(uid) if inode else CLOSED
     return Lookup(None, "no answer about that socket")
 
 
@@ -165,5 +171,7 @@ def match_proc_net_tcp(
             continue
         if fields[3] == f"{TCP_LISTEN:02X}" or not fields[7].isdigit():
             continue
+        if len(fields) > 9 and fields[9] == "0":
+            return CLOSED
         return Lookup(int(fields[7]))
     return Lookup(None, "no such socket in the table")

@@ -216,6 +216,9 @@ class SignInProxy:
         client = writer.get_extra_info("peername")[:2]
         server = writer.get_extra_info("sockname")[:2]
         who = peer_uid_of(client, server)
+        if who.closed:  # a browser's spare connection, closed unused: nobody to refuse
+            log.debug("%s:%d: %s", client[0], client[1], who.error)
+            return
         if who.uid != self.uid:
             self.refused_peers += 1
             log.warning(

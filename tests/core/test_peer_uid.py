@@ -26,6 +26,7 @@ from portal.core.peer_uid import (
 CLIENT = ("127.0.0.1", 51234)
 SERVER = ("127.0.0.1", 40001)
 TCP_ESTABLISHED = 1
+TCP_TIME_WAIT = 6
 
 
 def nlmsg(kind: int, payload: bytes, seq: int = 1) -> bytes:
@@ -41,6 +42,7 @@ def diag_msg(
     uid: int = 1000,
     state: int = TCP_ESTABLISHED,
     family: int | None = None,
+    inode: int = 4242,
 ) -> bytes:
     src = ipaddress.ip_address(local[0])
     dst = ipaddress.ip_address(remote[0])
@@ -48,7 +50,7 @@ def diag_msg(
     sockid = struct.pack(
         "!HH16s16s", local[1], remote[1], src.packed.ljust(16, b"\0"), dst.packed.ljust(16, b"\0")
     ) + struct.pack("=III", 0, 7, 7)
-    return bytes((fam, state, 0, 0)) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, 4242)
+    return bytes((fam, state, 0, 0)) + sockid + struct.pack("=IIIII", 0, 0, 0, uid, inode)
 
 
 def test_request_layout() -> None:
@@ -81,6 +83,18 @@ def test_reply_gives_the_uid() -> None:
     assert parse_inet_diag_reply(nlmsg(SOCK_DIAG_BY_FAMILY, diag_msg()), CLIENT, SERVER) == (
         Lookup(1000)
     )
+
+
+def test_a_socket_its_owner_closed_has_no_owner_to_name() -> None:
+    """What is left of a closed socket (time-wait) is reported with uid 0 and inode 0: that 0
+    is nobody's uid, least of all root's."""
+    closed = diag_msg(uid=0, state=TCP_TIME_WAIT, inode=0)
+    found = parse_inet_diag_reply(nlmsg(SOCK_DIAG_BY_FAMILY, closed), CLIENT, SERVER)
+    assert found.uid is None and found.closed and "closed" in found.error
+    root = parse_inet_diag_reply(nlmsg(SOCK_DIAG_BY_FAMILY, diag_msg(uid=0)), CLIENT, SERVER)
+    assert root == Lookup(0) and not root.closed
+    text = HEADER + proc_line("0100007F:C822", "0100007F:9C41", "06", "0", inode="0")
+    assert match_proc_net_tcp(text, CLIENT, SERVER, byteorder="little").closed
 
 
 def test_reply_with_attributes_after_the_message() -> None:
@@ -141,10 +155,10 @@ HEADER = (
 )
 
 
-def proc_line(local: str, remote: str, state: str, uid: str) -> str:
+def proc_line(local: str, remote: str, state: str, uid: str, inode: str = "12345") -> str:
     return (
         f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000 "
-        f"{uid:>5}        0 12345 1 0000000000000000 20 4 30 10 -1\n"
+        f"{uid:>5}        0 {inode} 1 0000000000000000 20 4 30 10 -1\n"
     )
 
 

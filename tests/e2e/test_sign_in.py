@@ -142,7 +142,10 @@ class Venue:
                 return float(found[0]["time"]) - self.started
             assert proc.alive(), proc.read_log()[-4000:]
             time.sleep(0.05)
-        raise AssertionError(f"no request for {host}{path}:\n{proc.read_log()[-4000:]}")
+        seen = [r for r in self.lab.state()["requests"] if r["time"] >= self.started]
+        raise AssertionError(
+            f"no request for {host}{path}; the portal saw {seen[-20:]}:\n{proc.read_log()[-4000:]}"
+        )
 
     def page_and_script(self, proc: LabProcess, what: str) -> tuple[float, float]:
         """Seconds from `open()` (or a click) to the sign-in page and its third-party script,

@@ -23,8 +23,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -36,6 +37,8 @@ from tests.conftest import need
 from tests.lab.lab import Lab, LabProcess
 from tests.lab.marks import LabFactory, requires_static_lab
 from tests.support.dns import Dnsmasq, dnsmasq
+
+T = TypeVar("T")
 
 pytest_plugins = ["tests.lab.fixtures"]
 
@@ -117,6 +120,33 @@ async def test_the_kernel_names_the_uid_of_a_loopback_client() -> None:
         # No such connection: no uid (a closed client must not pass).
         assert peer_uid_of(("127.0.0.1", 1), server).uid is None
         writer.close()
+
+
+def test_a_client_that_closed_first_is_nobody_not_root() -> None:
+    """A client that closes before the proxy looks leaves only its time-wait remains, which
+    the kernel reports with uid 0: that is "closed", in both places the proxy looks."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client_sock = socket.create_connection(listener.getsockname(), timeout=5)
+        accepted, _ = listener.accept()
+        with accepted:
+            client = client_sock.getsockname()[:2]
+            server = listener.getsockname()[:2]
+            assert peer_uid_of(client, server).uid == os.getuid()
+            client_sock.close()
+            found = until_value(lambda: peer_uid_of(client, server), lambda f: f.closed)
+            assert found.uid is None, found
+            text = Path("/proc/net/tcp").read_text()
+            assert peer_uid.match_proc_net_tcp(text, client, server, byteorder=sys.byteorder).closed
+
+
+def until_value(get: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 5.0) -> T:
+    """get() until done(value), bounded."""
+    deadline = time.monotonic() + timeout_s
+    while not done(value := get()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
 
 
 async def test_a_dual_stack_client_is_recognised() -> None:
