@@ -269,26 +269,39 @@ def import_dataclasses() -> None:
 
     dataclasses imports inspect (with ast, dis and tokenize: about a fifth of `portal list`,
     and of the daemon's start to its first answer) for one use, a signature in the docstring
-    of a dataclass that has none (every one of portal's has its own). It gets a stand-in that
-    imports the real module on first use, so anything it asks of inspect still works; any
-    later `import inspect` gets the real one. Called before anything that imports
-    dataclasses."""
-    if "dataclasses" in sys.modules or "inspect" in sys.modules:
+    of a dataclass that has none (every one of portal's has its own). Called before anything
+    that imports dataclasses."""
+    import_deferring("dataclasses", "inspect")
+
+
+def import_logging() -> None:
+    """Import logging without traceback, which it needs only to format an exception or a
+    stack: traceback brings linecache, tokenize and textwrap, about 4 ms of the daemon's start
+    to its first answer. The first log record with an exception imports the real module.
+    Called by the daemon before anything that imports logging."""
+    import_deferring("logging", "traceback")
+
+
+def import_deferring(name: str, deferred: str) -> None:
+    """Import module `name` while `deferred` is a stand-in that imports the real module on
+    its first attribute lookup: what `name` asks of it still works, and any later `import
+    deferred` gets the real one. Nothing is done when either is already imported."""
+    if name in sys.modules or deferred in sys.modules:
         return
     import importlib
     import types
 
-    def __getattr__(name: str) -> Any:
-        return getattr(importlib.import_module("inspect"), name)
+    def __getattr__(attr: str) -> Any:
+        return getattr(importlib.import_module(deferred), attr)
 
-    stand_in = types.ModuleType("inspect")
+    stand_in = types.ModuleType(deferred)
     stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
-    sys.modules["inspect"] = stand_in
+    sys.modules[deferred] = stand_in
     try:
-        import dataclasses  # noqa: F401
+        importlib.import_module(name)
     finally:
-        if sys.modules.get("inspect") is stand_in:
-            del sys.modules["inspect"]
+        if sys.modules.get(deferred) is stand_in:
+            del sys.modules[deferred]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -687,6 +700,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     if bus:
         flags["bus"] = bus
     conf = cfg.apply(conf, flags)
+    import_logging()
     from portal import early
     from portal.logsetup import setup_logging
 

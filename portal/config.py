@@ -8,7 +8,6 @@ See portal.toml.example for every key with a comment.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 from portal.core.inet import parse_host_port
@@ -135,9 +134,10 @@ def _as_list(value: Any, key: str) -> list[Any]:
 
 def load(path: str | None) -> Config:
     """Read the config file. A missing default file is fine; a missing named file is not."""
-    target = Path(path or DEFAULT_CONFIG_PATH)
+    target = path or DEFAULT_CONFIG_PATH
     try:
-        text = target.read_text(encoding="utf-8")
+        with open(target, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         if path is None:
             return Config()

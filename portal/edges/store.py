@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portal.core.model import Network
@@ -36,8 +35,8 @@ NETWORK_FILE = "network.json"  # the network the daemon was last on (core/rememb
 CHOICES_FILE = "choices.json"  # networks not to ask about again (core/choices.py)
 
 
-def state_path(state_dir: str | os.PathLike[str]) -> Path:
-    return Path(state_dir) / STATE_FILE
+def state_path(state_dir: str | os.PathLike[str]) -> str:
+    return os.path.join(state_dir, STATE_FILE)
 
 
 class Store:
@@ -70,7 +69,7 @@ def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> 
     path = state_path(state_dir)
     _sweep_temp_files(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     except FileNotFoundError:
         return OverrideTable(limits=limits)
     except (OSError, UnicodeDecodeError) as exc:
@@ -86,22 +85,40 @@ def load(state_dir: str | os.PathLike[str], *, limits: Limits | None = None) -> 
         return OverrideTable(limits=limits)
 
 
-def _sweep_temp_files(path: Path) -> None:
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _sweep_temp_files(path: str) -> None:
     """Remove temp files of saves that a crash interrupted (SIGKILL between write and rename).
     Each carries its writer's PID, so a crash loop would leave one more each time. Called at
-    load, before this process saves anything: no save of this process can be in flight."""
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+    load, before this process saves anything: no save of this process can be in flight.
+    (os and plain strings, not pathlib: this runs before the daemon's first answer, and
+    pathlib would be a few milliseconds of that start.)"""
+    directory, name = os.path.split(path)
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return
+    prefix = f".{name}."
+    for entry in names:
+        if len(entry) < len(prefix) + 4 or not (
+            entry.startswith(prefix) and entry.endswith(".tmp")
+        ):
+            continue
+        stale = os.path.join(directory, entry)
         try:
-            stale.unlink()
+            os.unlink(stale)
             log.info("removed %s, left by an interrupted save", stale)
         except OSError as exc:
             log.warning("cannot remove %s: %s, ignoring", stale, exc.strerror or exc)
 
 
-def _move_aside(path: Path, why: str, *, then: str) -> None:
+def _move_aside(path: str, why: str, *, then: str) -> None:
     """Keep a file that does not parse beside the new one (nothing is lost), and say so; `then`
     says what the daemon does instead ("started with no overrides")."""
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     try:
         os.rename(path, aside)
         log.error("%s is corrupt (%s); moved it to %s and %s", path, why, aside, then)
@@ -117,16 +134,16 @@ def _move_aside(path: Path, why: str, *, then: str) -> None:
 
 def save(state_dir: str | os.PathLike[str], table: OverrideTable) -> None:
     """Write the table durably. Raises StateError with a one-line reason on failure."""
-    _write_atomic(Path(state_dir), STATE_FILE, format_state(table).encode("utf-8"), "overrides")
+    _write_atomic(state_dir, STATE_FILE, format_state(table).encode("utf-8"), "overrides")
 
 
 def load_network(state_dir: str | os.PathLike[str]) -> Network | None:
     """The network the daemon was last on (core/remembered.py); None when none is known or the
     file cannot be read (logged: the daemon then assumes nothing, which is never wrong)."""
-    path = Path(state_dir) / NETWORK_FILE
+    path = os.path.join(state_dir, NETWORK_FILE)
     _sweep_temp_files(path)
     try:
-        return parse_network(path.read_text(encoding="utf-8"))
+        return parse_network(_read_text(path))
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -136,7 +153,7 @@ def load_network(state_dir: str | os.PathLike[str]) -> Network | None:
 
 def save_network(state_dir: str | os.PathLike[str], network: Network | None) -> None:
     """Remember the network the daemon is on. Raises StateError with a one-line reason."""
-    _write_atomic(Path(state_dir), NETWORK_FILE, format_network(network).encode(), "the network")
+    _write_atomic(state_dir, NETWORK_FILE, format_network(network).encode(), "the network")
 
 
 def load_choices(state_dir: str | os.PathLike[str]) -> Choices:
@@ -146,10 +163,10 @@ def load_choices(state_dir: str | os.PathLike[str]) -> Choices:
     # directory through this module and need none of it.
     from portal.core.choices import Choices, parse_choices
 
-    path = Path(state_dir) / CHOICES_FILE
+    path = os.path.join(state_dir, CHOICES_FILE)
     _sweep_temp_files(path)
     try:
-        return parse_choices(path.read_text(encoding="utf-8"))
+        return parse_choices(_read_text(path))
     except FileNotFoundError:
         return Choices()
     except (ValueError, UnicodeDecodeError) as exc:
@@ -164,15 +181,15 @@ def save_choices(state_dir: str | os.PathLike[str], choices: Choices) -> None:
     """Write the choices durably. Raises StateError with a one-line reason on failure."""
     from portal.core.choices import format_choices
 
-    _write_atomic(Path(state_dir), CHOICES_FILE, format_choices(choices).encode(), "choices")
+    _write_atomic(state_dir, CHOICES_FILE, format_choices(choices).encode(), "choices")
 
 
-def _write_atomic(directory: Path, name: str, data: bytes, what: str) -> None:
+def _write_atomic(directory: str | os.PathLike[str], name: str, data: bytes, what: str) -> None:
     """Temp file, fsync, rename over the old one, fsync the directory."""
-    path = directory / name
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    path = os.path.join(directory, name)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        os.makedirs(directory, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
@@ -190,7 +207,7 @@ def _write_atomic(directory: Path, name: str, data: bytes, what: str) -> None:
             os.close(dfd)
     except OSError as exc:
         try:
-            tmp.unlink()
+            os.unlink(tmp)
         except OSError:
             pass
         raise StateError(f"cannot save {what} to {path}: {exc.strerror or exc}") from exc

@@ -1,5 +1,6 @@
-"""What `portal` does before it parses a command line to start faster: dataclasses without
-inspect (cli.import_dataclasses). Each case runs in a fresh interpreter, as `portal` starts."""
+"""What `portal` does to start faster: dataclasses without inspect (cli.import_dataclasses),
+and in the daemon logging without traceback (cli.import_logging). Each case runs in a fresh
+interpreter, as `portal` starts."""
 
 from __future__ import annotations
 
@@ -74,3 +75,31 @@ def test_nothing_to_do_when_either_is_already_there() -> None:
         """
     )
     assert lines == ["True"]
+
+
+def test_logging_works_as_always_and_traceback_comes_with_the_first_exception() -> None:
+    lines = run(
+        """
+        import io, sys
+        from portal.cli import import_logging
+        import_logging()
+        import logging
+        print("traceback" in sys.modules)
+        out = io.StringIO()
+        log = logging.getLogger("t")
+        log.addHandler(logging.StreamHandler(out))
+        log.warning("plain %d", 1)
+        print("traceback" in sys.modules)
+        try:
+            {}["missing"]
+        except KeyError:
+            log.exception("failed")
+        print("traceback" in sys.modules)
+        text = out.getvalue()
+        print(text.splitlines()[0], text.splitlines()[-1])
+        print("Traceback (most recent call last):" in text)
+        import traceback
+        print(traceback is sys.modules["traceback"] and hasattr(traceback, "format_exc"))
+        """
+    )
+    assert lines == ["False", "False", "True", "plain 1 KeyError: 'missing'", "True", "True"]

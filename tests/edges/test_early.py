@@ -95,8 +95,10 @@ def test_answers_and_forwards_before_asyncio_is_imported(
     code = textwrap.dedent(
         f"""
         import json, sys
-        from portal.cli import import_dataclasses
-        import_dataclasses()  # as `portal daemon` does first
+        before = set(sys.modules)  # what the interpreter's start imported (site's hooks)
+        from portal.cli import import_dataclasses, import_logging
+        import_dataclasses()  # as `portal daemon` does
+        import_logging()
         from portal.config import Config
         from portal.core.model import Upstream
         from portal.early import Early, serve
@@ -104,7 +106,8 @@ def test_answers_and_forwards_before_asyncio_is_imported(
         early = serve(Config(listen=("127.0.0.1:{port}",), state_dir={str(state_dir)!r},
                              upstreams=(Upstream({upstream.host!r}, {upstream.port}),)))
         print(json.dumps(sorted(m for m in ("asyncio", "portal.daemon", "portal.core.session",
-                                            "dbus_next", "inspect") if m in sys.modules)),
+                                            "dbus_next", "inspect", "traceback", "pathlib")
+                                if m in sys.modules and m not in before)),
               flush=True)
         sys.stdin.readline()  # until the test has asked its questions
         """
@@ -121,7 +124,10 @@ def test_answers_and_forwards_before_asyncio_is_imported(
         try:
             assert proc.stdout is not None and proc.stdin is not None
             line = proc.stdout.readline()
-            assert line.strip() == "[]", proc.stderr.read() if proc.stderr else ""
+            if line.strip() != "[]":
+                proc.kill()
+                _, err = proc.communicate(timeout=10)
+                raise AssertionError(f"imported before the first answer: {line}{err}")
             # the DNS thread answers: overrides for any network and for the last network ...
             assert ask(port, "anywhere.test") == ["10.0.0.1"]
             assert ask(port, "intranet.test") == ["10.0.0.2"]
@@ -148,7 +154,7 @@ async def test_the_daemon_takes_over_without_a_changed_answer(
     daemon = build(config, early)
     assert daemon.stub is early.stub
     # what the first step read is what the daemon loads: the state file is not read again
-    state_path(state_dir).write_text("not the state any more")
+    await asyncio.to_thread(Path(state_path(state_dir)).write_text, "not the state any more")
     task = asyncio.create_task(daemon.run())
     try:
         deadline = time.monotonic() + 10
@@ -181,7 +187,7 @@ def test_a_corrupt_state_file_is_moved_aside_and_nothing_answers_from_it(
 ) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    state_path(state_dir).write_text('{"version": 1, "overrides": [{"name": 5}]}')
+    Path(state_path(state_dir)).write_text('{"version": 1, "overrides": [{"name": 5}]}')
     port = free_port()
     early = serve(config_for(port, state_dir, upstream))
     try:

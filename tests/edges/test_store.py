@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from portal.core.model import Network
+from portal.core.overrides import Limits
 from portal.edges.store import NETWORK_FILE, Store
 from portal.errors import StateError
 
@@ -49,3 +50,19 @@ def test_a_save_cut_short_leaves_no_temp_file_behind(tmp_path: Path) -> None:
     Store(tmp_path).save_network(HOTEL)
     assert Store(tmp_path).load_network() == HOTEL
     assert not stale.exists()
+
+
+def test_only_temp_files_of_that_file_are_swept(tmp_path: Path) -> None:
+    """`.NAME.<pid>.tmp` of the file being loaded goes; anything else stays, near misses too."""
+    stale = [tmp_path / f".overrides.json.{pid}.tmp" for pid in (1, 4242)]
+    kept = [
+        tmp_path / ".overrides.json.tmp",  # no writer's part
+        tmp_path / f".{NETWORK_FILE}.7.tmp",  # another file's, swept when that one loads
+        tmp_path / ".overrides.json.1.tmp.bak",
+        tmp_path / "overrides.json.1.tmp",
+    ]
+    for path in stale + kept:
+        path.write_text("half")
+    assert len(Store(tmp_path).load(limits=Limits())) == 0
+    assert [p.exists() for p in stale] == [False, False]
+    assert [p.exists() for p in kept] == [True] * len(kept)
