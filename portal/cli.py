@@ -298,7 +298,7 @@ def import_deferring(name: str, deferred: str) -> None:
     stand_in.__getattr__ = __getattr__  # type: ignore[method-assign]
     sys.modules[deferred] = stand_in
     try:
-        importlib.import_module(name)
+        __import__(name)  # an import statement's path: -X importtime reports it, as it should
     finally:
         if sys.modules.get(deferred) is stand_in:
             del sys.modules[deferred]
