@@ -292,6 +292,8 @@ def import_deferring(name: str, deferred: str) -> None:
     import types
 
     def __getattr__(attr: str) -> Any:
+        if sys.modules.get(deferred) is stand_in:  # asked while `name` is still importing
+            del sys.modules[deferred]
         return getattr(importlib.import_module(deferred), attr)
 
     stand_in = types.ModuleType(deferred)

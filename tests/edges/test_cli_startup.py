@@ -103,3 +103,19 @@ def test_logging_works_as_always_and_traceback_comes_with_the_first_exception() 
         """
     )
     assert lines == ["False", "False", "True", "plain 1 KeyError: 'missing'", "True", "True"]
+
+
+def test_a_module_that_asks_while_it_is_imported_gets_the_real_one(tmp_path: Path) -> None:
+    """The stand-in hands out the real module even when asked before `name` has finished."""
+    (tmp_path / "eager.py").write_text("import textwrap\nWIDTH = textwrap.dedent('  x')\n")
+    lines = run(
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from portal.cli import import_deferring
+        import_deferring("eager", "textwrap")
+        import eager, textwrap
+        print(eager.WIDTH, textwrap is sys.modules["textwrap"], hasattr(textwrap, "wrap"))
+        """
+    )
+    assert lines == ["x True True"]
