@@ -53,6 +53,12 @@ class Lookup:
     error: str = ""
     closed: bool = False
 
+    @property
+    def known(self) -> bool:
+        """The kernel knows the socket: its owner's uid, or that it is closed. Only an unknown
+        socket is worth looking for elsewhere."""
+        return self.uid is not None or self.closed
+
 
 CLOSED: Final = Lookup(None, "closed by its owner before it was checked", closed=True)
 

@@ -96,7 +96,7 @@ def peer_uid_of(client: tuple[str, int], server: tuple[str, int]) -> peer_uid.Lo
             nl.settimeout(1.0)
             nl.sendto(peer_uid.inet_diag_request(client, server), (0, 0))
             found = peer_uid.parse_inet_diag_reply(nl.recv(65536), client, server)
-        if found.uid is not None:
+        if found.known:
             return found
     except OSError as exc:
         log.debug("sock_diag is not available (%s); reading /proc/net/tcp", exc)
@@ -107,7 +107,7 @@ def peer_uid_of(client: tuple[str, int], server: tuple[str, int]) -> peer_uid.Lo
         except OSError:
             continue
         found = peer_uid.match_proc_net_tcp(text, client, server, byteorder=sys.byteorder)
-        if found.uid is not None:
+        if found.known:
             return found
     return peer_uid.Lookup(None, "the kernel knows no such connection")
 

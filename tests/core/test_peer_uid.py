@@ -91,6 +91,8 @@ def test_a_socket_its_owner_closed_has_no_owner_to_name() -> None:
     closed = diag_msg(uid=0, state=TCP_TIME_WAIT, inode=0)
     found = parse_inet_diag_reply(nlmsg(SOCK_DIAG_BY_FAMILY, closed), CLIENT, SERVER)
     assert found.uid is None and found.closed and "closed" in found.error
+    assert found.known  # an answer: not to be looked for elsewhere, as a missing socket is
+    assert not Lookup(None, "no such socket").known
     root = parse_inet_diag_reply(nlmsg(SOCK_DIAG_BY_FAMILY, diag_msg(uid=0)), CLIENT, SERVER)
     assert root == Lookup(0) and not root.closed
     text = HEADER + proc_line("0100007F:C822", "0100007F:9C41", "06", "0", inode="0")

@@ -23,9 +23,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -37,8 +36,7 @@ from tests.conftest import need
 from tests.lab.lab import Lab, LabProcess
 from tests.lab.marks import LabFactory, requires_static_lab
 from tests.support.dns import Dnsmasq, dnsmasq
-
-T = TypeVar("T")
+from tests.support.procs import wait_until
 
 pytest_plugins = ["tests.lab.fixtures"]
 
@@ -135,18 +133,12 @@ def test_a_client_that_closed_first_is_nobody_not_root() -> None:
             server = listener.getsockname()[:2]
             assert peer_uid_of(client, server).uid == os.getuid()
             client_sock.close()
-            found = until_value(lambda: peer_uid_of(client, server), lambda f: f.closed)
-            assert found.uid is None, found
+            wait_until(
+                "the kernel reports it closed", lambda: peer_uid_of(client, server).closed, 5
+            )
+            assert peer_uid_of(client, server).uid is None
             text = Path("/proc/net/tcp").read_text()
             assert peer_uid.match_proc_net_tcp(text, client, server, byteorder=sys.byteorder).closed
-
-
-def until_value(get: Callable[[], T], done: Callable[[T], bool], timeout_s: float = 5.0) -> T:
-    """get() until done(value), bounded."""
-    deadline = time.monotonic() + timeout_s
-    while not done(value := get()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return value
 
 
 async def test_a_client_the_kernel_had_closed_is_asked_about_again_when_it_speaks(
