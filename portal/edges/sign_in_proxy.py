@@ -216,22 +216,9 @@ class SignInProxy:
         client = writer.get_extra_info("peername")[:2]
         server = writer.get_extra_info("sockname")[:2]
         who = peer_uid_of(client, server)
-        first = b""
-        if who.closed:
-            # The kernel names no owner: what it has is a closed socket's remains (a browser's
-            # spare connection, closed unused). A client that is still there sends its
-            # handshake; then the kernel is asked again, and only its answer counts.
-            first = await self._first_bytes(reader)
-            if not first:
-                log.debug("%s:%d: %s", client[0], client[1], who.error)
-                return
-            who = peer_uid_of(client, server)
-            log.info(
-                "%s:%d: sent its handshake after the kernel had it closed; now %s",
-                client[0],
-                client[1],
-                who.uid if who.uid is not None else who.error,
-            )
+        if who.closed:  # a browser's spare connection, closed unused: nobody to refuse
+            log.debug("%s:%d: %s", client[0], client[1], who.error)
+            return
         if who.uid != self.uid:
             self.refused_peers += 1
             log.warning(
@@ -244,7 +231,7 @@ class SignInProxy:
             return
         buf = bytearray()
         async with asyncio.timeout(self.limits.handshake_timeout_s):
-            first = first or await reader.read(READ_CHUNK)
+            first = await reader.read(READ_CHUNK)
             if not first:
                 return
             buf += first
@@ -279,14 +266,6 @@ class SignInProxy:
             await self._relay(reader, writer, up_reader, up_writer)
         finally:
             await _close(up_writer)
-
-    async def _first_bytes(self, reader: asyncio.StreamReader) -> bytes:
-        """The client's first bytes, or b"" at its end of stream or the handshake's timeout."""
-        try:
-            async with asyncio.timeout(self.limits.handshake_timeout_s):
-                return await reader.read(READ_CHUNK)
-        except (TimeoutError, ConnectionError):
-            return b""
 
     async def _socks_handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, buf: bytearray

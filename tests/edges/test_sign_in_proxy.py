@@ -141,36 +141,6 @@ def test_a_client_that_closed_first_is_nobody_not_root() -> None:
             assert peer_uid.match_proc_net_tcp(text, client, server, byteorder=sys.byteorder).closed
 
 
-async def test_a_client_the_kernel_had_closed_is_asked_about_again_when_it_speaks(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """When the kernel's first answer is "closed", a client that then sends its handshake is
-    looked up again and served on that answer; one that really closed is dropped, not
-    counted as refused. Each first lookup here answers "closed", as the kernel did once."""
-    from portal.edges import sign_in_proxy
-
-    asked: list[tuple[str, int]] = []
-    first_asked = asyncio.Event()
-
-    def closed_first(client: tuple[str, int], server: tuple[str, int]) -> peer_uid.Lookup:
-        asked.append(client)
-        first_asked.set()
-        if asked.count(client) == 1:
-            return peer_uid.CLOSED
-        return peer_uid_of(client, server)
-
-    monkeypatch.setattr(sign_in_proxy, "peer_uid_of", closed_first)
-    async with running() as proxy:
-        _, writer = await opened(proxy.port)
-        writer.close()  # a spare connection, closed unused
-        await writer.wait_closed()
-        await asyncio.wait_for(first_asked.wait(), 5)
-        method, reply = await socks_connect(proxy.port, by_name("a.test", command=2))
-        assert method == b"\x05\x00" and reply[:2] == b"\x05\x07"  # served: BIND refused
-        assert len(asked) == 3  # the closed one once, the speaking one twice
-        assert proxy.refused_peers == 0
-
-
 async def test_a_dual_stack_client_is_recognised() -> None:
     async with running() as proxy:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
