@@ -362,16 +362,34 @@ def dhclient_again(laptop: Laptop) -> None:
 def start_dhcpcd(laptop: Laptop) -> None:
     """dhcpcd in the foreground (stopped by its PID), IPv4 only, with Debian's hooks and its
     stock /etc/dhcpcd.conf, its state in the laptop's own /var/lib and /run."""
+    # dhcpcd-run-hooks runs /etc/dhcpcd.exit-hook after its hooks (resolv.conf's included):
+    # the lab's records each run that is over, so a test knows when a rewrite is complete.
+    laptop.lab.write_laptop_file("/etc/dhcpcd.exit-hook", f'echo "$reason" >> {DHCPCD_HOOKS_RUN}\n')
     argv = ["dhcpcd", "--nobackground", "--debug", "-4", LAPTOP_IF]
     laptop.owner = laptop.lab.spawn_laptop(argv, name="dhcpcd", cwd="/")
+
+
+DHCPCD_HOOKS_RUN = "/run/lab-dhcpcd-hooks-run"
+
+
+def dhcpcd_hooks_run(laptop: Laptop) -> list[str]:
+    """The reasons (BOUND, RENEW...) of dhcpcd's hook runs that are over, oldest first."""
+    return laptop.lab.run_laptop(["cat", DHCPCD_HOOKS_RUN]).stdout.split()
 
 
 def dhcpcd_rebind(laptop: Laptop) -> None:
     """`dhcpcd -n`: the running dhcpcd rebinds its lease and runs its hooks again."""
     assert laptop.owner is not None
+    ran = len(dhcpcd_hooks_run(laptop))
     out = laptop.lab.run_laptop(["dhcpcd", "-4", "-n", LAPTOP_IF], check=True)
     # It told the running dhcpcd (found by its pid file); a new one would say "starting".
     assert f"to pid {laptop.owner.pid}\n" in out.stderr, out
+    # The running one writes resolv.conf twice: at once (its RECONFIGURE hook), and again once
+    # the server has acknowledged the lease (RENEW, REBOOT...). The rewrite is over only then.
+    laptop.wait(
+        lambda: set(dhcpcd_hooks_run(laptop)[ran:]) - {"RECONFIGURE"}, 30,
+        "dhcpcd's hooks for the rebound lease",
+    )  # fmt: skip
 
 
 def rewrite_by_hand(laptop: Laptop) -> None:
@@ -710,7 +728,8 @@ def test_the_owner_rewrites_and_the_stub_is_back_first_then_its_own_file(
         "the stub back first after the owner's rewrite",
     )  # fmt: skip
     assert laptop.stub_lines() == 1
-    assert laptop.getent("wifi.hotel.test")[:2] == (0, ["10.77.0.7"])
+    got = laptop.getent("wifi.hotel.test")[:2]
+    assert got == (0, ["10.77.0.7"]), f"{got}\n{laptop.status()}\n{laptop.logs()}"
     laptop.wait_status(wired_line("10.77.0.1", owner.name), "the wiring line after the rewrite")
     assert lab.run_laptop(["readlink", "/etc/resolv.conf"]).stdout.strip() == owner.link
 
