@@ -101,11 +101,10 @@ def _sweep_temp_files(path: str) -> None:
         names = os.listdir(directory or ".")
     except OSError:
         return
-    prefix = f".{name}."
+    prefix, suffix = f".{name}.", ".tmp"  # what _write_atomic names it: .NAME.<pid>.tmp
     for entry in names:
-        if len(entry) < len(prefix) + 4 or not (
-            entry.startswith(prefix) and entry.endswith(".tmp")
-        ):
+        pid = entry[len(prefix) : -len(suffix)]
+        if not (entry.startswith(prefix) and entry.endswith(suffix) and pid.isdigit()):
             continue
         stale = os.path.join(directory, entry)
         try:

@@ -57,6 +57,7 @@ def test_only_temp_files_of_that_file_are_swept(tmp_path: Path) -> None:
     stale = [tmp_path / f".overrides.json.{pid}.tmp" for pid in (1, 4242)]
     kept = [
         tmp_path / ".overrides.json.tmp",  # no writer's part
+        tmp_path / ".overrides.json.abc.tmp",  # not a PID
         tmp_path / f".{NETWORK_FILE}.7.tmp",  # another file's, swept when that one loads
         tmp_path / ".overrides.json.1.tmp.bak",
         tmp_path / "overrides.json.1.tmp",
